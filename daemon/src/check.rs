@@ -1,0 +1,1 @@
+//! `tandem check -c FILE`: validate a config and the key files it names.

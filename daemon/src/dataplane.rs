@@ -1,0 +1,1 @@
+//! The data plane: TUN and UDP I/O, buffer pool, batching; drives the engine.

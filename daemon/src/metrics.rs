@@ -1,0 +1,1 @@
+//! The Prometheus text endpoint (SPEC §7).

@@ -1,0 +1,1 @@
+//! systemd readiness, status and watchdog notifications (`sd_notify`).

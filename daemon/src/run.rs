@@ -1,0 +1,1 @@
+//! `tandem run -c FILE`: the gateway in the foreground.
