@@ -1,6 +1,7 @@
 //! The `tandem` daemon as a library: the binary in `main.rs` is a thin CLI over these modules, and
 //! tests (the counting-allocator test, the notify tests) drive them directly.
 
+pub mod caps;
 pub mod check;
 pub mod control;
 pub mod dataplane;
