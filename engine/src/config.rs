@@ -1,0 +1,127 @@
+//! The engine's configuration: plain data the daemon builds from `tandem_config::Config`.
+//!
+//! Secrets (the private key, PSKs) are `Zeroizing` and never printed: `Debug` shows only
+//! whether they are set.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use zeroize::Zeroizing;
+
+/// How a connection spreads traffic over its Up tunnels (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// One active tunnel: the Up tunnel with the lowest priority number.
+    ActiveStandby,
+    /// Flows hashed over all Up tunnels (rendezvous hashing).
+    ActiveActive,
+}
+
+impl Mode {
+    /// The SPEC §3 spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::ActiveStandby => "active-standby",
+            Mode::ActiveActive => "active-active",
+        }
+    }
+}
+
+/// The whole engine configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Our static X25519 private key.
+    pub private_key: Zeroizing<[u8; 32]>,
+    /// Inner MTU: the largest inner packet carried (bigger packets get ICMP too-big).
+    pub mtu: u16,
+    /// The connections, in config order.
+    pub connections: Vec<ConnectionConfig>,
+}
+
+/// One `[[connection]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Unique connection name.
+    pub name: String,
+    /// What may come from us (checked on packets from the TUN).
+    pub local_subnets: Vec<IpNet>,
+    /// What is routed into this connection, and what may arrive from it.
+    pub remote_subnets: Vec<IpNet>,
+    /// Active-standby or active-active.
+    pub mode: Mode,
+    /// Stable time before returning to a better tunnel; `None` = never.
+    pub failback: Option<Duration>,
+    /// Keepalive interval.
+    pub dpd_interval: Duration,
+    /// No authenticated packet for this long => Down.
+    pub dpd_timeout: Duration,
+    /// Clamp the MSS of TCP SYNs crossing the tunnel.
+    pub mss_clamp: bool,
+    /// Time-based rekey.
+    pub rekey_after: Duration,
+    /// The tunnels, in config order.
+    pub tunnels: Vec<TunnelConfig>,
+}
+
+/// One `[[connection.tunnel]]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// Tunnel name, unique within its connection.
+    pub name: String,
+    /// Local bind address (the daemon binds it; the engine only reports it).
+    pub local: Option<SocketAddr>,
+    /// Peer endpoint; `None` = responder-only, learned from authenticated packets.
+    pub remote: Option<SocketAddr>,
+    /// The peer's static public key.
+    pub peer_public_key: [u8; 32],
+    /// This tunnel's pre-shared key.
+    pub psk: Zeroizing<[u8; 32]>,
+    /// Lower is preferred.
+    pub priority: u32,
+}
+
+impl fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("private_key", &"<redacted>")
+            .field("mtu", &self.mtu)
+            .field("connections", &self.connections)
+            .finish()
+    }
+}
+
+impl fmt::Debug for TunnelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TunnelConfig")
+            .field("name", &self.name)
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .field("peer_public_key", &"<public>")
+            .field("psk", &"<redacted>")
+            .field("priority", &self.priority)
+            .finish()
+    }
+}
+
+impl ConnectionConfig {
+    /// A connection with SPEC §5 default timers and no tunnels (tests and tools fill the rest).
+    #[must_use]
+    pub fn with_defaults(name: &str) -> Self {
+        ConnectionConfig {
+            name: name.to_owned(),
+            local_subnets: Vec::new(),
+            remote_subnets: Vec::new(),
+            mode: Mode::ActiveStandby,
+            failback: Some(Duration::from_secs(10)),
+            dpd_interval: Duration::from_millis(250),
+            dpd_timeout: Duration::from_secs(1),
+            mss_clamp: true,
+            rekey_after: Duration::from_secs(120),
+            tunnels: Vec::new(),
+        }
+    }
+}

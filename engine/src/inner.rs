@@ -1,0 +1,475 @@
+//! Inner IP packets: the few fields the engine reads (version, addresses, DF, protocol, ports),
+//! TCP MSS clamping, and ICMP errors written **in place** around the offending packet.
+//!
+//! Invariant: nothing here allocates or copies a packet. An ICMP error is built by writing the
+//! new IP + ICMP headers into the headroom in front of the original packet, which becomes the
+//! quoted part of the error (truncated to RFC 1812 §4.3.2.3's 576 bytes for IPv4 and RFC 4443
+//! §2.4(c)'s 1280 bytes for IPv6). The source of a generated error is the original packet's
+//! destination: the engine has no address of its own on the TUN, and Linux accepts
+//! "fragmentation needed"/"packet too big" from any source whose quoted header matches.
+
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+
+use crate::drop::DropReason;
+
+/// IPv4 header without options (RFC 791).
+pub const IPV4_HEADER_SZ: usize = 20;
+/// IPv6 fixed header (RFC 8200).
+pub const IPV6_HEADER_SZ: usize = 40;
+/// ICMP / ICMPv6 error header: type, code, checksum, 4 bytes of "unused"/MTU (RFC 792, RFC 4443).
+pub const ICMP_HEADER_SZ: usize = 8;
+/// Bytes written in front of a packet for an ICMPv6 error (the larger of the two).
+pub const ICMP_HEADROOM: usize = IPV6_HEADER_SZ + ICMP_HEADER_SZ;
+/// RFC 1812 §4.3.2.3: an ICMPv4 error should not exceed 576 bytes.
+const ICMPV4_MAX_SZ: usize = 576;
+/// RFC 4443 §2.4(c): an ICMPv6 error must not exceed the minimum IPv6 MTU.
+const ICMPV6_MAX_SZ: usize = 1280;
+/// TCP header (RFC 9293) plus the IP header, subtracted from the MTU for the clamped MSS.
+const TCP_HEADER_SZ: usize = 20;
+
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+/// TTL / hop limit of generated errors (Linux default).
+const DEFAULT_TTL: u8 = 64;
+
+/// The fields of an inner packet the engine needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InnerHeader {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IPv4 DF bit; always true for IPv6 (routers never fragment IPv6).
+    pub dont_fragment: bool,
+    /// Transport protocol (IPv6: the first next header).
+    pub proto: u8,
+    /// Offset of the transport header, if it is present (first fragment, no IPv6 extension headers).
+    pub l4: Option<usize>,
+    /// Length of the IP packet by its header (<= the buffer).
+    pub len: usize,
+}
+
+impl InnerHeader {
+    /// Reads the header of the IP packet in `pkt`.
+    pub fn parse(pkt: &[u8]) -> Result<Self, DropReason> {
+        match pkt.first().map(|b| b >> 4) {
+            Some(4) => {
+                if pkt.len() < IPV4_HEADER_SZ {
+                    return Err(DropReason::Malformed);
+                }
+                let ihl = usize::from(pkt[0] & 0x0f) * 4;
+                let len = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+                if ihl < IPV4_HEADER_SZ || len < ihl || len > pkt.len() {
+                    return Err(DropReason::Malformed);
+                }
+                let frag_off = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
+                let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
+                let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+                Ok(InnerHeader {
+                    src: IpAddr::V4(src),
+                    dst: IpAddr::V4(dst),
+                    dont_fragment: pkt[6] & 0x40 != 0,
+                    proto: pkt[9],
+                    l4: (frag_off == 0).then_some(ihl),
+                    len,
+                })
+            }
+            Some(6) => {
+                if pkt.len() < IPV6_HEADER_SZ {
+                    return Err(DropReason::Malformed);
+                }
+                let len = usize::from(u16::from_be_bytes([pkt[4], pkt[5]])) + IPV6_HEADER_SZ;
+                if len > pkt.len() {
+                    return Err(DropReason::Malformed);
+                }
+                let mut s = [0u8; 16];
+                s.copy_from_slice(&pkt[8..24]);
+                let mut d = [0u8; 16];
+                d.copy_from_slice(&pkt[24..40]);
+                let proto = pkt[6];
+                let l4 =
+                    matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_ICMPV6).then_some(IPV6_HEADER_SZ);
+                Ok(InnerHeader {
+                    src: IpAddr::V6(Ipv6Addr::from(s)),
+                    dst: IpAddr::V6(Ipv6Addr::from(d)),
+                    dont_fragment: true,
+                    proto,
+                    l4,
+                    len,
+                })
+            }
+            _ => Err(DropReason::Malformed),
+        }
+    }
+
+    /// A hash of the flow's 5-tuple (addresses, protocol, ports when present), stable across
+    /// runs and machines (SipHash with fixed zero keys), for per-flow tunnel choice.
+    #[must_use]
+    pub fn flow_hash(&self, pkt: &[u8]) -> u64 {
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new();
+        self.src.hash(&mut h);
+        self.dst.hash(&mut h);
+        self.proto.hash(&mut h);
+        if let (Some(l4), PROTO_TCP | PROTO_UDP) = (self.l4, self.proto)
+            && let Some(ports) = pkt.get(l4..l4 + 4)
+        {
+            ports.hash(&mut h);
+        }
+        h.finish()
+    }
+}
+
+/// One's-complement sum of `data` as big-endian 16-bit words, added to `acc`.
+fn sum(mut acc: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        acc += u32::from(*last) << 8;
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+#[must_use]
+pub fn checksum(data: &[u8]) -> u16 {
+    fold(sum(0, data))
+}
+
+/// Clamps the MSS option of a TCP SYN to fit `mtu`; returns whether the packet changed.
+/// The TCP checksum is updated incrementally (RFC 1624 eqn. 3).
+pub fn clamp_mss(pkt: &mut [u8], hdr: &InnerHeader, mtu: u16) -> bool {
+    let (Some(l4), PROTO_TCP) = (hdr.l4, hdr.proto) else {
+        return false;
+    };
+    let ip_sz = if hdr.src.is_ipv4() {
+        IPV4_HEADER_SZ
+    } else {
+        IPV6_HEADER_SZ
+    };
+    let max_mss = usize::from(mtu).saturating_sub(ip_sz + TCP_HEADER_SZ) as u16;
+    let end = hdr.len.min(pkt.len());
+    let Some(tcp) = pkt.get_mut(l4..end) else {
+        return false;
+    };
+    if tcp.len() < TCP_HEADER_SZ || tcp[13] & 0x02 == 0 {
+        return false;
+    }
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    if doff < TCP_HEADER_SZ || doff > tcp.len() {
+        return false;
+    }
+    let mut i = TCP_HEADER_SZ;
+    while i < doff {
+        match tcp[i] {
+            0 => return false,
+            1 => i += 1,
+            kind => {
+                let Some(&olen) = tcp.get(i + 1) else {
+                    return false;
+                };
+                let olen = usize::from(olen);
+                if olen < 2 || i + olen > doff {
+                    return false;
+                }
+                if kind == 2 && olen == 4 {
+                    let old = u16::from_be_bytes([tcp[i + 2], tcp[i + 3]]);
+                    if old <= max_mss {
+                        return false;
+                    }
+                    tcp[i + 2..i + 4].copy_from_slice(&max_mss.to_be_bytes());
+                    let hc = u16::from_be_bytes([tcp[16], tcp[17]]);
+                    let acc = u32::from(!hc) + u32::from(!old) + u32::from(max_mss);
+                    tcp[16..18].copy_from_slice(&fold(acc).to_be_bytes());
+                    return true;
+                }
+                i += olen;
+            }
+        }
+    }
+    false
+}
+
+/// Whether the packet is itself an ICMP error (never answered with another, RFC 1122 §3.2.2).
+fn is_icmp_error(pkt: &[u8], hdr: &InnerHeader) -> bool {
+    let Some(l4) = hdr.l4 else {
+        // A non-first IPv4 fragment: never answered either (RFC 1812 §4.3.2.7).
+        return hdr.src.is_ipv4();
+    };
+    let ty = pkt.get(l4).copied().unwrap_or(0);
+    match hdr.proto {
+        PROTO_ICMP => matches!(ty, 3 | 4 | 5 | 11 | 12),
+        PROTO_ICMPV6 => ty < 128,
+        _ => false,
+    }
+}
+
+/// Which ICMP error to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpError {
+    /// IPv4 "fragmentation needed and DF set" (type 3 code 4) / ICMPv6 "packet too big" (type 2).
+    TooBig {
+        /// The MTU to announce.
+        mtu: u16,
+    },
+    /// IPv4 "network unreachable" (type 3 code 0) / ICMPv6 "no route to destination" (type 1 code 0).
+    Unreachable,
+}
+
+/// Writes an ICMP error about the packet at `buf[packet]` into `buf`, in place: the new
+/// headers go into the `ICMP_HEADROOM` bytes before `packet.start`. Returns the range of the
+/// error packet, or `None` if no error may be sent (the packet is an ICMP error itself, a
+/// non-first fragment, from an unspecified/multicast source, or there is no headroom).
+pub fn write_icmp_error(
+    buf: &mut [u8],
+    packet: Range<usize>,
+    kind: IcmpError,
+) -> Option<Range<usize>> {
+    let pkt = buf.get(packet.clone())?;
+    let hdr = InnerHeader::parse(pkt).ok()?;
+    if is_icmp_error(pkt, &hdr) || hdr.src.is_unspecified() || hdr.src.is_multicast() {
+        return None;
+    }
+    match (hdr.src, hdr.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            if src.is_broadcast() {
+                return None;
+            }
+            let head = IPV4_HEADER_SZ + ICMP_HEADER_SZ;
+            let start = packet.start.checked_sub(head)?;
+            let quoted = packet.len().min(ICMPV4_MAX_SZ - head);
+            let total = head + quoted;
+            let out = &mut buf[start..start + total];
+            let (ip, rest) = out.split_at_mut(IPV4_HEADER_SZ);
+            ip.copy_from_slice(&[
+                0x45,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                DEFAULT_TTL,
+                PROTO_ICMP,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ]);
+            ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            ip[12..16].copy_from_slice(&dst.octets());
+            ip[16..20].copy_from_slice(&src.octets());
+            let c = checksum(ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let (ty, code, mtu) = match kind {
+                IcmpError::TooBig { mtu } => (3, 4, mtu),
+                IcmpError::Unreachable => (3, 0, 0),
+            };
+            rest[..ICMP_HEADER_SZ].copy_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
+            rest[6..8].copy_from_slice(&mtu.to_be_bytes());
+            let c = checksum(rest);
+            rest[2..4].copy_from_slice(&c.to_be_bytes());
+            Some(start..start + total)
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let head = IPV6_HEADER_SZ + ICMP_HEADER_SZ;
+            let start = packet.start.checked_sub(head)?;
+            let quoted = packet.len().min(ICMPV6_MAX_SZ - head);
+            let total = head + quoted;
+            let out = &mut buf[start..start + total];
+            let (ip, rest) = out.split_at_mut(IPV6_HEADER_SZ);
+            ip[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, PROTO_ICMPV6, DEFAULT_TTL]);
+            ip[4..6].copy_from_slice(&((ICMP_HEADER_SZ + quoted) as u16).to_be_bytes());
+            ip[8..24].copy_from_slice(&dst.octets());
+            ip[24..40].copy_from_slice(&src.octets());
+            let (ty, code, mtu) = match kind {
+                IcmpError::TooBig { mtu } => (2, 0, u32::from(mtu)),
+                IcmpError::Unreachable => (1, 0, 0),
+            };
+            rest[..ICMP_HEADER_SZ].copy_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
+            rest[4..8].copy_from_slice(&mtu.to_be_bytes());
+            // RFC 8200 §8.1 pseudo-header: source, destination, upper-layer length, next header.
+            let mut acc = sum(0, &ip[8..40]);
+            acc += (ICMP_HEADER_SZ + quoted) as u32;
+            acc += u32::from(PROTO_ICMPV6);
+            let c = fold(sum(acc, rest));
+            rest[2..4].copy_from_slice(&c.to_be_bytes());
+            Some(start..start + total)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ipv4_tcp_syn(mss: u16, len: usize, df: bool) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[6] = if df { 0x40 } else { 0 };
+        p[8] = 64;
+        p[9] = PROTO_TCP;
+        p[12..16].copy_from_slice(&[10, 10, 0, 10]);
+        p[16..20].copy_from_slice(&[10, 20, 0, 10]);
+        let c = checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        let t = &mut p[20..];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&443u16.to_be_bytes());
+        t[12] = 6 << 4; // 24-byte header: one MSS option
+        t[13] = 0x02;
+        t[20..24].copy_from_slice(&[2, 4, 0, 0]);
+        t[22..24].copy_from_slice(&mss.to_be_bytes());
+        let c = tcp4_checksum(&p);
+        p[36..38].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    fn tcp4_checksum(p: &[u8]) -> u16 {
+        let mut acc = sum(0, &p[12..20]);
+        acc += u32::from(PROTO_TCP) + (p.len() - 20) as u32;
+        fold(sum(acc, &p[20..]))
+    }
+
+    #[test]
+    fn an_ipv4_syn_gets_its_mss_clamped_and_its_checksum_stays_valid() {
+        let mut p = ipv4_tcp_syn(1460, 60, true);
+        assert_eq!(tcp4_checksum(&p), 0, "fixture checksum");
+        let hdr = InnerHeader::parse(&p).unwrap();
+        assert!(clamp_mss(&mut p, &hdr, 1400));
+        assert_eq!(u16::from_be_bytes([p[42], p[43]]), 1360);
+        assert_eq!(tcp4_checksum(&p), 0, "checksum must verify after clamping");
+        // Already small enough: untouched.
+        let mut q = ipv4_tcp_syn(1200, 60, true);
+        let hdr = InnerHeader::parse(&q).unwrap();
+        assert!(!clamp_mss(&mut q, &hdr, 1400));
+        assert_eq!(u16::from_be_bytes([q[42], q[43]]), 1200);
+    }
+
+    #[test]
+    fn a_non_syn_segment_is_never_clamped() {
+        let mut p = ipv4_tcp_syn(1460, 60, true);
+        p[33] = 0x10; // ACK only
+        let hdr = InnerHeader::parse(&p).unwrap();
+        assert!(!clamp_mss(&mut p, &hdr, 1400));
+    }
+
+    #[test]
+    fn an_ipv4_fragmentation_needed_error_is_built_in_place_with_valid_checksums() {
+        let head = 48;
+        let p = ipv4_tcp_syn(1460, 1500, true);
+        let mut buf = vec![0u8; head + p.len() + 16];
+        buf[head..head + p.len()].copy_from_slice(&p);
+        let r = write_icmp_error(
+            &mut buf,
+            head..head + p.len(),
+            IcmpError::TooBig { mtu: 1400 },
+        )
+        .unwrap();
+        let e = &buf[r.clone()];
+        assert_eq!(e.len(), 576);
+        assert_eq!(r.start, head - 28);
+        assert_eq!(e[0], 0x45);
+        assert_eq!(u16::from_be_bytes([e[2], e[3]]), 576);
+        assert_eq!(e[9], PROTO_ICMP);
+        assert_eq!(checksum(&e[..20]), 0, "IPv4 header checksum");
+        assert_eq!(&e[12..16], &[10, 20, 0, 10]);
+        assert_eq!(&e[16..20], &[10, 10, 0, 10]);
+        assert_eq!((e[20], e[21]), (3, 4));
+        assert_eq!(u16::from_be_bytes([e[26], e[27]]), 1400);
+        assert_eq!(checksum(&e[20..]), 0, "ICMP checksum");
+        assert_eq!(&e[28..48], &p[..20], "the original header is quoted");
+    }
+
+    #[test]
+    fn an_ipv6_packet_too_big_error_has_a_valid_pseudo_header_checksum() {
+        let mut p = vec![0u8; 1500];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&(1460u16).to_be_bytes());
+        p[6] = PROTO_UDP;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&"fd00:10::10".parse::<Ipv6Addr>().unwrap().octets());
+        p[24..40].copy_from_slice(&"fd00:20::10".parse::<Ipv6Addr>().unwrap().octets());
+        let head = 64;
+        let mut buf = vec![0u8; head + p.len()];
+        buf[head..].copy_from_slice(&p);
+        let r = write_icmp_error(
+            &mut buf,
+            head..head + p.len(),
+            IcmpError::TooBig { mtu: 1400 },
+        )
+        .unwrap();
+        let e = &buf[r];
+        assert_eq!(e.len(), 1280);
+        assert_eq!(e[6], PROTO_ICMPV6);
+        assert_eq!(u16::from_be_bytes([e[4], e[5]]) as usize, 1280 - 40);
+        assert_eq!(&e[8..24], &p[24..40]);
+        assert_eq!(&e[24..40], &p[8..24]);
+        assert_eq!((e[40], e[41]), (2, 0));
+        assert_eq!(u32::from_be_bytes([e[44], e[45], e[46], e[47]]), 1400);
+        let mut acc = sum(0, &e[8..40]);
+        acc += (e.len() - 40) as u32 + u32::from(PROTO_ICMPV6);
+        assert_eq!(fold(sum(acc, &e[40..])), 0, "ICMPv6 checksum");
+    }
+
+    #[test]
+    fn an_icmp_error_is_never_answered_with_another() {
+        let head = 48;
+        let p = ipv4_tcp_syn(1460, 600, true);
+        let mut buf = vec![0u8; head + p.len()];
+        buf[head..].copy_from_slice(&p);
+        let r = write_icmp_error(&mut buf, head..head + p.len(), IcmpError::Unreachable).unwrap();
+        let e = buf[r].to_vec();
+        assert_eq!((e[20], e[21]), (3, 0));
+        let mut buf2 = vec![0u8; head + e.len()];
+        buf2[head..].copy_from_slice(&e);
+        assert_eq!(
+            write_icmp_error(&mut buf2, head..head + e.len(), IcmpError::Unreachable),
+            None
+        );
+    }
+
+    #[test]
+    fn flows_hash_by_five_tuple() {
+        let a = ipv4_tcp_syn(1460, 60, true);
+        let mut b = a.clone();
+        b[20] ^= 1; // another source port
+        let ha = InnerHeader::parse(&a).unwrap();
+        let hb = InnerHeader::parse(&b).unwrap();
+        assert_eq!(ha.flow_hash(&a), ha.flow_hash(&a.clone()));
+        assert_ne!(ha.flow_hash(&a), hb.flow_hash(&b));
+    }
+
+    #[test]
+    fn truncated_or_lying_headers_are_malformed() {
+        assert_eq!(InnerHeader::parse(&[]), Err(DropReason::Malformed));
+        assert_eq!(InnerHeader::parse(&[0x45; 10]), Err(DropReason::Malformed));
+        let mut p = ipv4_tcp_syn(1460, 60, true);
+        p[2..4].copy_from_slice(&100u16.to_be_bytes());
+        assert_eq!(InnerHeader::parse(&p), Err(DropReason::Malformed));
+        assert_eq!(InnerHeader::parse(&[0x70; 60]), Err(DropReason::Malformed));
+    }
+}
