@@ -1,1 +1,370 @@
-//! The control socket: `status`, `reload`, `failover`, `drill` requests from the CLI to the running daemon.
+//! The control socket: `status`, `reload`, `failover`, `drill` requests from the CLI to the
+//! running daemon.
+//!
+//! Protocol (docs/CONTRACTS.md): the client connects to the Unix socket (mode 0600), writes one
+//! JSON [`Request`], shuts down its write half, and reads one JSON [`Reply`]; the daemon then
+//! closes. The server side lives in [`crate::run`] (it needs the data-plane channel); this module
+//! holds the wire types and the client used by the CLI subcommands.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest request or reply accepted (a status of a big hub is a few tens of KB).
+pub const MAX_MESSAGE: u64 = 1 << 20;
+
+/// How long the CLI waits for the daemon: a drill runs for its duration plus this.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request from the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    /// The SPEC §7 status document.
+    Status,
+    /// Re-read the config file.
+    Reload,
+    /// Planned switch (SPEC §2 pinning rules).
+    Failover {
+        /// Connection name.
+        connection: String,
+        /// `Some(tunnel)` = `--to TUNNEL`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        /// `--auto`: unpin.
+        #[serde(default)]
+        auto: bool,
+    },
+    /// A failover drill.
+    Drill {
+        /// Connection name.
+        connection: String,
+        /// How long the active tunnel stays silent, in milliseconds.
+        duration_ms: u64,
+        /// Send the closing notice instead of going silent.
+        #[serde(default)]
+        graceful: bool,
+    },
+}
+
+/// Whether a refused request was the user's fault (exit 1) or the daemon's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Unknown name, invalid config, bad arguments: exit 1.
+    User,
+    /// The daemon could not do it (shutting down, I/O failure): exit 1 as well, but worded so.
+    Internal,
+}
+
+/// One reply from the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The error, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The error's kind, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
+    /// The payload: the status document, a reload summary, a drill report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl Reply {
+    /// A success with a payload.
+    pub fn ok(data: Option<serde_json::Value>) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            kind: None,
+            data,
+        }
+    }
+
+    /// A refusal.
+    pub fn error(kind: ErrorKind, error: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(error.into()),
+            kind: Some(kind),
+            data: None,
+        }
+    }
+}
+
+/// Why the CLI could not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon listens there (exit 2).
+    #[error("cannot reach the daemon at {path}: {source}")]
+    Unreachable {
+        /// The socket path tried.
+        path: String,
+        /// The connect error.
+        source: std::io::Error,
+    },
+    /// The daemon answered something unreadable, or hung up (exit 2).
+    #[error("bad reply from the daemon: {0}")]
+    BadReply(String),
+}
+
+/// Send one request and wait for the reply (blocking; the CLI has nothing else to do).
+pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+    let unreachable = |source| ClientError::Unreachable {
+        path: socket.display().to_string(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(unreachable)?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(unreachable)?;
+    let body = serde_json::to_vec(req).map_err(|e| ClientError::BadReply(e.to_string()))?;
+    stream.write_all(&body).map_err(unreachable)?;
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(unreachable)?;
+    let mut buf = Vec::new();
+    (&mut stream)
+        .take(MAX_MESSAGE)
+        .read_to_end(&mut buf)
+        .map_err(|e| ClientError::BadReply(e.to_string()))?;
+    serde_json::from_slice(&buf).map_err(|e| ClientError::BadReply(e.to_string()))
+}
+
+/// Exit status of the CLI (SPEC §2).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// User error: bad config, unknown name.
+    pub const USER: i32 = 1;
+    /// Daemon unreachable.
+    pub const UNREACHABLE: i32 = 2;
+}
+
+/// Run one request and turn the outcome into an exit status, printing errors to stderr.
+/// On success the reply's payload is returned for the caller to print.
+fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Option<serde_json::Value>, i32> {
+    match request(socket, req, timeout) {
+        Ok(reply) if reply.ok => Ok(reply.data),
+        Ok(reply) => {
+            #[allow(clippy::print_stderr)] // CLI output
+            {
+                eprintln!(
+                    "error: {}",
+                    reply.error.as_deref().unwrap_or("request refused")
+                );
+            }
+            Err(exit::USER)
+        }
+        Err(e) => {
+            #[allow(clippy::print_stderr)] // CLI output
+            {
+                eprintln!("error: {e}");
+            }
+            Err(exit::UNREACHABLE)
+        }
+    }
+}
+
+/// `tandem status [--json]`.
+#[allow(clippy::print_stdout)] // CLI output
+pub fn cmd_status(socket: &Path, json: bool) -> i32 {
+    match call(socket, &Request::Status, CLIENT_TIMEOUT) {
+        Ok(data) => {
+            let data = data.unwrap_or(serde_json::Value::Null);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                );
+            } else {
+                print!("{}", render_status(&data));
+            }
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+/// `tandem reload`.
+#[allow(clippy::print_stdout)] // CLI output
+pub fn cmd_reload(socket: &Path) -> i32 {
+    match call(socket, &Request::Reload, CLIENT_TIMEOUT) {
+        Ok(data) => {
+            match data {
+                Some(d) => println!("reloaded: {d}"),
+                None => println!("reloaded"),
+            }
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+/// `tandem failover CONNECTION [--to TUNNEL | --auto]`.
+#[allow(clippy::print_stdout)] // CLI output
+pub fn cmd_failover(socket: &Path, connection: &str, to: Option<&str>, auto: bool) -> i32 {
+    let req = Request::Failover {
+        connection: connection.to_owned(),
+        to: to.map(str::to_owned),
+        auto,
+    };
+    match call(socket, &req, CLIENT_TIMEOUT) {
+        Ok(data) => {
+            if let Some(active) = data
+                .as_ref()
+                .and_then(|d| d.get("active_tunnel"))
+                .and_then(|v| v.as_str())
+            {
+                println!("{connection}: active tunnel {active}");
+            } else {
+                println!("{connection}: ok");
+            }
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+/// `tandem drill CONNECTION [--duration D] [--graceful]`.
+#[allow(clippy::print_stdout)] // CLI output
+pub fn cmd_drill(socket: &Path, connection: &str, duration: Duration, graceful: bool) -> i32 {
+    let req = Request::Drill {
+        connection: connection.to_owned(),
+        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        graceful,
+    };
+    // The drill runs for `duration`, then waits for failback.
+    let timeout = duration * 3 + CLIENT_TIMEOUT * 3;
+    match call(socket, &req, timeout) {
+        Ok(data) => {
+            let data = data.unwrap_or(serde_json::Value::Null);
+            print!("{}", render_drill(&data));
+            exit::OK
+        }
+        Err(code) => code,
+    }
+}
+
+fn field(v: &serde_json::Value, key: &str) -> String {
+    match v.get(key) {
+        None | Some(serde_json::Value::Null) => "-".to_owned(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The human status table (the `--json` document, laid out for a terminal).
+pub fn render_status(status: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let empty = Vec::new();
+    let conns = status
+        .get("connections")
+        .and_then(|c| c.as_array())
+        .unwrap_or(&empty);
+    if conns.is_empty() {
+        out.push_str("no connections\n");
+    }
+    for c in conns {
+        let pinned = if c.get("pinned").and_then(|p| p.as_bool()) == Some(true) {
+            " (pinned)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "connection {}  mode {}  active {}{}",
+            field(c, "name"),
+            field(c, "mode"),
+            field(c, "active_tunnel"),
+            pinned
+        );
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<11} {:<24} {:<24} {:>10} {:>10} {:>14} {:>14} {:>8} {:>9}",
+            "TUNNEL",
+            "STATE",
+            "LOCAL",
+            "REMOTE",
+            "SPI-IN",
+            "SPI-OUT",
+            "RX",
+            "TX",
+            "RTT-MS",
+            "FAILOVERS"
+        );
+        for t in c
+            .get("tunnels")
+            .and_then(|t| t.as_array())
+            .unwrap_or(&empty)
+        {
+            let rx = format!("{}B/{}p", field(t, "rx_bytes"), field(t, "rx_packets"));
+            let tx = format!("{}B/{}p", field(t, "tx_bytes"), field(t, "tx_packets"));
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<11} {:<24} {:<24} {:>10} {:>10} {:>14} {:>14} {:>8} {:>9}",
+                field(t, "name"),
+                field(t, "state"),
+                field(t, "local"),
+                field(t, "remote"),
+                field(t, "spi_in"),
+                field(t, "spi_out"),
+                rx,
+                tx,
+                field(t, "rtt_ms"),
+                field(t, "failovers"),
+            );
+        }
+    }
+    out
+}
+
+/// The drill report for a terminal.
+pub fn render_drill(report: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "drill on {} (tunnel {} silenced{})",
+        field(report, "connection"),
+        field(report, "silenced_tunnel"),
+        if report.get("graceful").and_then(|g| g.as_bool()) == Some(true) {
+            ", graceful"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  detection time   {} ms (switched to {})",
+        field(report, "detection_ms"),
+        field(report, "failover_to")
+    );
+    let _ = writeln!(
+        out,
+        "  traffic gap      {} ms",
+        field(report, "traffic_gap_ms")
+    );
+    let _ = writeln!(
+        out,
+        "  probes lost      {} of {}",
+        field(report, "probes_lost"),
+        field(report, "probes_sent")
+    );
+    let _ = writeln!(
+        out,
+        "  failback time    {} ms",
+        field(report, "failback_ms")
+    );
+    out
+}

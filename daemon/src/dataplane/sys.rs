@@ -1,0 +1,417 @@
+//! The syscall layer: the only `unsafe` in tandem.
+//!
+//! Thin, allocation-free wrappers over epoll, eventfd, `recvmmsg`/`sendmmsg` and the rtnetlink
+//! route messages. Every `unsafe` block states why it is sound. Everything above this module is
+//! safe Rust working on [`Slot`]s.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use super::batch::Slot;
+
+/// Largest batch one `recvmmsg`/`sendmmsg` call handles; the arrays for it live on the stack.
+/// 128 is wireguard-go's `IdealBatchSize`: past it the syscall cost is already amortised below the
+/// per-packet crypto cost, and a bigger batch only adds latency and cache pressure.
+pub const MAX_MMSG: usize = 128;
+
+// ---------------------------------------------------------------------------------------------
+// epoll + eventfd
+
+/// An epoll instance; tokens are caller-chosen `u64`s.
+#[derive(Debug)]
+pub struct Epoll(OwnedFd);
+
+impl Epoll {
+    /// A new close-on-exec epoll instance.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall with a valid flag; the returned fd is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watch `fd` for readability (level-triggered), reported with `token`.
+    pub fn add(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: both fds are valid for the duration of the call and `ev` is a valid, initialised
+        // epoll_event that the kernel only reads.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                self.0.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stop watching `fd`.
+    pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: as in `add`; the event argument is ignored for EPOLL_CTL_DEL but must be non-null
+        // on old kernels.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                self.0.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Wait up to `timeout_ms` (-1 = forever) and return the ready tokens in `events[..n]`.
+    /// An interrupted wait (EINTR) returns 0 events.
+    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+        let max = i32::try_from(events.len()).unwrap_or(i32::MAX);
+        // SAFETY: `events` is a valid, writable array of `max` epoll_event structs.
+        let n =
+            unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(err);
+        }
+        Ok(n as usize)
+    }
+}
+
+/// An empty `epoll_event`, to size the wait array.
+pub const EMPTY_EVENT: libc::epoll_event = libc::epoll_event { events: 0, u64: 0 };
+
+/// A token of a ready event (the field is packed on x86_64, so read it by value).
+pub fn event_token(ev: &libc::epoll_event) -> u64 {
+    ev.u64
+}
+
+/// A non-blocking eventfd: the control plane's doorbell to the data-plane loop.
+#[derive(Debug)]
+pub struct EventFd(File);
+
+impl EventFd {
+    /// A new non-blocking, close-on-exec eventfd.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall with valid flags; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
+        Ok(Self(unsafe { File::from_raw_fd(fd) }))
+    }
+
+    /// Wake the waiter (never blocks; a saturated counter is still a wake-up).
+    pub fn notify(&self) {
+        let _ = (&self.0).write(&1u64.to_ne_bytes());
+    }
+
+    /// Reset the counter after a wake-up.
+    pub fn drain(&self) {
+        let mut b = [0u8; 8];
+        let _ = (&self.0).read(&mut b);
+    }
+
+    /// A second handle on the same eventfd (for the other thread).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self(self.0.try_clone()?))
+    }
+}
+
+impl AsFd for EventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// socket addresses
+
+fn to_sockaddr(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe {
+                (out as *mut libc::sockaddr_storage)
+                    .cast::<libc::sockaddr_in>()
+                    .write(sin)
+            };
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            unsafe {
+                (out as *mut libc::sockaddr_storage)
+                    .cast::<libc::sockaddr_in6>()
+                    .write(sin6)
+            };
+            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it can contain.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6, which it can contain.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                u32::from_be(sin6.sin6_flowinfo),
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// recvmmsg / sendmmsg
+
+/// Receive up to `slots.len()` (at most [`MAX_MMSG`]) datagrams without blocking. Datagram `i`
+/// lands at `slots[i].buf[offset..]`; `slots[i].start`, `.len` and `.addr` are set. A datagram
+/// that did not fit (truncated) gets `len = 0`, which the caller drops as malformed.
+/// Returns 0 when nothing is pending.
+pub fn recv_mmsg(fd: RawFd, slots: &mut [Slot], offset: usize) -> io::Result<usize> {
+    let n = slots.len().min(MAX_MMSG);
+    // SAFETY: all-zero is a valid value for these plain C structs (null pointers, zero lengths).
+    let mut hdrs: [libc::mmsghdr; MAX_MMSG] = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; MAX_MMSG] = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut names: [libc::sockaddr_storage; MAX_MMSG] = unsafe { mem::zeroed() };
+    for i in 0..n {
+        let buf = &mut slots[i].buf[offset..];
+        iovs[i] = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+        hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+        hdrs[i].msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    }
+    // SAFETY: `hdrs[..n]` point at `iovs`/`names` and at the slot buffers, all of which outlive
+    // the call and are not otherwise borrowed during it; the kernel writes at most `iov_len` bytes
+    // per buffer and at most `msg_namelen` bytes per name.
+    let rc = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return match err.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+            _ => Err(err),
+        };
+    }
+    let got = rc as usize;
+    for i in 0..got {
+        let slot = &mut slots[i];
+        slot.start = offset;
+        slot.len = if hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            0
+        } else {
+            hdrs[i].msg_len as usize
+        };
+        slot.addr = from_sockaddr(&names[i]).unwrap_or(slot.addr);
+    }
+    Ok(got)
+}
+
+/// Send `slots[i].buf[start..start + len]` to `slots[i].addr` for every index yielded by `which`
+/// (at most [`MAX_MMSG`] of them; more are ignored), in order, on one socket. Returns how many
+/// were handed to the kernel; a datagram the kernel refuses is skipped and counted as not sent.
+pub fn send_mmsg(fd: RawFd, slots: &[Slot], which: impl Iterator<Item = usize>) -> usize {
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let mut hdrs: [libc::mmsghdr; MAX_MMSG] = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; MAX_MMSG] = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut names: [libc::sockaddr_storage; MAX_MMSG] = unsafe { mem::zeroed() };
+    let mut n = 0;
+    for i in which.take(MAX_MMSG) {
+        let slot = &slots[i];
+        let data = &slot.buf[slot.start..slot.start + slot.len];
+        // The kernel only reads through iov_base for a send.
+        iovs[n] = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        let namelen = to_sockaddr(&slot.addr, &mut names[n]);
+        hdrs[n].msg_hdr.msg_iov = &mut iovs[n];
+        hdrs[n].msg_hdr.msg_iovlen = 1;
+        hdrs[n].msg_hdr.msg_name = (&mut names[n] as *mut libc::sockaddr_storage).cast();
+        hdrs[n].msg_hdr.msg_namelen = namelen;
+        n += 1;
+    }
+    let mut sent = 0;
+    let mut next = 0;
+    while next < n {
+        // SAFETY: `hdrs[next..n]` point at live `iovs`/`names` and slot buffers that outlive the
+        // call; for a send the kernel only reads them.
+        let rc =
+            unsafe { libc::sendmmsg(fd, hdrs[next..].as_mut_ptr(), (n - next) as libc::c_uint, 0) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // The first remaining datagram was refused (no route, unreachable, too big…): skip it.
+            next += 1;
+            continue;
+        }
+        let rc = rc as usize;
+        sent += rc;
+        next += rc;
+    }
+    sent
+}
+
+// ---------------------------------------------------------------------------------------------
+// rtnetlink routes (safe: socket2 does the syscalls, we build the bytes)
+
+/// Add or remove a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOp {
+    /// RTM_NEWROUTE with NLM_F_CREATE | NLM_F_REPLACE (idempotent).
+    Add,
+    /// RTM_DELROUTE.
+    Delete,
+}
+
+/// Install (or remove) `dst/prefix` via interface `ifindex` in the main table, over rtnetlink.
+pub fn route(op: RouteOp, ifindex: u32, dst: IpAddr, prefix: u8) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(
+        Domain::from(libc::AF_NETLINK),
+        Type::RAW,
+        Some(Protocol::from(libc::NETLINK_ROUTE)),
+    )?;
+    let (family, addr): (u8, Vec<u8>) = match dst {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    };
+    let (msg_type, flags) = match op {
+        RouteOp::Add => (
+            libc::RTM_NEWROUTE,
+            libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE,
+        ),
+        RouteOp::Delete => (libc::RTM_DELROUTE, libc::NLM_F_REQUEST | libc::NLM_F_ACK),
+    };
+    let mut msg = Vec::with_capacity(64);
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, patched below
+    msg.extend_from_slice(&msg_type.to_ne_bytes());
+    msg.extend_from_slice(&(flags as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: kernel assigns
+    // struct rtmsg
+    msg.push(family);
+    msg.push(prefix); // rtm_dst_len
+    msg.push(0); // rtm_src_len
+    msg.push(0); // rtm_tos
+    msg.push(libc::RT_TABLE_MAIN);
+    msg.push(libc::RTPROT_STATIC);
+    msg.push(libc::RT_SCOPE_LINK);
+    msg.push(libc::RTN_UNICAST);
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+    // RTA_DST
+    msg.extend_from_slice(&((4 + addr.len()) as u16).to_ne_bytes());
+    msg.extend_from_slice(&libc::RTA_DST.to_ne_bytes());
+    msg.extend_from_slice(&addr);
+    // RTA_OIF
+    msg.extend_from_slice(&8u16.to_ne_bytes());
+    msg.extend_from_slice(&libc::RTA_OIF.to_ne_bytes());
+    msg.extend_from_slice(&ifindex.to_ne_bytes());
+    let len = msg.len() as u32;
+    msg[..4].copy_from_slice(&len.to_ne_bytes());
+    (&sock).write_all(&msg)?;
+    let mut reply = [0u8; 1024];
+    let n = (&sock).read(&mut reply)?;
+    // nlmsghdr (16) + nlmsgerr { error: i32, msg: nlmsghdr }
+    if n >= 20 && u16::from_ne_bytes([reply[4], reply[5]]) == libc::NLMSG_ERROR as u16 {
+        let errno = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
+        if errno == 0 {
+            return Ok(());
+        }
+        return Err(io::Error::from_raw_os_error(-errno));
+    }
+    Err(io::Error::other("unexpected rtnetlink reply"))
+}
+
+/// The interface index of `name` (0 if unknown).
+pub fn if_index(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::other("interface name has a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(idx)
+    }
+}
+
+/// Enter a new network namespace on this thread (tests only: sandboxing the TUN/route tests).
+pub fn unshare_netns() -> io::Result<()> {
+    // SAFETY: plain syscall; it only affects the calling thread's namespace membership.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! The I/O layer on its own: batched UDP on loopback, the TUN and netlink routes in a private
+//! network namespace (root only).
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use tandem::dataplane::batch::{BATCH, Batch};
+use tandem::dataplane::sys;
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root under CI"
+    );
+    eprintln!("SKIPPING {test}: needs root (run as root to exercise it)");
+    true
+}
+
+#[test]
+fn a_batch_of_datagrams_crosses_loopback_in_order_with_sendmmsg_and_recvmmsg() {
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b_addr = b.local_addr().unwrap();
+    let mut tx = Batch::new(2048);
+    for (i, slot) in tx.slots.iter_mut().enumerate() {
+        slot.start = 16;
+        slot.len = 100 + i;
+        slot.buf[16..16 + slot.len].fill(i as u8);
+        slot.addr = b_addr;
+    }
+    let sent = sys::send_mmsg(a.as_raw_fd(), &tx.slots, 0..BATCH);
+    assert_eq!(sent, BATCH);
+
+    let mut rx = Batch::new(2048);
+    let mut got = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while got < BATCH && std::time::Instant::now() < deadline {
+        let n = sys::recv_mmsg(b.as_raw_fd(), &mut rx.slots[got..], 32).unwrap();
+        got += n;
+    }
+    assert_eq!(got, BATCH);
+    for (i, slot) in rx.slots.iter().enumerate() {
+        assert_eq!(slot.start, 32);
+        assert_eq!(
+            slot.len,
+            100 + i,
+            "datagram {i} arrived out of order or resized"
+        );
+        assert!(slot.buf[32..32 + slot.len].iter().all(|&b| b == i as u8));
+        assert_eq!(slot.addr, a.local_addr().unwrap());
+    }
+    // Nothing pending: a non-blocking receive returns 0 rather than waiting.
+    assert_eq!(sys::recv_mmsg(b.as_raw_fd(), &mut rx.slots, 0).unwrap(), 0);
+}
+
+#[test]
+fn a_datagram_larger_than_its_slot_is_reported_empty_not_truncated() {
+    let a = UdpSocket::bind("[::1]:0").unwrap();
+    let b = UdpSocket::bind("[::1]:0").unwrap();
+    a.send_to(&[7u8; 600], b.local_addr().unwrap()).unwrap();
+    let mut rx = Batch::new(512);
+    let mut n = 0;
+    for _ in 0..1000 {
+        n = sys::recv_mmsg(b.as_raw_fd(), &mut rx.slots, 0).unwrap();
+        if n > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(n, 1);
+    assert_eq!(rx.slots[0].len, 0);
+    assert!(matches!(rx.slots[0].addr, SocketAddr::V6(_)));
+}
+
+#[test]
+fn the_eventfd_wakes_an_epoll_wait_from_another_thread() {
+    let ep = sys::Epoll::new().unwrap();
+    let ev = sys::EventFd::new().unwrap();
+    ep.add(std::os::fd::AsFd::as_fd(&ev), 7).unwrap();
+    let other = ev.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        other.notify();
+    });
+    let mut events = [sys::EMPTY_EVENT; 4];
+    let n = ep.wait(&mut events, 5000).unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(sys::event_token(&events[0]), 7);
+    ev.drain();
+    assert_eq!(
+        ep.wait(&mut events, 0).unwrap(),
+        0,
+        "drained eventfd still readable"
+    );
+    t.join().unwrap();
+}
+
+#[test]
+fn a_tun_in_a_private_namespace_carries_packets_and_takes_netlink_routes() {
+    if skip_unless_root("a_tun_in_a_private_namespace_carries_packets_and_takes_netlink_routes") {
+        return;
+    }
+    // A fresh thread enters its own network namespace, so nothing here touches the host and
+    // everything disappears when the thread ends.
+    std::thread::spawn(|| {
+        sys::unshare_netns().unwrap();
+        let dev = tun_rs::DeviceBuilder::new()
+            .name("tdmtest0")
+            .mtu(1400)
+            .ipv4(Ipv4Addr::new(10, 99, 0, 1), 24, None)
+            .build_sync()
+            .unwrap();
+        dev.set_nonblocking(true).unwrap();
+        let idx = sys::if_index("tdmtest0").unwrap();
+        sys::route(
+            sys::RouteOp::Add,
+            idx,
+            IpAddr::V4(Ipv4Addr::new(10, 98, 0, 0)),
+            16,
+        )
+        .unwrap();
+        // Idempotent (NLM_F_REPLACE).
+        sys::route(
+            sys::RouteOp::Add,
+            idx,
+            IpAddr::V4(Ipv4Addr::new(10, 98, 0, 0)),
+            16,
+        )
+        .unwrap();
+        sys::route(sys::RouteOp::Add, idx, "fd00:98::".parse().unwrap(), 64).unwrap();
+        let routes = std::fs::read_to_string("/proc/thread-self/net/ipv6_route").unwrap();
+        assert!(
+            routes.contains("fd000098000000000000000000000000 40"),
+            "{routes}"
+        );
+
+        // A UDP datagram to a routed address comes out of the TUN as an IPv4 packet.
+        let s = UdpSocket::bind("10.99.0.1:0").unwrap();
+        s.send_to(b"hello tun", "10.98.1.2:9").unwrap();
+        let mut buf = [0u8; 2000];
+        let mut n = 0;
+        for _ in 0..2000 {
+            match dev.recv(&mut buf) {
+                Ok(len) if len >= 20 && buf[0] >> 4 == 4 && buf[16..20] == [10, 98, 1, 2] => {
+                    n = len;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("tun read: {e}"),
+            }
+        }
+        assert_eq!(n, 20 + 8 + 9);
+        assert_eq!(&buf[28..37], b"hello tun");
+
+        // Deleting the route makes the destination unroutable again.
+        sys::route(
+            sys::RouteOp::Delete,
+            idx,
+            IpAddr::V4(Ipv4Addr::new(10, 98, 0, 0)),
+            16,
+        )
+        .unwrap();
+        let err = s.send_to(b"x", "10.98.1.2:9").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH));
+    })
+    .join()
+    .unwrap();
+}
