@@ -1,3 +1,208 @@
 //! tandem's TOML configuration: schema, defaults, validation with `FILE:LINE:COL` errors, and
 //! key/PSK file loading with permission checks.
+//!
+//! The flow is parse -> check -> resolve, and a [`Config`] exists only once all three passed:
+//!
+//! 1. The text is parsed by `toml` into its spanned document tree (every key and value keeps its
+//!    byte range). A syntax error stops here, with the parser's message and position.
+//! 2. The tree is walked against the schema of SPEC §3 ([`schema`]): unknown keys, wrong types,
+//!    missing keys and bad values (durations, CIDRs, socket addresses, inline keys) are *all*
+//!    collected, each naming its field path (`connection[0].tunnel[1].psk_file`) and pointing at
+//!    the line that holds the offending value. Cross-field rules ([`validate`]) follow: duplicate
+//!    names and endpoint pairs, overlapping subnets, tied priorities, `dpd_timeout` vs
+//!    `dpd_interval`; a duplicate or an overlap points at its second occurrence.
+//! 3. Key and PSK files are read through a [`KeyFiles`] source ([`FsKeyFiles`] for real files:
+//!    permission checks like ssh, symlinks followed and judged by their target, relative paths
+//!    resolved against the config file's directory, `$CREDENTIALS_DIRECTORY` for bare names).
+//!    A problem with a file points at the line that names it.
+//!
+//! Why a walk over `toml`'s spanned tree instead of `#[derive(Deserialize)]` with
+//! `deny_unknown_fields`: serde stops at the first error and does not know the field path; the walk
+//! reports every error at once with its path, which is what an operator fixing a file wants.
 #![forbid(unsafe_code)]
+
+mod diag;
+mod keyfile;
+mod schema;
+mod validate;
+mod values;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use zeroize::Zeroizing;
+
+pub use diag::{ConfigError, Diagnostic};
+pub use keyfile::{FsKeyFiles, KeyFileError, KeyFiles, MemoryKeyFiles};
+pub use values::{parse_duration, parse_key_base64};
+
+/// A 32-byte secret (X25519 private key or PSK), wiped from memory on drop.
+pub type SecretKey = Zeroizing<[u8; 32]>;
+
+/// Default TUN interface name.
+pub const DEFAULT_TUN_NAME: &str = "tandem0";
+/// Default control socket path (SPEC §2).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/control.sock";
+/// Per-packet overhead of the worst case: IPv6 outer header (40) + UDP (8) + ESP header with
+/// SPI, sequence number and 8-byte IV (16) + ESP trailer with up to 3 pad bytes, pad length and
+/// next header (5) + GCM ICV (16) = 85 bytes (SPEC §4, RFC 4303/4106).
+pub const TUNNEL_OVERHEAD: u16 = 40 + 8 + 16 + 3 + 2 + 16;
+/// Default inner MTU: a 1500-byte underlay minus [`TUNNEL_OVERHEAD`] = 1415. An inner packet of
+/// 1415 bytes + 2 trailer bytes pads to 1420 (4-byte aligned), so the outer IPv6 packet is
+/// exactly 1500 bytes.
+pub const DEFAULT_MTU: u16 = 1500 - TUNNEL_OVERHEAD;
+/// Smallest accepted inner MTU: the IPv6 minimum link MTU (RFC 8200 §5); below it the kernel
+/// disables IPv6 on the TUN.
+pub const MIN_MTU: u16 = 1280;
+/// Largest accepted inner MTU: jumbo frames.
+pub const MAX_MTU: u16 = 9000;
+/// Default `dpd_interval` (SPEC §5).
+pub const DEFAULT_DPD_INTERVAL: Duration = Duration::from_millis(250);
+/// Default `dpd_timeout` (SPEC §5).
+pub const DEFAULT_DPD_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `rekey_after` (SPEC §5).
+pub const DEFAULT_REKEY_AFTER: Duration = Duration::from_secs(120);
+/// An SA past this age is never used to send (SPEC §5): `rekey_after` must be below it.
+pub const REJECT_AFTER: Duration = Duration::from_secs(180);
+/// Shortest accepted `rekey_after`: one handshake a second is already far more than needed.
+pub const MIN_REKEY_AFTER: Duration = Duration::from_secs(1);
+/// Default `failback` (SPEC §3).
+pub const DEFAULT_FAILBACK: Duration = Duration::from_secs(10);
+
+/// A validated configuration with its keys loaded.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[gateway]`.
+    pub gateway: Gateway,
+    /// `[control]`.
+    pub control: Control,
+    /// `[[connection]]`, in file order (at least one).
+    pub connections: Vec<Connection>,
+}
+
+/// `[gateway]`: this side's identity and TUN device.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// The X25519 private key read from `private_key_file`.
+    pub private_key: SecretKey,
+    /// The file it came from, resolved (absolute or relative to the working directory).
+    pub private_key_file: PathBuf,
+    /// TUN interface name (default [`DEFAULT_TUN_NAME`]).
+    pub tun_name: String,
+    /// Inner MTU (default [`DEFAULT_MTU`], range [`MIN_MTU`]..=[`MAX_MTU`]).
+    pub mtu: u16,
+    /// Optional address put on the TUN (host bits allowed: it is an interface address).
+    pub address: Option<IpNet>,
+}
+
+/// `[control]`: the admin surfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    /// Unix control socket (default [`DEFAULT_CONTROL_SOCKET`]).
+    pub socket: PathBuf,
+    /// Optional Prometheus text endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// How a connection spreads traffic over its tunnels (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The Up tunnel with the lowest priority number carries everything.
+    ActiveStandby,
+    /// Flows are hashed over all Up tunnels.
+    ActiveActive,
+}
+
+impl Mode {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::ActiveStandby => "active-standby",
+            Mode::ActiveActive => "active-active",
+        }
+    }
+}
+
+/// `[[connection]]`: one site-to-site link carried by redundant tunnels.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Unique among connections.
+    pub name: String,
+    /// Traffic selectors: what may come from us (non-empty, no host bits).
+    pub local_subnets: Vec<IpNet>,
+    /// What is routed into this connection and may arrive from it (non-empty, no host bits,
+    /// disjoint from every other connection's `remote_subnets` and from `local_subnets`).
+    pub remote_subnets: Vec<IpNet>,
+    /// Default [`Mode::ActiveStandby`].
+    pub mode: Mode,
+    /// Stable time before returning to a better tunnel; `None` = "never". Default 10 s.
+    pub failback: Option<Duration>,
+    /// Keepalive / DPD interval (default 250 ms, > 0).
+    pub dpd_interval: Duration,
+    /// No authenticated packet for this long => Down (default 1 s, > `dpd_interval`).
+    pub dpd_timeout: Duration,
+    /// Clamp TCP MSS of SYNs to fit the inner MTU (default true).
+    pub mss_clamp: bool,
+    /// New handshake after this SA age (default 2 min, below [`REJECT_AFTER`]).
+    pub rekey_after: Duration,
+    /// At least one; in file order.
+    pub tunnels: Vec<Tunnel>,
+}
+
+/// `[[connection.tunnel]]`: one path to the peer with its own keys.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    /// Unique within its connection.
+    pub name: String,
+    /// Bind address (`None`: any address, ephemeral port).
+    pub local: Option<SocketAddr>,
+    /// Peer address (`None`: responder-only, learned from authenticated packets).
+    pub remote: Option<SocketAddr>,
+    /// The peer's static public key: the tunnel's own, or else the connection's.
+    pub peer_public_key: [u8; 32],
+    /// The tunnel's pre-shared key read from `psk_file`.
+    pub psk: SecretKey,
+    /// The file it came from, resolved.
+    pub psk_file: PathBuf,
+    /// Lower is preferred; default: the tunnel's 1-based position in its connection. Unique
+    /// within an active-standby connection.
+    pub priority: u32,
+}
+
+impl Config {
+    /// Total number of tunnels over all connections.
+    pub fn tunnel_count(&self) -> usize {
+        self.connections.iter().map(|c| c.tunnels.len()).sum()
+    }
+}
+
+/// Reads, parses and validates the config file at `path`, and reads the key and PSK files it
+/// names from the filesystem ([`FsKeyFiles`] rooted at the config file's directory, honouring
+/// `$CREDENTIALS_DIRECTORY`). Errors are reported with `path` as given.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = read_config_text(path)?;
+    let keys = FsKeyFiles::for_config(path);
+    parse_str(&path.display().to_string(), &text, &keys)
+}
+
+/// Parses and validates `text` as if it were the file `name`, reading key and PSK files through
+/// `keys` (pass a [`MemoryKeyFiles`] to stay off the filesystem, as the fuzz target does).
+pub fn parse_str(name: &str, text: &str, keys: &dyn KeyFiles) -> Result<Config, ConfigError> {
+    schema::parse(name, text, keys)
+}
+
+/// The `[control] socket` of the config file at `path` (`None` when the key is absent), without
+/// validating the rest or reading any key file: control commands use it to find the daemon.
+pub fn control_socket_of(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
+    let text = read_config_text(path)?;
+    schema::control_socket(&path.display().to_string(), &text)
+}
+
+fn read_config_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.display().to_string(),
+        source,
+    })
+}

@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod check;
+pub mod cli;
 pub mod control;
 pub mod dataplane;
 pub mod keys;

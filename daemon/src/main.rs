@@ -1,4 +1,91 @@
 //! The `tandem` binary: CLI, data plane, control socket, metrics and systemd integration — the
 //! imperative shell that drives `tandem-engine`.
+//!
+//! This file only parses the command line ([`tandem::cli`]) and dispatches; each command returns
+//! its exit status (SPEC §2: 0 success, 1 user error, 2 daemon unreachable).
+// The CLI's output is the point of these commands.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
-fn main() {}
+use std::io::Read as _;
+use std::process::ExitCode;
+
+use tandem::cli::{Cli, Command, EXIT_OK, EXIT_UNREACHABLE, EXIT_USER_ERROR};
+use zeroize::Zeroizing;
+
+fn main() -> ExitCode {
+    let cli = match <Cli as clap::Parser>::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with status 0; a usage error is a user error (1),
+            // not clap's default 2, which SPEC §2 reserves for "daemon unreachable".
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                EXIT_USER_ERROR
+            } else {
+                EXIT_OK
+            });
+        }
+    };
+    ExitCode::from(dispatch(cli.command))
+}
+
+fn dispatch(command: Command) -> u8 {
+    match command {
+        Command::Genkey => print_key(tandem::keys::genkey()),
+        Command::Genpsk => print_key(tandem::keys::genpsk()),
+        Command::Pubkey => pubkey(),
+        Command::Check(args) => match tandem::check::check(&args.config) {
+            Ok(summary) => {
+                println!("{summary}");
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                EXIT_USER_ERROR
+            }
+        },
+        Command::Run(_) => not_implemented("run"),
+        Command::Status(_) => not_implemented("status"),
+        Command::Reload(_) => not_implemented("reload"),
+        Command::Failover(_) => not_implemented("failover"),
+        Command::Drill(_) => not_implemented("drill"),
+    }
+}
+
+fn print_key(key: Result<Zeroizing<String>, tandem::keys::KeyError>) -> u8 {
+    match key {
+        Ok(k) => {
+            println!("{}", k.as_str());
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("tandem: {e}");
+            EXIT_USER_ERROR
+        }
+    }
+}
+
+fn pubkey() -> u8 {
+    let mut input = Zeroizing::new(String::new());
+    // A key is 44 characters; anything much longer is not a key.
+    let read = std::io::stdin().take(4096).read_to_string(&mut input);
+    if let Err(e) = read {
+        eprintln!("tandem: cannot read standard input: {e}");
+        return EXIT_USER_ERROR;
+    }
+    match tandem::keys::pubkey(&input) {
+        Ok(public) => {
+            println!("{public}");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("tandem: {e}");
+            EXIT_USER_ERROR
+        }
+    }
+}
+
+fn not_implemented(what: &str) -> u8 {
+    eprintln!("tandem {what}: not implemented yet");
+    EXIT_UNREACHABLE
+}

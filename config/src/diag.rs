@@ -1,0 +1,161 @@
+//! Diagnostics: a byte span in the config text becomes `FILE:LINE:COL` (1-based, column counted
+//! in characters), followed by the field path and the message.
+
+use std::fmt;
+use std::ops::Range;
+
+/// One problem in a config file, at a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The config file as named by the caller.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// Field path such as `connection[0].tunnel[1].psk_file`; empty for syntax errors.
+    pub path: String,
+    /// What is wrong, and where useful, what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file itself could not be read.
+    #[error("{file}: cannot read the config file: {source}")]
+    Read {
+        /// The config file as named by the caller.
+        file: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid config: one or more problems, sorted by position.
+    #[error("{}", display_lines(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    /// The positioned problems (empty for [`ConfigError::Read`]).
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid(d) => d,
+        }
+    }
+}
+
+fn display_lines(d: &[Diagnostic]) -> String {
+    let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+/// Collects diagnostics for one file and turns byte offsets into positions.
+#[derive(Debug)]
+pub(crate) struct Sink<'a> {
+    file: &'a str,
+    text: &'a str,
+    /// Byte offset of the start of each line.
+    line_starts: Vec<usize>,
+    /// (byte offset, diagnostic), sorted at the end.
+    found: Vec<(usize, Diagnostic)>,
+}
+
+impl<'a> Sink<'a> {
+    pub(crate) fn new(file: &'a str, text: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Sink {
+            file,
+            text,
+            line_starts,
+            found: Vec::new(),
+        }
+    }
+
+    /// 1-based (line, column) of a byte offset; an offset inside a multi-byte character counts
+    /// as that character.
+    pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.line_starts[line - 1];
+        let column = self
+            .text
+            .get(start..)
+            .unwrap_or("")
+            .char_indices()
+            .take_while(|(i, _)| start + i < offset)
+            .count()
+            + 1;
+        (line, column)
+    }
+
+    /// The config file's name.
+    pub(crate) fn file(&self) -> &str {
+        self.file
+    }
+
+    /// 1-based line of a byte offset.
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        self.position(offset).0
+    }
+
+    pub(crate) fn error(&mut self, span: &Range<usize>, path: &str, message: impl Into<String>) {
+        let (line, column) = self.position(span.start);
+        self.found.push((
+            span.start,
+            Diagnostic {
+                file: self.file.to_owned(),
+                line,
+                column,
+                path: path.to_owned(),
+                message: message.into(),
+            },
+        ));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    /// All diagnostics in file order (stable for equal positions), duplicates removed.
+    pub(crate) fn into_error(self) -> ConfigError {
+        let mut found = self.found;
+        found.sort_by_key(|(offset, _)| *offset);
+        let mut out: Vec<Diagnostic> = Vec::with_capacity(found.len());
+        for (_, d) in found {
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+        ConfigError::Invalid(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_become_one_based_lines_and_character_columns() {
+        let sink = Sink::new("f", "ab\nçd = 1\n\nx");
+        assert_eq!(sink.position(0), (1, 1));
+        assert_eq!(sink.position(1), (1, 2));
+        assert_eq!(sink.position(3), (2, 1));
+        // 'ç' is two bytes: 'd' is the second character.
+        assert_eq!(sink.position(5), (2, 2));
+        assert_eq!(sink.position(11), (3, 1));
+        assert_eq!(sink.position(12), (4, 1));
+        assert_eq!(sink.position(999), (4, 2));
+    }
+}

@@ -1,0 +1,845 @@
+//! The schema walk: `toml`'s spanned tree -> checked intermediate values with their spans ->
+//! [`validate`](crate::validate) -> [`Config`].
+//!
+//! Every problem is pushed to the [`Sink`] and the walk goes on, so one run reports them all; a
+//! field that failed is left out (`None`) and the checks that need it are skipped, so one mistake
+//! is reported once. A [`Config`] is assembled only when the sink stayed empty.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::diag::{ConfigError, Diagnostic, Sink};
+use crate::keyfile::KeyFiles;
+use crate::values::{
+    format_duration, parse_duration, parse_interface_address, parse_key_base64, parse_socket_addr,
+    parse_subnet,
+};
+use crate::{
+    Config, Connection, Control, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_INTERVAL, DEFAULT_DPD_TIMEOUT,
+    DEFAULT_FAILBACK, DEFAULT_MTU, DEFAULT_REKEY_AFTER, DEFAULT_TUN_NAME, Gateway, MAX_MTU,
+    MIN_MTU, MIN_REKEY_AFTER, Mode, REJECT_AFTER, SecretKey, Tunnel,
+};
+
+/// A value with where it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct At<T> {
+    pub(crate) value: T,
+    pub(crate) span: Range<usize>,
+    pub(crate) path: String,
+}
+
+/// Longest connection or tunnel name: they appear in logs, metric labels and CLI arguments.
+const MAX_NAME_LEN: usize = 64;
+/// Linux `IFNAMSIZ` (16) minus the terminating NUL.
+const MAX_IFNAME_LEN: usize = 15;
+
+const ROOT_KEYS: &[&str] = &["gateway", "control", "connection"];
+const GATEWAY_KEYS: &[&str] = &["private_key_file", "tun_name", "mtu", "address"];
+const CONTROL_KEYS: &[&str] = &["socket", "metrics_listen"];
+const CONNECTION_KEYS: &[&str] = &[
+    "name",
+    "peer_public_key",
+    "peer_public_key_file",
+    "local_subnets",
+    "remote_subnets",
+    "mode",
+    "failback",
+    "dpd_interval",
+    "dpd_timeout",
+    "mss_clamp",
+    "rekey_after",
+    "tunnel",
+];
+const TUNNEL_KEYS: &[&str] = &[
+    "name",
+    "local",
+    "remote",
+    "peer_public_key",
+    "peer_public_key_file",
+    "psk_file",
+    "priority",
+];
+
+pub(crate) struct RawGateway {
+    pub(crate) private_key: Option<(SecretKey, PathBuf)>,
+    pub(crate) tun_name: String,
+    pub(crate) mtu: u16,
+    pub(crate) address: Option<IpNet>,
+}
+
+pub(crate) struct RawConnection {
+    pub(crate) path: String,
+    pub(crate) name: Option<At<String>>,
+    pub(crate) local_subnets: Vec<At<IpNet>>,
+    pub(crate) remote_subnets: Vec<At<IpNet>>,
+    pub(crate) mode: Mode,
+    pub(crate) failback: Option<Duration>,
+    pub(crate) dpd_interval: Option<At<Duration>>,
+    pub(crate) dpd_timeout: Option<At<Duration>>,
+    pub(crate) mss_clamp: bool,
+    pub(crate) rekey_after: Duration,
+    pub(crate) tunnels: Vec<RawTunnel>,
+}
+
+pub(crate) struct RawTunnel {
+    pub(crate) span: Range<usize>,
+    pub(crate) path: String,
+    pub(crate) name: Option<At<String>>,
+    pub(crate) local: Option<At<SocketAddr>>,
+    pub(crate) remote: Option<At<SocketAddr>>,
+    pub(crate) peer_public_key: Option<[u8; 32]>,
+    pub(crate) psk: Option<(SecretKey, PathBuf)>,
+    /// Explicit priority with its span, or the default (1-based position) with the tunnel's span.
+    pub(crate) priority: At<u32>,
+}
+
+/// Parse, walk, validate, assemble.
+pub(crate) fn parse(name: &str, text: &str, keys: &dyn KeyFiles) -> Result<Config, ConfigError> {
+    let mut sink = Sink::new(name, text);
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => return Err(syntax_error(&sink, &e)),
+    };
+    let mut w = Walker {
+        sink: &mut sink,
+        keys,
+    };
+    let root = Tab {
+        table: root.get_ref(),
+        span: 0..0,
+        path: String::new(),
+    };
+    w.check_keys(&root, ROOT_KEYS);
+    let gateway = match w.table(&root, "gateway") {
+        Some(t) => w.gateway(&t),
+        None => {
+            if root.table.get("gateway").is_none() {
+                w.sink.error(
+                    &(0..0),
+                    "gateway",
+                    "missing table [gateway]: it names the private key",
+                );
+            }
+            None
+        }
+    };
+    let control = match w.table(&root, "control") {
+        Some(t) => w.control(&t),
+        None => Some(Control {
+            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            metrics_listen: None,
+        }),
+    };
+    let connections: Vec<RawConnection> = match w.table_array(&root, "connection") {
+        Some(list) if list.is_empty() => Vec::new(),
+        Some(list) => list.iter().map(|t| w.connection(t)).collect(),
+        None => {
+            if root.table.get("connection").is_none() {
+                w.sink.error(
+                    &(0..0),
+                    "connection",
+                    "no [[connection]]: a gateway needs at least one connection",
+                );
+            }
+            Vec::new()
+        }
+    };
+    crate::validate::check(&mut sink, &connections);
+    if !sink.is_empty() {
+        return Err(sink.into_error());
+    }
+    assemble(gateway, control, connections).ok_or_else(|| {
+        // Every None above came with a diagnostic; reaching this is a bug, reported not hidden.
+        ConfigError::Invalid(vec![Diagnostic {
+            file: name.to_owned(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message: "internal error: invalid config without a diagnostic".into(),
+        }])
+    })
+}
+
+/// Only `[control] socket`, for control commands that need to find the daemon.
+pub(crate) fn control_socket(name: &str, text: &str) -> Result<Option<PathBuf>, ConfigError> {
+    let sink = Sink::new(name, text);
+    let root = DeTable::parse(text).map_err(|e| syntax_error(&sink, &e))?;
+    let socket = root
+        .get_ref()
+        .get("control")
+        .and_then(|c| c.get_ref().as_table())
+        .and_then(|c| c.get("socket"));
+    match socket {
+        None => Ok(None),
+        Some(v) => match v.get_ref().as_str() {
+            Some(s) if !s.is_empty() => Ok(Some(PathBuf::from(s))),
+            _ => {
+                let mut sink = sink;
+                sink.error(
+                    &v.span(),
+                    "control.socket",
+                    "expected a non-empty string (a path)",
+                );
+                Err(sink.into_error())
+            }
+        },
+    }
+}
+
+fn syntax_error(sink: &Sink<'_>, e: &toml::de::Error) -> ConfigError {
+    let span = e.span().unwrap_or(0..0);
+    let (line, column) = sink.position(span.start);
+    let message = e.message().trim_end().replace('\n', "; ");
+    ConfigError::Invalid(vec![Diagnostic {
+        file: sink.file().to_owned(),
+        line,
+        column,
+        path: String::new(),
+        message: format!("TOML syntax error: {message}"),
+    }])
+}
+
+fn assemble(
+    gateway: Option<RawGateway>,
+    control: Option<Control>,
+    connections: Vec<RawConnection>,
+) -> Option<Config> {
+    let g = gateway?;
+    let (private_key, private_key_file) = g.private_key?;
+    let mut out = Vec::with_capacity(connections.len());
+    for c in connections {
+        let mut tunnels = Vec::with_capacity(c.tunnels.len());
+        for t in c.tunnels {
+            let (psk, psk_file) = t.psk?;
+            tunnels.push(Tunnel {
+                name: t.name?.value,
+                local: t.local.map(|a| a.value),
+                remote: t.remote.map(|a| a.value),
+                peer_public_key: t.peer_public_key?,
+                psk,
+                psk_file,
+                priority: t.priority.value,
+            });
+        }
+        out.push(Connection {
+            name: c.name?.value,
+            local_subnets: c.local_subnets.into_iter().map(|a| a.value).collect(),
+            remote_subnets: c.remote_subnets.into_iter().map(|a| a.value).collect(),
+            mode: c.mode,
+            failback: c.failback,
+            dpd_interval: c.dpd_interval.map_or(DEFAULT_DPD_INTERVAL, |a| a.value),
+            dpd_timeout: c.dpd_timeout.map_or(DEFAULT_DPD_TIMEOUT, |a| a.value),
+            mss_clamp: c.mss_clamp,
+            rekey_after: c.rekey_after,
+            tunnels,
+        });
+    }
+    if out.is_empty() {
+        return None;
+    }
+    Some(Config {
+        gateway: Gateway {
+            private_key,
+            private_key_file,
+            tun_name: g.tun_name,
+            mtu: g.mtu,
+            address: g.address,
+        },
+        control: control?,
+        connections: out,
+    })
+}
+
+/// A table being walked, with its span (the header) and path.
+struct Tab<'t, 'i> {
+    table: &'t DeTable<'i>,
+    span: Range<usize>,
+    path: String,
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// "a string", "an integer"...
+fn article(v: &DeValue<'_>) -> String {
+    let t = v.type_str();
+    let an = matches!(t.as_bytes().first(), Some(b'a' | b'e' | b'i' | b'o' | b'u'));
+    format!("{} {t}", if an { "an" } else { "a" })
+}
+
+struct Walker<'s, 'a, 'k> {
+    sink: &'s mut Sink<'a>,
+    keys: &'k dyn KeyFiles,
+}
+
+impl Walker<'_, '_, '_> {
+    fn check_keys(&mut self, tab: &Tab<'_, '_>, allowed: &[&str]) {
+        for (k, _) in tab.table.iter() {
+            let key: &str = k.get_ref();
+            if allowed.contains(&key) {
+                continue;
+            }
+            let hint = match closest(key, allowed) {
+                Some(s) => format!("unknown key (did you mean \"{s}\"?)"),
+                None => format!("unknown key (expected one of: {})", allowed.join(", ")),
+            };
+            self.sink.error(&k.span(), &join(&tab.path, key), hint);
+        }
+    }
+
+    fn value<'t, 'i>(&self, tab: &Tab<'t, 'i>, key: &str) -> Option<&'t Spanned<DeValue<'i>>> {
+        tab.table.get(key)
+    }
+
+    fn wrong_type(&mut self, v: &Spanned<DeValue<'_>>, path: &str, expected: &str) {
+        let found = article(v.get_ref());
+        self.sink.error(
+            &v.span(),
+            path,
+            format!("expected {expected}, found {found}"),
+        );
+    }
+
+    fn missing(&mut self, tab: &Tab<'_, '_>, key: &str, what: &str) {
+        self.sink.error(
+            &tab.span,
+            &join(&tab.path, key),
+            format!("missing required key `{key}` ({what})"),
+        );
+    }
+
+    fn string<'t>(&mut self, tab: &Tab<'t, '_>, key: &str) -> Option<At<&'t str>> {
+        let v = self.value(tab, key)?;
+        let path = join(&tab.path, key);
+        match v.get_ref().as_str() {
+            Some(s) => Some(At {
+                value: s,
+                span: v.span(),
+                path,
+            }),
+            None => {
+                self.wrong_type(v, &path, "a string");
+                None
+            }
+        }
+    }
+
+    /// A string field parsed by `parse`; errors point at the value.
+    fn parsed<T>(
+        &mut self,
+        tab: &Tab<'_, '_>,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<At<T>> {
+        let s = self.string(tab, key)?;
+        match parse(s.value) {
+            Ok(value) => Some(At {
+                value,
+                span: s.span,
+                path: s.path,
+            }),
+            Err(m) => {
+                self.sink.error(&s.span, &s.path, m);
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, tab: &Tab<'_, '_>, key: &str) -> Option<At<i128>> {
+        let v = self.value(tab, key)?;
+        let path = join(&tab.path, key);
+        match v.get_ref().as_integer() {
+            Some(i) => match i128::from_str_radix(i.as_str(), i.radix()) {
+                Ok(value) => Some(At {
+                    value,
+                    span: v.span(),
+                    path,
+                }),
+                Err(_) => {
+                    self.sink.error(&v.span(), &path, "integer out of range");
+                    None
+                }
+            },
+            None => {
+                self.wrong_type(v, &path, "an integer");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, tab: &Tab<'_, '_>, key: &str) -> Option<bool> {
+        let v = self.value(tab, key)?;
+        match v.get_ref().as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.wrong_type(v, &join(&tab.path, key), "a boolean (true or false)");
+                None
+            }
+        }
+    }
+
+    /// An array of strings, each parsed; errors point at the element (`key[i]`).
+    fn parsed_list<T>(
+        &mut self,
+        tab: &Tab<'_, '_>,
+        key: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<Vec<At<T>>> {
+        let v = self.value(tab, key)?;
+        let path = join(&tab.path, key);
+        let Some(items) = v.get_ref().as_array() else {
+            self.wrong_type(v, &path, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}[{i}]");
+            let Some(s) = item.get_ref().as_str() else {
+                self.wrong_type(item, &ipath, "a string");
+                continue;
+            };
+            match parse(s) {
+                Ok(value) => out.push(At {
+                    value,
+                    span: item.span(),
+                    path: ipath,
+                }),
+                Err(m) => self.sink.error(&item.span(), &ipath, m),
+            }
+        }
+        if items.is_empty() {
+            self.sink
+                .error(&v.span(), &path, "must list at least one prefix");
+        }
+        Some(out)
+    }
+
+    fn table<'t, 'i>(&mut self, tab: &Tab<'t, 'i>, key: &str) -> Option<Tab<'t, 'i>> {
+        let v = self.value(tab, key)?;
+        let path = join(&tab.path, key);
+        match v.get_ref().as_table() {
+            Some(t) => Some(Tab {
+                table: t,
+                span: v.span(),
+                path,
+            }),
+            None => {
+                self.wrong_type(v, &path, &format!("a table ([{path}])"));
+                None
+            }
+        }
+    }
+
+    fn table_array<'t, 'i>(&mut self, tab: &Tab<'t, 'i>, key: &str) -> Option<Vec<Tab<'t, 'i>>> {
+        let v = self.value(tab, key)?;
+        let path = join(&tab.path, key);
+        let header = format!("[[{}]]", join(&strip_indices(&tab.path), key));
+        let Some(items) = v.get_ref().as_array() else {
+            self.wrong_type(v, &path, &format!("an array of tables ({header})"));
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}[{i}]");
+            match item.get_ref().as_table() {
+                Some(t) => out.push(Tab {
+                    table: t,
+                    span: item.span(),
+                    path: ipath,
+                }),
+                None => self.wrong_type(item, &ipath, &format!("a table ({header})")),
+            }
+        }
+        Some(out)
+    }
+
+    fn name(&mut self, tab: &Tab<'_, '_>, what: &str) -> Option<At<String>> {
+        let Some(s) = self.string(tab, "name") else {
+            if self.value(tab, "name").is_none() {
+                self.missing(tab, "name", &format!("each {what} needs a unique name"));
+            }
+            return None;
+        };
+        if !valid_name(s.value, MAX_NAME_LEN) {
+            self.sink.error(
+                &s.span,
+                &s.path,
+                format!(
+                    "invalid name \"{}\": use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.'",
+                    s.value
+                ),
+            );
+            return None;
+        }
+        Some(At {
+            value: s.value.to_owned(),
+            span: s.span,
+            path: s.path,
+        })
+    }
+
+    /// Reads a secret key file named by `key`; errors point at the line naming the file.
+    fn key_file(&mut self, tab: &Tab<'_, '_>, key: &str) -> Option<(SecretKey, PathBuf)> {
+        let s = self.string(tab, key)?;
+        if s.value.is_empty() {
+            self.sink
+                .error(&s.span, &s.path, "expected a file path, found \"\"");
+            return None;
+        }
+        match self.keys.read_key(s.value) {
+            Ok(k) => Some((k, self.keys.resolve(s.value))),
+            Err(e) => {
+                self.sink.error(&s.span, &s.path, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// `peer_public_key` (inline base64) or `peer_public_key_file`, at most one of them.
+    /// Outer `None`: neither given (or an error was reported); inner: the key.
+    fn peer_public_key(&mut self, tab: &Tab<'_, '_>) -> (bool, Option<[u8; 32]>) {
+        let inline = self.value(tab, "peer_public_key");
+        let file = self.value(tab, "peer_public_key_file");
+        if let (Some(a), Some(b)) = (inline, file) {
+            let second = if a.span().start > b.span().start {
+                ("peer_public_key", a)
+            } else {
+                ("peer_public_key_file", b)
+            };
+            self.sink.error(
+                &second.1.span(),
+                &join(&tab.path, second.0),
+                "set either peer_public_key or peer_public_key_file, not both",
+            );
+            return (true, None);
+        }
+        if inline.is_some() {
+            let k = self.parsed(tab, "peer_public_key", |s| parse_key_base64(s).map(|k| *k));
+            return (true, k.map(|a| a.value));
+        }
+        if file.is_some() {
+            let s = self.string(tab, "peer_public_key_file");
+            let Some(s) = s else { return (true, None) };
+            return match self.keys.read_public_key(s.value) {
+                Ok(k) => (true, Some(k)),
+                Err(e) => {
+                    self.sink.error(&s.span, &s.path, e.to_string());
+                    (true, None)
+                }
+            };
+        }
+        (false, None)
+    }
+
+    fn duration(&mut self, tab: &Tab<'_, '_>, key: &str) -> Option<At<Duration>> {
+        self.parsed(tab, key, parse_duration)
+    }
+
+    fn gateway(&mut self, tab: &Tab<'_, '_>) -> Option<RawGateway> {
+        self.check_keys(tab, GATEWAY_KEYS);
+        let private_key = self.key_file(tab, "private_key_file");
+        if self.value(tab, "private_key_file").is_none() {
+            self.missing(tab, "private_key_file", "this gateway's X25519 private key");
+        }
+        let tun_name = self
+            .string(tab, "tun_name")
+            .and_then(|s| {
+                if valid_name(s.value, MAX_IFNAME_LEN) {
+                    Some(s.value.to_owned())
+                } else {
+                    self.sink.error(
+                        &s.span,
+                        &s.path,
+                        format!(
+                            "invalid interface name \"{}\": use 1 to {MAX_IFNAME_LEN} letters, digits, '-', '_' or '.'",
+                            s.value
+                        ),
+                    );
+                    None
+                }
+            })
+            .unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned());
+        let mtu = match self.integer(tab, "mtu") {
+            None => DEFAULT_MTU,
+            Some(m) => match u16::try_from(m.value) {
+                Ok(v) if (MIN_MTU..=MAX_MTU).contains(&v) => v,
+                _ => {
+                    self.sink.error(
+                        &m.span,
+                        &m.path,
+                        format!(
+                            "MTU {} is out of range {MIN_MTU}..={MAX_MTU} (the default, {DEFAULT_MTU}, fits a 1500-byte underlay)",
+                            m.value
+                        ),
+                    );
+                    DEFAULT_MTU
+                }
+            },
+        };
+        let address = self
+            .parsed(tab, "address", parse_interface_address)
+            .map(|a| a.value);
+        Some(RawGateway {
+            private_key,
+            tun_name,
+            mtu,
+            address,
+        })
+    }
+
+    fn control(&mut self, tab: &Tab<'_, '_>) -> Option<Control> {
+        self.check_keys(tab, CONTROL_KEYS);
+        let socket = match self.string(tab, "socket") {
+            Some(s) if s.value.is_empty() => {
+                self.sink
+                    .error(&s.span, &s.path, "expected a path, found \"\"");
+                None
+            }
+            Some(s) => Some(PathBuf::from(s.value)),
+            None => Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+        };
+        let metrics_listen = self
+            .parsed(tab, "metrics_listen", parse_socket_addr)
+            .map(|a| a.value);
+        Some(Control {
+            socket: socket?,
+            metrics_listen,
+        })
+    }
+
+    fn connection(&mut self, tab: &Tab<'_, '_>) -> RawConnection {
+        self.check_keys(tab, CONNECTION_KEYS);
+        let name = self.name(tab, "connection");
+        let (has_peer_key, peer_key) = self.peer_public_key(tab);
+        let subnets = |w: &mut Self, key: &str| {
+            let list = w.parsed_list(tab, key, parse_subnet);
+            if list.is_none() && w.value(tab, key).is_none() {
+                w.missing(tab, key, "a list of CIDR prefixes");
+            }
+            list.unwrap_or_default()
+        };
+        let local_subnets = subnets(self, "local_subnets");
+        let remote_subnets = subnets(self, "remote_subnets");
+        let mode = self
+            .parsed(tab, "mode", |s| match s {
+                "active-standby" => Ok(Mode::ActiveStandby),
+                "active-active" => Ok(Mode::ActiveActive),
+                _ => Err(format!(
+                    "unknown mode \"{s}\": expected \"active-standby\" or \"active-active\""
+                )),
+            })
+            .map_or(Mode::ActiveStandby, |a| a.value);
+        let failback = match self.parsed(tab, "failback", |s| match s {
+            "never" => Ok(None),
+            _ => parse_duration(s)
+                .map(Some)
+                .map_err(|m| format!("{m}, or \"never\"")),
+        }) {
+            Some(a) => a.value,
+            None => Some(DEFAULT_FAILBACK),
+        };
+        let dpd_interval = self.duration(tab, "dpd_interval");
+        let dpd_timeout = self.duration(tab, "dpd_timeout");
+        let mss_clamp = self.boolean(tab, "mss_clamp").unwrap_or(true);
+        let rekey_after = self
+            .parsed(tab, "rekey_after", |s| {
+                let d = parse_duration(s)?;
+                if d < MIN_REKEY_AFTER || d >= REJECT_AFTER {
+                    return Err(format!(
+                        "rekey_after \"{s}\" is out of range: at least {} and below {} (an SA that old may no longer send)",
+                        format_duration(MIN_REKEY_AFTER),
+                        format_duration(REJECT_AFTER)
+                    ));
+                }
+                Ok(d)
+            })
+            .map_or(DEFAULT_REKEY_AFTER, |a| a.value);
+        let mut tunnels = Vec::new();
+        match self.table_array(tab, "tunnel") {
+            Some(list) => {
+                for (i, t) in list.iter().enumerate() {
+                    tunnels.push(self.tunnel(t, i, has_peer_key, peer_key));
+                }
+                if list.is_empty() {
+                    self.sink.error(
+                        &tab.span,
+                        &join(&tab.path, "tunnel"),
+                        "connection has no tunnel: add a [[connection.tunnel]]",
+                    );
+                }
+            }
+            None => {
+                if self.value(tab, "tunnel").is_none() {
+                    self.sink.error(
+                        &tab.span,
+                        &join(&tab.path, "tunnel"),
+                        "connection has no tunnel: add a [[connection.tunnel]]",
+                    );
+                }
+            }
+        }
+        RawConnection {
+            path: tab.path.clone(),
+            name,
+            local_subnets,
+            remote_subnets,
+            mode,
+            failback,
+            dpd_interval,
+            dpd_timeout,
+            mss_clamp,
+            rekey_after,
+            tunnels,
+        }
+    }
+
+    fn tunnel(
+        &mut self,
+        tab: &Tab<'_, '_>,
+        index: usize,
+        conn_has_key: bool,
+        conn_key: Option<[u8; 32]>,
+    ) -> RawTunnel {
+        self.check_keys(tab, TUNNEL_KEYS);
+        let name = self.name(tab, "tunnel");
+        let local = self.parsed(tab, "local", parse_socket_addr);
+        let remote = self.parsed(tab, "remote", |s| {
+            let a = parse_socket_addr(s)?;
+            if a.port() == 0 {
+                return Err(format!(
+                    "remote \"{s}\" has port 0: give the peer's port, usually 4500"
+                ));
+            }
+            Ok(a)
+        });
+        let (has_key, key) = self.peer_public_key(tab);
+        let peer_public_key = if has_key {
+            key
+        } else if conn_has_key {
+            conn_key
+        } else {
+            self.sink.error(
+                &tab.span,
+                &join(&tab.path, "peer_public_key"),
+                "no peer public key: set peer_public_key on the tunnel or on its connection",
+            );
+            None
+        };
+        let psk = self.key_file(tab, "psk_file");
+        if self.value(tab, "psk_file").is_none() {
+            self.missing(tab, "psk_file", "the tunnel's pre-shared key file");
+        }
+        let position = u32::try_from(index + 1).unwrap_or(u32::MAX);
+        let priority = match self.integer(tab, "priority") {
+            Some(p) => match u32::try_from(p.value) {
+                Ok(value) => At {
+                    value,
+                    span: p.span,
+                    path: p.path,
+                },
+                Err(_) => {
+                    self.sink.error(
+                        &p.span,
+                        &p.path,
+                        format!("priority {} is out of range 0..={}", p.value, u32::MAX),
+                    );
+                    At {
+                        value: position,
+                        span: p.span,
+                        path: p.path,
+                    }
+                }
+            },
+            None => At {
+                value: position,
+                span: name.as_ref().map_or(tab.span.clone(), |n| n.span.clone()),
+                path: join(&tab.path, "priority"),
+            },
+        };
+        RawTunnel {
+            span: tab.span.clone(),
+            path: tab.path.clone(),
+            name,
+            local,
+            remote,
+            peer_public_key,
+            psk,
+            priority,
+        }
+    }
+}
+
+fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s != "."
+        && s != ".."
+}
+
+/// `connection[0].tunnel` -> `connection.tunnel`, for naming TOML headers.
+fn strip_indices(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut depth = 0;
+    for c in path.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The allowed key closest to `key` by edit distance, if it is close enough to be a typo.
+fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|a| (edit_distance(key, a), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let subst = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_suggest_the_nearest_key_and_nonsense_lists_them_all() {
+        assert_eq!(closest("psk_fle", TUNNEL_KEYS), Some("psk_file"));
+        assert_eq!(
+            closest("remote_subnet", CONNECTION_KEYS),
+            Some("remote_subnets")
+        );
+        assert_eq!(closest("zzzzzz", TUNNEL_KEYS), None);
+        assert_eq!(strip_indices("connection[3].tunnel"), "connection.tunnel");
+    }
+}

@@ -1,0 +1,265 @@
+//! Cross-field rules, checked after the walk on the values that parsed. A duplicate or an overlap
+//! is reported at its second occurrence (later in the file) and names the first with its line.
+//!
+//! - connection names are unique; tunnel names are unique within their connection;
+//! - `remote_subnets` of different connections do not overlap (routing is by longest-prefix
+//!   match over them: an overlap would send a prefix to two places);
+//! - within a connection, no prefix overlaps another one of the same list, and `local_subnets`
+//!   and `remote_subnets` are disjoint (a packet could match both selectors);
+//! - no two tunnels (over all connections) have the same `local` -> `remote` pair;
+//! - a tunnel has `local` or `remote` (or it could neither send nor be reached), and when both,
+//!   of the same address family;
+//! - active-standby priorities are distinct within a connection (the active tunnel must be
+//!   unambiguous);
+//! - `dpd_interval` > 0, `dpd_timeout` > `dpd_interval`, 1 s <= `rekey_after` < reject-after.
+
+use ipnet::IpNet;
+use std::collections::HashMap;
+
+use crate::diag::Sink;
+use crate::schema::{At, RawConnection};
+use crate::values::{format_duration, overlaps};
+use crate::{DEFAULT_DPD_INTERVAL, DEFAULT_DPD_TIMEOUT, Mode};
+
+pub(crate) fn check(sink: &mut Sink<'_>, connections: &[RawConnection]) {
+    connection_names(sink, connections);
+    remote_subnets_between_connections(sink, connections);
+    endpoint_pairs(sink, connections);
+    for c in connections {
+        tunnel_names(sink, c);
+        subnets_within(sink, &c.local_subnets);
+        subnets_within(sink, &c.remote_subnets);
+        local_vs_remote(sink, c);
+        priorities(sink, c);
+        timers(sink, c);
+        addresses(sink, c);
+    }
+}
+
+fn connection_names(sink: &mut Sink<'_>, connections: &[RawConnection]) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for name in connections.iter().filter_map(|c| c.name.as_ref()) {
+        if let Some(&first) = seen.get(name.value.as_str()) {
+            let line = sink.line_of(first);
+            sink.error(
+                &name.span,
+                &name.path,
+                format!(
+                    "duplicate connection name \"{}\" (first at line {line})",
+                    name.value
+                ),
+            );
+        } else {
+            seen.insert(&name.value, name.span.start);
+        }
+    }
+}
+
+fn tunnel_names(sink: &mut Sink<'_>, c: &RawConnection) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for name in c.tunnels.iter().filter_map(|t| t.name.as_ref()) {
+        if let Some(&first) = seen.get(name.value.as_str()) {
+            let line = sink.line_of(first);
+            sink.error(
+                &name.span,
+                &name.path,
+                format!(
+                    "duplicate tunnel name \"{}\" in this connection (first at line {line})",
+                    name.value
+                ),
+            );
+        } else {
+            seen.insert(&name.value, name.span.start);
+        }
+    }
+}
+
+fn remote_subnets_between_connections(sink: &mut Sink<'_>, connections: &[RawConnection]) {
+    for (j, later) in connections.iter().enumerate() {
+        for b in &later.remote_subnets {
+            let earlier = connections[..j]
+                .iter()
+                .flat_map(|c| c.remote_subnets.iter().map(move |a| (c, a)))
+                .find(|(_, a)| overlaps(&a.value, &b.value));
+            if let Some((c, a)) = earlier {
+                let line = sink.line_of(a.span.start);
+                let who = c
+                    .name
+                    .as_ref()
+                    .map_or_else(|| c.path.clone(), |n| format!("connection \"{}\"", n.value));
+                sink.error(
+                    &b.span,
+                    &b.path,
+                    format!(
+                        "{} overlaps {} of {who} (line {line}): remote_subnets of different connections must not overlap",
+                        b.value, a.value
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn subnets_within(sink: &mut Sink<'_>, list: &[At<IpNet>]) {
+    for (j, b) in list.iter().enumerate() {
+        if let Some(a) = list[..j].iter().find(|a| overlaps(&a.value, &b.value)) {
+            let line = sink.line_of(a.span.start);
+            sink.error(
+                &b.span,
+                &b.path,
+                format!(
+                    "{} overlaps {} (line {line}) in the same list",
+                    b.value, a.value
+                ),
+            );
+        }
+    }
+}
+
+fn local_vs_remote(sink: &mut Sink<'_>, c: &RawConnection) {
+    for l in &c.local_subnets {
+        for r in &c.remote_subnets {
+            if !overlaps(&l.value, &r.value) {
+                continue;
+            }
+            let (first, second) = if l.span.start < r.span.start {
+                (l, r)
+            } else {
+                (r, l)
+            };
+            let line = sink.line_of(first.span.start);
+            sink.error(
+                &second.span,
+                &second.path,
+                format!(
+                    "{} overlaps {} (line {line}): a connection's local_subnets and remote_subnets must be disjoint",
+                    second.value, first.value
+                ),
+            );
+        }
+    }
+}
+
+fn endpoint_pairs(sink: &mut Sink<'_>, connections: &[RawConnection]) {
+    let mut seen: HashMap<
+        (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
+        (String, usize),
+    > = HashMap::new();
+    for t in connections.iter().flat_map(|c| c.tunnels.iter()) {
+        let local = t.local.as_ref().map(|a| a.value);
+        let remote = t.remote.as_ref().map(|a| a.value);
+        if local.is_none() && remote.is_none() {
+            continue;
+        }
+        // Point at the later of the two addresses: the line that completes the duplicate.
+        let at = match (&t.local, &t.remote) {
+            (Some(l), Some(r)) => {
+                if r.span.start > l.span.start {
+                    r
+                } else {
+                    l
+                }
+            }
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => continue,
+        };
+        if let Some((first_path, first_offset)) = seen.get(&(local, remote)) {
+            let line = sink.line_of(*first_offset);
+            let show =
+                |a: Option<std::net::SocketAddr>| a.map_or("any".to_owned(), |a| a.to_string());
+            sink.error(
+                &at.span,
+                &at.path,
+                format!(
+                    "endpoint pair {} -> {} is already used by {first_path} (line {line})",
+                    show(local),
+                    show(remote)
+                ),
+            );
+        } else {
+            seen.insert((local, remote), (t.path.clone(), at.span.start));
+        }
+    }
+}
+
+fn addresses(sink: &mut Sink<'_>, c: &RawConnection) {
+    for t in &c.tunnels {
+        match (&t.local, &t.remote) {
+            (Some(l), Some(r)) if l.value.is_ipv4() != r.value.is_ipv4() => {
+                sink.error(
+                    &r.span,
+                    &r.path,
+                    format!(
+                        "remote {} and local {} are of different address families",
+                        r.value, l.value
+                    ),
+                );
+            }
+            (None, None) => sink.error(
+                &t.span,
+                &t.path,
+                "tunnel has neither local nor remote: set remote (initiator) or local (responder-only)",
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn priorities(sink: &mut Sink<'_>, c: &RawConnection) {
+    if c.mode != Mode::ActiveStandby {
+        return;
+    }
+    let mut seen: HashMap<u32, (String, usize)> = HashMap::new();
+    for t in &c.tunnels {
+        let p = &t.priority;
+        let who = t
+            .name
+            .as_ref()
+            .map_or_else(|| t.path.clone(), |n| format!("tunnel \"{}\"", n.value));
+        if let Some((first, offset)) = seen.get(&p.value) {
+            let line = sink.line_of(*offset);
+            sink.error(
+                &p.span,
+                &p.path,
+                format!(
+                    "priority {} ties with {first} (line {line}): in active-standby mode priorities must differ",
+                    p.value
+                ),
+            );
+        } else {
+            seen.insert(p.value, (who, p.span.start));
+        }
+    }
+}
+
+fn timers(sink: &mut Sink<'_>, c: &RawConnection) {
+    let interval = c
+        .dpd_interval
+        .as_ref()
+        .map_or(DEFAULT_DPD_INTERVAL, |a| a.value);
+    let timeout = c
+        .dpd_timeout
+        .as_ref()
+        .map_or(DEFAULT_DPD_TIMEOUT, |a| a.value);
+    if let Some(i) = &c.dpd_interval {
+        if i.value.is_zero() {
+            sink.error(&i.span, &i.path, "dpd_interval must be greater than 0");
+            return;
+        }
+    }
+    if timeout <= interval {
+        // Point at the value the operator wrote: the timeout if given, else the interval.
+        let at = c.dpd_timeout.as_ref().or(c.dpd_interval.as_ref());
+        if let Some(at) = at {
+            sink.error(
+                &at.span,
+                &at.path,
+                format!(
+                    "dpd_timeout ({}) must be greater than dpd_interval ({})",
+                    format_duration(timeout),
+                    format_duration(interval)
+                ),
+            );
+        }
+    }
+}
