@@ -1,3 +1,75 @@
 //! The namespace lab (SPEC §9): builds the test topology out of network namespaces and veths,
 //! runs two `tandem` daemons, drives ping/iperf3 and probe streams, runs failover drills and the
 //! benchmark. Everything it creates has a unique name and is torn down on `Drop`.
+//!
+//! Modules, bottom up: [`netns`] (RAII namespaces, veths, commands inside), [`process`] (RAII
+//! background processes, CPU/RSS), [`topo`] (the [`topo::Lab`] builder), [`impair`] (nftables
+//! blackholes and random loss), [`wanem`] (the userspace WAN emulator), [`probe`] (the 1 ms probe
+//! stream), [`traffic`] (iperf3 and ping), [`tandem`] (keys, configs, daemons, status),
+//! [`report`] (aligned tables).
+
+pub mod helper;
+pub mod impair;
+pub mod netns;
+pub mod probe;
+pub mod process;
+pub mod topo;
+pub mod traffic;
+pub mod wanem;
+
+/// Everything that can go wrong while building or driving the lab.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command could not be started.
+    #[error("cannot run `{0}`: {1}")]
+    Spawn(String, #[source] std::io::Error),
+    /// A command exited with a failure status.
+    #[error("`{cmd}` failed ({status}): {stderr} {stdout}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// Its exit status.
+        status: String,
+        /// Its standard error.
+        stderr: String,
+        /// Its standard output.
+        stdout: String,
+    },
+    /// Output that could not be understood.
+    #[error("cannot parse {0}")]
+    Parse(String),
+    /// Something did not happen in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// A file could not be read or written.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// The tandem binary is missing or misbehaved.
+    #[error("{0}")]
+    Tandem(String),
+}
+
+/// Whether tests that need root may run: true as root; when not root, false (the caller skips
+/// loudly) unless `CI` is set, in which case the test must not silently pass.
+pub fn can_run_as_root(test: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if root {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        // Run anyway and let it fail: CI must never skip these.
+        return true;
+    }
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("SKIPPED {test}: needs root (network namespaces); run as root or set CI=1");
+    }
+    false
+}
