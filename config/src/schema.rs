@@ -137,7 +137,16 @@ pub(crate) fn parse(name: &str, text: &str, keys: &dyn KeyFiles) -> Result<Confi
         }),
     };
     let connections: Vec<RawConnection> = match w.table_array(&root, "connection") {
-        Some(list) if list.is_empty() => Vec::new(),
+        Some(list) if list.is_empty() => {
+            if let Some(v) = root.table.get("connection") {
+                w.sink.error(
+                    &v.span(),
+                    "connection",
+                    "no [[connection]]: a gateway needs at least one connection",
+                );
+            }
+            Vec::new()
+        }
         Some(list) => list.iter().map(|t| w.connection(t)).collect(),
         None => {
             if root.table.get("connection").is_none() {

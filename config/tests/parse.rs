@@ -105,3 +105,12 @@ fn several_errors_are_reported_one_per_line_in_file_order() {
          c.toml:18:1: connection[0].tunnel[1].prioritty: unknown key (did you mean \"priority\"?)"
     );
 }
+
+#[test]
+fn an_empty_connection_array_is_an_error_not_a_crash() {
+    let text = "connection = []\n[gateway]\nprivate_key_file = \"private.key\"\n";
+    assert_eq!(
+        errors(text),
+        "c.toml:1:14: connection: no [[connection]]: a gateway needs at least one connection"
+    );
+}
