@@ -1,15 +1,27 @@
-//! The engine: the table of tunnels, one failover selector per connection, the router.
-//! (Skeleton: the public API, compiling; the tunnel logic lands over the crypto API.)
+//! The engine: the flat table of tunnels, one failover selector per connection, the router.
+//!
+//! Packet flow, TUN -> network: parse the inner header -> route (longest prefix) -> source
+//! selector -> MTU (ICMP too-big back into the TUN) -> MSS clamp -> failover selector picks the
+//! tunnel (active-standby: the active one; active-active: rendezvous hash of the 5-tuple) ->
+//! seal in place. Network -> TUN: tunnel (by socket) -> handshake or ESP open in place ->
+//! liveness/selector update -> traffic selectors -> deliver. Drops are counted per reason and
+//! returned as values; nothing on these paths allocates.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use crate::config::{EngineConfig, Mode};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tandem_crypto::StaticSecret;
+
+use crate::config::{ConnectionConfig, EngineConfig, Mode};
 use crate::drop::{DropCounters, DropReason};
-use crate::failover::SwitchReason;
-use crate::router::ConnectionId;
+use crate::failover::{PinError, Selector, Switch, SwitchReason};
+use crate::inner::{self, IcmpError, InnerHeader};
+use crate::router::{ConnectionId, PrefixSet, Router};
+use crate::tunnel::{Ctx, Received, Tunnel};
 
 /// Bytes the caller keeps free before a packet: the ESP header (16) when sealing in place, and
 /// the IPv6 + ICMPv6 headers (48) when an ICMP error is written around a packet from the TUN.
@@ -152,6 +164,26 @@ pub enum StateCause {
     AdminRestore,
 }
 
+/// Direction of an SA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Receives from the peer.
+    In,
+    /// Sends to the peer.
+    Out,
+}
+
+impl Direction {
+    /// Key-log spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
 /// For logs, metrics and notify.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -195,6 +227,17 @@ pub enum Event {
         tunnel: TunnelId,
         /// The new endpoint.
         addr: SocketAddr,
+    },
+    /// An SA was installed (only after [`Engine::set_keylog`]`(true)`): for the debugging key log.
+    SaInstalled {
+        /// The tunnel.
+        tunnel: TunnelId,
+        /// Inbound or outbound.
+        direction: Direction,
+        /// Its SPI.
+        spi: u32,
+        /// SPEC §4 key-log tail: 64 hex digits of key then 8 of salt. Secret: only for the key log.
+        keylog: String,
     },
     /// A drill probe came back.
     ProbeReply {
@@ -314,47 +357,131 @@ pub struct ReloadSummary {
     pub kept: Vec<TunnelId>,
     /// Tunnels added or changed (new state; the daemon (re)binds their sockets).
     pub added: Vec<TunnelId>,
-    /// Tunnels removed (the daemon closes their sockets; ids may be reused later).
+    /// Tunnels removed (old ids; the daemon closes their sockets).
     pub removed: Vec<TunnelId>,
+    /// Kept tunnels whose id changed: (old id, new id).
+    pub renumbered: Vec<(TunnelId, TunnelId)>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    cfg: ConnectionConfig,
+    local: PrefixSet,
+    remote: PrefixSet,
+    selector: Selector,
+    members: Vec<TunnelId>,
 }
 
 /// The gateway engine.
-#[derive(Debug)]
 pub struct Engine {
+    secret: StaticSecret,
+    mtu: u16,
+    conns: Vec<Conn>,
+    tunnels: Vec<Tunnel>,
     infos: Vec<TunnelInfo>,
-    counters: Vec<TunnelCounters>,
-    drops: DropCounters,
+    router: Router,
+    rng: ChaCha20Rng,
     events: VecDeque<Event>,
+    drops: DropCounters,
     epoch: Instant,
     unix_epoch: Duration,
+    keylog: bool,
+    tx_cursor: usize,
+    /// The latest `now` seen (poll_transmit takes no time but checks SA ages).
+    last_now: Instant,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("tunnels", &self.tunnels)
+            .field("drops", &self.drops)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tuning: the event queue is allocated once with this capacity (a burst of state changes on
+/// every tunnel fits; it only grows if the daemon stops draining it).
+const EVENT_QUEUE: usize = 256;
+
+fn build(
+    cfg: &EngineConfig,
+    secret: &StaticSecret,
+    epoch: Instant,
+    now: Instant,
+    mut reuse: impl FnMut(&ConnectionConfig, &crate::config::TunnelConfig) -> Option<Tunnel>,
+) -> (Vec<Conn>, Vec<Tunnel>, Vec<TunnelInfo>, Router) {
+    let mut conns = Vec::new();
+    let mut tunnels = Vec::new();
+    let mut infos = Vec::new();
+    for (ci, c) in cfg.connections.iter().enumerate() {
+        let conn_id = ConnectionId(ci as u16);
+        let mut members = Vec::new();
+        for t in &c.tunnels {
+            let id = TunnelId(tunnels.len() as u16);
+            let tunnel = match reuse(c, t) {
+                Some(mut old) => {
+                    old.id = id;
+                    old.conn = conn_id;
+                    old
+                }
+                None => Tunnel::new(id, conn_id, t, c, secret, epoch, now),
+            };
+            tunnels.push(tunnel);
+            infos.push(TunnelInfo {
+                name: t.name.clone(),
+                connection: c.name.clone(),
+                connection_id: conn_id,
+                local: t.local,
+                remote: t.remote,
+                priority: t.priority,
+            });
+            members.push(id);
+        }
+        conns.push(Conn {
+            local: PrefixSet::new(&c.local_subnets),
+            remote: PrefixSet::new(&c.remote_subnets),
+            selector: Selector::new(c.mode, c.failback, c.tunnels.iter().map(|t| t.priority)),
+            members,
+            cfg: c.clone(),
+        });
+    }
+    let router = Router::new(
+        cfg.connections
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (ConnectionId(i as u16), c.remote_subnets.as_slice())),
+    );
+    (conns, tunnels, infos, router)
 }
 
 impl Engine {
     /// Builds the engine at `now`; `unix_now` is the wall clock (since the Unix epoch) at `now`.
     #[must_use]
     pub fn new(cfg: EngineConfig, rng_seed: [u8; 32], now: Instant, unix_now: Duration) -> Self {
-        let _ = rng_seed;
-        let mut infos = Vec::new();
-        for (ci, c) in cfg.connections.iter().enumerate() {
-            for t in &c.tunnels {
-                infos.push(TunnelInfo {
-                    name: t.name.clone(),
-                    connection: c.name.clone(),
-                    connection_id: ConnectionId(ci as u16),
-                    local: t.local,
-                    remote: t.remote,
-                    priority: t.priority,
-                });
-            }
-        }
+        let secret = StaticSecret::from_bytes(*cfg.private_key);
+        let (conns, tunnels, infos, router) = build(&cfg, &secret, now, now, |_, _| None);
         Engine {
-            counters: vec![TunnelCounters::default(); infos.len()],
+            secret,
+            mtu: cfg.mtu,
+            conns,
+            tunnels,
             infos,
+            router,
+            rng: ChaCha20Rng::from_seed(rng_seed),
+            events: VecDeque::with_capacity(EVENT_QUEUE),
             drops: DropCounters::default(),
-            events: VecDeque::with_capacity(64),
             epoch: now,
             unix_epoch: unix_now,
+            keylog: false,
+            tx_cursor: 0,
+            last_now: now,
         }
+    }
+
+    /// Emit [`Event::SaInstalled`] with key material for the debugging key log (SPEC §4).
+    pub fn set_keylog(&mut self, on: bool) {
+        self.keylog = on;
     }
 
     /// Every tunnel with its static facts.
@@ -368,7 +495,90 @@ impl Engine {
     /// Counters of one tunnel.
     #[must_use]
     pub fn tunnel_counters(&self, tunnel: TunnelId) -> Option<&TunnelCounters> {
-        self.counters.get(usize::from(tunnel.0))
+        self.tunnels.get(usize::from(tunnel.0)).map(|t| &t.counters)
+    }
+
+    /// State of one tunnel.
+    #[must_use]
+    pub fn tunnel_state(&self, tunnel: TunnelId) -> Option<TunnelState> {
+        self.tunnels.get(usize::from(tunnel.0)).map(|t| t.state)
+    }
+
+    /// Current peer endpoint of one tunnel (configured or learned).
+    #[must_use]
+    pub fn tunnel_remote(&self, tunnel: TunnelId) -> Option<SocketAddr> {
+        self.tunnels
+            .get(usize::from(tunnel.0))
+            .and_then(|t| t.remote)
+    }
+
+    /// The active tunnel of a connection.
+    #[must_use]
+    pub fn active_tunnel(&self, connection: ConnectionId) -> Option<TunnelId> {
+        let c = self.conns.get(usize::from(connection.0))?;
+        c.selector.active().map(|m| c.members[m])
+    }
+
+    /// Connection id by name.
+    #[must_use]
+    pub fn connection_id(&self, name: &str) -> Option<ConnectionId> {
+        self.conns
+            .iter()
+            .position(|c| c.cfg.name == name)
+            .map(|i| ConnectionId(i as u16))
+    }
+
+    fn ctx(&mut self) -> (Ctx<'_>, &mut Vec<Tunnel>) {
+        (
+            Ctx {
+                secret: &self.secret,
+                rng: &mut self.rng,
+                events: &mut self.events,
+                epoch: self.epoch,
+                unix_epoch: self.unix_epoch,
+                keylog: self.keylog,
+            },
+            &mut self.tunnels,
+        )
+    }
+
+    /// Recomputes a tunnel's state and feeds the change to its connection's selector.
+    fn refresh(&mut self, idx: usize, now: Instant) {
+        let (mut ctx, tunnels) = self.ctx();
+        let t = &mut tunnels[idx];
+        let Some((from, to, cause)) = t.refresh(now, &mut ctx) else {
+            return;
+        };
+        let (tid, cid) = (t.id, t.conn);
+        self.events.push_back(Event::TunnelState {
+            connection: cid,
+            tunnel: tid,
+            from,
+            to,
+            cause,
+        });
+        let conn = &mut self.conns[usize::from(cid.0)];
+        let Some(member) = conn.members.iter().position(|&m| m == tid) else {
+            return;
+        };
+        let sw = conn.selector.set_up(member, to == TunnelState::Up, now);
+        self.apply_switch(cid, sw);
+    }
+
+    fn apply_switch(&mut self, cid: ConnectionId, sw: Option<Switch>) {
+        let Some(sw) = sw else { return };
+        let conn = &self.conns[usize::from(cid.0)];
+        let from = sw.from.map(|m| conn.members[m]);
+        let to = sw.to.map(|m| conn.members[m]);
+        if let Some(f) = from {
+            self.tunnels[usize::from(f.0)].counters.failovers += 1;
+        }
+        self.events.push_back(Event::ActiveChanged {
+            connection: cid,
+            from,
+            to,
+            reason: sw.reason,
+        });
     }
 
     /// A packet read from the TUN sits at `buf[packet]`; `HEADROOM` bytes before and
@@ -379,9 +589,76 @@ impl Engine {
         packet: Range<usize>,
         now: Instant,
     ) -> TunAction {
-        let _ = (buf, packet, now);
-        self.drops.add(DropReason::NoTunnel);
-        TunAction::Drop(DropReason::NoTunnel)
+        match self.tun_packet(buf, packet, now) {
+            Ok(a) => a,
+            Err(r) => {
+                self.drops.add(r);
+                TunAction::Drop(r)
+            }
+        }
+    }
+
+    fn tun_packet(
+        &mut self,
+        buf: &mut [u8],
+        packet: Range<usize>,
+        now: Instant,
+    ) -> Result<TunAction, DropReason> {
+        self.last_now = self.last_now.max(now);
+        let pkt = buf.get(packet.clone()).ok_or(DropReason::Malformed)?;
+        let hdr = InnerHeader::parse(pkt)?;
+        // Ignore bytes past the IP length (the TUN hands exact packets; be strict anyway).
+        let packet = packet.start..packet.start + hdr.len;
+        let Some(cid) = self.router.lookup(hdr.dst) else {
+            self.drops.add(DropReason::NoRoute);
+            return match inner::write_icmp_error(buf, packet, IcmpError::Unreachable) {
+                Some(r) => Ok(TunAction::Reply { packet: r }),
+                None => Err(DropReason::NoRoute),
+            };
+        };
+        let conn = &self.conns[usize::from(cid.0)];
+        if !conn.local.contains(hdr.src) {
+            return Err(DropReason::Selector);
+        }
+        if hdr.len > usize::from(self.mtu) {
+            if !hdr.dont_fragment {
+                // IPv4 without DF: carried as is; the outer packet gets fragmented by the kernel.
+            } else {
+                self.drops.add(DropReason::TooBig);
+                return match inner::write_icmp_error(
+                    buf,
+                    packet,
+                    IcmpError::TooBig { mtu: self.mtu },
+                ) {
+                    Some(r) => Ok(TunAction::Reply { packet: r }),
+                    None => Err(DropReason::TooBig),
+                };
+            }
+        }
+        if conn.cfg.mss_clamp {
+            inner::clamp_mss(&mut buf[packet.clone()], &hdr, self.mtu);
+        }
+        let member = match conn.selector.mode() {
+            Mode::ActiveStandby => conn.selector.pick(0),
+            Mode::ActiveActive => conn.selector.pick(hdr.flow_hash(&buf[packet.clone()])),
+        }
+        .ok_or(DropReason::NoTunnel)?;
+        let tid = conn.members[member];
+        let t = &mut self.tunnels[usize::from(tid.0)];
+        if t.state != TunnelState::Up {
+            return Err(DropReason::NoTunnel);
+        }
+        let nh = if hdr.src.is_ipv4() {
+            tandem_crypto::esp::NEXT_HEADER_IPV4
+        } else {
+            tandem_crypto::esp::NEXT_HEADER_IPV6
+        };
+        let (dst, datagram) = t.seal_data(buf, packet, nh, now)?;
+        Ok(TunAction::Send {
+            tunnel: tid,
+            dst,
+            datagram,
+        })
     }
 
     /// A datagram received on `tunnel`'s socket from `from` sits at `buf[datagram]`.
@@ -393,15 +670,79 @@ impl Engine {
         datagram: Range<usize>,
         now: Instant,
     ) -> NetAction {
-        let _ = (tunnel, from, buf, datagram, now);
-        self.drops.add(DropReason::Malformed);
-        NetAction::Drop(DropReason::Malformed)
+        match self.datagram(tunnel, from, buf, datagram, now) {
+            Ok(a) => a,
+            Err(r) => {
+                self.drops.add(r);
+                NetAction::Drop(r)
+            }
+        }
+    }
+
+    fn datagram(
+        &mut self,
+        tunnel: TunnelId,
+        from: SocketAddr,
+        buf: &mut [u8],
+        datagram: Range<usize>,
+        now: Instant,
+    ) -> Result<NetAction, DropReason> {
+        self.last_now = self.last_now.max(now);
+        let idx = usize::from(tunnel.0);
+        if idx >= self.tunnels.len() || datagram.end > buf.len() || datagram.start > datagram.end {
+            return Err(DropReason::Malformed);
+        }
+        if self.tunnels[idx].silence != Silence::Off {
+            return Err(DropReason::Silenced);
+        }
+        let d = &buf[datagram.clone()];
+        if d.len() >= 4 && d[..4] == tandem_crypto::handshake::NON_ESP_MARKER {
+            let (mut ctx, tunnels) = self.ctx();
+            let r = tunnels[idx].handle_handshake(from, d, now, &mut ctx);
+            self.refresh(idx, now);
+            return r.map(|()| NetAction::Consumed);
+        }
+        let (mut ctx, tunnels) = self.ctx();
+        let r = tunnels[idx].handle_esp(from, buf, datagram, now, &mut ctx);
+        self.refresh(idx, now);
+        match r? {
+            Received::Consumed => Ok(NetAction::Consumed),
+            Received::Inner(packet, nh) => {
+                let hdr = InnerHeader::parse(&buf[packet.clone()])?;
+                let v4 = nh == tandem_crypto::esp::NEXT_HEADER_IPV4;
+                if v4 != hdr.src.is_ipv4() {
+                    return Err(DropReason::Malformed);
+                }
+                let conn = &self.conns[usize::from(self.tunnels[idx].conn.0)];
+                if !conn.remote.contains(hdr.src) || !conn.local.contains(hdr.dst) {
+                    return Err(DropReason::Selector);
+                }
+                let packet = packet.start..packet.start + hdr.len;
+                if conn.cfg.mss_clamp {
+                    inner::clamp_mss(&mut buf[packet.clone()], &hdr, self.mtu);
+                }
+                Ok(NetAction::Deliver { packet })
+            }
+        }
     }
 
     /// Writes the next control datagram into `buf` (at least [`MAX_CONTROL_DATAGRAM`] bytes).
     #[must_use]
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let _ = buf;
+        let n = self.tunnels.len();
+        // The tunnels seal with a time only for the reject-after check; use the latest we saw.
+        let now = self.last_now;
+        for k in 0..n {
+            let i = (self.tx_cursor + k) % n;
+            if let Some((dst, len)) = self.tunnels[i].poll_transmit(buf, now) {
+                self.tx_cursor = (i + 1) % n;
+                return Some(Transmit {
+                    tunnel: TunnelId(i as u16),
+                    dst,
+                    len,
+                });
+            }
+        }
         None
     }
 
@@ -414,35 +755,122 @@ impl Engine {
     /// The next instant at which `handle_timeout` must be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        let t = self.tunnels.iter().filter_map(Tunnel::poll_timeout);
+        let c = self.conns.iter().filter_map(|c| c.selector.next_deadline());
+        t.chain(c).min()
     }
 
     /// Acts on every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
+        self.last_now = self.last_now.max(now);
+        for i in 0..self.tunnels.len() {
+            if self.tunnels[i].poll_timeout().is_some_and(|t| t <= now) {
+                let (mut ctx, tunnels) = self.ctx();
+                tunnels[i].handle_timeout(now, &mut ctx);
+            }
+            self.refresh(i, now);
+        }
+        for ci in 0..self.conns.len() {
+            if self.conns[ci]
+                .selector
+                .next_deadline()
+                .is_some_and(|t| t <= now)
+            {
+                let sw = self.conns[ci].selector.evaluate(now);
+                self.apply_switch(ConnectionId(ci as u16), sw);
+            }
+        }
     }
 
     /// SPEC §7 status.
     #[must_use]
     pub fn status(&self, now: Instant) -> Status {
         let _ = now;
-        Status {
-            connections: Vec::new(),
-        }
+        let connections = self
+            .conns
+            .iter()
+            .map(|c| ConnectionStatus {
+                name: c.cfg.name.clone(),
+                mode: c.cfg.mode,
+                active_tunnel: c
+                    .selector
+                    .active()
+                    .map(|m| self.infos[usize::from(c.members[m].0)].name.clone()),
+                pinned: c.selector.pinned().is_some(),
+                tunnels: c
+                    .members
+                    .iter()
+                    .map(|&tid| {
+                        let t = &self.tunnels[usize::from(tid.0)];
+                        TunnelStatus {
+                            name: t.cfg.name.clone(),
+                            state: t.state,
+                            local: t.cfg.local,
+                            remote: t.remote,
+                            spi_in: t.spi_in(),
+                            spi_out: t.spi_out(),
+                            last_handshake_unix: t.counters.last_handshake_unix,
+                            rx_bytes: t.counters.rx_bytes,
+                            tx_bytes: t.counters.tx_bytes,
+                            rx_packets: t.counters.rx_packets,
+                            tx_packets: t.counters.tx_packets,
+                            rtt_ms: t.counters.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                            failovers: t.counters.failovers,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Status { connections }
     }
 
-    /// Planned switch (`tandem failover`).
+    fn find(&self, connection: &str) -> Result<usize, AdminError> {
+        self.conns
+            .iter()
+            .position(|c| c.cfg.name == connection)
+            .ok_or_else(|| AdminError::UnknownConnection(connection.to_owned()))
+    }
+
+    fn find_member(&self, ci: usize, tunnel: &str) -> Result<usize, AdminError> {
+        self.conns[ci]
+            .members
+            .iter()
+            .position(|&m| self.tunnels[usize::from(m.0)].cfg.name == tunnel)
+            .ok_or_else(|| AdminError::UnknownTunnel(tunnel.to_owned()))
+    }
+
+    /// Planned switch (`tandem failover`): make-before-break, since every tunnel is hot.
     pub fn failover(
         &mut self,
         connection: &str,
         target: FailoverTarget,
         now: Instant,
     ) -> Result<(), AdminError> {
-        let _ = (target, now);
-        Err(AdminError::UnknownConnection(connection.to_owned()))
+        self.last_now = self.last_now.max(now);
+        let ci = self.find(connection)?;
+        let r = match &target {
+            FailoverTarget::Best => self.conns[ci].selector.pin_best_other(now),
+            FailoverTarget::To(name) => {
+                let m = self.find_member(ci, name)?;
+                self.conns[ci].selector.pin(m, now)
+            }
+            FailoverTarget::Auto => Ok(self.conns[ci].selector.unpin(now)),
+        };
+        match r {
+            Ok(sw) => {
+                self.apply_switch(ConnectionId(ci as u16), sw);
+                Ok(())
+            }
+            Err(PinError::NotUp) => Err(AdminError::NotUp(match target {
+                FailoverTarget::To(n) => n,
+                _ => String::new(),
+            })),
+            Err(PinError::NoOtherUp) => Err(AdminError::NoOtherUp),
+        }
     }
 
-    /// Drill silence of one tunnel.
+    /// Drill silence of one tunnel (SPEC §2 `tandem drill`): `Silent` stops sending and ignores
+    /// everything received, as a dead path would; `Graceful` sends closing notices first.
     pub fn silence(
         &mut self,
         connection: &str,
@@ -450,23 +878,104 @@ impl Engine {
         mode: Silence,
         now: Instant,
     ) -> Result<(), AdminError> {
-        let _ = (tunnel, mode, now);
-        Err(AdminError::UnknownConnection(connection.to_owned()))
+        self.last_now = self.last_now.max(now);
+        let ci = self.find(connection)?;
+        let m = self.find_member(ci, tunnel)?;
+        let idx = usize::from(self.conns[ci].members[m].0);
+        self.tunnels[idx].set_silence(mode, now);
+        self.refresh(idx, now);
+        Ok(())
     }
 
-    /// Applies a new configuration; tunnels whose settings did not change keep their SAs.
+    /// Applies a new configuration; tunnels whose settings did not change keep their SAs,
+    /// timers and counters.
     pub fn reconfigure(
         &mut self,
         cfg: EngineConfig,
         now: Instant,
     ) -> Result<ReloadSummary, AdminError> {
-        let _ = (cfg, now);
-        Ok(ReloadSummary::default())
+        self.last_now = self.last_now.max(now);
+        if *cfg.private_key != *self.secret.to_bytes() {
+            // A new static key invalidates every tunnel: start over with all of them.
+            self.secret = StaticSecret::from_bytes(*cfg.private_key);
+            self.tunnels.clear();
+        }
+        self.mtu = cfg.mtu;
+        let mut old: Vec<Option<Tunnel>> = std::mem::take(&mut self.tunnels)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let old_infos = std::mem::take(&mut self.infos);
+        let mut summary = ReloadSummary::default();
+        let mut mapping: Vec<Option<TunnelId>> = Vec::new();
+        let (conns, tunnels, infos, router) = build(&cfg, &self.secret, self.epoch, now, |c, t| {
+            let pos = old_infos.iter().enumerate().position(|(i, info)| {
+                info.connection == c.name
+                    && info.name == t.name
+                    && old[i].as_ref().is_some_and(|o| o.same_settings(t, c))
+            });
+            mapping.push(pos.map(|p| TunnelId(p as u16)));
+            pos.and_then(|p| old[p].take())
+        });
+        let prev_active: Vec<(String, Option<String>, bool)> = self
+            .conns
+            .iter()
+            .map(|c| {
+                (
+                    c.cfg.name.clone(),
+                    c.selector
+                        .active()
+                        .map(|m| old_infos[usize::from(c.members[m].0)].name.clone()),
+                    c.selector.pinned().is_some(),
+                )
+            })
+            .collect();
+        self.conns = conns;
+        self.tunnels = tunnels;
+        self.infos = infos;
+        self.router = router;
+        for (i, m) in mapping.iter().enumerate() {
+            let id = TunnelId(i as u16);
+            match m {
+                Some(old_id) => {
+                    summary.kept.push(id);
+                    if *old_id != id {
+                        summary.renumbered.push((*old_id, id));
+                    }
+                }
+                None => summary.added.push(id),
+            }
+        }
+        for (i, o) in old.iter().enumerate() {
+            if o.is_some() {
+                summary.removed.push(TunnelId(i as u16));
+            }
+        }
+        // Re-seed the selectors with the kept tunnels' states, keeping the active tunnel.
+        for ci in 0..self.conns.len() {
+            let prev = prev_active.iter().find(|p| p.0 == self.conns[ci].cfg.name);
+            for m in 0..self.conns[ci].members.len() {
+                let idx = usize::from(self.conns[ci].members[m].0);
+                let up = self.tunnels[idx].state == TunnelState::Up;
+                self.conns[ci].selector.mark(m, up, now);
+            }
+            let want = prev
+                .and_then(|p| p.1.as_ref())
+                .and_then(|n| self.find_member(ci, n).ok());
+            let pinned = prev.is_some_and(|p| p.2);
+            let sw = self.conns[ci].selector.restore(want, pinned, now);
+            self.apply_switch(ConnectionId(ci as u16), sw);
+        }
+        Ok(summary)
     }
 
     /// Queues closing notices on every tunnel (shutdown); drain with `poll_transmit`.
     pub fn close(&mut self, now: Instant) {
-        let _ = now;
+        self.last_now = self.last_now.max(now);
+        for i in 0..self.tunnels.len() {
+            self.tunnels[i].close(now);
+            self.refresh(i, now);
+        }
     }
 
     /// Drops per reason.
@@ -483,18 +992,19 @@ impl Engine {
         id: u64,
         now: Instant,
     ) -> Result<(), AdminError> {
-        let _ = (id, now);
-        Err(AdminError::UnknownConnection(connection.to_owned()))
-    }
-
-    /// Wall-clock time at `now`.
-    fn unix_at(&self, now: Instant) -> Duration {
-        self.unix_epoch + now.saturating_duration_since(self.epoch)
+        self.last_now = self.last_now.max(now);
+        let ci = self.find(connection)?;
+        let conn = &self.conns[ci];
+        let m = conn.selector.active().ok_or(AdminError::NoActiveTunnel)?;
+        let idx = usize::from(conn.members[m].0);
+        let ts = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        self.tunnels[idx].queue_echo(id, ts, true);
+        Ok(())
     }
 
     /// Wall-clock seconds at `now` (for status).
     #[must_use]
     pub fn unix_secs(&self, now: Instant) -> u64 {
-        self.unix_at(now).as_secs()
+        (self.unix_epoch + now.saturating_duration_since(self.epoch)).as_secs()
     }
 }

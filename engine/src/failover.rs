@@ -153,12 +153,7 @@ impl Selector {
 
     /// Member `i` went Up (`Some(now)`) or Down/admin-down (`None`); returns the switch, if any.
     pub fn set_up(&mut self, i: usize, up: bool, now: Instant) -> Option<Switch> {
-        let m = &mut self.members[i];
-        match (up, m.up_since) {
-            (true, None) => m.up_since = Some(now),
-            (false, Some(_)) => m.up_since = None,
-            _ => {}
-        }
+        self.mark(i, up, now);
         self.evaluate(now)
     }
 
@@ -214,6 +209,28 @@ impl Selector {
             .filter(|&i| self.better(i, a))
             .filter_map(|i| self.members[i].up_since.map(|s| s + hold))
             .min()
+    }
+
+    /// Records member `i`'s state without applying the policy (reload re-seeding).
+    pub fn mark(&mut self, i: usize, up: bool, now: Instant) {
+        let m = &mut self.members[i];
+        match (up, m.up_since) {
+            (true, None) => m.up_since = Some(now),
+            (false, Some(_)) => m.up_since = None,
+            _ => {}
+        }
+    }
+
+    /// After a reload: keep `active` (and the pin) if that member is Up, then apply the policy.
+    pub fn restore(&mut self, active: Option<usize>, pinned: bool, now: Instant) -> Option<Switch> {
+        if let Some(a) = active.filter(|&a| self.is_up(a)) {
+            self.active = Some(a);
+            if pinned {
+                self.pinned = Some(a);
+            }
+            return self.evaluate(now);
+        }
+        self.evaluate(now)
     }
 
     /// Pins member `i` (it must be Up) and makes it active.

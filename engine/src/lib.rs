@@ -15,9 +15,11 @@ mod engine;
 pub mod failover;
 pub mod inner;
 pub mod router;
+mod tunnel;
 
 pub use config::{ConnectionConfig, EngineConfig, Mode, TunnelConfig};
 pub use drop::{DropCounters, DropReason};
 pub use engine::*;
 pub use failover::SwitchReason;
 pub use router::ConnectionId;
+pub use tunnel::{HANDSHAKE_RETRY_BASE, HANDSHAKE_RETRY_MAX, IN_SLOTS, REJECT_AFTER_TIME};
