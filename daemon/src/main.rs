@@ -9,7 +9,7 @@
 use std::io::Read as _;
 use std::process::ExitCode;
 
-use tandem::cli::{Cli, Command, EXIT_OK, EXIT_UNREACHABLE, EXIT_USER_ERROR};
+use tandem::cli::{Cli, Command, EXIT_OK, EXIT_USER_ERROR};
 use zeroize::Zeroizing;
 
 fn main() -> ExitCode {
@@ -44,11 +44,28 @@ fn dispatch(command: Command) -> u8 {
                 EXIT_USER_ERROR
             }
         },
-        Command::Run(_) => not_implemented("run"),
-        Command::Status(_) => not_implemented("status"),
-        Command::Reload(_) => not_implemented("reload"),
-        Command::Failover(_) => not_implemented("failover"),
-        Command::Drill(_) => not_implemented("drill"),
+        Command::Run(args) => tandem::run::run(&args.config),
+        Command::Status(args) => {
+            with_socket(&args.control, |s| tandem::control::cmd_status(s, args.json))
+        }
+        Command::Reload(args) => with_socket(&args, tandem::control::cmd_reload),
+        Command::Failover(args) => with_socket(&args.control, |s| {
+            tandem::control::cmd_failover(s, &args.connection, args.to.as_deref(), args.auto)
+        }),
+        Command::Drill(args) => with_socket(&args.control, |s| {
+            tandem::control::cmd_drill(s, &args.connection, args.duration, args.graceful)
+        }),
+    }
+}
+
+/// Find the daemon's control socket (SPEC §2 order) and run a control command against it.
+fn with_socket(args: &tandem::cli::ControlArgs, f: impl FnOnce(&std::path::Path) -> i32) -> u8 {
+    match tandem::cli::control_socket(args) {
+        Ok(socket) => u8::try_from(f(&socket)).unwrap_or(EXIT_USER_ERROR),
+        Err(e) => {
+            eprintln!("{e}");
+            EXIT_USER_ERROR
+        }
     }
 }
 
@@ -83,9 +100,4 @@ fn pubkey() -> u8 {
             EXIT_USER_ERROR
         }
     }
-}
-
-fn not_implemented(what: &str) -> u8 {
-    eprintln!("tandem {what}: not implemented yet");
-    EXIT_UNREACHABLE
 }

@@ -1,1 +1,464 @@
 //! `tandem run -c FILE`: the gateway in the foreground.
+//!
+//! Start-up: capability check -> config -> engine -> TUN (MTU, address) -> one UDP socket per
+//! tunnel -> routes over netlink -> data-plane thread (sends READY=1) -> control plane.
+//!
+//! Threads: the data-plane thread ([`crate::dataplane::worker::DataPlane`]) owns the engine and
+//! every packet fd; this (main) thread runs a current-thread tokio runtime for the control
+//! socket, the metrics endpoint and signals, and talks to the data plane only through
+//! [`Command`]s (an mpsc channel + eventfd doorbell) answered on oneshot channels.
+//!
+//! Signals: SIGHUP = reload (as `tandem reload`); SIGTERM / SIGINT = STOPPING=1, closing notices
+//! on every tunnel, exit 0.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use tandem_engine::{ConnectionConfig, Engine, EngineConfig, FailoverTarget, Mode, TunnelConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::control::{ErrorKind, MAX_MESSAGE, Reply, Request};
+use crate::dataplane::worker::{Command, DataPlane, Handle, TunSettings};
+use crate::notify::Notifier;
+
+/// How long one control connection may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The engine's half of a config (the daemon owns this conversion, docs/CONTRACTS.md).
+pub fn engine_config(cfg: &tandem_config::Config) -> EngineConfig {
+    EngineConfig {
+        private_key: cfg.gateway.private_key.clone(),
+        mtu: cfg.gateway.mtu,
+        connections: cfg
+            .connections
+            .iter()
+            .map(|c| ConnectionConfig {
+                name: c.name.clone(),
+                local_subnets: c.local_subnets.clone(),
+                remote_subnets: c.remote_subnets.clone(),
+                mode: match c.mode {
+                    tandem_config::Mode::ActiveStandby => Mode::ActiveStandby,
+                    tandem_config::Mode::ActiveActive => Mode::ActiveActive,
+                },
+                failback: c.failback,
+                dpd_interval: c.dpd_interval,
+                dpd_timeout: c.dpd_timeout,
+                mss_clamp: c.mss_clamp,
+                rekey_after: c.rekey_after,
+                tunnels: c
+                    .tunnels
+                    .iter()
+                    .map(|t| TunnelConfig {
+                        name: t.name.clone(),
+                        local: t.local,
+                        remote: t.remote,
+                        peer_public_key: t.peer_public_key,
+                        psk: t.psk.clone(),
+                        priority: t.priority,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Every connection's `remote_subnets`: the routes the TUN carries.
+pub fn routes_of(cfg: &tandem_config::Config) -> Vec<IpNet> {
+    let mut routes: Vec<IpNet> = cfg
+        .connections
+        .iter()
+        .flat_map(|c| c.remote_subnets.iter().map(IpNet::trunc))
+        .collect();
+    routes.sort();
+    routes.dedup();
+    routes
+}
+
+fn failbacks_of(cfg: &EngineConfig) -> Vec<Option<Duration>> {
+    cfg.connections.iter().map(|c| c.failback).collect()
+}
+
+/// The control socket `tandem run` binds: the config's `[control] socket` when the file names
+/// one; else `$TANDEM_SOCKET`; else the default (mirrors the clients' lookup order).
+fn control_socket_path(config_path: &Path, cfg: &tandem_config::Config) -> PathBuf {
+    if let Ok(Some(p)) = tandem_config::control_socket_of(config_path) {
+        return p;
+    }
+    match std::env::var_os("TANDEM_SOCKET") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => cfg.control.socket.clone(),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run the gateway until SIGTERM/SIGINT. Returns the process exit status (0 clean stop,
+/// 1 bad config / missing capability / start-up failure).
+pub fn run(config_path: &Path) -> u8 {
+    init_logging();
+    if let Err(e) = crate::caps::require_net_admin() {
+        tracing::error!("{e}");
+        return 1;
+    }
+    let cfg = match tandem_config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            #[allow(clippy::print_stderr)] // the operator's error, FILE:LINE:COL lines
+            {
+                eprintln!("{e}");
+            }
+            return 1;
+        }
+    };
+    let ecfg = engine_config(&cfg);
+    let failback = failbacks_of(&ecfg);
+    let mut seed = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut seed) {
+        tracing::error!(error = %e, "no OS randomness");
+        return 1;
+    }
+    let unix_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let engine = Engine::new(ecfg, seed, Instant::now(), unix_now);
+    let tun = TunSettings {
+        name: cfg.gateway.tun_name.clone(),
+        mtu: cfg.gateway.mtu,
+        address: cfg.gateway.address,
+    };
+    let (dp, handle) = match DataPlane::start(engine, &tun, routes_of(&cfg), failback) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 1;
+        }
+    };
+    tracing::info!(tun = %dp.tun_name(), mtu = tun.mtu, connections = cfg.connections.len(), "tandem started");
+    let socket_path = control_socket_path(config_path, &cfg);
+    let listener = match bind_control_socket(&socket_path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(socket = %socket_path.display(), error = %e, "cannot bind the control socket");
+            return 1;
+        }
+    };
+    let metrics = match cfg.control.metrics_listen {
+        Some(addr) => match std::net::TcpListener::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(listen = %addr, error = %e, "cannot bind the metrics endpoint");
+                let _ = std::fs::remove_file(&socket_path);
+                return 1;
+            }
+        },
+        None => None,
+    };
+
+    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel::<()>();
+    let dp_thread = std::thread::Builder::new()
+        .name("tandem-dataplane".into())
+        .spawn(move || {
+            dp.run();
+            let _ = exited_tx.send(());
+        });
+    let dp_thread = match dp_thread {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the data-plane thread");
+            return 1;
+        }
+    };
+
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the control-plane runtime");
+            return 1;
+        }
+    };
+    let ctx = std::rc::Rc::new(Ctx {
+        handle,
+        config_path: config_path.to_owned(),
+        notifier: Notifier::from_env(),
+    });
+    let code = rt.block_on(async {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(control_plane(ctx.clone(), listener, metrics, exited_rx))
+            .await
+    });
+    let _ = std::fs::remove_file(&socket_path);
+    let _ = dp_thread.join();
+    tracing::info!("tandem stopped");
+    code
+}
+
+struct Ctx {
+    handle: Handle,
+    config_path: PathBuf,
+    notifier: Option<Notifier>,
+}
+
+fn bind_control_socket(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another daemon answers on this socket",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+async fn control_plane(
+    ctx: std::rc::Rc<Ctx>,
+    listener: std::os::unix::net::UnixListener,
+    metrics: Option<std::net::TcpListener>,
+    mut exited: tokio::sync::oneshot::Receiver<()>,
+) -> u8 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listener = match tokio::net::UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "control socket");
+            return 1;
+        }
+    };
+    if let Some(m) = metrics {
+        let _ = m.set_nonblocking(true);
+        match tokio::net::TcpListener::from_std(m) {
+            Ok(m) => {
+                tokio::task::spawn_local(serve_metrics(ctx.clone(), m));
+            }
+            Err(e) => tracing::error!(error = %e, "metrics endpoint"),
+        }
+    }
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return 1;
+    };
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                if let Ok((stream, _)) = conn {
+                    tokio::task::spawn_local(serve_control(ctx.clone(), stream));
+                }
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let reply = reload(&ctx).await;
+                if !reply.ok {
+                    tracing::error!(error = reply.error.as_deref().unwrap_or(""), "reload refused; the old configuration keeps running");
+                }
+            }
+            _ = term.recv() => return shutdown(&ctx, &mut exited).await,
+            _ = int.recv() => return shutdown(&ctx, &mut exited).await,
+            _ = &mut exited => {
+                tracing::error!("the data plane stopped unexpectedly");
+                return 1;
+            }
+        }
+    }
+}
+
+async fn shutdown(ctx: &Ctx, exited: &mut tokio::sync::oneshot::Receiver<()>) -> u8 {
+    // ---- systemd notify hook: STOPPING=1 before the closing notices. ----
+    if let Some(n) = &ctx.notifier {
+        let _ = n.stopping();
+    }
+    if ctx.handle.send(Command::Shutdown).is_err() {
+        return 0;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), exited).await;
+    0
+}
+
+async fn ask<T>(
+    ctx: &Ctx,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Command,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    ctx.handle.send(make(tx)).ok()?;
+    rx.await.ok()
+}
+
+async fn reload(ctx: &Ctx) -> Reply {
+    // ---- systemd notify hook: RELOADING=1 ... READY=1 around the reload (even a refused one). ----
+    if let Some(n) = &ctx.notifier {
+        let _ = n.reloading();
+    }
+    let reply = match tandem_config::load(&ctx.config_path) {
+        Err(e) => Reply::error(ErrorKind::User, e.to_string()),
+        Ok(cfg) => {
+            let routes = routes_of(&cfg);
+            let ecfg = Box::new(engine_config(&cfg));
+            ask(ctx, |reply| Command::Reload {
+                cfg: ecfg,
+                routes,
+                reply,
+            })
+            .await
+            .unwrap_or_else(|| Reply::error(ErrorKind::Internal, "the data plane is not running"))
+        }
+    };
+    if let Some(n) = &ctx.notifier {
+        let _ = n.ready();
+    }
+    reply
+}
+
+async fn handle_request(ctx: &Ctx, req: Request) -> Reply {
+    let gone = || Reply::error(ErrorKind::Internal, "the data plane is not running");
+    match req {
+        Request::Status => match ask(ctx, Command::Status).await {
+            Some(v) => Reply::ok(Some(v)),
+            None => gone(),
+        },
+        Request::Reload => reload(ctx).await,
+        Request::Failover {
+            connection,
+            to,
+            auto,
+        } => {
+            let target = match (to, auto) {
+                (Some(_), true) => {
+                    return Reply::error(ErrorKind::User, "--to and --auto exclude each other");
+                }
+                (Some(t), false) => FailoverTarget::To(t),
+                (None, true) => FailoverTarget::Auto,
+                (None, false) => FailoverTarget::Best,
+            };
+            ask(ctx, |reply| Command::Failover {
+                connection,
+                target,
+                reply,
+            })
+            .await
+            .unwrap_or_else(gone)
+        }
+        Request::Drill {
+            connection,
+            duration_ms,
+            graceful,
+        } => {
+            if duration_ms == 0 {
+                return Reply::error(ErrorKind::User, "the drill duration must be greater than 0");
+            }
+            let duration = Duration::from_millis(duration_ms);
+            ask(ctx, |reply| Command::Drill {
+                connection,
+                duration,
+                graceful,
+                reply,
+            })
+            .await
+            .unwrap_or_else(gone)
+        }
+    }
+}
+
+async fn serve_control(ctx: std::rc::Rc<Ctx>, mut stream: tokio::net::UnixStream) {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            // One request per connection: a newline also ends it (for `socat`-style clients).
+            if buf.contains(&b'\n') || buf.len() as u64 > MAX_MESSAGE {
+                break;
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+    let reply = match (read, serde_json::from_slice::<Request>(&buf)) {
+        (Ok(Ok(())), Ok(req)) => handle_request(&ctx, req).await,
+        (Ok(Ok(())), Err(e)) => Reply::error(ErrorKind::User, format!("bad request: {e}")),
+        _ => return,
+    };
+    if let Ok(mut body) = serde_json::to_vec(&reply) {
+        body.push(b'\n');
+        let _ = stream.write_all(&body).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+async fn serve_metrics(ctx: std::rc::Rc<Ctx>, listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move {
+            let mut req = Vec::new();
+            let mut chunk = [0u8; 1024];
+            let ok = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                    let n = stream.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&chunk[..n]);
+                }
+                Some(())
+            })
+            .await;
+            if !matches!(ok, Ok(Some(()))) {
+                return;
+            }
+            let line = req.split(|&b| b == b'\r').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line);
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let response = if method == "GET"
+                && (path == "/metrics" || path.starts_with("/metrics?"))
+            {
+                match ask(&ctx, Command::Metrics).await {
+                    Some(snap) => {
+                        let body = crate::metrics::render(&snap);
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
+                    None => "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
+                }
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n".to_owned()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}

@@ -1,0 +1,89 @@
+//! The per-packet data path, without I/O: a filled [`Batch`] in, the engine's verdicts on it.
+//!
+//! These are the functions the counting-allocator test and the criterion bench drive, and the
+//! event loop calls them between its reads and its writes. They allocate nothing: every slot is
+//! transformed in place and tagged with its destination ([`SlotDest`]).
+
+use std::time::Instant;
+
+use tandem_engine::{Engine, NetAction, TunAction, TunnelId};
+
+use super::batch::{Batch, SlotDest};
+
+/// Outcome counts of one batch (for the loop's bookkeeping; the engine keeps the real counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Slots now tagged for a UDP socket.
+    pub to_net: usize,
+    /// Slots now tagged for the TUN.
+    pub to_tun: usize,
+    /// Slots dropped.
+    pub dropped: usize,
+    /// Control packets consumed (the engine may have output for `poll_transmit`).
+    pub consumed: usize,
+}
+
+/// TUN -> network: route and seal every packet of `batch` in place. A sealed datagram's slot is
+/// tagged `Socket(tunnel id)` (one socket per tunnel, indexed by tunnel id) with its destination
+/// address; an ICMP error the engine wrote is tagged `Tun`.
+pub fn seal_batch(engine: &mut Engine, batch: &mut Batch, now: Instant) -> BatchOutcome {
+    let mut out = BatchOutcome::default();
+    for slot in &mut batch.slots[..batch.filled] {
+        let packet = slot.start..slot.start + slot.len;
+        match engine.handle_tun_packet(&mut slot.buf, packet, now) {
+            TunAction::Send {
+                tunnel,
+                dst,
+                datagram,
+            } => {
+                slot.start = datagram.start;
+                slot.len = datagram.len();
+                slot.addr = dst;
+                slot.dest = SlotDest::Socket(tunnel.0);
+                out.to_net += 1;
+            }
+            TunAction::Reply { packet } => {
+                slot.start = packet.start;
+                slot.len = packet.len();
+                slot.dest = SlotDest::Tun;
+                out.to_tun += 1;
+            }
+            TunAction::Drop(_) => {
+                slot.dest = SlotDest::None;
+                out.dropped += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Network -> TUN: open every datagram received on `tunnel`'s socket in place. A decrypted inner
+/// packet's slot is tagged `Tun`; control packets and drops are tagged `None`.
+pub fn open_batch(
+    engine: &mut Engine,
+    tunnel: TunnelId,
+    batch: &mut Batch,
+    now: Instant,
+) -> BatchOutcome {
+    let mut out = BatchOutcome::default();
+    for slot in &mut batch.slots[..batch.filled] {
+        let datagram = slot.start..slot.start + slot.len;
+        match engine.handle_datagram(tunnel, slot.addr, &mut slot.buf, datagram, now) {
+            NetAction::Deliver { packet } => {
+                slot.start = packet.start;
+                slot.len = packet.len();
+                slot.dest = SlotDest::Tun;
+                out.to_tun += 1;
+            }
+            NetAction::Consumed => {
+                slot.dest = SlotDest::None;
+                out.consumed += 1;
+            }
+            NetAction::Drop(_) => {
+                slot.dest = SlotDest::None;
+                out.dropped += 1;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,858 @@
+//! The data-plane thread: owns the engine, the TUN and the tunnel sockets, and runs the
+//! epoll loop described in the [module doc of `dataplane`](super).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tandem_engine::{
+    AdminError, Engine, EngineConfig, Event, FailoverTarget, TunnelId, TunnelState,
+};
+
+use super::batch::{BATCH, Batch, SlotDest};
+use super::drill::Drill;
+use super::path::{open_batch, seal_batch};
+use super::sys::{self, EMPTY_EVENT, Epoll, EventFd, RouteOp};
+use crate::control::{ErrorKind, Reply};
+use crate::metrics::{MetricsSnapshot, TunnelMetric};
+use crate::notify::Notifier;
+
+/// epoll token of the TUN.
+const TOKEN_TUN: u64 = 0;
+/// epoll token of the wake-up eventfd.
+const TOKEN_WAKE: u64 = 1;
+/// epoll token of tunnel `id`'s socket: `TOKEN_SOCKET_BASE + id`.
+const TOKEN_SOCKET_BASE: u64 = 2;
+
+/// Ready events taken per `epoll_wait`: the TUN, the doorbell and a few sockets; more ready fds
+/// are simply reported by the next (level-triggered) wait.
+const EPOLL_EVENTS: usize = 16;
+
+/// Batches taken from one ready fd before looking at the others: bounds the time one busy
+/// direction can starve the other (4 x 128 packets, ~0.5 ms of 1400-byte packets at 10 Gbit/s).
+const BATCHES_PER_WAKE: usize = 4;
+
+/// Kernel socket buffers for each tunnel socket: room for several full batches in flight both
+/// ways, so a burst from the TUN does not overflow the send queue (the default ~200 KB holds only
+/// ~150 datagrams).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Longest the loop sleeps with no timer due: bounds the watchdog ping period when systemd does
+/// not ask for one, and how stale a sleeping loop's view of time can get.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// A command from the control plane, answered on its channel.
+#[derive(Debug)]
+pub enum Command {
+    /// The SPEC §7 status document.
+    Status(tokio::sync::oneshot::Sender<serde_json::Value>),
+    /// Prometheus figures.
+    Metrics(tokio::sync::oneshot::Sender<MetricsSnapshot>),
+    /// `tandem failover`.
+    Failover {
+        /// Connection name.
+        connection: String,
+        /// What to switch to.
+        target: FailoverTarget,
+        /// Answer.
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    /// A new, already validated configuration.
+    Reload {
+        /// Engine half.
+        cfg: Box<EngineConfig>,
+        /// The routes the TUN must carry afterwards.
+        routes: Vec<IpNet>,
+        /// Answer.
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    /// `tandem drill`.
+    Drill {
+        /// Connection name.
+        connection: String,
+        /// Silence duration.
+        duration: Duration,
+        /// Closing notice instead of silence.
+        graceful: bool,
+        /// Answer (sent when the drill ends).
+        reply: tokio::sync::oneshot::Sender<Reply>,
+    },
+    /// SIGTERM: send closing notices and stop.
+    Shutdown,
+}
+
+/// The control plane's handle on the data-plane thread.
+#[derive(Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    wake: EventFd,
+}
+
+impl Handle {
+    /// Queue a command and ring the doorbell. Fails only when the data plane has exited.
+    pub fn send(&self, cmd: Command) -> Result<(), Command> {
+        self.tx.send(cmd).map_err(|e| e.0)?;
+        self.wake.notify();
+        Ok(())
+    }
+}
+
+/// A tunnel's socket needs: display name, bind address, remote address.
+type WantedSocket = (String, Option<SocketAddr>, Option<SocketAddr>);
+
+/// One UDP socket per tunnel, indexed by tunnel id.
+#[derive(Debug)]
+struct TunnelSocket {
+    sock: UdpSocket,
+    /// The address asked for at bind time (to tell on reload whether it must be re-bound).
+    bind: SocketAddr,
+}
+
+/// Everything the data-plane thread owns.
+pub struct DataPlane {
+    engine: Engine,
+    tun: tun_rs::SyncDevice,
+    tun_index: u32,
+    /// Indexed by `TunnelId.0`.
+    sockets: Vec<Option<TunnelSocket>>,
+    routes: Vec<IpNet>,
+    /// Per connection (by `ConnectionId.0`): failback hold-down, for drills.
+    failback: Vec<Option<Duration>>,
+    epoll: Epoll,
+    wake: EventFd,
+    commands: mpsc::Receiver<Command>,
+    tx: Batch,
+    rx: Batch,
+    control_buf: Box<[u8]>,
+    notifier: Option<Notifier>,
+    watchdog: Option<Duration>,
+    last_watchdog: Instant,
+    stall_after: Option<Instant>,
+    drill: Option<Drill>,
+    status_dirty: bool,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane")
+            .field("tun_index", &self.tun_index)
+            .field("sockets", &self.sockets)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the TUN looks like (from `[gateway]`).
+#[derive(Debug, Clone)]
+pub struct TunSettings {
+    /// Interface name.
+    pub name: String,
+    /// Inner MTU.
+    pub mtu: u16,
+    /// Optional inside address.
+    pub address: Option<IpNet>,
+}
+
+fn open_tun(t: &TunSettings) -> io::Result<tun_rs::SyncDevice> {
+    let mut b = tun_rs::DeviceBuilder::new()
+        .name(&t.name)
+        .mtu(t.mtu)
+        .packet_information(false);
+    match t.address {
+        Some(IpNet::V4(n)) => b = b.ipv4(n.addr(), n.prefix_len(), None),
+        Some(IpNet::V6(n)) => b = b.ipv6(n.addr(), n.prefix_len()),
+        None => {}
+    }
+    let dev = b.build_sync()?;
+    dev.set_nonblocking(true)?;
+    Ok(dev)
+}
+
+fn bind_socket(
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+) -> io::Result<(UdpSocket, SocketAddr)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = local.unwrap_or(match remote {
+        Some(SocketAddr::V6(_)) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        _ => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+    });
+    let sock = Socket::new(
+        Domain::for_address(bind),
+        Type::DGRAM.cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    if bind.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    // Best effort: a smaller buffer only costs throughput under bursts.
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    sock.bind(&bind.into())?;
+    Ok((sock.into(), bind))
+}
+
+/// Startup failures of the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The TUN could not be created or configured.
+    #[error("cannot create TUN {name}: {source}")]
+    Tun {
+        /// Interface name.
+        name: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A tunnel's UDP socket could not be bound.
+    #[error("cannot bind UDP socket {addr} for tunnel {tunnel}: {source}")]
+    Bind {
+        /// Tunnel name.
+        tunnel: String,
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A route could not be installed.
+    #[error("cannot install route {route} on {tun}: {source}")]
+    Route {
+        /// Prefix.
+        route: IpNet,
+        /// TUN name.
+        tun: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// epoll / eventfd.
+    #[error("event loop setup: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl DataPlane {
+    /// Open the TUN, bind every tunnel's socket, install the routes. On success the gateway is
+    /// ready to move packets (READY=1 may be sent).
+    pub fn start(
+        engine: Engine,
+        tun: &TunSettings,
+        routes: Vec<IpNet>,
+        failback: Vec<Option<Duration>>,
+    ) -> Result<(Self, Handle), StartError> {
+        let dev = open_tun(tun).map_err(|source| StartError::Tun {
+            name: tun.name.clone(),
+            source,
+        })?;
+        let tun_name = dev.name().unwrap_or_else(|_| tun.name.clone());
+        let tun_index = sys::if_index(&tun_name).map_err(|source| StartError::Tun {
+            name: tun_name.clone(),
+            source,
+        })?;
+        let epoll = Epoll::new()?;
+        let wake = EventFd::new()?;
+        epoll.add(dev.as_fd(), TOKEN_TUN)?;
+        epoll.add(wake.as_fd(), TOKEN_WAKE)?;
+        let (tx, commands) = mpsc::channel();
+        let handle = Handle {
+            tx,
+            wake: wake.try_clone()?,
+        };
+        let slot_len = Batch::slot_len(
+            tandem_engine::HEADROOM,
+            tun.mtu.max(1500),
+            tandem_engine::TAILROOM,
+        );
+        let watchdog = crate::notify::watchdog_interval();
+        let mut dp = DataPlane {
+            engine,
+            tun: dev,
+            tun_index,
+            sockets: Vec::new(),
+            routes: Vec::new(),
+            failback,
+            epoll,
+            wake,
+            commands,
+            tx: Batch::new(slot_len),
+            rx: Batch::new(slot_len),
+            control_buf: vec![0u8; tandem_engine::MAX_CONTROL_DATAGRAM.max(2048)]
+                .into_boxed_slice(),
+            notifier: Notifier::from_env(),
+            watchdog,
+            last_watchdog: Instant::now(),
+            stall_after: None,
+            drill: None,
+            status_dirty: true,
+        };
+        dp.sync_sockets()?;
+        dp.sync_routes(routes)
+            .map_err(|(route, source)| StartError::Route {
+                route,
+                tun: tun_name.clone(),
+                source,
+            })?;
+        Ok((dp, handle))
+    }
+
+    /// The TUN's interface name.
+    pub fn tun_name(&self) -> String {
+        self.tun.name().unwrap_or_default()
+    }
+
+    /// Bind a socket for every tunnel that lacks one (or whose bind address changed); close the
+    /// sockets of tunnels that are gone.
+    fn sync_sockets(&mut self) -> Result<(), StartError> {
+        let mut wanted: Vec<Option<WantedSocket>> = Vec::new();
+        for (id, info) in self.engine.tunnels() {
+            let i = usize::from(id.0);
+            if wanted.len() <= i {
+                wanted.resize(i + 1, None);
+            }
+            wanted[i] = Some((
+                format!("{}/{}", info.connection, info.name),
+                info.local,
+                info.remote,
+            ));
+        }
+        if self.sockets.len() < wanted.len() {
+            self.sockets.resize_with(wanted.len(), || None);
+        }
+        for i in 0..self.sockets.len() {
+            let want = wanted.get(i).cloned().flatten();
+            let keep = match (&self.sockets[i], &want) {
+                (Some(s), Some((_, local, _))) => local.is_none_or(|l| l == s.bind),
+                _ => false,
+            };
+            if keep {
+                continue;
+            }
+            if let Some(old) = self.sockets[i].take() {
+                let _ = self.epoll.delete(old.sock.as_fd());
+            }
+            if let Some((name, local, remote)) = want {
+                let (sock, bind) =
+                    bind_socket(local, remote).map_err(|source| StartError::Bind {
+                        tunnel: name.clone(),
+                        addr: local.map_or_else(|| "(any)".to_owned(), |a| a.to_string()),
+                        source,
+                    })?;
+                self.epoll.add(sock.as_fd(), TOKEN_SOCKET_BASE + i as u64)?;
+                tracing::info!(tunnel = %name, local = %sock.local_addr().map_or_else(|_| bind.to_string(), |a| a.to_string()), "tunnel socket bound");
+                self.sockets[i] = Some(TunnelSocket { sock, bind });
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the TUN's routes exactly `routes`.
+    fn sync_routes(&mut self, routes: Vec<IpNet>) -> Result<(), (IpNet, io::Error)> {
+        for r in &self.routes {
+            if !routes.contains(r) {
+                if let Err(e) =
+                    sys::route(RouteOp::Delete, self.tun_index, r.network(), r.prefix_len())
+                {
+                    tracing::warn!(route = %r, error = %e, "cannot remove route");
+                }
+            }
+        }
+        for r in &routes {
+            sys::route(RouteOp::Add, self.tun_index, r.network(), r.prefix_len())
+                .map_err(|e| (*r, e))?;
+            tracing::debug!(route = %r, "route installed");
+        }
+        self.routes = routes;
+        Ok(())
+    }
+
+    /// Run until shutdown. Sends READY=1 first (the caller only starts this once the TUN, the
+    /// sockets and the routes are in place).
+    pub fn run(mut self) {
+        // ---- systemd notify hook (daemon/src/notify.rs): READY=1 + STATUS after start-up. ----
+        if let Some(n) = &self.notifier {
+            if let Err(e) = n.ready_with_status(&self.summary()) {
+                tracing::debug!(error = %e, "sd_notify READY failed");
+            }
+        }
+        self.status_dirty = false;
+        self.stall_after = std::env::var("TANDEM_TEST_STALL_AFTER")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let mut events = [EMPTY_EVENT; EPOLL_EVENTS];
+        loop {
+            let now = Instant::now();
+            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
+            }
+            if let Some(d) = self.drill.as_mut() {
+                if let Some(reply) = d.on_tick(&mut self.engine, now) {
+                    self.drill = None;
+                    reply.0.send(reply.1).ok();
+                }
+            }
+            self.flush_control();
+            self.handle_events(now);
+            self.feed_watchdog(now);
+
+            let deadline = [
+                self.engine.poll_timeout(),
+                self.drill.as_ref().map(Drill::next_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout_ms = match deadline {
+                Some(t) => {
+                    let d = t.saturating_duration_since(Instant::now()).min(MAX_SLEEP);
+                    // Round up: waking early would spin.
+                    d.as_micros().div_ceil(1000) as i32
+                }
+                None => MAX_SLEEP.as_millis() as i32,
+            };
+            let timeout_ms = match self.watchdog {
+                Some(w) => timeout_ms.min(w.as_millis().max(1) as i32),
+                None => timeout_ms,
+            };
+            let n = match self.epoll.wait(&mut events, timeout_ms) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "epoll_wait failed; data plane stops");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match sys::event_token(ev) {
+                    TOKEN_TUN => self.on_tun_readable(),
+                    TOKEN_WAKE => {
+                        self.wake.drain();
+                        if self.on_commands() {
+                            return;
+                        }
+                    }
+                    t => self.on_socket_readable((t - TOKEN_SOCKET_BASE) as u16),
+                }
+            }
+        }
+    }
+
+    fn feed_watchdog(&mut self, now: Instant) {
+        if let Some(stall) = self.stall_after {
+            if now >= stall {
+                tracing::warn!("TANDEM_TEST_STALL_AFTER reached: data plane stalls (test hook)");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+        }
+        // ---- systemd notify hook: WATCHDOG=1 from the data-plane loop itself. ----
+        if let (Some(w), Some(n)) = (self.watchdog, &self.notifier) {
+            if now.duration_since(self.last_watchdog) >= w {
+                self.last_watchdog = now;
+                if let Err(e) = n.watchdog() {
+                    tracing::debug!(error = %e, "sd_notify WATCHDOG failed");
+                }
+            }
+        }
+    }
+
+    /// TUN -> seal -> sendmmsg, up to [`BATCHES_PER_WAKE`] batches.
+    fn on_tun_readable(&mut self) {
+        let head = tandem_engine::HEADROOM;
+        let tail = tandem_engine::TAILROOM;
+        for _ in 0..BATCHES_PER_WAKE {
+            let mut filled = 0;
+            while filled < BATCH {
+                let slot = &mut self.tx.slots[filled];
+                let end = slot.buf.len() - tail;
+                match self.tun.recv(&mut slot.buf[head..end]) {
+                    Ok(0) => break,
+                    Ok(len) => {
+                        slot.start = head;
+                        slot.len = len;
+                        filled += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TUN read failed");
+                        break;
+                    }
+                }
+            }
+            if filled == 0 {
+                return;
+            }
+            self.tx.filled = filled;
+            let now = Instant::now();
+            let _ = seal_batch(&mut self.engine, &mut self.tx, now);
+            flush_batch(&self.tun, &self.sockets, &mut self.tx);
+            if filled < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// recvmmsg -> open -> TUN, up to [`BATCHES_PER_WAKE`] batches.
+    fn on_socket_readable(&mut self, id: u16) {
+        let Some(Some(s)) = self.sockets.get(usize::from(id)) else {
+            return;
+        };
+        let fd = s.sock.as_raw_fd();
+        for _ in 0..BATCHES_PER_WAKE {
+            let n = match sys::recv_mmsg(fd, &mut self.rx.slots, tandem_engine::HEADROOM) {
+                Ok(n) => n,
+                Err(e) => {
+                    // ICMP errors reported on the socket (ECONNREFUSED…): nothing to read now.
+                    tracing::trace!(error = %e, "recvmmsg");
+                    0
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            self.rx.filled = n;
+            let now = Instant::now();
+            let out = open_batch(&mut self.engine, TunnelId(id), &mut self.rx, now);
+            flush_batch(&self.tun, &self.sockets, &mut self.rx);
+            if out.consumed > 0 {
+                self.flush_control();
+            }
+            if n < BATCH {
+                break;
+            }
+        }
+    }
+
+    /// Send every control datagram the engine has queued.
+    fn flush_control(&mut self) {
+        while let Some(t) = self.engine.poll_transmit(&mut self.control_buf) {
+            if let Some(Some(s)) = self.sockets.get(usize::from(t.tunnel.0)) {
+                if let Err(e) = s.sock.send_to(&self.control_buf[..t.len], t.dst) {
+                    tracing::trace!(error = %e, dst = %t.dst, "control send failed");
+                }
+            }
+        }
+    }
+
+    /// Drain engine events into logs, notify STATUS and the drill.
+    fn handle_events(&mut self, now: Instant) {
+        while let Some(ev) = self.engine.poll_event() {
+            if let Some(d) = self.drill.as_mut() {
+                d.on_event(&ev, now);
+            }
+            match &ev {
+                Event::TunnelState {
+                    connection: _,
+                    tunnel,
+                    from,
+                    to,
+                    cause,
+                } => {
+                    let (conn, name) = self.names(*tunnel);
+                    tracing::info!(connection = %conn, tunnel = %name, from = from.as_str(), to = to.as_str(), cause = ?cause, "tunnel state changed");
+                    self.status_dirty = true;
+                }
+                Event::ActiveChanged {
+                    connection,
+                    from,
+                    to,
+                    reason,
+                } => {
+                    let conn = self.connection_name(connection.0);
+                    let from = from
+                        .map(|t| self.names(t).1)
+                        .unwrap_or_else(|| "none".into());
+                    let to = to.map(|t| self.names(t).1).unwrap_or_else(|| "none".into());
+                    tracing::info!(connection = %conn, from = %from, to = %to, reason = reason.as_str(), "active tunnel switched");
+                    self.status_dirty = true;
+                }
+                Event::HandshakeCompleted {
+                    tunnel,
+                    initiator,
+                    rekey,
+                } => {
+                    let (conn, name) = self.names(*tunnel);
+                    tracing::info!(connection = %conn, tunnel = %name, initiator, rekey, "handshake completed");
+                }
+                Event::PeerEndpoint { tunnel, addr } => {
+                    let (conn, name) = self.names(*tunnel);
+                    tracing::info!(connection = %conn, tunnel = %name, peer = %addr, "peer endpoint learned");
+                }
+                Event::ProbeReply { .. } => {}
+                other => tracing::debug!(event = ?other, "engine event"),
+            }
+        }
+        if self.status_dirty {
+            self.status_dirty = false;
+            // ---- systemd notify hook: STATUS=<one-line summary> on every change. ----
+            if let Some(n) = &self.notifier {
+                if let Err(e) = n.status(&self.summary()) {
+                    tracing::debug!(error = %e, "sd_notify STATUS failed");
+                }
+            }
+        }
+    }
+
+    fn names(&self, tunnel: TunnelId) -> (String, String) {
+        self.engine
+            .tunnels()
+            .find(|(id, _)| *id == tunnel)
+            .map(|(_, i)| (i.connection.clone(), i.name.clone()))
+            .unwrap_or_else(|| ("?".into(), format!("#{}", tunnel.0)))
+    }
+
+    fn connection_name(&self, id: u16) -> String {
+        self.engine
+            .tunnels()
+            .find(|(_, i)| i.connection_id.0 == id)
+            .map(|(_, i)| i.connection.clone())
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+
+    /// `prod-vpc: tunnel1 up (active), tunnel2 up` (one line, for STATUS=).
+    pub fn summary(&self) -> String {
+        let st = self.engine.status(Instant::now());
+        let parts: Vec<String> = st
+            .connections
+            .iter()
+            .map(|c| {
+                let ts: Vec<String> = c
+                    .tunnels
+                    .iter()
+                    .map(|t| {
+                        let active = if c.active_tunnel.as_deref() == Some(t.name.as_str()) {
+                            " (active)"
+                        } else {
+                            ""
+                        };
+                        format!("{} {}{}", t.name, t.state.as_str(), active)
+                    })
+                    .collect();
+                format!("{}: {}", c.name, ts.join(", "))
+            })
+            .collect();
+        if parts.is_empty() {
+            "no connections".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    /// Returns true on shutdown.
+    fn on_commands(&mut self) -> bool {
+        while let Ok(cmd) = self.commands.try_recv() {
+            let now = Instant::now();
+            match cmd {
+                Command::Status(reply) => {
+                    let st = self.engine.status(now);
+                    let _ =
+                        reply.send(serde_json::to_value(&st).unwrap_or(serde_json::Value::Null));
+                }
+                Command::Metrics(reply) => {
+                    let _ = reply.send(self.metrics(now));
+                }
+                Command::Failover {
+                    connection,
+                    target,
+                    reply,
+                } => {
+                    let r = match self.engine.failover(&connection, target, now) {
+                        Ok(()) => {
+                            self.flush_control();
+                            self.handle_events(now);
+                            let st = self.engine.status(now);
+                            let active = st
+                                .connections
+                                .iter()
+                                .find(|c| c.name == connection)
+                                .and_then(|c| c.active_tunnel.clone());
+                            Reply::ok(Some(
+                                serde_json::json!({ "connection": connection, "active_tunnel": active }),
+                            ))
+                        }
+                        Err(e) => Reply::error(ErrorKind::User, e.to_string()),
+                    };
+                    let _ = reply.send(r);
+                }
+                Command::Reload { cfg, routes, reply } => {
+                    let r = self.reload(*cfg, routes, now);
+                    let _ = reply.send(r);
+                }
+                Command::Drill {
+                    connection,
+                    duration,
+                    graceful,
+                    reply,
+                } => {
+                    if self.drill.is_some() {
+                        let _ =
+                            reply.send(Reply::error(ErrorKind::User, "a drill is already running"));
+                        continue;
+                    }
+                    let failback = self.connection_failback(&connection);
+                    match Drill::start(
+                        &mut self.engine,
+                        &connection,
+                        duration,
+                        graceful,
+                        failback,
+                        reply,
+                        now,
+                    ) {
+                        Ok(d) => self.drill = Some(d),
+                        Err((reply, e)) => {
+                            let _ = reply.send(Reply::error(ErrorKind::User, e.to_string()));
+                        }
+                    }
+                }
+                Command::Shutdown => {
+                    self.shutdown(now);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn connection_failback(&self, connection: &str) -> Option<Duration> {
+        self.engine
+            .tunnels()
+            .find(|(_, i)| i.connection == connection)
+            .and_then(|(_, i)| {
+                self.failback
+                    .get(usize::from(i.connection_id.0))
+                    .copied()
+                    .flatten()
+            })
+    }
+
+    fn reload(&mut self, cfg: EngineConfig, routes: Vec<IpNet>, now: Instant) -> Reply {
+        let failback: Vec<Option<Duration>> = cfg.connections.iter().map(|c| c.failback).collect();
+        let summary = match self.engine.reconfigure(cfg, now) {
+            Ok(s) => s,
+            Err(e) => return Reply::error(ErrorKind::User, e.to_string()),
+        };
+        self.failback = failback;
+        if let Err(e) = self.sync_sockets() {
+            tracing::error!(error = %e, "reload: socket setup failed");
+            return Reply::error(ErrorKind::Internal, e.to_string());
+        }
+        if let Err((r, e)) = self.sync_routes(routes) {
+            tracing::error!(route = %r, error = %e, "reload: route install failed");
+            return Reply::error(
+                ErrorKind::Internal,
+                format!("cannot install route {r}: {e}"),
+            );
+        }
+        self.flush_control();
+        self.handle_events(now);
+        let name = |id: &TunnelId| self.names(*id);
+        let fmt = |v: &[TunnelId]| {
+            v.iter()
+                .map(|i| {
+                    let (c, t) = name(i);
+                    format!("{c}/{t}")
+                })
+                .collect::<Vec<_>>()
+        };
+        let (kept, added, removed) = (
+            fmt(&summary.kept),
+            fmt(&summary.added),
+            summary.removed.len(),
+        );
+        tracing::info!(kept = ?kept, added = ?added, removed, "configuration reloaded");
+        Reply::ok(Some(
+            serde_json::json!({ "kept": kept, "added": added, "removed": removed }),
+        ))
+    }
+
+    fn shutdown(&mut self, now: Instant) {
+        tracing::info!("shutting down: sending closing notices");
+        self.engine.close(now);
+        self.flush_control();
+        self.handle_events(now);
+    }
+
+    fn metrics(&self, now: Instant) -> MetricsSnapshot {
+        let st = self.engine.status(now);
+        let mut tunnels = Vec::new();
+        let mut by_name: HashMap<(&str, &str), (TunnelState, bool, Option<f64>)> = HashMap::new();
+        for c in &st.connections {
+            for t in &c.tunnels {
+                let active = c.active_tunnel.as_deref() == Some(t.name.as_str());
+                by_name.insert(
+                    (c.name.as_str(), t.name.as_str()),
+                    (t.state, active, t.rtt_ms),
+                );
+            }
+        }
+        for (id, info) in self.engine.tunnels() {
+            let c = self.engine.tunnel_counters(id).copied().unwrap_or_default();
+            let (state, active, rtt_ms) = by_name
+                .get(&(info.connection.as_str(), info.name.as_str()))
+                .copied()
+                .unwrap_or((TunnelState::Connecting, false, None));
+            tunnels.push(TunnelMetric {
+                connection: info.connection.clone(),
+                tunnel: info.name.clone(),
+                up: state == TunnelState::Up,
+                active,
+                rx_bytes: c.rx_bytes,
+                tx_bytes: c.tx_bytes,
+                rx_packets: c.rx_packets,
+                tx_packets: c.tx_packets,
+                rtt_seconds: rtt_ms.map(|ms| ms / 1000.0),
+                handshakes: c.handshakes,
+                failovers: c.failovers,
+            });
+        }
+        let drops = self
+            .engine
+            .drop_counters()
+            .iter()
+            .map(|(r, n)| (r.as_str(), n))
+            .collect();
+        MetricsSnapshot { tunnels, drops }
+    }
+}
+
+/// Write every slot tagged `Socket` to its socket (one `sendmmsg` per socket, in slot order, so
+/// per-tunnel order is kept) and every slot tagged `Tun` to the TUN (in order).
+fn flush_batch(tun: &tun_rs::SyncDevice, sockets: &[Option<TunnelSocket>], batch: &mut Batch) {
+    let filled = batch.filled;
+    let mut i = 0;
+    while i < filled {
+        match batch.slots[i].dest {
+            SlotDest::Socket(s) => {
+                if let Some(Some(sock)) = sockets.get(usize::from(s)) {
+                    let slots = &batch.slots[..filled];
+                    let which = (i..filled).filter(|&j| slots[j].dest == SlotDest::Socket(s));
+                    let _ = sys::send_mmsg(sock.sock.as_raw_fd(), slots, which);
+                }
+                for slot in &mut batch.slots[i..filled] {
+                    if slot.dest == SlotDest::Socket(s) {
+                        slot.dest = SlotDest::None;
+                    }
+                }
+            }
+            SlotDest::Tun => {
+                let slot = &mut batch.slots[i];
+                if let Err(e) = tun.send(&slot.buf[slot.start..slot.start + slot.len]) {
+                    tracing::trace!(error = %e, "TUN write failed");
+                }
+                slot.dest = SlotDest::None;
+            }
+            SlotDest::None => {}
+        }
+        i += 1;
+    }
+    batch.filled = 0;
+}
+
+impl From<AdminError> for Reply {
+    fn from(e: AdminError) -> Self {
+        Reply::error(ErrorKind::User, e.to_string())
+    }
+}
