@@ -8,11 +8,15 @@
 //! stream), [`traffic`] (iperf3 and ping), [`tandem`] (keys, configs, daemons, status),
 //! [`report`] (aligned tables).
 
+pub mod capture;
+pub mod drill;
 pub mod helper;
 pub mod impair;
 pub mod netns;
 pub mod probe;
 pub mod process;
+pub mod report;
+pub mod tandem;
 pub mod topo;
 pub mod traffic;
 pub mod wanem;

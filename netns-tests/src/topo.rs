@@ -22,7 +22,7 @@ use crate::Error;
 use crate::netns::{Netns, reap_stale, unique_prefix, veth};
 
 /// IPv4 or IPv6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
     /// IPv4.
     V4,

@@ -1,0 +1,650 @@
+//! `lab`: the namespace lab for people.
+//!
+//! - `lab demo` — builds the SPEC §9 lab, starts tandem on both gateways, runs traffic, a
+//!   failover drill (silent blackhole of isp1 under TCP and a 1 ms probe stream), failback and a
+//!   planned failover, prints a report, and tears everything down.
+//! - `lab bench [--secs N] [--json FILE]` — plain routing (the ceiling) vs tandem (and boringtun /
+//!   wireguard-go when installed) on the same lab: TCP 1/4 streams/reverse, UDP 1400 B and 64 B
+//!   received pps, ping RTT, daemon CPU seconds per GB, daemon RSS; a table with ratios, and JSON.
+//!
+//! Needs root. Finds `tandem` next to itself (build both with
+//! `cargo build --release -p tandem -p tandem-netns-tests`) or in `$TANDEM_BIN`.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use tandem_netns_tests::drill::{DrillRig, cut_isp1, gap_bound};
+use tandem_netns_tests::impair::Direction;
+use tandem_netns_tests::netns::namespaces_with_prefix;
+use tandem_netns_tests::report::{Progress, Table};
+use tandem_netns_tests::tandem::{Daemon, TandemOpts, TandemPair, tandem_bin};
+use tandem_netns_tests::topo::{Family, Isp, Lab, vpc_ip};
+use tandem_netns_tests::traffic::{Iperf3Server, IperfOpts, IperfResult, iperf3, ping};
+use tandem_netns_tests::{Error, can_run_as_root};
+
+const USAGE: &str =
+    "usage: lab demo | lab bench [--secs N] [--json FILE] [--setups plain,tandem,boringtun,wggo]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Ok(me) = std::env::current_exe() {
+        tandem_netns_tests::helper::set_helper(me, &["helper"]);
+    }
+    let result = match args.first().map(String::as_str) {
+        Some("helper") => {
+            tandem_netns_tests::helper::helper_main(&args[1..]).map_err(|e| e.to_string())
+        }
+        Some("demo") => demo().map_err(|e| e.to_string()),
+        Some("bench") => bench(&args[1..]).map_err(|e| e.to_string()),
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn preflight() -> Result<PathBuf, Error> {
+    if !can_run_as_root("lab") {
+        return Err(Error::Tandem(
+            "the lab needs root (network namespaces, TUN devices, nftables): run it with sudo"
+                .into(),
+        ));
+    }
+    for tool in ["ip", "nft", "iperf3", "ping"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            return Err(Error::Tandem(format!(
+                "`{tool}` is not installed: apt-get install -y iproute2 nftables iperf3 iputils-ping"
+            )));
+        }
+    }
+    tandem_bin()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+const TOPOLOGY: &str = "\
+  office ---- cgw ====== isp1 (192.0.2.0/24, 2001:db8:1::/64) ====== vpcgw ---- vpc
+ 10.10.0.10  (tandem) \\                                          / (tandem) 10.20.0.10
+                       == isp2 (198.51.100.0/24, 2001:db8:2::/64) =";
+
+fn demo() -> Result<(), Error> {
+    let bin = preflight()?;
+    println!(
+        "tandem namespace lab demo (tandem binary: {})\n",
+        bin.display()
+    );
+    println!("{TOPOLOGY}\n");
+    let t_all = Instant::now();
+    let lab = Progress::run(
+        "[1/7] build the lab (7 namespaces, veths, routes)",
+        Lab::new,
+    )?;
+    let prefix = lab.prefix().to_string();
+    let opts = TandemOpts::default();
+    let p = Progress::step("[2/7] keys, PSKs, configs; start tandem on cgw and vpcgw");
+    let started = Instant::now();
+    let pair = TandemPair::start(&lab, opts.clone())?;
+    p.done(&format!(
+        "both tunnels Up after {}",
+        fmt_ms(started.elapsed())
+    ));
+    println!("\n{}", indent(&pair.cgw.status_text()?));
+
+    // Traffic.
+    let _srv = Iperf3Server::start(&lab.vpc, 5201)?;
+    let mut traffic = Table::new(
+        "Traffic office -> vpc through the tunnels",
+        &[
+            "inner",
+            "ping avg",
+            "ping max",
+            "TCP (3 s)",
+            "TCP reverse (3 s)",
+        ],
+    );
+    let mut figures = BTreeMap::new();
+    for f in Family::BOTH {
+        let label = format!(
+            "[3/7] traffic over {}: ping x20, iperf3 TCP both ways",
+            f.label()
+        );
+        let (pr, tcp, rev) = Progress::run(&label, || -> Result<_, Error> {
+            let pr = ping(&lab.office, vpc_ip(f), 20, ms(20))?;
+            let o = IperfOpts {
+                secs: 3,
+                ..IperfOpts::default()
+            };
+            let tcp = iperf3(&lab.office, vpc_ip(f), 5201, o)?;
+            let rev = iperf3(
+                &lab.office,
+                vpc_ip(f),
+                5201,
+                IperfOpts { reverse: true, ..o },
+            )?;
+            Ok((pr, tcp, rev))
+        })?;
+        traffic.row(&[
+            f.label().to_string(),
+            format!("{:.3} ms", pr.rtt_avg_ms),
+            format!("{:.3} ms", pr.rtt_max_ms),
+            format!("{:.2} Gbit/s", tcp.gbps()),
+            format!("{:.2} Gbit/s", rev.gbps()),
+        ]);
+        figures.insert(f, (pr, tcp));
+    }
+    println!("\n{}", traffic.render());
+
+    // The drill.
+    let rig = DrillRig::new(&lab, Family::V4)?;
+    let bound = gap_bound(&pair);
+    let mut held = None;
+    let cut = Progress::run(
+        "[4/7] drill: silent blackhole of isp1 under TCP + 1 ms probes",
+        || {
+            rig.run(&lab, 3, ms(500), ms(300), || {
+                let (bh, times) = cut_isp1(&lab, &pair, Direction::Both, ms(1500))?;
+                held = Some(bh);
+                Ok(times)
+            })
+        },
+    )?;
+    let failback = Progress::run("[5/7] isp1 heals: failback after the hold-down", || {
+        rig.run(&lab, 0, ms(300), ms(300), || {
+            let healed = Instant::now();
+            if let Some(bh) = held.take() {
+                bh.heal()?;
+            }
+            pair.wait_until(Duration::from_secs(10), "failback to tunnel1", |a, b| {
+                a.active().as_deref() == Some("tunnel1") && b.active().as_deref() == Some("tunnel1")
+            })?;
+            Ok(healed.elapsed())
+        })
+    })?;
+    let planned = Progress::run(
+        "[6/7] planned move: tandem failover --to tunnel2, then --auto",
+        || {
+            rig.run(&lab, 3, ms(500), ms(500), || {
+                pair.cgw.failover(Some("tunnel2"), false)?;
+                pair.wait_until(Duration::from_secs(3), "on tunnel2", |a, _| {
+                    a.active().as_deref() == Some("tunnel2")
+                })?;
+                std::thread::sleep(ms(700));
+                pair.cgw.failover(None, true)?;
+                pair.wait_until(Duration::from_secs(5), "back on tunnel1", |a, _| {
+                    a.active().as_deref() == Some("tunnel1")
+                })
+            })
+        },
+    )?;
+    let drill_out = Progress::run("[7/7] tandem drill lab-vpc --duration 2s", || {
+        pair.cgw.drill(Duration::from_secs(2), false)
+    });
+
+    let mut rep = Table::new(
+        "Failover drill (dpd_interval 100 ms, dpd_timeout 300 ms, failback 1 s)",
+        &[
+            "event",
+            "detected",
+            "largest gap",
+            "probes lost",
+            "probes sent",
+            "TCP during",
+            "verdict",
+        ],
+    );
+    let tcp_txt = |r: &Result<IperfResult, String>| match r {
+        Ok(r) => format!("{:.2} Gbit/s", r.gbps()),
+        Err(_) => "broken".to_string(),
+    };
+    let gap_ok = cut.probe.largest_gap_ms <= bound.as_secs_f64() * 1e3;
+    rep.row(&[
+        "isp1 blackholed".to_string(),
+        fmt_ms(cut.action.detect),
+        format!("{:.0} ms", cut.probe.largest_gap_ms),
+        cut.probe.lost.to_string(),
+        cut.probe.sent.to_string(),
+        tcp_txt(&cut.tcp),
+        if gap_ok && cut.tcp.is_ok() {
+            format!("ok (bound {})", fmt_ms(bound))
+        } else {
+            format!("FAIL (bound {})", fmt_ms(bound))
+        },
+    ]);
+    rep.row(&[
+        "isp1 heals, failback".to_string(),
+        fmt_ms(failback.action),
+        format!("{:.0} ms", failback.probe.largest_gap_ms),
+        failback.probe.lost.to_string(),
+        failback.probe.sent.to_string(),
+        "-".to_string(),
+        verdict(failback.probe.lost == 0),
+    ]);
+    rep.row(&[
+        "tandem failover".to_string(),
+        fmt_ms(planned.action),
+        format!("{:.0} ms", planned.probe.largest_gap_ms),
+        planned.probe.lost.to_string(),
+        planned.probe.sent.to_string(),
+        tcp_txt(&planned.tcp),
+        verdict(planned.probe.lost == 0 && planned.tcp.is_ok()),
+    ]);
+    println!("\n{}", rep.render());
+    match drill_out {
+        Ok(text) => println!("tandem drill report:\n{}", indent(&text)),
+        Err(e) => println!("tandem drill: not available from this daemon ({e})\n"),
+    }
+    if let Some((pr, tcp)) = figures.get(&Family::V4) {
+        let mut sum = Table::new("Summary", &["figure", "value"]);
+        sum.row(&[
+            "throughput (TCP, IPv4 inner)",
+            &format!("{:.2} Gbit/s", tcp.gbps()),
+        ]);
+        sum.row(&[
+            "RTT office -> vpc (avg)",
+            &format!("{:.3} ms", pr.rtt_avg_ms),
+        ]);
+        sum.row(&[
+            "failover time (largest probe gap)",
+            &format!("{:.0} ms", cut.probe.largest_gap_ms),
+        ]);
+        sum.row(&["probes lost in the failover", &cut.probe.lost.to_string()]);
+        sum.row(&[
+            "probes lost in failback + planned move",
+            &(failback.probe.lost + planned.probe.lost).to_string(),
+        ]);
+        println!("{}", sum.render());
+    }
+
+    let p = Progress::step("teardown: stop daemons, delete namespaces");
+    drop(held);
+    drop(rig);
+    drop(pair);
+    drop(lab);
+    let left = namespaces_with_prefix(&prefix);
+    p.done(&format!("{} namespaces left behind", left.len()));
+    println!("\ndemo finished in {:.1} s", t_all.elapsed().as_secs_f64());
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Tandem(format!("left behind: {left:?}")))
+    }
+}
+
+fn verdict(ok: bool) -> String {
+    if ok { "ok".into() } else { "FAIL".into() }
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// One setup's figures.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct BenchRow {
+    setup: String,
+    tcp1_gbps: f64,
+    tcp4_gbps: f64,
+    tcp_reverse_gbps: f64,
+    udp1400_kpps: f64,
+    udp64_kpps: f64,
+    ping_avg_ms: f64,
+    daemon_cpu_s_per_gb: Option<f64>,
+    daemon_rss_mib: Option<f64>,
+}
+
+fn bench(args: &[String]) -> Result<(), Error> {
+    let mut secs = 3u32;
+    let mut json = PathBuf::from("lab-bench.json");
+    let mut setups = vec![
+        "plain".to_string(),
+        "tandem".to_string(),
+        "boringtun".into(),
+        "wggo".into(),
+    ];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().ok_or_else(|| Error::Tandem(USAGE.into()))?;
+        match a.as_str() {
+            "--secs" => secs = v.parse().map_err(|_| Error::Tandem(USAGE.into()))?,
+            "--json" => json = PathBuf::from(v),
+            "--setups" => setups = v.split(',').map(str::to_string).collect(),
+            _ => return Err(Error::Tandem(USAGE.into())),
+        }
+    }
+    let need_tandem = setups.iter().any(|s| s == "tandem");
+    if need_tandem {
+        preflight()?;
+    } else if !can_run_as_root("lab bench") {
+        return Err(Error::Tandem("the lab needs root".into()));
+    }
+    println!("tandem lab bench: {secs} s per iperf3 run, same lab for every setup\n");
+    let lab = Progress::run("build the lab", Lab::new)?;
+    let prefix = lab.prefix().to_string();
+    let _srv = Iperf3Server::start(&lab.vpc, 5201)?;
+    let mut rows = Vec::new();
+    for s in &setups {
+        match s.as_str() {
+            "plain" => {
+                lab.plain_routes(Isp::One)?;
+                rows.push(measure(&lab, "plain routing", secs, &[])?);
+                lab.remove_plain_routes(Isp::One)?;
+            }
+            "tandem" => {
+                let pair = Progress::run("start tandem on both gateways", || {
+                    TandemPair::start(
+                        &lab,
+                        TandemOpts {
+                            dpd_interval: ms(250),
+                            dpd_timeout: ms(1000),
+                            log: "warn",
+                            ..TandemOpts::default()
+                        },
+                    )
+                })?;
+                rows.push(measure(&lab, "tandem", secs, &[&pair.cgw, &pair.vpcgw])?);
+            }
+            "boringtun" | "wggo" => match wg::start(&lab, s) {
+                Ok(Some(peer)) => {
+                    let pids = peer.pids();
+                    rows.push(measure_pids(&lab, s, secs, &pids)?);
+                }
+                Ok(None) => println!(
+                    "  {s}: not installed, skipped (see ../shared/bench/peers.sh --install)"
+                ),
+                Err(e) => println!("  {s}: could not start: {e}"),
+            },
+            other => return Err(Error::Tandem(format!("unknown setup {other}; {USAGE}"))),
+        }
+    }
+    let base = rows.first().cloned().unwrap_or_default();
+    let mut header = vec!["figure".to_string()];
+    for r in &rows {
+        header.push(r.setup.clone());
+        if r.setup != base.setup {
+            header.push("ratio".into());
+        }
+    }
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = Table::new(
+        &format!("Bench ({secs} s runs; ratio = setup / {})", base.setup),
+        &header_refs,
+    );
+    type Get = fn(&BenchRow) -> Option<f64>;
+    let figures: [(&str, Get, usize); 8] = [
+        ("TCP 1 stream (Gbit/s)", |r| Some(r.tcp1_gbps), 2),
+        ("TCP 4 streams (Gbit/s)", |r| Some(r.tcp4_gbps), 2),
+        ("TCP reverse (Gbit/s)", |r| Some(r.tcp_reverse_gbps), 2),
+        ("UDP 1400 B received (kpps)", |r| Some(r.udp1400_kpps), 1),
+        ("UDP 64 B received (kpps)", |r| Some(r.udp64_kpps), 1),
+        ("ping RTT avg (ms)", |r| Some(r.ping_avg_ms), 3),
+        ("daemon CPU (s/GB)", |r| r.daemon_cpu_s_per_gb, 2),
+        ("daemon RSS (MiB)", |r| r.daemon_rss_mib, 1),
+    ];
+    for (name, get, prec) in figures {
+        let mut row = vec![name.to_string()];
+        for r in &rows {
+            row.push(get(r).map_or("-".into(), |v| format!("{v:.prec$}")));
+            if r.setup != base.setup {
+                row.push(match (get(r), get(&base)) {
+                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                    _ => "-".into(),
+                });
+            }
+        }
+        t.row(&row);
+    }
+    println!("\n{}", t.render());
+    let doc = serde_json::json!({ "secs": secs, "rows": rows });
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(&doc).unwrap_or_default(),
+    )
+    .map_err(|e| Error::Io(json.display().to_string(), e))?;
+    println!("JSON written to {}", json.display());
+    drop(lab);
+    let left = namespaces_with_prefix(&prefix);
+    if !left.is_empty() {
+        return Err(Error::Tandem(format!("left behind: {left:?}")));
+    }
+    Ok(())
+}
+
+fn measure(lab: &Lab, name: &str, secs: u32, daemons: &[&Daemon]) -> Result<BenchRow, Error> {
+    let pids: Vec<u32> = daemons.iter().map(|d| d.process().pid()).collect();
+    measure_pids(lab, name, secs, &pids)
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|&p| tandem_netns_tests::process::cpu_seconds(p))
+        .sum()
+}
+
+fn measure_pids(lab: &Lab, name: &str, secs: u32, pids: &[u32]) -> Result<BenchRow, Error> {
+    let dst = vpc_ip(Family::V4);
+    let o = IperfOpts {
+        secs,
+        ..IperfOpts::default()
+    };
+    let run = |label: &str, o: IperfOpts| {
+        Progress::run(&format!("{name}: {label}"), || {
+            iperf3(&lab.office, dst, 5201, o)
+        })
+    };
+    let pr = Progress::run(&format!("{name}: ping x50"), || {
+        ping(&lab.office, dst, 50, ms(20))
+    })?;
+    let cpu0 = cpu_of(pids);
+    let tcp1 = run("TCP 1 stream", o)?;
+    let cpu1 = cpu_of(pids);
+    let tcp4 = run("TCP 4 streams", IperfOpts { parallel: 4, ..o })?;
+    let rev = run("TCP reverse", IperfOpts { reverse: true, ..o })?;
+    let u1400 = run(
+        "UDP 1400 B full rate",
+        IperfOpts {
+            udp_len: Some(1400),
+            ..o
+        },
+    )?;
+    let u64b = run(
+        "UDP 64 B full rate",
+        IperfOpts {
+            udp_len: Some(64),
+            ..o
+        },
+    )?;
+    let (cpu, rss) = if pids.is_empty() {
+        (None, None)
+    } else {
+        let gb = tcp1.bytes as f64 / 1e9;
+        let rss = pids
+            .iter()
+            .filter_map(|&p| tandem_netns_tests::process::rss_kib(p, true))
+            .max()
+            .map(|k| k as f64 / 1024.0);
+        (
+            if gb > 0.0 {
+                Some((cpu1 - cpu0) / gb)
+            } else {
+                None
+            },
+            rss,
+        )
+    };
+    Ok(BenchRow {
+        setup: name.to_string(),
+        tcp1_gbps: tcp1.gbps(),
+        tcp4_gbps: tcp4.gbps(),
+        tcp_reverse_gbps: rev.gbps(),
+        udp1400_kpps: u1400.udp_received_pps / 1e3,
+        udp64_kpps: u64b.udp_received_pps / 1e3,
+        ping_avg_ms: pr.rtt_avg_ms,
+        daemon_cpu_s_per_gb: cpu,
+        daemon_rss_mib: rss,
+    })
+}
+
+/// boringtun / wireguard-go between cgw and vpcgw over isp1, set up as `../shared/bench/peers.sh`
+/// does: a userspace WireGuard daemon per gateway, configured with `wg`, routes into it.
+mod wg {
+    use super::*;
+    use tandem_netns_tests::netns::Netns;
+    use tandem_netns_tests::process::Bg;
+    use tandem_netns_tests::topo::{cgw_wan, office_net, vpc_net, vpcgw_wan};
+
+    fn which(tool: &str) -> Option<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        if let Some(h) = std::env::var_os("HOME") {
+            dirs.push(PathBuf::from(h).join(".cargo/bin"));
+        }
+        dirs.into_iter().map(|d| d.join(tool)).find(|p| p.is_file())
+    }
+
+    /// Both daemons; killed (and their sockets removed) on drop.
+    #[derive(Debug)]
+    pub struct Peers {
+        daemons: Vec<Bg>,
+        ifaces: Vec<String>,
+    }
+
+    impl Peers {
+        pub fn pids(&self) -> Vec<u32> {
+            self.daemons.iter().map(Bg::pid).collect()
+        }
+    }
+
+    impl Drop for Peers {
+        fn drop(&mut self) {
+            self.daemons.clear();
+            for i in &self.ifaces {
+                let _ = std::fs::remove_file(format!("/var/run/wireguard/{i}.sock"));
+            }
+        }
+    }
+
+    pub fn start(lab: &Lab, which_peer: &str) -> Result<Option<Peers>, Error> {
+        let (Some(wgtool), Some(daemon)) = (
+            which("wg"),
+            which(if which_peer == "boringtun" {
+                "boringtun-cli"
+            } else {
+                "wireguard-go"
+            }),
+        ) else {
+            return Ok(None);
+        };
+        let wg = |ns: &Netns, args: &[&str]| ns.run(&wgtool.display().to_string(), args);
+        let tag = std::process::id() % 10000;
+        let names = [format!("tdmwg{tag}a"), format!("tdmwg{tag}b")];
+        let mut peers = Peers {
+            daemons: Vec::new(),
+            ifaces: names.to_vec(),
+        };
+        let sides = [(&lab.cgw, &names[0]), (&lab.vpcgw, &names[1])];
+        for (ns, ifc) in sides {
+            let mut cmd = ns.command(&daemon);
+            if which_peer == "boringtun" {
+                cmd.args(["-f", "--disable-drop-privileges", "-v", "error"])
+                    .env("WG_SUDO", "1");
+            } else {
+                cmd.arg("-f")
+                    .env("LOG_LEVEL", "error")
+                    .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
+            }
+            cmd.arg(ifc.as_str())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            peers.daemons.push(Bg::spawn(cmd)?);
+        }
+        for ifc in &names {
+            let sock = PathBuf::from(format!("/var/run/wireguard/{ifc}.sock"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !sock.exists() {
+                if Instant::now() > deadline {
+                    return Err(Error::Timeout(format!("no UAPI socket {}", sock.display())));
+                }
+                std::thread::sleep(ms(50));
+            }
+        }
+        let mut keys = Vec::new();
+        for _ in 0..2 {
+            let k = lab.cgw.run(&wgtool.display().to_string(), ["genkey"])?;
+            let p = tandem_netns_tests::netns::checked({
+                let mut c = std::process::Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("echo '{}' | {} pubkey", k.trim(), wgtool.display()));
+                c
+            })?;
+            keys.push((k.trim().to_string(), p.trim().to_string()));
+        }
+        let dir = tandem_netns_tests::tandem::TempDir::new("wg")?;
+        let f = Family::V4;
+        let ends = [
+            (
+                &lab.cgw,
+                &names[0],
+                0,
+                1,
+                vpcgw_wan(Isp::One, f),
+                vpc_net(f),
+                "10.99.0.1/30",
+            ),
+            (
+                &lab.vpcgw,
+                &names[1],
+                1,
+                0,
+                cgw_wan(Isp::One, f),
+                office_net(f),
+                "10.99.0.2/30",
+            ),
+        ];
+        for (ns, ifc, me, peer, remote, remote_net, inner) in ends {
+            let kf = dir.path().join(format!("{ifc}.key"));
+            tandem_netns_tests::tandem::write_private(&kf, &keys[me].0)?;
+            let kfs = kf.display().to_string();
+            let ep = format!("{remote}:51820");
+            let allowed = format!("10.99.0.0/30,{remote_net}");
+            wg(
+                ns,
+                &[
+                    "set",
+                    ifc,
+                    "private-key",
+                    &kfs,
+                    "listen-port",
+                    "51820",
+                    "peer",
+                    &keys[peer].1,
+                    "allowed-ips",
+                    &allowed,
+                    "endpoint",
+                    &ep,
+                ],
+            )?;
+            ns.ip(["addr", "add", inner, "dev", ifc])?;
+            ns.ip(["link", "set", ifc, "mtu", "1440", "up"])?;
+            ns.ip(["route", "replace", remote_net, "dev", ifc])?;
+        }
+        Ok(Some(peers))
+    }
+}
