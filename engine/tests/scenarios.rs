@@ -58,3 +58,554 @@ fn both_tunnels_come_up_and_the_standby_stays_up_on_keepalives_alone() {
     assert_eq!((delivered, dup), (sent, 0));
     assert!(sim.nonces_checked > 30_000);
 }
+
+const CONN: &str = "prod-vpc";
+
+/// Asserts that every packet of `flow` sent in [from, to) was delivered exactly once.
+fn assert_no_loss(sim: &Sim, flow: u32, from: std::time::Duration, to: std::time::Duration) {
+    let (sent, delivered, dup) = sim.flow_stats(flow, sim.at(from), sim.at(to));
+    assert!(sent > 0, "flow {flow} sent nothing in {from:?}..{to:?}");
+    assert_eq!(
+        (delivered, dup),
+        (sent, 0),
+        "flow {flow} in {from:?}..{to:?}: sent {sent}, delivered {delivered}, duplicates {dup}"
+    );
+}
+
+#[test]
+fn primary_cut_both_ways_moves_traffic_to_the_standby_within_dpd_timeout_plus_one_interval() {
+    let setup = Setup::default();
+    let bound = setup.dpd_timeout + setup.dpd_interval;
+    let mut sim = Sim::new(setup);
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(30));
+    let cut = sim.now;
+    sim.cut_both(0, true);
+    sim.run_until(secs(40));
+    for side in [Side::A, Side::B] {
+        let sw: Vec<_> = sim
+            .switches(side)
+            .into_iter()
+            .filter(|(t, _)| *t >= cut)
+            .collect();
+        assert_eq!(sw.len(), 1, "{side:?}: {sw:?}");
+        assert_eq!(sw[0].1, Some(1));
+        assert!(
+            sw[0].0 - cut <= bound,
+            "{side:?} switched after {:?}",
+            sw[0].0 - cut
+        );
+    }
+    for flow in [1, 2] {
+        // Counted exactly: the packets lost are exactly those sent on the primary after the cut,
+        // and there are no more of them than the detection bound allows at 10 ms spacing.
+        let mut lost = 0;
+        let mut first_standby: Option<std::time::Instant> = None;
+        for ((f, _), fate) in &sim.fates {
+            let Some(at) = fate
+                .sent_at
+                .filter(|t| *f == flow && *t > cut && *t < sim.at(secs(40) - ms(50)))
+            else {
+                continue;
+            };
+            match fate.sent_on {
+                Some(0) => {
+                    assert_eq!(fate.delivered, 0);
+                    lost += 1;
+                }
+                Some(1) => {
+                    assert_eq!(fate.delivered, 1);
+                    first_standby = Some(first_standby.map_or(at, |x| x.min(at)));
+                }
+                other => panic!("flow {flow} packet at {at:?} sent on {other:?}"),
+            }
+        }
+        let max_lost = (bound.as_millis() / 10) as u64 + 1;
+        assert!(
+            lost > 0 && lost <= max_lost,
+            "flow {flow}: {lost} lost, bound {max_lost}"
+        );
+        assert!(first_standby.unwrap() - cut <= bound);
+        assert_no_loss(&sim, flow, secs(30) + bound + ms(20), secs(40) - ms(50));
+    }
+}
+
+#[test]
+fn a_one_way_cut_in_either_direction_takes_the_primary_down_on_both_sides_and_both_directions_use_the_standby()
+ {
+    for dir in [Side::A, Side::B] {
+        let setup = Setup::default();
+        let bound = setup.dpd_timeout + setup.dpd_interval;
+        let mut sim = Sim::new(setup);
+        sim.add_bidirectional_traffic(ms(10), secs(2));
+        sim.run_until(secs(30));
+        let cut = sim.now;
+        sim.cut(0, dir, true);
+        sim.run_until(secs(40));
+        for side in [Side::A, Side::B] {
+            let down = sim
+                .transitions(side, 0)
+                .into_iter()
+                .find(|(t, s)| *t >= cut && *s == TunnelState::Down);
+            let (t, _) = down.unwrap_or_else(|| panic!("cut {dir:?}->: {side:?} never went Down"));
+            assert!(
+                t - cut <= bound,
+                "cut {dir:?}->: {side:?} Down after {:?}",
+                t - cut
+            );
+            assert_eq!(
+                sim.state(side, 0),
+                TunnelState::Down,
+                "stays Down while the cut lasts"
+            );
+            assert_eq!(sim.active(side), Some(1));
+        }
+        assert_no_loss(&sim, 1, secs(30) + bound + ms(20), secs(40) - ms(50));
+        assert_no_loss(&sim, 2, secs(30) + bound + ms(20), secs(40) - ms(50));
+    }
+}
+
+#[test]
+fn the_primary_heals_and_traffic_fails_back_after_the_hold_down_with_zero_loss() {
+    let setup = Setup::default();
+    let hold = setup.failback.unwrap();
+    let mut sim = Sim::new(setup);
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(30));
+    sim.cut_both(0, true);
+    sim.run_until(secs(40));
+    let heal = sim.now;
+    sim.cut_both(0, false);
+    sim.run_until(secs(70));
+    for side in [Side::A, Side::B] {
+        let up = sim
+            .transitions(side, 0)
+            .into_iter()
+            .find(|(t, s)| *t >= heal && *s == TunnelState::Up)
+            .unwrap()
+            .0;
+        assert!(
+            up - heal < ms(600),
+            "{side:?} primary Up {:?} after the heal",
+            up - heal
+        );
+        let back: Vec<_> = sim
+            .switches(side)
+            .into_iter()
+            .filter(|(t, _)| *t >= heal)
+            .collect();
+        assert_eq!(back.len(), 1, "{side:?}: {back:?}");
+        assert_eq!(back[0].1, Some(0));
+        assert!(
+            back[0].0 - up >= hold && back[0].0 - up < hold + ms(1),
+            "{side:?} failback {:?} after Up",
+            back[0].0 - up
+        );
+    }
+    // Zero loss from the heal on, across the failback, in both directions.
+    assert_no_loss(&sim, 1, secs(40), secs(70) - ms(50));
+    assert_no_loss(&sim, 2, secs(40), secs(70) - ms(50));
+}
+
+#[test]
+fn a_primary_that_flaps_every_200_ms_causes_at_most_one_switch_per_hold_down() {
+    let setup = Setup {
+        dpd_interval: ms(50),
+        dpd_timeout: ms(150),
+        failback: Some(secs(2)),
+        ..Setup::default()
+    };
+    let hold = setup.failback.unwrap();
+    let mut sim = Sim::new(setup);
+    sim.add_bidirectional_traffic(ms(10), secs(1));
+    sim.run_until(secs(10));
+    let mut cut = false;
+    for k in 0..50u64 {
+        cut = !cut;
+        sim.cut_both(0, cut);
+        sim.run_until(secs(10) + ms(200 * (k + 1)));
+    }
+    sim.cut_both(0, false);
+    sim.run_until(secs(30));
+    for side in [Side::A, Side::B] {
+        let downs = sim
+            .transitions(side, 0)
+            .iter()
+            .filter(|(_, s)| *s == TunnelState::Down)
+            .count();
+        assert!(
+            downs >= 10,
+            "{side:?}: the primary really flapped ({downs} Downs)"
+        );
+        let sw = sim.switches(side);
+        for w in sw.windows(2).skip(1) {
+            assert!(
+                w[1].0 - w[0].0 >= hold,
+                "{side:?}: two switches within a hold-down: {sw:?}"
+            );
+        }
+        // Initial choice, away from the flapping primary once, back once it is stable.
+        assert_eq!(
+            sw.iter().map(|s| s.1).collect::<Vec<_>>(),
+            vec![Some(0), Some(1), Some(0)],
+            "{side:?}"
+        );
+        assert_eq!(sim.active(side), Some(0));
+    }
+}
+
+#[test]
+fn rekeying_every_2_s_for_10_minutes_under_traffic_loses_nothing_and_never_reuses_a_nonce() {
+    let setup = Setup {
+        rekey_after: secs(2),
+        ..Setup::default()
+    };
+    let mut sim = Sim::new(setup);
+    sim.add_bidirectional_traffic(ms(10), secs(1));
+    sim.run_until(secs(600));
+    assert_no_loss(&sim, 1, secs(1), secs(600) - ms(50));
+    assert_no_loss(&sim, 2, secs(1), secs(600) - ms(50));
+    for side in [Side::A, Side::B] {
+        for t in 0..2 {
+            let c = sim
+                .engine(side)
+                .tunnel_counters(tandem_engine::TunnelId(t))
+                .copied()
+                .unwrap();
+            assert!(
+                c.handshakes >= 200,
+                "{side:?} tunnel {t}: {} handshakes",
+                c.handshakes
+            );
+            assert!(
+                sim.transitions(side, usize::from(t))
+                    .iter()
+                    .all(|(_, s)| *s != TunnelState::Down)
+            );
+        }
+    }
+    // Every ESP datagram's (key, nonce) was checked: 120k data packets plus keepalives.
+    assert!(
+        sim.nonces_checked > 120_000 + 4 * 4 * 600,
+        "{}",
+        sim.nonces_checked
+    );
+}
+
+#[test]
+fn a_peer_restarting_with_its_state_lost_rehandshakes_traffic_resumes_and_a_replayed_old_initiation_changes_nothing()
+ {
+    let setup = Setup {
+        b_responder_only: true,
+        ..Setup::default()
+    };
+    let mut sim = Sim::new(setup);
+    sim.record_wire = true;
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(30));
+    let old_init = sim
+        .wire
+        .iter()
+        .find(|(_, from, t, b)| {
+            *from == Side::A && *t == 0 && b.len() > 5 && b[..5] == [0, 0, 0, 0, 1]
+        })
+        .map(|w| w.3.clone())
+        .unwrap();
+    let restart = sim.now;
+    sim.restart(Side::B);
+    sim.run_until(secs(45));
+    // A notices (DPD), re-handshakes within its first retry (1 s +- 1/8), traffic resumes.
+    let rehandshake = sim
+        .events_of(Side::B)
+        .find(|(t, e)| *t >= restart && matches!(e, tandem_engine::Event::HandshakeCompleted { tunnel, .. } if tunnel.0 == 0))
+        .map(|(t, _)| t)
+        .unwrap();
+    assert!(
+        rehandshake - restart < secs(3),
+        "re-handshake after {:?}",
+        rehandshake - restart
+    );
+    assert_eq!(sim.state(Side::A, 0), TunnelState::Up);
+    assert_eq!(sim.state(Side::B, 0), TunnelState::Up);
+    assert_no_loss(&sim, 1, secs(34), secs(45));
+    assert_no_loss(&sim, 2, secs(34), secs(45));
+
+    // The replay: B answers nothing, installs nothing, changes no state; traffic is untouched.
+    let events_before = sim.events.len();
+    let wire_before = sim.wire.len();
+    let drops_before = sim
+        .engine(Side::B)
+        .drop_counters()
+        .get(tandem_engine::DropReason::Handshake);
+    let src = addr(Side::A, 0);
+    let r = sim.inject(Side::B, 0, src, old_init);
+    assert_eq!(
+        r,
+        tandem_engine::NetAction::Drop(tandem_engine::DropReason::Handshake)
+    );
+    assert_eq!(sim.events.len(), events_before, "no event from a replay");
+    assert_eq!(
+        sim.wire.len(),
+        wire_before,
+        "nothing sent in answer to a replay"
+    );
+    assert_eq!(
+        sim.engine(Side::B)
+            .drop_counters()
+            .get(tandem_engine::DropReason::Handshake),
+        drops_before + 1
+    );
+    sim.run_until(secs(60));
+    assert_no_loss(&sim, 1, secs(34), secs(60) - ms(50));
+    assert_no_loss(&sim, 2, secs(34), secs(60) - ms(50));
+}
+
+#[test]
+fn a_closing_notice_moves_the_peer_within_one_rtt() {
+    let mut sim = Sim::new(Setup::default());
+    let latency = sim.links[0][0].latency;
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(30));
+    let t0 = sim.now;
+    sim.engine(Side::A)
+        .silence(CONN, "tunnel1", tandem_engine::Silence::Graceful, t0)
+        .unwrap();
+    sim.run_until(secs(40));
+    let a = sim
+        .switches(Side::A)
+        .into_iter()
+        .find(|(t, _)| *t >= t0)
+        .unwrap();
+    assert_eq!(a, (t0, Some(1)), "the closing side moves at once");
+    let b = sim
+        .switches(Side::B)
+        .into_iter()
+        .find(|(t, _)| *t >= t0)
+        .unwrap();
+    assert_eq!(b.1, Some(1));
+    assert!(b.0 - t0 <= 2 * latency, "peer moved after {:?}", b.0 - t0);
+    let cause = sim.events_of(Side::B).find_map(|(t, e)| match e {
+        tandem_engine::Event::TunnelState {
+            tunnel,
+            to: TunnelState::Down,
+            cause,
+            ..
+        } if t >= t0 && tunnel.0 == 0 => Some(*cause),
+        _ => None,
+    });
+    assert_eq!(cause, Some(tandem_engine::StateCause::PeerClosing));
+    assert_eq!(sim.state(Side::A, 0), TunnelState::AdminDown);
+    // A->B: nothing lost (A moved first). B->A: at most what was in flight for one RTT.
+    assert_no_loss(&sim, 1, secs(29), secs(40));
+    let (sent, delivered, _) = sim.flow_stats(2, sim.at(secs(29)), sim.at(secs(40)));
+    assert!(
+        sent - delivered <= (2 * latency.as_millis() / 10) as u64 + 1,
+        "{} lost",
+        sent - delivered
+    );
+    // Restored: the tunnel comes back and traffic fails back after the hold-down.
+    let t1 = sim.now;
+    sim.engine(Side::A)
+        .silence(CONN, "tunnel1", tandem_engine::Silence::Off, t1)
+        .unwrap();
+    sim.run_until(secs(60));
+    assert_eq!(sim.state(Side::A, 0), TunnelState::Up);
+    assert_eq!(sim.active(Side::A), Some(0));
+    assert_eq!(sim.active(Side::B), Some(0));
+    assert_no_loss(&sim, 1, secs(40), secs(60) - ms(50));
+    assert_no_loss(&sim, 2, secs(40), secs(60) - ms(50));
+}
+
+#[test]
+fn a_wrong_psk_on_tunnel1_only_keeps_tunnel1_from_coming_up_and_tunnel2_carries_everything() {
+    let setup = Setup {
+        wrong_psk: vec![0],
+        ..Setup::default()
+    };
+    let mut sim = Sim::new(setup);
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(60));
+    for side in [Side::A, Side::B] {
+        assert!(
+            sim.transitions(side, 0)
+                .iter()
+                .all(|(_, s)| *s != TunnelState::Up),
+            "{side:?} tunnel1 came Up"
+        );
+        assert_ne!(sim.state(side, 0), TunnelState::Up);
+        assert_eq!(sim.state(side, 1), TunnelState::Up);
+        assert_eq!(sim.active(side), Some(1));
+        assert_eq!(sim.data_sent_per_tunnel[side as usize][0], 0);
+        // The response cannot authenticate with the wrong PSK.
+        assert!(
+            sim.engine(side)
+                .drop_counters()
+                .get(tandem_engine::DropReason::Auth)
+                > 0
+        );
+    }
+    assert_no_loss(&sim, 1, secs(2), secs(60) - ms(50));
+    assert_no_loss(&sim, 2, secs(2), secs(60) - ms(50));
+}
+
+#[test]
+fn active_active_spreads_flows_over_both_tunnels_and_a_cut_moves_only_the_dead_tunnels_flows() {
+    let setup = Setup {
+        mode: tandem_engine::Mode::ActiveActive,
+        ..Setup::default()
+    };
+    let bound = setup.dpd_timeout + setup.dpd_interval;
+    let mut sim = Sim::new(setup);
+    for f in 0..16 {
+        sim.add_flow(Side::A, 100 + f, ms(20), secs(2) + ms(u64::from(f)));
+    }
+    sim.run_until(secs(20));
+    let tunnel_of = |sim: &Sim, flow: u32, from: std::time::Duration, to: std::time::Duration| {
+        let set: std::collections::BTreeSet<_> = sim
+            .fates
+            .iter()
+            .filter(|((f, _), fate)| {
+                *f == flow
+                    && fate
+                        .sent_at
+                        .is_some_and(|t| t >= sim.at(from) && t < sim.at(to))
+            })
+            .map(|(_, fate)| fate.sent_on)
+            .collect();
+        assert_eq!(set.len(), 1, "flow {flow} used {set:?}");
+        set.into_iter().next().unwrap().unwrap()
+    };
+    let before: Vec<usize> = (0..16)
+        .map(|f| tunnel_of(&sim, 100 + f, secs(2), secs(20)))
+        .collect();
+    let on0 = before.iter().filter(|&&t| t == 0).count();
+    assert!(
+        (3..=13).contains(&on0),
+        "flows per tunnel: {on0} / {}",
+        16 - on0
+    );
+    let cut = sim.now;
+    sim.cut_both(1, true);
+    sim.run_until(secs(30));
+    for f in 0..16u32 {
+        let after = tunnel_of(&sim, 100 + f, secs(20) + bound + ms(30), secs(30));
+        assert_eq!(after, 0, "flow {f} ends on the live tunnel");
+        if before[f as usize] == 0 {
+            // Never moved, never lost a packet.
+            assert_eq!(tunnel_of(&sim, 100 + f, secs(2), secs(30)), 0);
+            assert_no_loss(&sim, 100 + f, secs(2), secs(30) - ms(50));
+        }
+    }
+    let _ = cut;
+}
+
+#[test]
+fn simultaneous_initiations_are_both_accepted_and_the_tunnels_come_up() {
+    let mut sim = Sim::new(Setup::default());
+    sim.add_bidirectional_traffic(ms(10), ms(500));
+    sim.run_until(secs(10));
+    for side in [Side::A, Side::B] {
+        let roles: Vec<bool> = sim
+            .events_of(side)
+            .filter_map(|(_, e)| match e {
+                tandem_engine::Event::HandshakeCompleted {
+                    tunnel, initiator, ..
+                } if tunnel.0 == 0 => Some(*initiator),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            roles.contains(&true) && roles.contains(&false),
+            "{side:?} both initiated and responded: {roles:?}"
+        );
+        assert_eq!(sim.state(side, 0), TunnelState::Up);
+    }
+    assert_no_loss(&sim, 1, ms(500), secs(10) - ms(50));
+    assert_no_loss(&sim, 2, ms(500), secs(10) - ms(50));
+}
+
+#[test]
+fn a_planned_failover_pins_the_standby_without_loss_and_auto_returns_to_the_primary() {
+    let mut sim = Sim::new(Setup::default());
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(20));
+    let now = sim.now;
+    sim.engine(Side::A)
+        .failover(CONN, tandem_engine::FailoverTarget::Best, now)
+        .unwrap();
+    assert_eq!(sim.active(Side::A), Some(1));
+    sim.run_until(secs(40));
+    assert_eq!(sim.active(Side::A), Some(1), "pinned: no failback");
+    assert!(sim.engine(Side::A).status(now).connections[0].pinned);
+    let now = sim.now;
+    sim.engine(Side::A)
+        .failover(CONN, tandem_engine::FailoverTarget::Auto, now)
+        .unwrap();
+    assert_eq!(sim.active(Side::A), Some(0));
+    sim.run_until(secs(50));
+    assert_no_loss(&sim, 1, secs(2), secs(50) - ms(50));
+    assert_no_loss(&sim, 2, secs(2), secs(50) - ms(50));
+    let err = sim
+        .engine(Side::A)
+        .failover("nope", tandem_engine::FailoverTarget::Auto, now);
+    assert!(matches!(
+        err,
+        Err(tandem_engine::AdminError::UnknownConnection(_))
+    ));
+}
+
+#[test]
+fn a_drill_probe_comes_back_as_an_event_with_the_round_trip_time() {
+    let mut sim = Sim::new(Setup::default());
+    let rtt = sim.links[0][0].latency + sim.links[0][1].latency;
+    sim.run_until(secs(5));
+    let now = sim.now;
+    sim.engine(Side::A).send_probe(CONN, 77, now).unwrap();
+    sim.run_until(secs(6));
+    let got = sim.events_of(Side::A).find_map(|(_, e)| match e {
+        tandem_engine::Event::ProbeReply {
+            id: 77,
+            rtt,
+            tunnel,
+            ..
+        } => Some((*rtt, tunnel.0)),
+        _ => None,
+    });
+    assert_eq!(got, Some((rtt, 0)));
+}
+
+#[test]
+fn a_responder_only_head_end_learns_and_follows_the_peer_endpoint_from_authenticated_packets_only()
+{
+    let setup = Setup {
+        b_responder_only: true,
+        ..Setup::default()
+    };
+    let mut sim = Sim::new(setup);
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(10));
+    let b0 = tandem_engine::TunnelId(0);
+    assert_eq!(
+        sim.engine(Side::B).tunnel_remote(b0),
+        Some(addr(Side::A, 0))
+    );
+    // Junk from a spoofed address: dropped, endpoint unchanged.
+    let spoof: std::net::SocketAddr = "203.0.113.9:4500".parse().unwrap();
+    let mut junk = vec![0u8; 64];
+    junk[..4].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    assert!(matches!(
+        sim.inject(Side::B, 0, spoof, junk),
+        tandem_engine::NetAction::Drop(_)
+    ));
+    assert_eq!(
+        sim.engine(Side::B).tunnel_remote(b0),
+        Some(addr(Side::A, 0))
+    );
+    // NAT rebinding on A's side: B follows after the next authenticated packet.
+    let moved: std::net::SocketAddr = "192.0.2.77:61000".parse().unwrap();
+    sim.src_addr[0][0] = moved;
+    sim.run_until(secs(20));
+    assert_eq!(sim.engine(Side::B).tunnel_remote(b0), Some(moved));
+    assert_no_loss(&sim, 1, secs(2), secs(20) - ms(50));
+    assert_no_loss(&sim, 2, secs(10) + ms(50), secs(20) - ms(50));
+}
