@@ -135,7 +135,7 @@ mod tests {
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines[0], "T");
         assert_eq!(lines[1], "  what    value");
-        assert_eq!(lines[3], "  a         1.5");
+        assert_eq!(lines[3], "  a          1.5");
         assert_eq!(lines[4], "  longer  100.25");
     }
 }
