@@ -415,3 +415,17 @@ pub fn unshare_netns() -> io::Result<()> {
         Ok(())
     }
 }
+
+/// Move this thread into the network namespace at `path` (e.g. `/run/netns/NAME`). Tests use it
+/// to reach a daemon's loopback-only endpoints inside a namespace they created.
+pub fn enter_netns(path: &std::path::Path) -> io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: `f` is an open namespace file for the duration of the call; setns only changes the
+    // calling thread's namespace membership.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

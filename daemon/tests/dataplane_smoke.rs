@@ -1,0 +1,536 @@
+//! End-to-end smoke test of `tandem run` (root): two namespaces, two veth pairs (one IPv4, one
+//! IPv6 underlay), two daemons with two tunnels; ping through, then `status --json`, `failover`,
+//! `reload` (a refused one and a good one), `/metrics`, and a clean SIGTERM stop.
+//!
+//! Self-contained on purpose (the full lab lives in `netns-tests/`). Namespaces get unique names
+//! and are deleted in `Drop`, even when an assertion fails.
+#![allow(clippy::unwrap_used, clippy::print_stderr, clippy::print_stdout)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn sh(args: &[&str]) -> Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Two namespaces, two veth pairs, a scratch directory and the daemons; all removed on drop.
+struct Lab {
+    a: String,
+    b: String,
+    dir: PathBuf,
+    daemons: Vec<Child>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            Instant::now().elapsed().subsec_nanos() % 1000
+        );
+        let lab = Lab {
+            a: format!("tdsmk{id}a"),
+            b: format!("tdsmk{id}b"),
+            dir: std::env::temp_dir().join(format!("tandem-smoke-{id}")),
+            daemons: Vec::new(),
+        };
+        let _ = std::fs::remove_dir_all(&lab.dir);
+        std::fs::create_dir_all(&lab.dir).unwrap();
+        sh(&["ip", "netns", "add", &lab.a]);
+        sh(&["ip", "netns", "add", &lab.b]);
+        for ns in [&lab.a, &lab.b] {
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip", "-n", &lab.a, "link", "add", "u1", "type", "veth", "peer", "name", "u1", "netns",
+            &lab.b,
+        ]);
+        sh(&[
+            "ip", "-n", &lab.a, "link", "add", "u2", "type", "veth", "peer", "name", "u2", "netns",
+            &lab.b,
+        ]);
+        for (ns, v4, v6) in [
+            (&lab.a, "172.30.1.1/24", "fd00:30:2::1/64"),
+            (&lab.b, "172.30.1.2/24", "fd00:30:2::2/64"),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", v4, "dev", "u1"]);
+            sh(&["ip", "-n", ns, "addr", "add", v6, "dev", "u2", "nodad"]);
+            sh(&["ip", "-n", ns, "link", "set", "u1", "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "u2", "up"]);
+        }
+        lab
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn tandem(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut child = Command::new(TANDEM)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(bytes) = stdin {
+            input.write_all(bytes).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    fn write_secret(&self, name: &str, content: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.path(name);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    fn keys(&self) {
+        for side in ["a", "b"] {
+            let key = self.tandem(&["genkey"], None).stdout;
+            self.write_secret(&format!("{side}.key"), &key);
+            let public = self.tandem(&["pubkey"], Some(&key));
+            assert!(public.status.success());
+            std::fs::write(self.path(&format!("{side}.pub")), &public.stdout).unwrap();
+        }
+        for t in ["t1", "t2"] {
+            let psk = self.tandem(&["genpsk"], None).stdout;
+            self.write_secret(&format!("{t}.psk"), &psk);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn config(
+        &self,
+        side: &str,
+        peer: &str,
+        local: &str,
+        remote: &str,
+        ends: [(&str, &str); 2],
+        extra_remote: &str,
+    ) -> String {
+        let addr = if side == "a" {
+            "10.201.1.1/24"
+        } else {
+            "10.201.2.1/24"
+        };
+        let metrics = if side == "a" {
+            "metrics_listen = \"127.0.0.1:9810\"\n"
+        } else {
+            ""
+        };
+        format!(
+            r#"[gateway]
+private_key_file = "{dir}/{side}.key"
+tun_name = "tdm{side}"
+mtu = 1400
+address = "{addr}"
+
+[control]
+socket = "{dir}/{side}.sock"
+{metrics}
+[[connection]]
+name = "conn"
+peer_public_key_file = "{dir}/{peer}.pub"
+local_subnets = ["{local}"]
+remote_subnets = ["{remote}"{extra_remote}]
+failback = "1s"
+dpd_interval = "100ms"
+dpd_timeout = "300ms"
+
+[[connection.tunnel]]
+name = "t1"
+local = "{l1}"
+remote = "{r1}"
+psk_file = "{dir}/t1.psk"
+priority = 1
+
+[[connection.tunnel]]
+name = "t2"
+local = "{l2}"
+remote = "{r2}"
+psk_file = "{dir}/t2.psk"
+priority = 2
+"#,
+            dir = self.dir.display(),
+            l1 = ends[0].0,
+            r1 = ends[0].1,
+            l2 = ends[1].0,
+            r2 = ends[1].1,
+        )
+    }
+
+    fn start(&mut self, ns: &str, config: &Path, log: &str) {
+        let log = std::fs::File::create(self.path(log)).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, TANDEM, "run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemons.push(child);
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for l in ["a.log", "b.log"] {
+            s += &format!(
+                "--- {l}\n{}\n",
+                std::fs::read_to_string(self.path(l)).unwrap_or_default()
+            );
+        }
+        s
+    }
+
+    fn status(&self, side: &str) -> Option<serde_json::Value> {
+        let sock = self.path(&format!("{side}.sock"));
+        let out = self.tandem(
+            &["status", "--json", "--socket", sock.to_str().unwrap()],
+            None,
+        );
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}\n{}", self.logs());
+    }
+
+    fn ping(&self, ns: &str, dst: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", dst,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    fn stop(&mut self) -> Vec<Option<i32>> {
+        let mut codes = Vec::new();
+        for child in &mut self.daemons {
+            // `ip netns exec` execs the daemon: the child pid is the daemon's.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in &mut self.daemons {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut code = None;
+            while Instant::now() < deadline {
+                if let Some(st) = child.try_wait().unwrap() {
+                    code = st.code();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            codes.push(code);
+        }
+        codes
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.daemons {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tunnel<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["connections"][0]["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap()
+}
+
+fn both_up(status: Option<serde_json::Value>) -> bool {
+    status.is_some_and(|s| tunnel(&s, "t1")["state"] == "up" && tunnel(&s, "t2")["state"] == "up")
+}
+
+fn scrape_metrics(ns: &str) -> String {
+    let ns = PathBuf::from(format!("/run/netns/{ns}"));
+    std::thread::spawn(move || {
+        tandem::dataplane::sys::enter_netns(&ns).unwrap();
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9810").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the smoke test needs root under CI"
+        );
+        eprintln!(
+            "SKIPPING two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics: needs root"
+        );
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.keys();
+    let a_ends = [
+        ("172.30.1.1:4500", "172.30.1.2:4500"),
+        ("[fd00:30:2::1]:4500", "[fd00:30:2::2]:4500"),
+    ];
+    let b_ends = [
+        ("172.30.1.2:4500", "172.30.1.1:4500"),
+        ("[fd00:30:2::2]:4500", "[fd00:30:2::1]:4500"),
+    ];
+    let a_cfg = lab.path("a.toml");
+    std::fs::write(
+        &a_cfg,
+        lab.config("a", "b", "10.201.1.0/24", "10.201.2.0/24", a_ends, ""),
+    )
+    .unwrap();
+    let b_cfg = lab.path("b.toml");
+    std::fs::write(
+        &b_cfg,
+        lab.config("b", "a", "10.201.2.0/24", "10.201.1.0/24", b_ends, ""),
+    )
+    .unwrap();
+    let check = lab.tandem(&["check", "-c", a_cfg.to_str().unwrap()], None);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let (a, b) = (lab.a.clone(), lab.b.clone());
+    lab.start(&a, &a_cfg, "a.log");
+    lab.start(&b, &b_cfg, "b.log");
+    lab.wait_for(
+        "both tunnels up on both sides",
+        Duration::from_secs(20),
+        || both_up(lab.status("a")) && both_up(lab.status("b")),
+    );
+
+    // Traffic crosses, on the preferred tunnel.
+    assert!(
+        lab.ping(&a, "10.201.2.1"),
+        "ping a -> b failed\n{}",
+        lab.logs()
+    );
+    assert!(
+        lab.ping(&b, "10.201.1.1"),
+        "ping b -> a failed\n{}",
+        lab.logs()
+    );
+    let st = lab.status("a").unwrap();
+    let c = &st["connections"][0];
+    assert_eq!(c["name"], "conn");
+    assert_eq!(c["mode"], "active-standby");
+    assert_eq!(c["active_tunnel"], "t1");
+    assert_eq!(c["pinned"], false);
+    let t1 = tunnel(&st, "t1");
+    for f in [
+        "name",
+        "state",
+        "local",
+        "remote",
+        "spi_in",
+        "spi_out",
+        "last_handshake_unix",
+        "rx_bytes",
+        "tx_bytes",
+        "rx_packets",
+        "tx_packets",
+        "rtt_ms",
+        "failovers",
+    ] {
+        assert!(t1.get(f).is_some(), "status field {f} missing: {t1}");
+    }
+    assert!(t1["rx_packets"].as_u64().unwrap() >= 3, "{t1}");
+    assert_eq!(t1["local"], "172.30.1.1:4500");
+    assert_eq!(tunnel(&st, "t2")["local"], "[fd00:30:2::1]:4500");
+
+    // The human table names both tunnels.
+    let sock_a = lab.path("a.sock");
+    let sock_a = sock_a.to_str().unwrap();
+    let table = lab.tandem(&["status", "--socket", sock_a], None);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        table.contains("t1") && table.contains("t2") && table.contains("up"),
+        "{table}"
+    );
+
+    // Planned failover to the IPv6 tunnel, pinned; traffic follows; then unpin.
+    let out = lab.tandem(
+        &["failover", "conn", "--to", "t2", "--socket", sock_a],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = lab.status("a").unwrap();
+    assert_eq!(st["connections"][0]["active_tunnel"], "t2");
+    assert_eq!(st["connections"][0]["pinned"], true);
+    let before = tunnel(&st, "t2")["tx_packets"].as_u64().unwrap();
+    assert!(
+        lab.ping(&a, "10.201.2.1"),
+        "ping over t2 failed\n{}",
+        lab.logs()
+    );
+    let after = tunnel(&lab.status("a").unwrap(), "t2")["tx_packets"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after >= before + 3,
+        "pings did not use t2: {before} -> {after}"
+    );
+    let out = lab.tandem(&["failover", "conn", "--auto", "--socket", sock_a], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lab.status("a").unwrap()["connections"][0]["pinned"], false);
+
+    // User errors exit 1; an absent daemon exits 2.
+    let out = lab.tandem(&["failover", "nope", "--socket", sock_a], None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let missing = lab.path("missing.sock");
+    let out = lab.tandem(&["status", "--socket", missing.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+
+    // An invalid new config is refused with its error; the old one keeps running.
+    let good = std::fs::read_to_string(&a_cfg).unwrap();
+    std::fs::write(
+        &a_cfg,
+        good.replace("dpd_timeout = \"300ms\"", "dpd_timeout = \"soon\""),
+    )
+    .unwrap();
+    let out = lab.tandem(&["reload", "--socket", sock_a], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("a.toml") && err.contains("dpd_timeout"),
+        "{err}"
+    );
+    assert!(both_up(lab.status("a")));
+
+    // A good reload adds a route on the TUN; tunnels stay up and traffic still flows.
+    std::fs::write(
+        &a_cfg,
+        lab.config(
+            "a",
+            "b",
+            "10.201.1.0/24",
+            "10.201.2.0/24",
+            a_ends,
+            ", \"10.201.3.0/24\"",
+        ),
+    )
+    .unwrap();
+    let out = lab.tandem(&["reload", "--socket", sock_a], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let routes = sh(&["ip", "-n", &a, "route", "show", "dev", "tdma"]);
+    assert!(
+        String::from_utf8_lossy(&routes.stdout).contains("10.201.3.0/24"),
+        "{}",
+        String::from_utf8_lossy(&routes.stdout)
+    );
+    lab.wait_for("tunnels up after reload", Duration::from_secs(10), || {
+        both_up(lab.status("a"))
+    });
+    assert!(
+        lab.ping(&a, "10.201.2.1"),
+        "ping after reload failed\n{}",
+        lab.logs()
+    );
+
+    // Prometheus text, inside a's namespace.
+    let text = scrape_metrics(&a);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("tandem_tunnel_up{connection=\"conn\",tunnel=\"t1\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tandem_tunnel_active{connection=\"conn\",tunnel=\"t1\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tandem_dropped_packets_total{reason=\"replay\"}"),
+        "{text}"
+    );
+    let rx: u64 = text
+        .lines()
+        .find(|l| {
+            l.starts_with("tandem_tunnel_rx_packets_total{connection=\"conn\",tunnel=\"t1\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap() as u64;
+    assert!(rx >= 3, "{text}");
+
+    // SIGTERM: both stop cleanly and remove their sockets.
+    let codes = lab.stop();
+    assert_eq!(codes, vec![Some(0), Some(0)], "{}", lab.logs());
+    assert!(!lab.path("a.sock").exists());
+}
