@@ -43,6 +43,7 @@
 
 pub mod batch;
 pub mod drill;
+pub mod loopback;
 pub mod path;
 pub mod sys;
 pub mod worker;

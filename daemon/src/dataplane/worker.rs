@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tandem_engine::{
-    AdminError, Engine, EngineConfig, Event, FailoverTarget, TunnelId, TunnelState,
+    AdminError, Direction, Engine, EngineConfig, Event, FailoverTarget, TunnelId, TunnelState,
 };
 
 use super::batch::{BATCH, Batch, SlotDest};
@@ -134,6 +134,8 @@ pub struct DataPlane {
     stall_after: Option<Instant>,
     drill: Option<Drill>,
     status_dirty: bool,
+    /// `TANDEM_KEYLOG` file (SPEC §4), debugging only.
+    keylog: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -170,6 +172,27 @@ fn open_tun(t: &TunSettings) -> io::Result<tun_rs::SyncDevice> {
     let dev = b.build_sync()?;
     dev.set_nonblocking(true)?;
     Ok(dev)
+}
+
+/// Open the `TANDEM_KEYLOG` file (created 0600, appended to) when the variable is set.
+fn open_keylog() -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::env::var_os("TANDEM_KEYLOG").filter(|p| !p.is_empty())?;
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(f) => {
+            tracing::warn!(path = %std::path::Path::new(&path).display(), "TANDEM_KEYLOG is set: SA keys are written to a key log (debugging only; anyone who reads it can decrypt the tunnels)");
+            Some(f)
+        }
+        Err(e) => {
+            tracing::error!(path = %std::path::Path::new(&path).display(), error = %e, "cannot open the key log file");
+            None
+        }
+    }
 }
 
 fn bind_socket(
@@ -285,7 +308,11 @@ impl DataPlane {
             stall_after: None,
             drill: None,
             status_dirty: true,
+            keylog: open_keylog(),
         };
+        if dp.keylog.is_some() {
+            dp.engine.set_keylog(true);
+        }
         dp.sync_sockets()?;
         dp.sync_routes(routes)
             .map_err(|(route, source)| StartError::Route {
@@ -581,6 +608,17 @@ impl DataPlane {
                     tracing::info!(connection = %conn, tunnel = %name, peer = %addr, "peer endpoint learned");
                 }
                 Event::ProbeReply { .. } => {}
+                Event::SaInstalled {
+                    tunnel,
+                    direction,
+                    spi,
+                    keylog,
+                } => {
+                    // Never log the key material: only the key-log file gets it.
+                    let (conn, name) = self.names(*tunnel);
+                    tracing::debug!(connection = %conn, tunnel = %name, direction = direction.as_str(), spi = format_args!("{spi:#010x}"), "SA installed");
+                    self.write_keylog(*tunnel, *direction, *spi, keylog, &conn, &name);
+                }
                 other => tracing::debug!(event = ?other, "engine event"),
             }
         }
@@ -592,6 +630,42 @@ impl DataPlane {
                     tracing::debug!(error = %e, "sd_notify STATUS failed");
                 }
             }
+        }
+    }
+
+    fn write_keylog(
+        &mut self,
+        tunnel: TunnelId,
+        direction: Direction,
+        spi: u32,
+        key: &str,
+        conn: &str,
+        name: &str,
+    ) {
+        use std::io::Write as _;
+        let local = self
+            .sockets
+            .get(usize::from(tunnel.0))
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.sock.local_addr().ok())
+            .map(|a| a.ip());
+        let remote = self.engine.tunnel_remote(tunnel).map(|a| a.ip());
+        let (Some(file), Some(local), Some(remote)) = (self.keylog.as_mut(), local, remote) else {
+            return;
+        };
+        let (src, dst) = match direction {
+            Direction::In => (remote, local),
+            Direction::Out => (local, remote),
+        };
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let line = format!(
+            "{secs} {conn} {name} {} {src} {dst} 0x{spi:08x} aes256gcm16 {key}\n",
+            direction.as_str()
+        );
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "cannot write the key log");
         }
     }
 
