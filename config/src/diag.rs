@@ -112,14 +112,16 @@ impl<'a> Sink<'a> {
 
     pub(crate) fn error(&mut self, span: &Range<usize>, path: &str, message: impl Into<String>) {
         let (line, column) = self.position(span.start);
+        // Keys and values quoted in messages come from the file: keep each diagnostic on one line.
+        let (path, message) = (one_line(path), one_line(&message.into()));
         self.found.push((
             span.start,
             Diagnostic {
                 file: self.file.to_owned(),
                 line,
                 column,
-                path: path.to_owned(),
-                message: message.into(),
+                path,
+                message,
             },
         ));
     }
@@ -142,6 +144,22 @@ impl<'a> Sink<'a> {
     }
 }
 
+/// Control characters escaped (`\n` -> `\\n`), everything else kept.
+pub(crate) fn one_line(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +175,13 @@ mod tests {
         assert_eq!(sink.position(11), (3, 1));
         assert_eq!(sink.position(12), (4, 1));
         assert_eq!(sink.position(999), (4, 2));
+    }
+
+    #[test]
+    fn quoted_text_with_control_characters_stays_on_one_line() {
+        let mut sink = Sink::new("f", "x");
+        sink.error(&(0..1), "a\nb", "bad \"x\ty\"");
+        let e = sink.into_error().to_string();
+        assert_eq!(e, "f:1:1: a\\nb: bad \"x\\ty\"");
     }
 }

@@ -204,7 +204,7 @@ pub(crate) fn control_socket(name: &str, text: &str) -> Result<Option<PathBuf>, 
 fn syntax_error(sink: &Sink<'_>, e: &toml::de::Error) -> ConfigError {
     let span = e.span().unwrap_or(0..0);
     let (line, column) = sink.position(span.start);
-    let message = e.message().trim_end().replace('\n', "; ");
+    let message = crate::diag::one_line(&e.message().trim_end().replace('\n', "; "));
     ConfigError::Invalid(vec![Diagnostic {
         file: sink.file().to_owned(),
         line,
