@@ -245,19 +245,15 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(setup: Setup) -> Sim {
+        let (a, b) = (config(&setup, Side::A), config(&setup, Side::B));
+        Sim::with_configs(setup, a, b)
+    }
+
+    /// A simulator over explicit configurations (tests that need other selectors or MTUs).
+    pub fn with_configs(setup: Setup, cfg_a: EngineConfig, cfg_b: EngineConfig) -> Sim {
         let base = Instant::now();
-        let a = Engine::new(
-            config(&setup, Side::A),
-            seed32(setup.seed, 1),
-            base,
-            UNIX_BASE,
-        );
-        let b = Engine::new(
-            config(&setup, Side::B),
-            seed32(setup.seed, 2),
-            base,
-            UNIX_BASE,
-        );
+        let a = Engine::new(cfg_a, seed32(setup.seed, 1), base, UNIX_BASE);
+        let b = Engine::new(cfg_b, seed32(setup.seed, 2), base, UNIX_BASE);
         let n = setup.tunnels;
         let mut sim = Sim {
             base,
