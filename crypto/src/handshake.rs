@@ -41,7 +41,7 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::esp::{AES_KEY_LEN, InboundSa, OutboundSa, SALT_LEN, SaKeys};
-use crate::keys::{KEY_LEN, Psk, PublicKey, Spi, StaticSecret, Tai64N, non_zero};
+use crate::keys::{KEY_LEN, Psk, PublicKey, Spi, StaticSecret, Tai64N};
 use crate::noise::{self, SymmetricState, TAG_LEN};
 
 /// Marker (4) + type (1) + reserved (3).
@@ -591,6 +591,7 @@ pub enum ResponderOutcome {
 
 /// The responder side of one tunnel: our static key, the expected peer's public key, the
 /// tunnel's PSK, the last accepted timestamp and the cookie secret.
+#[derive(Clone)]
 pub struct Responder {
     local: StaticSecret,
     peer: PublicKey,
@@ -654,18 +655,16 @@ impl Responder {
         now: Instant,
         rng: &mut R,
     ) -> [u8; COOKIE_LEN] {
-        let stale = match &self.cookie_secret {
-            Some((_, born)) => now.saturating_duration_since(*born) >= COOKIE_SECRET_LIFETIME,
-            None => true,
-        };
-        if stale {
-            let mut s = Zeroizing::new([0u8; 32]);
-            rng.fill_bytes(&mut s[..]);
-            self.cookie_secret = Some((s, now));
-        }
-        let secret = match &self.cookie_secret {
-            Some((s, _)) => s.clone(),
-            None => Zeroizing::new([0u8; 32]), // unreachable: set just above
+        let secret = match &mut self.cookie_secret {
+            Some((s, born)) if now.saturating_duration_since(*born) < COOKIE_SECRET_LIFETIME => {
+                s.clone()
+            }
+            slot => {
+                let mut s = Zeroizing::new([0u8; 32]);
+                rng.fill_bytes(&mut s[..]);
+                *slot = Some((s.clone(), now));
+                s
+            }
         };
         let port = src.port().to_be_bytes();
         let full = match src.ip() {
@@ -770,12 +769,9 @@ impl Responder {
             .diffie_hellman(&re)
             .ok_or(HandshakeError::LowOrderPoint)?;
         sym.mix_key(&ee[..]);
-        let se = non_zero(
-            ephemeral
-                .diffie_hellman(&self.peer)
-                .ok_or(HandshakeError::LowOrderPoint)?,
-        )
-        .ok_or(HandshakeError::LowOrderPoint)?;
+        let se = ephemeral
+            .diffie_hellman(&self.peer)
+            .ok_or(HandshakeError::LowOrderPoint)?;
         sym.mix_key(&se[..]);
         sym.mix_key_and_hash(self.psk.as_bytes());
         let payload = &mut out[RESP_PAYLOAD_OFF..RESP_MAC1_OFF];

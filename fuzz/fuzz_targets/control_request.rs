@@ -1,0 +1,24 @@
+//! Control-socket requests as the daemon reads them (`serde_json::from_slice::<Request>` on the
+//! bytes of one connection, `tandem::run`), and the CLI's renderers of what the daemon answers
+//! (`render_status`, `render_drill`), on arbitrary bytes.
+//! Invariants: no panic; an accepted request serialises and parses back to the same request;
+//! rendering any JSON document does not panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tandem::control::{Reply, Request, render_drill, render_status};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(req) = serde_json::from_slice::<Request>(data) {
+        let text = serde_json::to_vec(&req).expect("a request serialises");
+        let back: Request = serde_json::from_slice(&text).expect("and parses back");
+        assert_eq!(back, req, "request does not round-trip");
+    }
+    if let Ok(reply) = serde_json::from_slice::<Reply>(data) {
+        let _ = serde_json::to_vec(&reply).expect("a reply serialises");
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = render_status(&v);
+        let _ = render_drill(&v);
+    }
+});
