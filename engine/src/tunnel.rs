@@ -588,12 +588,10 @@ impl Tunnel {
                         Ok(())
                     }
                     Ok(ResponderOutcome::CookieReply { len }) => {
-                        self.hs_resp_len = len;
-                        // A cookie reply goes to the source of the initiation, which is not
-                        // authenticated yet: answer there only if we have no endpoint at all.
-                        if self.remote.is_none() {
-                            self.hs_resp_len = 0;
-                        }
+                        // Our datagrams go to the tunnel's endpoint; a cookie reply belongs to
+                        // the (unauthenticated) source of the initiation, so it is sent only when
+                        // that is the endpoint — never reflected at a third party.
+                        self.hs_resp_len = if self.remote == Some(from) { len } else { 0 };
                         Ok(())
                     }
                     Err(e) => Err(handshake_drop(e)),

@@ -846,3 +846,48 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_reload_keeps_unchanged_tunnels_with_their_sas_and_restarts_only_the_changed_one() {
+    let setup = Setup::default();
+    let mut sim = Sim::new(setup.clone());
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(20));
+    let handshakes = |sim: &mut Sim, t: u16| {
+        sim.engine(Side::A)
+            .tunnel_counters(tandem_engine::TunnelId(t))
+            .unwrap()
+            .handshakes
+    };
+    let (h0, h1) = (handshakes(&mut sim, 0), handshakes(&mut sim, 1));
+
+    // Same config: everything kept, nothing re-handshakes, nothing is lost.
+    let now = sim.now;
+    let summary = sim
+        .engine(Side::A)
+        .reconfigure(config(&setup, Side::A), now)
+        .unwrap();
+    assert_eq!(summary.kept.len(), 2);
+    assert!(
+        summary.added.is_empty() && summary.removed.is_empty() && summary.renumbered.is_empty()
+    );
+    sim.run_until(secs(30));
+    assert_eq!((handshakes(&mut sim, 0), handshakes(&mut sim, 1)), (h0, h1));
+    assert_eq!(sim.active(Side::A), Some(0));
+
+    // Tunnel2's priority changes (on A only): tunnel1 is kept, tunnel2 starts over and comes Up.
+    let mut cfg = config(&setup, Side::A);
+    cfg.connections[0].tunnels[1].priority = 5;
+    let now = sim.now;
+    let summary = sim.engine(Side::A).reconfigure(cfg, now).unwrap();
+    assert_eq!(summary.kept, vec![tandem_engine::TunnelId(0)]);
+    assert_eq!(summary.added, vec![tandem_engine::TunnelId(1)]);
+    assert_eq!(summary.removed, vec![tandem_engine::TunnelId(1)]);
+    sim.run_until(secs(40));
+    assert_eq!(handshakes(&mut sim, 0), h0);
+    assert_eq!(sim.state(Side::A, 1), TunnelState::Up);
+    assert_eq!(sim.state(Side::B, 1), TunnelState::Up);
+    assert_eq!(sim.active(Side::A), Some(0));
+    assert_no_loss(&sim, 1, secs(2), secs(40) - ms(50));
+    assert_no_loss(&sim, 2, secs(2), secs(40) - ms(50));
+}
