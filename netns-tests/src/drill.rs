@@ -24,6 +24,26 @@ pub fn gap_bound(pair: &TandemPair) -> Duration {
     o.dpd_timeout + 2 * o.dpd_interval + Duration::from_millis(50)
 }
 
+/// The TCP stream that runs under a drill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpLoad {
+    /// No TCP stream.
+    None,
+    /// A full-rate stream of this many seconds: for unplanned failures, where the bound is on
+    /// the gap and the stream must survive.
+    Saturating(u32),
+    /// A stream capped at `mbps` for `secs`: for planned moves that must lose zero probes. A
+    /// saturating TCP stream fills the bottleneck queue until it drops (that is how TCP finds
+    /// the rate), which would drop probes whether or not the tunnel moves; the cap leaves
+    /// headroom so any loss is the move's.
+    Capped {
+        /// Length in seconds.
+        secs: u32,
+        /// Rate cap in Mbit/s.
+        mbps: u32,
+    },
+}
+
 /// What a drill saw.
 #[derive(Debug, Clone)]
 pub struct DrillOutcome<T> {
@@ -53,31 +73,39 @@ impl DrillRig {
         })
     }
 
-    /// Runs `action` under a probe stream and (when `tcp_secs > 0`) a TCP stream of that length;
-    /// the streams run `lead` before the action, and the probe stream keeps going until the TCP
-    /// stream ends (and at least `tail` after the action).
+    /// Runs `action` under a probe stream and a TCP stream (`load`); the streams run `lead`
+    /// before the action, and the probe stream keeps going until the TCP stream ends (and at
+    /// least `tail` after the action).
     pub fn run<T>(
         &self,
         lab: &Lab,
-        tcp_secs: u32,
+        load: TcpLoad,
         lead: Duration,
         tail: Duration,
         action: impl FnOnce() -> Result<T, Error>,
     ) -> Result<DrillOutcome<T>, Error> {
         let target = SocketAddr::new(vpc_ip(self.family), REFLECT_PORT);
         let probe = ProbeStream::start(&lab.office, target)?;
-        let tcp = if tcp_secs > 0 {
-            Some(Iperf3Client::spawn(
+        let opts = match load {
+            TcpLoad::None => None,
+            TcpLoad::Saturating(secs) => Some(IperfOpts {
+                secs,
+                ..IperfOpts::default()
+            }),
+            TcpLoad::Capped { secs, mbps } => Some(IperfOpts {
+                secs,
+                bitrate_mbps: Some(mbps),
+                ..IperfOpts::default()
+            }),
+        };
+        let tcp = match opts {
+            Some(o) => Some(Iperf3Client::spawn(
                 &lab.office,
                 vpc_ip(self.family),
                 DRILL_IPERF_PORT,
-                IperfOpts {
-                    secs: tcp_secs,
-                    ..IperfOpts::default()
-                },
-            )?)
-        } else {
-            None
+                o,
+            )?),
+            None => None,
         };
         sleep(lead);
         let action = action();

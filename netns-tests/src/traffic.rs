@@ -62,6 +62,8 @@ pub struct IperfOpts {
     pub reverse: bool,
     /// UDP with this payload length, at full rate (`-u -b 0 -l LEN`); `None` = TCP.
     pub udp_len: Option<u32>,
+    /// Cap the sending rate (`-b N M`), for TCP streams that must leave headroom.
+    pub bitrate_mbps: Option<u32>,
 }
 
 impl Default for IperfOpts {
@@ -71,6 +73,7 @@ impl Default for IperfOpts {
             parallel: 1,
             reverse: false,
             udp_len: None,
+            bitrate_mbps: None,
         }
     }
 }
@@ -168,8 +171,13 @@ impl Iperf3Client {
             cmd.arg("-R");
         }
         if let Some(len) = o.udp_len {
-            cmd.args(["-u", "-b", "0", "-l", &len.to_string()]);
+            cmd.args(["-u", "-l", &len.to_string()]);
         }
+        match (o.bitrate_mbps, o.udp_len) {
+            (Some(m), _) => cmd.args(["-b", &format!("{m}M")]),
+            (None, Some(_)) => cmd.args(["-b", "0"]),
+            (None, None) => &mut cmd,
+        };
         Ok(Iperf3Client {
             bg: Bg::spawn(cmd)?,
             secs: o.secs,

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tandem_netns_tests::drill::{DrillRig, cut_isp1, gap_bound};
+use tandem_netns_tests::drill::{DrillRig, TcpLoad, cut_isp1, gap_bound};
 use tandem_netns_tests::impair::Direction;
 use tandem_netns_tests::netns::namespaces_with_prefix;
 use tandem_netns_tests::report::{Progress, Table};
@@ -158,7 +158,7 @@ fn demo() -> Result<(), Error> {
     let cut = Progress::run(
         "[4/7] drill: silent blackhole of isp1 under TCP + 1 ms probes",
         || {
-            rig.run(&lab, 3, ms(500), ms(300), || {
+            rig.run(&lab, TcpLoad::Saturating(3), ms(500), ms(300), || {
                 let (bh, times) = cut_isp1(&lab, &pair, Direction::Both, ms(1500))?;
                 held = Some(bh);
                 Ok(times)
@@ -166,7 +166,7 @@ fn demo() -> Result<(), Error> {
         },
     )?;
     let failback = Progress::run("[5/7] isp1 heals: failback after the hold-down", || {
-        rig.run(&lab, 0, ms(300), ms(300), || {
+        rig.run(&lab, TcpLoad::None, ms(300), ms(300), || {
             let healed = Instant::now();
             if let Some(bh) = held.take() {
                 bh.heal()?;
@@ -180,17 +180,23 @@ fn demo() -> Result<(), Error> {
     let planned = Progress::run(
         "[6/7] planned move: tandem failover --to tunnel2, then --auto",
         || {
-            rig.run(&lab, 3, ms(500), ms(500), || {
-                pair.cgw.failover(Some("tunnel2"), false)?;
-                pair.wait_until(Duration::from_secs(3), "on tunnel2", |a, _| {
-                    a.active().as_deref() == Some("tunnel2")
-                })?;
-                std::thread::sleep(ms(700));
-                pair.cgw.failover(None, true)?;
-                pair.wait_until(Duration::from_secs(5), "back on tunnel1", |a, _| {
-                    a.active().as_deref() == Some("tunnel1")
-                })
-            })
+            rig.run(
+                &lab,
+                TcpLoad::Capped { secs: 3, mbps: 50 },
+                ms(500),
+                ms(500),
+                || {
+                    pair.cgw.failover(Some("tunnel2"), false)?;
+                    pair.wait_until(Duration::from_secs(3), "on tunnel2", |a, _| {
+                        a.active().as_deref() == Some("tunnel2")
+                    })?;
+                    std::thread::sleep(ms(700));
+                    pair.cgw.failover(None, true)?;
+                    pair.wait_until(Duration::from_secs(5), "back on tunnel1", |a, _| {
+                        a.active().as_deref() == Some("tunnel1")
+                    })
+                },
+            )
         },
     )?;
     let drill_out = Progress::run("[7/7] tandem drill lab-vpc --duration 2s", || {
