@@ -93,10 +93,14 @@ pub(crate) struct RawTunnel {
     pub(crate) name: Option<At<String>>,
     pub(crate) local: Option<At<SocketAddr>>,
     pub(crate) remote: Option<At<SocketAddr>>,
+    /// `local` and `remote` both parsed or were absent: the endpoint checks may judge them
+    /// (a value that failed to parse already has its error).
+    pub(crate) endpoints_ok: bool,
     pub(crate) peer_public_key: Option<[u8; 32]>,
     pub(crate) psk: Option<(SecretKey, PathBuf)>,
-    /// Explicit priority with its span, or the default (1-based position) with the tunnel's span.
-    pub(crate) priority: At<u32>,
+    /// Explicit priority with its span, or the default (1-based position) with the span of the
+    /// tunnel's name; `None` if the value was invalid (already reported).
+    pub(crate) priority: Option<At<u32>>,
 }
 
 /// Parse, walk, validate, assemble.
@@ -233,7 +237,7 @@ fn assemble(
                 peer_public_key: t.peer_public_key?,
                 psk,
                 psk_file,
-                priority: t.priority.value,
+                priority: t.priority?.value,
             });
         }
         out.push(Connection {
@@ -732,6 +736,8 @@ impl Walker<'_, '_, '_> {
             }
             Ok(a)
         });
+        let endpoints_ok = (local.is_some() || self.value(tab, "local").is_none())
+            && (remote.is_some() || self.value(tab, "remote").is_none());
         let (has_key, key) = self.peer_public_key(tab);
         let peer_public_key = if has_key {
             key
@@ -752,29 +758,26 @@ impl Walker<'_, '_, '_> {
         let position = u32::try_from(index + 1).unwrap_or(u32::MAX);
         let priority = match self.integer(tab, "priority") {
             Some(p) => match u32::try_from(p.value) {
-                Ok(value) => At {
+                Ok(value) => Some(At {
                     value,
                     span: p.span,
                     path: p.path,
-                },
+                }),
                 Err(_) => {
                     self.sink.error(
                         &p.span,
                         &p.path,
                         format!("priority {} is out of range 0..={}", p.value, u32::MAX),
                     );
-                    At {
-                        value: position,
-                        span: p.span,
-                        path: p.path,
-                    }
+                    None
                 }
             },
-            None => At {
+            None if self.value(tab, "priority").is_some() => None,
+            None => Some(At {
                 value: position,
                 span: name.as_ref().map_or(tab.span.clone(), |n| n.span.clone()),
                 path: join(&tab.path, "priority"),
-            },
+            }),
         };
         RawTunnel {
             span: tab.span.clone(),
@@ -782,6 +785,7 @@ impl Walker<'_, '_, '_> {
             name,
             local,
             remote,
+            endpoints_ok,
             peer_public_key,
             psk,
             priority,

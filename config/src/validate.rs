@@ -145,7 +145,11 @@ fn endpoint_pairs(sink: &mut Sink<'_>, connections: &[RawConnection]) {
         (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
         (String, usize),
     > = HashMap::new();
-    for t in connections.iter().flat_map(|c| c.tunnels.iter()) {
+    for t in connections
+        .iter()
+        .flat_map(|c| c.tunnels.iter())
+        .filter(|t| t.endpoints_ok)
+    {
         let local = t.local.as_ref().map(|a| a.value);
         let remote = t.remote.as_ref().map(|a| a.value);
         if local.is_none() && remote.is_none() {
@@ -183,7 +187,7 @@ fn endpoint_pairs(sink: &mut Sink<'_>, connections: &[RawConnection]) {
 }
 
 fn addresses(sink: &mut Sink<'_>, c: &RawConnection) {
-    for t in &c.tunnels {
+    for t in c.tunnels.iter().filter(|t| t.endpoints_ok) {
         match (&t.local, &t.remote) {
             (Some(l), Some(r)) if l.value.is_ipv4() != r.value.is_ipv4() => {
                 sink.error(
@@ -211,7 +215,7 @@ fn priorities(sink: &mut Sink<'_>, c: &RawConnection) {
     }
     let mut seen: HashMap<u32, (String, usize)> = HashMap::new();
     for t in &c.tunnels {
-        let p = &t.priority;
+        let Some(p) = &t.priority else { continue };
         let who = t
             .name
             .as_ref()

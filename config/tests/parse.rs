@@ -114,3 +114,79 @@ fn an_empty_connection_array_is_an_error_not_a_crash() {
         "c.toml:1:14: connection: no [[connection]]: a gateway needs at least one connection"
     );
 }
+
+#[test]
+fn an_implicit_priority_that_ties_points_at_the_tunnel_name() {
+    let text = minimal().replace(
+        "psk_file = \"t1.psk\"",
+        "psk_file = \"t1.psk\"\npriority = 2",
+    );
+    assert_eq!(
+        errors(&text),
+        "c.toml:17:8: connection[0].tunnel[1].priority: priority 2 ties with tunnel \"t1\" (line 14): in active-standby mode priorities must differ"
+    );
+}
+
+#[test]
+fn active_active_allows_equal_priorities() {
+    let text = minimal()
+        .replace(
+            "psk_file = \"t1.psk\"",
+            "psk_file = \"t1.psk\"\npriority = 2",
+        )
+        .replace("local_subnets", "mode = \"active-active\"\nlocal_subnets");
+    let c = parse_str("c.toml", &text, &keys()).unwrap();
+    assert_eq!(
+        c.connections[0].tunnels[0].priority,
+        c.connections[0].tunnels[1].priority
+    );
+}
+
+#[test]
+fn ipv6_subnets_addresses_and_endpoints_are_accepted() {
+    let text = minimal()
+        .replace("[gateway]", "[gateway]\naddress = \"fd00::1/64\"")
+        .replace("\"10.10.0.0/24\"", "\"10.10.0.0/24\", \"fd10::/48\"")
+        .replace("\"10.20.0.0/16\"", "\"fd20::/48\"")
+        .replace(
+            "\"192.0.2.2:4500\"",
+            "\"[2001:db8::2]:4500\"\nlocal = \"[2001:db8::1]:4500\"",
+        );
+    let c = parse_str("c.toml", &text, &keys()).unwrap();
+    assert_eq!(c.gateway.address.unwrap().to_string(), "fd00::1/64");
+    assert_eq!(c.connections[0].remote_subnets[0].to_string(), "fd20::/48");
+    assert_eq!(
+        c.connections[0].tunnels[0].remote.unwrap().to_string(),
+        "[2001:db8::2]:4500"
+    );
+}
+
+#[test]
+fn overlapping_prefixes_in_one_list_and_a_zero_remote_port_are_refused() {
+    let text = minimal()
+        .replace("\"10.20.0.0/16\"", "\"10.20.0.0/16\", \"10.20.5.0/24\"")
+        .replace("192.0.2.2:4500", "192.0.2.2:0");
+    assert_eq!(
+        errors(&text),
+        "c.toml:8:35: connection[0].remote_subnets[1]: 10.20.5.0/24 overlaps 10.20.0.0/16 (line 8) in the same list\n\
+         c.toml:12:10: connection[0].tunnel[0].remote: remote \"192.0.2.2:0\" has port 0: give the peer's port, usually 4500"
+    );
+}
+
+#[test]
+fn errors_in_both_peer_key_levels_are_reported_and_nothing_is_half_built() {
+    let text = minimal()
+        .replace(
+            &format!("peer_public_key = \"{K1}\""),
+            "peer_public_key = \"short\"",
+        )
+        .replace(
+            "peer_public_key_file = \"peer.pub\"",
+            "peer_public_key_file = \"missing.pub\"",
+        );
+    assert_eq!(
+        errors(&text),
+        "c.toml:6:19: connection[0].peer_public_key: invalid base64: expected 44 characters like the output of `tandem genkey`\n\
+         c.toml:19:24: connection[0].tunnel[1].peer_public_key_file: file \"missing.pub\" does not exist"
+    );
+}
