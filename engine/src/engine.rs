@@ -1002,6 +1002,15 @@ impl Engine {
         Ok(())
     }
 
+    /// Test hook: jumps the send counter of `tunnel`'s current outbound SA, to exercise the
+    /// packet limits (SPEC §5: rekey after 2^27, never past 2^28) without sending 2^27 packets.
+    #[doc(hidden)]
+    pub fn set_send_counter_for_testing(&mut self, tunnel: TunnelId, seq: u64) {
+        if let Some(t) = self.tunnels.get_mut(usize::from(tunnel.0)) {
+            t.set_send_counter_for_testing(seq);
+        }
+    }
+
     /// Wall-clock seconds at `now` (for status).
     #[must_use]
     pub fn unix_secs(&self, now: Instant) -> u64 {

@@ -345,7 +345,9 @@ impl Tunnel {
     }
 
     fn wants_handshake(&self, now: Instant) -> bool {
-        self.current.is_none() || !self.hears(now) || self.rekey_at().is_some_and(|at| at <= now)
+        self.current.as_ref().is_none_or(|c| c.sa.rekey_due())
+            || !self.hears(now)
+            || self.rekey_at().is_some_and(|at| at <= now)
     }
 
     fn backoff(&self, rng: &mut ChaCha20Rng) -> Duration {
@@ -914,6 +916,13 @@ impl Tunnel {
         self.want_keepalive = false;
         self.echo_replies.clear();
         self.echo_requests.clear();
+    }
+
+    /// Test hook: jumps the current outbound SA's send counter.
+    pub fn set_send_counter_for_testing(&mut self, seq: u64) {
+        if let Some(c) = self.current.as_mut() {
+            c.sa.set_next_seq_for_testing(seq);
+        }
     }
 
     /// Queues a DPD echo request (drill probe or RTT).

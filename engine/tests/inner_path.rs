@@ -203,3 +203,62 @@ fn status_serialises_with_the_spec_field_names() {
     assert!(t["last_handshake_unix"].as_u64().unwrap() >= UNIX_BASE.as_secs());
     assert!(t["spi_in"].as_u64().unwrap() >= 256);
 }
+
+fn ipv6_udp(src: &str, dst: &str, len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p[24..40].copy_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p
+}
+
+#[test]
+fn ipv6_packets_cross_the_tunnel_and_an_oversized_one_gets_packet_too_big() {
+    let setup = Setup::default();
+    let mut a = config(&setup, Side::A);
+    let mut b = config(&setup, Side::B);
+    a.connections[0]
+        .local_subnets
+        .push("fd00:10::/64".parse().unwrap());
+    a.connections[0]
+        .remote_subnets
+        .push("fd00:20::/64".parse().unwrap());
+    b.connections[0]
+        .local_subnets
+        .push("fd00:20::/64".parse().unwrap());
+    b.connections[0]
+        .remote_subnets
+        .push("fd00:10::/64".parse().unwrap());
+    let mut sim = Sim::with_configs(setup, a, b);
+    sim.run_until(secs(3));
+    let now = sim.now;
+    let pkt = ipv6_udp("fd00:10::10", "fd00:20::10", 200);
+    let (mut buf, r) = in_buf(&pkt);
+    let TunAction::Send {
+        tunnel, datagram, ..
+    } = sim.engine(Side::A).handle_tun_packet(&mut buf, r, now)
+    else {
+        panic!()
+    };
+    let from = addr(Side::A, usize::from(tunnel.0));
+    let NetAction::Deliver { packet } = sim
+        .engine(Side::B)
+        .handle_datagram(tunnel, from, &mut buf, datagram, now)
+    else {
+        panic!()
+    };
+    assert_eq!(&buf[packet], &pkt[..], "delivered byte for byte");
+
+    let (mut buf, r) = in_buf(&ipv6_udp("fd00:10::10", "fd00:20::10", 1500));
+    let TunAction::Reply { packet } = sim.engine(Side::A).handle_tun_packet(&mut buf, r, now)
+    else {
+        panic!()
+    };
+    let e = &buf[packet];
+    assert_eq!((e[6], e[40], e[41]), (58, 2, 0));
+    assert_eq!(u32::from_be_bytes([e[44], e[45], e[46], e[47]]), 1400);
+    assert_eq!(e.len(), 1280);
+}

@@ -891,3 +891,51 @@ fn a_reload_keeps_unchanged_tunnels_with_their_sas_and_restarts_only_the_changed
     assert_no_loss(&sim, 1, secs(2), secs(40) - ms(50));
     assert_no_loss(&sim, 2, secs(2), secs(40) - ms(50));
 }
+
+#[test]
+fn the_packet_budget_triggers_a_rekey_long_before_the_time_limit_and_an_sa_never_sends_past_its_hard_limit()
+ {
+    use tandem_crypto::esp::{REJECT_AFTER_PACKETS, REKEY_AFTER_PACKETS};
+    let mut sim = Sim::new(Setup::default());
+    sim.record_wire = true;
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(10));
+    let t0 = tandem_engine::TunnelId(0);
+    let rekeys = |sim: &Sim, after: std::time::Instant| {
+        sim.events_of(Side::A)
+            .filter(|(t, e)| *t >= after && matches!(e, tandem_engine::Event::HandshakeCompleted { tunnel, initiator: true, rekey: true } if tunnel.0 == 0))
+            .count()
+    };
+    let mark = sim.now;
+    sim.engine(Side::A)
+        .set_send_counter_for_testing(t0, REKEY_AFTER_PACKETS - 20);
+    sim.run_until(secs(12));
+    assert_eq!(
+        rekeys(&sim, mark),
+        1,
+        "soft limit: one rekey, at 2^27 packets, not at 2 minutes"
+    );
+    assert_no_loss(&sim, 1, secs(2), secs(12) - ms(50));
+
+    // Hard limit: the SA stops sending at 2^28 even before a new one is there.
+    let mark = sim.now;
+    sim.engine(Side::A)
+        .set_send_counter_for_testing(t0, REJECT_AFTER_PACKETS - 3);
+    sim.run_until(secs(20));
+    let max_seq = sim
+        .wire
+        .iter()
+        .filter(|(t, from, tunnel, b)| {
+            *t >= mark && *from == Side::A && *tunnel == 0 && b.len() > 16 && b[..4] != [0; 4]
+        })
+        .map(|(_, _, _, b)| u64::from_be_bytes(b[8..16].try_into().unwrap()))
+        .max()
+        .unwrap();
+    assert!(max_seq <= REJECT_AFTER_PACKETS, "sent seq {max_seq}");
+    assert!(
+        rekeys(&sim, mark) >= 1,
+        "a new SA replaced the exhausted one"
+    );
+    assert_eq!(sim.state(Side::A, 0), TunnelState::Up);
+    assert_no_loss(&sim, 1, secs(14), secs(20) - ms(50));
+}
