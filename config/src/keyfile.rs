@@ -181,10 +181,16 @@ impl KeyFiles for FsKeyFiles {
 }
 
 /// Key files held in memory, by the path written in the config: for tests and fuzzing.
-/// A path that is not present reads as missing.
-#[derive(Debug, Default, Clone)]
+/// A path that is not present reads as missing. `Debug` lists the paths only.
+#[derive(Default, Clone)]
 pub struct MemoryKeyFiles {
     files: BTreeMap<String, Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for MemoryKeyFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.files.keys()).finish()
+    }
 }
 
 impl MemoryKeyFiles {

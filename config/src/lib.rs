@@ -82,8 +82,8 @@ pub struct Config {
     pub connections: Vec<Connection>,
 }
 
-/// `[gateway]`: this side's identity and TUN device.
-#[derive(Debug, Clone)]
+/// `[gateway]`: this side's identity and TUN device. `Debug` never shows the key.
+#[derive(Clone)]
 pub struct Gateway {
     /// The X25519 private key read from `private_key_file`.
     pub private_key: SecretKey,
@@ -151,8 +151,8 @@ pub struct Connection {
     pub tunnels: Vec<Tunnel>,
 }
 
-/// `[[connection.tunnel]]`: one path to the peer with its own keys.
-#[derive(Debug, Clone)]
+/// `[[connection.tunnel]]`: one path to the peer with its own keys. `Debug` never shows the PSK.
+#[derive(Clone)]
 pub struct Tunnel {
     /// Unique within its connection.
     pub name: String,
@@ -169,6 +169,35 @@ pub struct Tunnel {
     /// Lower is preferred; default: the tunnel's 1-based position in its connection. Unique
     /// within an active-standby connection.
     pub priority: u32,
+}
+
+/// What `Debug` prints instead of secret bytes.
+const REDACTED: &str = "<32 secret bytes>";
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("private_key", &format_args!("{REDACTED}"))
+            .field("private_key_file", &self.private_key_file)
+            .field("tun_name", &self.tun_name)
+            .field("mtu", &self.mtu)
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("name", &self.name)
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .field("peer_public_key", &self.peer_public_key)
+            .field("psk", &format_args!("{REDACTED}"))
+            .field("psk_file", &self.psk_file)
+            .field("priority", &self.priority)
+            .finish()
+    }
 }
 
 impl Config {

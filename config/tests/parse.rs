@@ -190,3 +190,23 @@ fn errors_in_both_peer_key_levels_are_reported_and_nothing_is_half_built() {
          c.toml:19:24: connection[0].tunnel[1].peer_public_key_file: file \"missing.pub\" does not exist"
     );
 }
+
+#[test]
+fn debug_output_never_shows_the_private_key_or_a_psk() {
+    // Secrets of 3s, 4s and 5s; the public keys are 7s and 8s.
+    let secret = |n: u8| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode([n; 32])
+    };
+    let mut k = keys();
+    k.insert("private.key", &secret(3));
+    k.insert("t1.psk", &secret(4));
+    k.insert("t2.psk", &secret(5));
+    let c = parse_str("c.toml", &minimal(), &k).unwrap();
+    let shown = format!("{c:?} {k:?}");
+    assert!(shown.contains("<32 secret bytes>"), "{shown}");
+    for n in [3, 4, 5] {
+        assert!(!shown.contains(&format!("{n}, {n}, {n}")), "{shown}");
+        assert!(!shown.contains(&secret(n)), "{shown}");
+    }
+}
