@@ -36,9 +36,17 @@ impl Table {
                 w[i] = w[i].max(c.chars().count());
             }
         }
+        // A cell is numeric when its first word is a number ("1.5", "315 ms", "0.43 Gbit/s",
+        // "1.20x"): those line up on the right.
         let numeric = |s: &str| {
-            let s = s.trim_end_matches(['%', 'x', 's']);
-            !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || ".-+,".contains(c))
+            if s == "-" {
+                return true;
+            }
+            let w = s.split_whitespace().next().unwrap_or("");
+            let w = w.trim_end_matches(['%', 'x']);
+            !w.is_empty()
+                && w.chars().any(|c| c.is_ascii_digit())
+                && w.chars().all(|c| c.is_ascii_digit() || ".-+,".contains(c))
         };
         let mut out = String::new();
         if !self.title.is_empty() {
@@ -131,11 +139,13 @@ mod tests {
         let mut t = Table::new("T", &["what", "value"]);
         t.row(&["a", "1.5"]);
         t.row(&["longer", "100.25"]);
+        t.row(&["unit", "7 ms"]);
         let s = t.render();
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines[0], "T");
         assert_eq!(lines[1], "  what    value");
         assert_eq!(lines[3], "  a          1.5");
         assert_eq!(lines[4], "  longer  100.25");
+        assert_eq!(lines[5], "  unit      7 ms");
     }
 }

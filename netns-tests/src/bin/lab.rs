@@ -79,10 +79,11 @@ fn fmt_ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
-const TOPOLOGY: &str = "\
-  office ---- cgw ====== isp1 (192.0.2.0/24, 2001:db8:1::/64) ====== vpcgw ---- vpc
- 10.10.0.10  (tandem) \\                                          / (tandem) 10.20.0.10
-                       == isp2 (198.51.100.0/24, 2001:db8:2::/64) =";
+const TOPOLOGY: &str = concat!(
+    "  office ---- cgw ====== isp1 (192.0.2.0/24, 2001:db8:1::/64) ====== vpcgw ---- vpc\n",
+    " 10.10.0.10 (tandem) \\                                          / (tandem) 10.20.0.10\n",
+    "                      == isp2 (198.51.100.0/24, 2001:db8:2::/64) ==",
+);
 
 fn demo() -> Result<(), Error> {
     let bin = preflight()?;
@@ -359,6 +360,11 @@ fn bench(args: &[String]) -> Result<(), Error> {
                         TandemOpts {
                             dpd_interval: ms(250),
                             dpd_timeout: ms(1000),
+                            // The largest inner MTU whose ESP-in-UDP packet fits a 1500 B IPv4
+                            // underlay: 1432 + 2 trailer + 2 pad (4-byte alignment) + 8 ESP
+                            // header + 8 IV + 16 ICV + 8 UDP + 20 IP = 1496; a 1400 B UDP
+                            // payload (1428 B inner packet) fits, as in peers.sh (TUN MTU 1440).
+                            mtu: Some(1432),
                             log: "warn",
                             ..TandemOpts::default()
                         },
