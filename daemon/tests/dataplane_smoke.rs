@@ -353,10 +353,15 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     let (a, b) = (lab.a.clone(), lab.b.clone());
     lab.start(&a, &a_cfg, "a.log");
     lab.start(&b, &b_cfg, "b.log");
+    // Whichever tunnel came up first carried traffic; t1 (priority 1) is active once it has been
+    // stable for `failback`.
+    let settled = |s: Option<serde_json::Value>| {
+        s.is_some_and(|s| s["connections"][0]["active_tunnel"] == "t1" && both_up(Some(s)))
+    };
     lab.wait_for(
-        "both tunnels up on both sides",
+        "both tunnels up on both sides, t1 active",
         Duration::from_secs(20),
-        || both_up(lab.status("a")) && both_up(lab.status("b")),
+        || settled(lab.status("a")) && settled(lab.status("b")),
     );
 
     // Traffic crosses, on the preferred tunnel.
@@ -504,6 +509,51 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         lab.logs()
     );
 
+    // A drill: the active tunnel goes silent for 1 s; detection, gap, loss and failback come back.
+    let out = lab.tandem(
+        &["drill", "conn", "--duration", "1s", "--socket", sock_a],
+        None,
+    );
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let figure = |label: &str| -> Option<f64> {
+        let line = report.lines().find(|l| l.trim_start().starts_with(label))?;
+        line[line.find(label)? + label.len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let detection =
+        figure("detection time").unwrap_or_else(|| panic!("no detection time in\n{report}"));
+    // The drilling side switches as soon as it silences its tunnel (the engine marks it
+    // admin-down); the peer detects within dpd_timeout 300 ms + one 100 ms interval. Slack for a
+    // loaded CI machine.
+    assert!((0.0..1000.0).contains(&detection), "{report}");
+    assert!(report.contains("switched to t2"), "{report}");
+    assert!(
+        figure("probes lost").is_some() && figure("traffic gap").is_some(),
+        "{report}"
+    );
+    assert!(
+        figure("failback time").is_some(),
+        "failback never happened:\n{report}\n{}",
+        lab.logs()
+    );
+    lab.wait_for(
+        "both tunnels up after the drill",
+        Duration::from_secs(10),
+        || both_up(lab.status("a")),
+    );
+    assert_eq!(
+        lab.status("a").unwrap()["connections"][0]["active_tunnel"],
+        "t1"
+    );
+
     // Prometheus text, inside a's namespace.
     let text = scrape_metrics(&a);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
@@ -528,6 +578,10 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap() as u64;
     assert!(rx >= 3, "{text}");
+    assert!(
+        !text.contains("tandem_failovers_total{connection=\"conn\",tunnel=\"t1\"} 0"),
+        "{text}"
+    );
 
     // SIGTERM: both stop cleanly and remove their sockets.
     let codes = lab.stop();
