@@ -252,6 +252,31 @@ fn a_primary_that_flaps_every_200_ms_causes_at_most_one_switch_per_hold_down() {
         );
         assert_eq!(sim.active(side), Some(0));
     }
+
+    // At default timers (1 s DPD timeout) 200 ms outages never even take the primary Down.
+    let mut sim = Sim::new(Setup::default());
+    sim.add_bidirectional_traffic(ms(10), secs(1));
+    sim.run_until(secs(10));
+    let mut cut = false;
+    for k in 0..50u64 {
+        cut = !cut;
+        sim.cut_both(0, cut);
+        sim.run_until(secs(10) + ms(200 * (k + 1)));
+    }
+    sim.cut_both(0, false);
+    sim.run_until(secs(30));
+    for side in [Side::A, Side::B] {
+        assert_eq!(
+            sim.switches(side).len(),
+            1,
+            "{side:?}: only the initial choice"
+        );
+        assert!(
+            sim.transitions(side, 0)
+                .iter()
+                .all(|(_, s)| *s != TunnelState::Down)
+        );
+    }
 }
 
 #[test]
@@ -938,4 +963,60 @@ fn the_packet_budget_triggers_a_rekey_long_before_the_time_limit_and_an_sa_never
     );
     assert_eq!(sim.state(Side::A, 0), TunnelState::Up);
     assert_no_loss(&sim, 1, secs(14), secs(20) - ms(50));
+}
+
+#[test]
+fn reordering_and_duplication_on_both_paths_lose_nothing_and_deliver_nothing_twice() {
+    let mut sim = Sim::new(Setup {
+        seed: 11,
+        ..Setup::default()
+    });
+    sim.set_links(|l| {
+        l.reorder = 0.3;
+        l.reorder_delay = ms(7);
+        l.duplicate = 0.1;
+    });
+    sim.add_bidirectional_traffic(ms(2), secs(1));
+    sim.run_until(secs(60));
+    assert_no_loss(&sim, 1, secs(1), secs(60) - ms(50));
+    assert_no_loss(&sim, 2, secs(1), secs(60) - ms(50));
+    for side in [Side::A, Side::B] {
+        let replays = sim
+            .engine(side)
+            .drop_counters()
+            .get(tandem_engine::DropReason::Replay);
+        assert!(
+            replays > 2000,
+            "{side:?}: duplicates are caught by the replay window ({replays})"
+        );
+        assert!(
+            sim.transitions(side, 0)
+                .iter()
+                .all(|(_, s)| *s != TunnelState::Down)
+        );
+    }
+}
+
+#[test]
+fn a_cut_longer_than_the_sa_lifetime_heals_by_handshaking_again() {
+    let mut sim = Sim::new(Setup::default());
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(10));
+    sim.cut_both(0, true);
+    sim.run_until(secs(10 + 300));
+    assert_eq!(sim.active(Side::A), Some(1));
+    let heal = sim.now;
+    sim.cut_both(0, false);
+    sim.run_until(secs(10 + 300 + 30));
+    for side in [Side::A, Side::B] {
+        let up = sim
+            .transitions(side, 0)
+            .into_iter()
+            .find(|(t, s)| *t >= heal && *s == TunnelState::Up);
+        let (t, _) = up.unwrap_or_else(|| panic!("{side:?} tunnel1 never came back"));
+        // Handshake retries run every <= 5 s (+1/8 jitter) during the cut.
+        assert!(t - heal <= ms(5700), "{side:?} back after {:?}", t - heal);
+    }
+    assert_no_loss(&sim, 1, secs(10) + secs(2), secs(340) - ms(50));
+    assert_no_loss(&sim, 2, secs(10) + secs(2), secs(340) - ms(50));
 }
