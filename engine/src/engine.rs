@@ -519,6 +519,14 @@ impl Engine {
         c.selector.active().map(|m| c.members[m])
     }
 
+    /// Connection name by id.
+    #[must_use]
+    pub fn connection_name(&self, connection: ConnectionId) -> Option<&str> {
+        self.conns
+            .get(usize::from(connection.0))
+            .map(|c| c.cfg.name.as_str())
+    }
+
     /// Connection id by name.
     #[must_use]
     pub fn connection_id(&self, name: &str) -> Option<ConnectionId> {

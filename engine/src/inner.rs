@@ -106,12 +106,13 @@ impl InnerHeader {
         }
     }
 
-    /// A hash of the flow's 5-tuple (addresses, protocol, ports when present), stable across
-    /// runs and machines (SipHash with fixed zero keys), for per-flow tunnel choice.
+    /// A hash of the flow's 5-tuple (addresses, protocol, ports when present), for per-flow
+    /// tunnel choice. `DefaultHasher::new()` has fixed keys, so it is stable for the life of the
+    /// process (and across runs of one build); the two gateways need not agree, since receive
+    /// is accepted on every tunnel.
     #[must_use]
     pub fn flow_hash(&self, pkt: &[u8]) -> u64 {
-        #[allow(deprecated)]
-        let mut h = std::hash::SipHasher::new();
+        let mut h = std::hash::DefaultHasher::new();
         self.src.hash(&mut h);
         self.dst.hash(&mut h);
         self.proto.hash(&mut h);

@@ -991,5 +991,7 @@ fn handshake_drop(e: HandshakeError) -> DropReason {
     }
 }
 
-#[allow(dead_code)]
-const _: () = assert!(handshake::MAX_MESSAGE_LEN + 16 <= crate::engine::MAX_CONTROL_DATAGRAM);
+// `poll_transmit`'s buffer holds any handshake message and any sealed control message.
+const _: () = assert!(handshake::MAX_MESSAGE_LEN <= crate::engine::MAX_CONTROL_DATAGRAM);
+const _: () =
+    assert!(esp::HEADROOM + CONTROL_SZ + esp::TAILROOM <= crate::engine::MAX_CONTROL_DATAGRAM);
