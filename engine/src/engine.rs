@@ -321,9 +321,10 @@ pub enum FailoverTarget {
 pub enum Silence {
     /// Normal operation.
     Off,
-    /// Send nothing and ignore everything received, as a dead path would.
+    /// Send nothing and ignore everything received, as a dead path would; the state follows
+    /// liveness (Down after the DPD timeout), so detection is measured, not assumed.
     Silent,
-    /// Send closing notices first, then as `Silent`.
+    /// Send closing notices, then send and receive nothing; the tunnel is admin-down at once.
     Graceful,
 }
 
@@ -877,8 +878,12 @@ impl Engine {
         }
     }
 
-    /// Drill silence of one tunnel (SPEC §2 `tandem drill`): `Silent` stops sending and ignores
-    /// everything received, as a dead path would; `Graceful` sends closing notices first.
+    /// Drill silence of one tunnel (SPEC §2 `tandem drill`). `Silent` stops sending and ignores
+    /// everything received, exactly as a dead path would: the tunnel is *not* told, it goes Down
+    /// through its own DPD timeout (and the peer through its own), and data the selector still
+    /// hands it meanwhile is dropped as `silenced` — that is the traffic gap a drill measures.
+    /// `Graceful` sends closing notices first and puts the tunnel admin-down at once (the peer
+    /// moves within one RTT). `Off` restores it; it comes back Up once both sides hear each other.
     pub fn silence(
         &mut self,
         connection: &str,

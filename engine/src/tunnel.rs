@@ -745,7 +745,9 @@ impl Tunnel {
         let sendable = self.current.as_ref().is_some_and(|c| {
             now.saturating_duration_since(c.installed) < REJECT_AFTER_TIME && !c.sa.exhausted()
         });
-        let new = if self.silenced() {
+        // A `Silent` drill is a dead path: the state follows liveness (Down after the DPD
+        // timeout, as for a real blackhole). `Graceful` is an administrative shutdown.
+        let new = if self.silence == Silence::Graceful {
             TunnelState::AdminDown
         } else if hears && self.peer_hears_us && sendable && self.remote.is_some() {
             TunnelState::Up
@@ -781,6 +783,10 @@ impl Tunnel {
         next_header: u8,
         now: Instant,
     ) -> Result<(SocketAddr, Range<usize>), DropReason> {
+        if self.silenced() {
+            // A silent drill: the packet vanishes as on a dead path (until DPD moves traffic).
+            return Err(DropReason::Silenced);
+        }
         let dst = self.remote.ok_or(DropReason::NoTunnel)?;
         let cur = self.current.as_mut().ok_or(DropReason::NoTunnel)?;
         if now.saturating_duration_since(cur.installed) >= REJECT_AFTER_TIME {

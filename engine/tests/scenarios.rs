@@ -1020,3 +1020,66 @@ fn a_cut_longer_than_the_sa_lifetime_heals_by_handshaking_again() {
     assert_no_loss(&sim, 1, secs(10) + secs(2), secs(340) - ms(50));
     assert_no_loss(&sim, 2, secs(10) + secs(2), secs(340) - ms(50));
 }
+
+#[test]
+fn a_silent_drill_behaves_like_a_dead_path_and_both_sides_detect_it_by_dpd() {
+    let setup = Setup {
+        dpd_interval: ms(100),
+        dpd_timeout: ms(300),
+        ..Setup::default()
+    };
+    let bound = setup.dpd_timeout + setup.dpd_interval;
+    let mut sim = Sim::new(setup);
+    sim.add_bidirectional_traffic(ms(1), secs(1));
+    sim.run_until(secs(10));
+    let t0 = sim.now;
+    sim.engine(Side::A)
+        .silence(CONN, "tunnel1", tandem_engine::Silence::Silent, t0)
+        .unwrap();
+    sim.run_until(secs(20));
+    for side in [Side::A, Side::B] {
+        let (t, cause) = sim
+            .events_of(side)
+            .find_map(|(t, e)| match e {
+                tandem_engine::Event::TunnelState {
+                    tunnel,
+                    to: TunnelState::Down,
+                    cause,
+                    ..
+                } if t >= t0 && tunnel.0 == 0 => Some((t, *cause)),
+                _ => None,
+            })
+            .unwrap();
+        assert!(
+            t - t0 <= bound && t - t0 >= ms(200),
+            "{side:?} detected after {:?}",
+            t - t0
+        );
+        assert!(matches!(
+            cause,
+            tandem_engine::StateCause::DpdTimeout | tandem_engine::StateCause::PeerDoesNotHearUs
+        ));
+        assert_eq!(sim.active(side), Some(1));
+    }
+    // The gap is real and bounded: A's packets vanished until A's own DPD moved them.
+    let (sent, delivered, _) = sim.flow_stats(1, t0, sim.at(secs(20)));
+    let lost = sent - delivered;
+    assert!(
+        lost >= 200 && lost <= bound.as_millis() as u64 + 2,
+        "{lost} packets lost in the drill"
+    );
+    assert!(
+        sim.engine(Side::A)
+            .drop_counters()
+            .get(tandem_engine::DropReason::Silenced)
+            >= lost
+    );
+    let t1 = sim.now;
+    sim.engine(Side::A)
+        .silence(CONN, "tunnel1", tandem_engine::Silence::Off, t1)
+        .unwrap();
+    sim.run_until(secs(40));
+    assert_eq!(sim.active(Side::A), Some(0));
+    assert_eq!(sim.active(Side::B), Some(0));
+    assert_no_loss(&sim, 1, secs(11), secs(40) - ms(50));
+}
