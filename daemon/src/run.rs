@@ -96,6 +96,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -133,6 +134,9 @@ pub fn run(config_path: &Path) -> u8 {
         name: cfg.gateway.tun_name.clone(),
         mtu: cfg.gateway.mtu,
         address: cfg.gateway.address,
+        // `TANDEM_TUN_OFFLOAD=0` turns the TUN offloads off (for measurements and as an escape
+        // hatch on kernels whose offloads misbehave).
+        offload: std::env::var_os("TANDEM_TUN_OFFLOAD").is_none_or(|v| v != "0"),
     };
     let (dp, handle) = match DataPlane::start(engine, &tun, routes_of(&cfg), failback) {
         Ok(x) => x,

@@ -42,6 +42,18 @@ pub struct Slot {
     pub dest: SlotDest,
 }
 
+impl AsRef<[u8]> for Slot {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl AsMut<[u8]> for Slot {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+
 /// A batch of slots for one direction.
 #[derive(Debug)]
 pub struct Batch {

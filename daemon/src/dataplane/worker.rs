@@ -36,6 +36,15 @@ const EPOLL_EVENTS: usize = 16;
 /// direction can starve the other (4 x 128 packets, ~0.5 ms of 1400-byte packets at 10 Gbit/s).
 const BATCHES_PER_WAKE: usize = 4;
 
+/// Free slots needed before another offloaded TUN read: a TSO super-packet of 64 KiB splits
+/// into at most 48 segments at an MSS of 1360 (inner MTU 1400); 64 leaves room down to an MSS of
+/// ~1000. A super-packet with a smaller MSS that does not fit is dropped (TCP retransmits it);
+/// MSS clamping keeps the MSS near the inner MTU.
+const SEGMENT_RESERVE: usize = 64;
+
+/// Length of the virtio-net header that precedes every TUN read/write with `IFF_VNET_HDR`.
+const VIRTIO_NET_HDR_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+
 /// Kernel socket buffers for each tunnel socket: room for several full batches in flight both
 /// ways, so a burst from the TUN does not overflow the send queue (the default ~200 KB holds only
 /// ~150 datagrams).
@@ -136,6 +145,12 @@ pub struct DataPlane {
     status_dirty: bool,
     /// `TANDEM_KEYLOG` file (SPEC §4), debugging only.
     keylog: Option<std::fs::File>,
+    /// The TUN has `IFF_VNET_HDR`: reads may be TSO/USO super-packets, writes need a header.
+    vnet: bool,
+    /// One TUN read with offloads: virtio-net header + up to 64 KiB super-packet.
+    tun_super: Box<[u8]>,
+    /// Segment sizes of one split super-packet.
+    sizes: Box<[usize]>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -157,13 +172,16 @@ pub struct TunSettings {
     pub mtu: u16,
     /// Optional inside address.
     pub address: Option<IpNet>,
+    /// Try `IFF_VNET_HDR` offloads (TSO/USO super-packets from the TUN).
+    pub offload: bool,
 }
 
-fn open_tun(t: &TunSettings) -> io::Result<tun_rs::SyncDevice> {
+fn build_tun(t: &TunSettings, offload: bool) -> io::Result<tun_rs::SyncDevice> {
     let mut b = tun_rs::DeviceBuilder::new()
         .name(&t.name)
         .mtu(t.mtu)
-        .packet_information(false);
+        .packet_information(false)
+        .offload(offload);
     match t.address {
         Some(IpNet::V4(n)) => b = b.ipv4(n.addr(), n.prefix_len(), None),
         Some(IpNet::V6(n)) => b = b.ipv6(n.addr(), n.prefix_len()),
@@ -172,6 +190,22 @@ fn open_tun(t: &TunSettings) -> io::Result<tun_rs::SyncDevice> {
     let dev = b.build_sync()?;
     dev.set_nonblocking(true)?;
     Ok(dev)
+}
+
+/// Open the TUN, with `IFF_VNET_HDR` + TSO/USO offloads when asked and the kernel allows, else
+/// plain. Returns the device and whether reads/writes carry a virtio-net header.
+fn open_tun(t: &TunSettings) -> io::Result<(tun_rs::SyncDevice, bool)> {
+    if t.offload {
+        match build_tun(t, true) {
+            Ok(dev) => {
+                let vnet = dev.tcp_gso();
+                tracing::info!(tso = vnet, uso = dev.udp_gso(), "TUN offloads");
+                return Ok((dev, vnet));
+            }
+            Err(e) => tracing::warn!(error = %e, "TUN offloads unavailable; plain TUN"),
+        }
+    }
+    Ok((build_tun(t, false)?, false))
 }
 
 /// Open the `TANDEM_KEYLOG` file (created 0600, appended to) when the variable is set.
@@ -264,7 +298,7 @@ impl DataPlane {
         routes: Vec<IpNet>,
         failback: Vec<Option<Duration>>,
     ) -> Result<(Self, Handle), StartError> {
-        let dev = open_tun(tun).map_err(|source| StartError::Tun {
+        let (dev, vnet) = open_tun(tun).map_err(|source| StartError::Tun {
             name: tun.name.clone(),
             source,
         })?;
@@ -309,6 +343,17 @@ impl DataPlane {
             drill: None,
             status_dirty: true,
             keylog: open_keylog(),
+            vnet,
+            tun_super: vec![
+                0u8;
+                if vnet {
+                    VIRTIO_NET_HDR_LEN + usize::from(u16::MAX)
+                } else {
+                    0
+                }
+            ]
+            .into_boxed_slice(),
+            sizes: vec![0usize; BATCH].into_boxed_slice(),
         };
         if dp.keylog.is_some() {
             dp.engine.set_keylog(true);
@@ -484,41 +529,87 @@ impl DataPlane {
         }
     }
 
-    /// TUN -> seal -> sendmmsg, up to [`BATCHES_PER_WAKE`] batches.
+    /// TUN -> (split super-packets) -> seal -> sendmmsg, up to [`BATCHES_PER_WAKE`] batches.
     fn on_tun_readable(&mut self) {
-        let head = tandem_engine::HEADROOM;
-        let tail = tandem_engine::TAILROOM;
         for _ in 0..BATCHES_PER_WAKE {
-            let mut filled = 0;
-            while filled < BATCH {
-                let slot = &mut self.tx.slots[filled];
-                let end = slot.buf.len() - tail;
-                match self.tun.recv(&mut slot.buf[head..end]) {
-                    Ok(0) => break,
-                    Ok(len) => {
-                        slot.start = head;
-                        slot.len = len;
-                        filled += 1;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "TUN read failed");
-                        break;
-                    }
-                }
-            }
+            let (filled, more) = if self.vnet {
+                self.read_tun_offload()
+            } else {
+                self.read_tun_plain()
+            };
             if filled == 0 {
                 return;
             }
             self.tx.filled = filled;
             let now = Instant::now();
             let _ = seal_batch(&mut self.engine, &mut self.tx, now);
-            flush_batch(&self.tun, &self.sockets, &mut self.tx);
-            if filled < BATCH {
+            flush_batch(&self.tun, self.vnet, &self.sockets, &mut self.tx);
+            if !more {
                 return;
             }
         }
+    }
+
+    /// One packet per read. Returns (slots filled, whether the TUN may have more).
+    fn read_tun_plain(&mut self) -> (usize, bool) {
+        let head = tandem_engine::HEADROOM;
+        let tail = tandem_engine::TAILROOM;
+        let mut filled = 0;
+        while filled < BATCH {
+            let slot = &mut self.tx.slots[filled];
+            let end = slot.buf.len() - tail;
+            match self.tun.recv(&mut slot.buf[head..end]) {
+                Ok(0) => break,
+                Ok(len) => {
+                    slot.start = head;
+                    slot.len = len;
+                    filled += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (filled, false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "TUN read failed");
+                    return (filled, false);
+                }
+            }
+        }
+        (filled, true)
+    }
+
+    /// With offloads: each read is one (super-)packet, split into MTU-size segments straight
+    /// into the slots (checksums completed). Reads stop while fewer than
+    /// [`SEGMENT_RESERVE`] slots are free, so a split always finds room.
+    fn read_tun_offload(&mut self) -> (usize, bool) {
+        let head = tandem_engine::HEADROOM;
+        let mut filled = 0;
+        let mut reads = 0;
+        while BATCH - filled >= SEGMENT_RESERVE && reads < BATCH {
+            reads += 1;
+            let slots = &mut self.tx.slots[filled..];
+            match self.tun.recv_multiple(
+                &mut self.tun_super,
+                slots,
+                &mut self.sizes[filled..],
+                head,
+            ) {
+                Ok(n) => {
+                    for i in filled..filled + n {
+                        self.tx.slots[i].start = head;
+                        self.tx.slots[i].len = self.sizes[i];
+                    }
+                    filled += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (filled, false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error().is_some() => {
+                    tracing::warn!(error = %e, "TUN read failed");
+                    return (filled, false);
+                }
+                // A malformed super-packet (bad header, no room to split): that packet is lost.
+                Err(e) => tracing::debug!(error = %e, "TUN super-packet dropped"),
+            }
+        }
+        (filled, true)
     }
 
     /// recvmmsg -> open -> TUN, up to [`BATCHES_PER_WAKE`] batches.
@@ -542,7 +633,7 @@ impl DataPlane {
             self.rx.filled = n;
             let now = Instant::now();
             let out = open_batch(&mut self.engine, TunnelId(id), &mut self.rx, now);
-            flush_batch(&self.tun, &self.sockets, &mut self.rx);
+            flush_batch(&self.tun, self.vnet, &self.sockets, &mut self.rx);
             if out.consumed > 0 {
                 self.flush_control();
             }
@@ -894,7 +985,12 @@ impl DataPlane {
 
 /// Write every slot tagged `Socket` to its socket (one `sendmmsg` per socket, in slot order, so
 /// per-tunnel order is kept) and every slot tagged `Tun` to the TUN (in order).
-fn flush_batch(tun: &tun_rs::SyncDevice, sockets: &[Option<TunnelSocket>], batch: &mut Batch) {
+fn flush_batch(
+    tun: &tun_rs::SyncDevice,
+    vnet: bool,
+    sockets: &[Option<TunnelSocket>],
+    batch: &mut Batch,
+) {
     let filled = batch.filled;
     let mut i = 0;
     while i < filled {
@@ -913,8 +1009,20 @@ fn flush_batch(tun: &tun_rs::SyncDevice, sockets: &[Option<TunnelSocket>], batch
             }
             SlotDest::Tun => {
                 let slot = &mut batch.slots[i];
-                if let Err(e) = tun.send(&slot.buf[slot.start..slot.start + slot.len]) {
-                    tracing::trace!(error = %e, "TUN write failed");
+                // With IFF_VNET_HDR every write starts with a virtio-net header: an all-zero one
+                // (no GSO, checksums complete) written into the bytes just before the packet.
+                let start = if vnet {
+                    slot.start.checked_sub(VIRTIO_NET_HDR_LEN)
+                } else {
+                    Some(slot.start)
+                };
+                if let Some(start) = start {
+                    if vnet {
+                        slot.buf[start..slot.start].fill(0);
+                    }
+                    if let Err(e) = tun.send(&slot.buf[start..slot.start + slot.len]) {
+                        tracing::trace!(error = %e, "TUN write failed");
+                    }
                 }
                 slot.dest = SlotDest::None;
             }
