@@ -3,8 +3,10 @@
 //! `CAP_NET_ADMIN` (ambient, as `AmbientCapabilities=CAP_NET_ADMIN` gives it), once holding none.
 //!
 //! The child is this test binary itself, re-run with a filter that selects
-//! `child_checks_its_capabilities` and an env var that says what it must find. The binary is
-//! copied to a world-readable temp dir first: the checkout may not be traversable by `nobody`.
+//! `child_checks_its_capabilities` and an env var that says what it must find. The checkout may
+//! not be traversable by `nobody`, so the child runs in a mount namespace of its own where the
+//! binary is bind-mounted onto an empty file in a world-readable temp dir (a copy instead could
+//! fail to exec with ETXTBSY while another test thread forks).
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::print_stderr)]
 
@@ -36,22 +38,23 @@ fn can_setpriv() -> bool {
     false
 }
 
-struct Copied(PathBuf);
+/// A world-readable temp dir holding an empty file for the bind mount; removed on drop.
+struct MountPoint(PathBuf);
 
-impl Copied {
-    fn this_test_binary(tag: &str) -> Self {
+impl MountPoint {
+    fn new(tag: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("tandem-caps-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let exe = dir.join("notify_caps");
-        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::write(&exe, b"").unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self(exe)
     }
 }
 
-impl Drop for Copied {
+impl Drop for MountPoint {
     fn drop(&mut self) {
         if let Some(dir) = self.0.parent() {
             let _ = std::fs::remove_dir_all(dir);
@@ -61,10 +64,15 @@ impl Drop for Copied {
 
 /// Runs the child check as `nobody` with the given extra setpriv arguments.
 fn run_child_as_nobody(tag: &str, caps_args: &[&str], expect: &str) -> std::process::Output {
-    let exe = Copied::this_test_binary(tag);
-    Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .args(caps_args)
+    let exe = MountPoint::new(tag);
+    let script = format!(
+        "exe=\"$1\"; shift; mount --bind \"$0\" \"$exe\" && \
+         exec setpriv --reuid=nobody --regid=nogroup --clear-groups {} \"$exe\" \"$@\"",
+        caps_args.join(" ")
+    );
+    Command::new("unshare")
+        .args(["--mount", "--", "sh", "-c", &script])
+        .arg(std::env::current_exe().unwrap())
         .arg(&exe.0)
         .args([
             "child_checks_its_capabilities",

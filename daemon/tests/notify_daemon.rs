@@ -1,0 +1,567 @@
+//! End to end: the real `tandem run` talks to a real `NOTIFY_SOCKET`, as systemd would see it.
+//!
+//! Each test runs the daemon in network and mount namespaces of its own (`unshare --net --mount`:
+//! they die with the process, nothing to clean up) with a responder-only tunnel bound on the
+//! namespace's loopback, and listens on a datagram socket in a temp dir:
+//! - `READY=1` arrives only once the TUN is up, the tunnel socket is bound and the routes are
+//!   installed (checked from inside the namespace the moment READY arrives), with a `STATUS=`;
+//! - `WATCHDOG=1` arrives every `WATCHDOG_USEC / 2`;
+//! - SIGHUP gives `RELOADING=1` + a current `MONOTONIC_USEC`, then `READY=1`;
+//! - SIGTERM gives `STOPPING=1` and a clean exit;
+//! - the `TANDEM_TEST_STALL_AFTER` hook stalls the data-plane loop and the pings stop while the
+//!   process lives on (what systemd's watchdog turns into a restart);
+//! - as `nobody` with only `CAP_NET_ADMIN` (setpriv) the daemon comes up; without it, it refuses
+//!   to start with a message naming the capability.
+//!
+//! Needs root (namespaces, TUN). Skips loudly when not root and `CI` is unset.
+#![allow(clippy::unwrap_used)]
+#![allow(clippy::print_stderr)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tandem::notify::monotonic_usec;
+
+const TUN: &str = "tnotify0";
+const REMOTE_NET: &str = "10.78.0.0/24";
+const TUNNEL_PORT: u16 = 14501;
+/// The watchdog period handed to the daemon: pings every 150 ms.
+const WATCHDOG: Duration = Duration::from_millis(300);
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+fn can_run() -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run these tests as root"
+    );
+    eprintln!("SKIPPING: notify end-to-end tests need root (network namespace, TUN)");
+    false
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn uid_of(user: &str) -> u32 {
+    run(Command::new("id").args(["-u", user]))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A scratch directory (world-traversable, so `nobody` can reach the binary and the notify
+/// socket), removed on drop.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("tandem-notify-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self { dir }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The systemd side: a bound datagram socket; each datagram may hold several `KEY=VALUE` lines.
+struct Manager {
+    sock: UnixDatagram,
+    path: PathBuf,
+    /// Lines received so far, with their arrival time.
+    lines: Vec<(Instant, String)>,
+}
+
+impl Manager {
+    fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        // The daemon may run as nobody: it needs write permission on the socket file.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Self {
+            sock,
+            path,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Receives for at most `wait`, until a line equal to `want` arrives; returns the index of
+    /// that line in `self.lines`.
+    fn wait_for(&mut self, want: &str, wait: Duration) -> Option<usize> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            self.sock.set_read_timeout(Some(deadline - now)).unwrap();
+            let mut buf = [0u8; 4096];
+            let n = match self.sock.recv(&mut buf) {
+                Ok(n) => n,
+                // Timeout (checked at the top of the loop) or a signal: keep waiting.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => panic!("notify socket recv: {e}"),
+            };
+            let at = Instant::now();
+            let text = String::from_utf8(buf[..n].to_vec()).unwrap();
+            let mut found = None;
+            for line in text.lines() {
+                self.lines.push((at, line.to_string()));
+                if line == want && found.is_none() {
+                    found = Some(self.lines.len() - 1);
+                }
+            }
+            if found.is_some() {
+                return found;
+            }
+        }
+    }
+
+    /// Receives everything that arrives within `wait`.
+    fn drain_for(&mut self, wait: Duration) {
+        let _ = self.wait_for("\u{0}never", wait);
+    }
+
+    fn count_since(&self, from: usize, line: &str) -> usize {
+        self.lines[from..].iter().filter(|(_, l)| l == line).count()
+    }
+}
+
+struct Gateway {
+    scratch: Scratch,
+    binary: PathBuf,
+    config: PathBuf,
+}
+
+impl Gateway {
+    /// Keys, PSK and a one-connection, responder-only config, owned by `owner_uid`.
+    fn new(tag: &str, owner_uid: u32) -> Self {
+        let scratch = Scratch::new(tag);
+        let d = &scratch.dir;
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_tandem"));
+        // Where `nobody` runs the binary from, even when the checkout is private: an empty file
+        // that the daemon's mount namespace bind-mounts the real binary onto. (Not a copy: a copy
+        // written while another test thread forks can fail to exec with ETXTBSY.)
+        std::fs::write(d.join("tandem"), b"").unwrap();
+        std::fs::set_permissions(d.join("tandem"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let conf = d.join("conf");
+        std::fs::create_dir(&conf).unwrap();
+        let private = run(Command::new(&binary).arg("genkey"));
+        let peer = run(Command::new(&binary).arg("genkey"));
+        let mut pubkey = Command::new(&binary)
+            .arg("pubkey")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut pubkey.stdin.take().unwrap(), peer.as_bytes()).unwrap();
+        let out = pubkey.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let peer_pub = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let psk = run(Command::new(&binary).arg("genpsk"));
+        let write_secret = |name: &str, text: &str| {
+            let p = conf.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&p, Some(owner_uid), None).unwrap();
+            p
+        };
+        let c = conf.display();
+        write_secret("private.key", &private);
+        write_secret("tunnel1.psk", &psk);
+        let config = write_secret(
+            "gw.toml",
+            &format!(
+                "[gateway]\nprivate_key_file = \"{c}/private.key\"\ntun_name = \"{TUN}\"\n\
+                 address = \"169.254.77.1/30\"\n\n\
+                 [control]\nsocket = \"{c}/control.sock\"\n\n\
+                 [[connection]]\nname = \"lab\"\npeer_public_key = \"{peer_pub}\"\n\
+                 local_subnets = [\"10.77.0.0/24\"]\nremote_subnets = [\"{REMOTE_NET}\"]\n\n\
+                 [[connection.tunnel]]\nname = \"tunnel1\"\nlocal = \"127.0.0.1:{TUNNEL_PORT}\"\n\
+                 psk_file = \"{c}/tunnel1.psk\"\n"
+            ),
+        );
+        std::os::unix::fs::chown(&conf, Some(owner_uid), None).unwrap();
+        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Self {
+            scratch,
+            binary,
+            config,
+        }
+    }
+
+    /// Starts `tandem run` in a fresh network namespace (loopback up), optionally under
+    /// `setpriv` with the given arguments, with the notify environment of a `Type=notify` unit.
+    fn spawn(
+        &self,
+        manager: &Manager,
+        setpriv: Option<&[&str]>,
+        extra_env: &[(&str, &str)],
+    ) -> Daemon {
+        let mut script = String::from("ip link set lo up && ");
+        if let Some(args) = setpriv {
+            // On a real host udev makes /dev/net/tun 0666 (systemd's 50-udev-default.rules) and the
+            // unit's DeviceAllow= lets the service open it; containers (like CI's) often have it
+            // 0600. Give the namespace a private /dev/net with a 0666 node, as udev would: the
+            // host's /dev is untouched.
+            script += "mount -t tmpfs -o mode=0755 tmpfs /dev/net && \
+                       mknod -m 0666 /dev/net/tun c 10 200 && \
+                       mount --bind \"$0\" \"$2\" && exec setpriv ";
+            script += &args.join(" ");
+            script += " \"$2\" run -c \"$1\"";
+        } else {
+            script += "exec \"$0\" run -c \"$1\"";
+        }
+        let log = self.scratch.dir.join("daemon.log");
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--net", "--mount", "--", "sh", "-c", &script])
+            .arg(&self.binary)
+            .arg(&self.config)
+            .arg(self.scratch.dir.join("tandem"))
+            .env("NOTIFY_SOCKET", &manager.path)
+            .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
+            .env_remove("WATCHDOG_PID")
+            .env_remove("TANDEM_TEST_STALL_AFTER")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+}
+
+/// The daemon process (`unshare` and `sh` exec into it: same PID), killed on drop.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: &str) {
+        run(Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]));
+    }
+
+    /// The daemon's log, then each thread's name, kernel wait channel and current syscall (what
+    /// a stuck data plane is blocked in), for failure messages.
+    fn log(&self) -> String {
+        let mut s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tasks = format!("/proc/{}/task", self.pid());
+        for task in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+            s += &format!(
+                "thread {:?} {} wchan={} syscall={}\n",
+                task.file_name(),
+                read("comm").trim(),
+                read("wchan").trim(),
+                read("syscall").trim()
+            );
+        }
+        s
+    }
+
+    /// Runs a command inside the daemon's network namespace.
+    fn in_netns(&self, args: &[&str]) -> String {
+        run(Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.pid()))
+            .arg("--")
+            .args(args))
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for READY=1 and checks, from inside the namespace right then, that the TUN is up with
+/// its route and the tunnel socket is bound.
+fn expect_ready_with_network_in_place(manager: &mut Manager, daemon: &mut Daemon) -> usize {
+    let ready = manager.wait_for("READY=1", Duration::from_secs(10));
+    let Some(ready) = ready else {
+        let status = daemon.wait_exit(Duration::from_millis(100));
+        panic!(
+            "no READY=1 (exit {status:?}); got {:?}\nlog:\n{}",
+            manager.lines,
+            daemon.log()
+        );
+    };
+    let link = daemon.in_netns(&["ip", "-o", "link", "show", TUN]);
+    assert!(link.contains("UP"), "TUN not up at READY: {link}");
+    let route = daemon.in_netns(&["ip", "route", "show", REMOTE_NET]);
+    assert!(
+        route.contains(&format!("dev {TUN}")),
+        "route not installed at READY: {route:?}"
+    );
+    let udp = daemon.in_netns(&["ss", "-Hlun"]);
+    assert!(
+        udp.contains(&format!("127.0.0.1:{TUNNEL_PORT}")),
+        "tunnel socket not bound at READY: {udp}"
+    );
+    ready
+}
+
+#[test]
+fn daemon_reports_ready_status_watchdog_reload_and_stopping_in_order() {
+    if !can_run() {
+        return;
+    }
+    let gw = Gateway::new("lifecycle", 0);
+    let mut manager = Manager::bind(&gw.scratch.dir);
+    let mut daemon = gw.spawn(&manager, None, &[]);
+    let ready = expect_ready_with_network_in_place(&mut manager, &mut daemon);
+
+    // A one-line status naming the connection's tunnel, at READY (same datagram) or before.
+    let ready_at = manager.lines[ready].0;
+    let status: Vec<_> = manager
+        .lines
+        .iter()
+        .filter(|(at, _)| *at <= ready_at)
+        .filter_map(|(_, l)| l.strip_prefix("STATUS="))
+        .collect();
+    assert!(
+        status.iter().any(|s| s.contains("tunnel1")),
+        "no STATUS with the tunnel at READY: {status:?}"
+    );
+
+    // Pings every WATCHDOG/2 = 150 ms: at least 6 in 1.5 s (nominally 10).
+    let from = manager.lines.len();
+    manager.drain_for(Duration::from_millis(1500));
+    let pings = manager.count_since(from, "WATCHDOG=1");
+    assert!(
+        pings >= 6,
+        "only {pings} WATCHDOG=1 in 1.5 s with WatchdogSec=300ms: {:?}\n{}",
+        manager.lines,
+        daemon.log()
+    );
+
+    // SIGHUP: RELOADING=1 + MONOTONIC_USEC (a current reading), then READY=1.
+    let before = monotonic_usec().unwrap();
+    let from = manager.lines.len();
+    daemon.signal("HUP");
+    let reloading = manager.wait_for("RELOADING=1", Duration::from_secs(5));
+    let Some(reloading) = reloading else {
+        panic!(
+            "no RELOADING=1 after SIGHUP: {:?}\n{}",
+            &manager.lines[from..],
+            daemon.log()
+        )
+    };
+    let ready_again = manager.wait_for("READY=1", Duration::from_secs(5));
+    let after = monotonic_usec().unwrap();
+    let Some(ready_again) = ready_again else {
+        panic!(
+            "no READY=1 after reload: {:?}\n{}",
+            &manager.lines[from..],
+            daemon.log()
+        )
+    };
+    assert!(ready_again > reloading);
+    let usec: u64 = manager.lines[reloading..ready_again]
+        .iter()
+        .find_map(|(_, l)| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| {
+            panic!(
+                "no MONOTONIC_USEC with RELOADING=1: {:?}",
+                &manager.lines[reloading..]
+            )
+        })
+        .parse()
+        .unwrap();
+    assert!(
+        before <= usec && usec <= after,
+        "MONOTONIC_USEC {usec} not within [{before}, {after}]"
+    );
+    // Still pinging after the reload.
+    let from = manager.lines.len();
+    manager.drain_for(Duration::from_millis(600));
+    assert!(
+        manager.count_since(from, "WATCHDOG=1") >= 2,
+        "no pings after reload"
+    );
+
+    // SIGTERM: STOPPING=1, then a clean exit.
+    daemon.signal("TERM");
+    assert!(
+        manager
+            .wait_for("STOPPING=1", Duration::from_secs(5))
+            .is_some(),
+        "no STOPPING=1 after SIGTERM: {:?}\n{}",
+        manager.lines,
+        daemon.log()
+    );
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("daemon did not exit after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status:?} after SIGTERM\n{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn stalled_data_plane_stops_watchdog_pings_while_the_process_lives() {
+    if !can_run() {
+        return;
+    }
+    let gw = Gateway::new("stall", 0);
+    let mut manager = Manager::bind(&gw.scratch.dir);
+    let mut daemon = gw.spawn(&manager, None, &[("TANDEM_TEST_STALL_AFTER", "600")]);
+    expect_ready_with_network_in_place(&mut manager, &mut daemon);
+    let ready_at = Instant::now();
+
+    // Before the stall: pinging.
+    let from = manager.lines.len();
+    manager.drain_for(Duration::from_millis(400));
+    assert!(
+        manager.count_since(from, "WATCHDOG=1") >= 1,
+        "no pings before the stall: {:?}",
+        manager.lines
+    );
+
+    // Well after the stall point (600 ms after READY, + one ping period of slack): silence.
+    let quiet_from = ready_at + Duration::from_millis(600) + WATCHDOG;
+    manager.drain_for(
+        quiet_from.saturating_duration_since(Instant::now()) + Duration::from_millis(1200),
+    );
+    let late: Vec<_> = manager
+        .lines
+        .iter()
+        .filter(|(at, l)| *at > quiet_from && l == "WATCHDOG=1")
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} WATCHDOG=1 after the data plane stalled",
+        late.len()
+    );
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the stalled daemon exited: the hook must stall, not exit"
+    );
+}
+
+#[test]
+fn non_root_user_with_only_net_admin_runs_the_gateway() {
+    if !can_run() {
+        return;
+    }
+    let gw = Gateway::new("nobody", uid_of("nobody"));
+    let mut manager = Manager::bind(&gw.scratch.dir);
+    let args = [
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--inh-caps=+net_admin",
+        "--ambient-caps=+net_admin",
+    ];
+    let mut daemon = gw.spawn(&manager, Some(&args), &[]);
+    expect_ready_with_network_in_place(&mut manager, &mut daemon);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    assert!(
+        uid.split_whitespace().nth(1) == Some(&uid_of("nobody").to_string()),
+        "not running as nobody: {uid}"
+    );
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(
+        eff, "0000000000001000",
+        "effective set should be CAP_NET_ADMIN only"
+    );
+    daemon.signal("TERM");
+    let exit = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("no exit after SIGTERM");
+    assert!(exit.success(), "{exit:?}\n{}", daemon.log());
+}
+
+#[test]
+fn non_root_user_without_net_admin_is_refused_with_a_clear_message() {
+    if !can_run() {
+        return;
+    }
+    let gw = Gateway::new("nocap", uid_of("nobody"));
+    let mut manager = Manager::bind(&gw.scratch.dir);
+    let args = ["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
+    let mut daemon = gw.spawn(&manager, Some(&args), &[]);
+    let exit = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("daemon without CAP_NET_ADMIN kept running");
+    assert_eq!(exit.code(), Some(1), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("CAP_NET_ADMIN"),
+        "message does not name the capability:\n{log}"
+    );
+    manager.drain_for(Duration::from_millis(100));
+    assert!(
+        manager.lines.iter().all(|(_, l)| l != "READY=1"),
+        "READY=1 without the capability"
+    );
+}
