@@ -6,7 +6,8 @@
 //! - `READY=1` arrives only once the TUN is up, the tunnel socket is bound and the routes are
 //!   installed (checked from inside the namespace the moment READY arrives), with a `STATUS=`;
 //! - `WATCHDOG=1` arrives every `WATCHDOG_USEC / 2`;
-//! - SIGHUP gives `RELOADING=1` + a current `MONOTONIC_USEC`, then `READY=1`;
+//! - SIGHUP gives `RELOADING=1` + a current `MONOTONIC_USEC`, then `READY=1`; so does the units'
+//!   `ExecReload=` command, `tandem reload -c FILE`, before it returns;
 //! - SIGTERM gives `STOPPING=1` and a clean exit;
 //! - the `TANDEM_TEST_STALL_AFTER` hook stalls the data-plane loop and the pings stop while the
 //!   process lives on (what systemd's watchdog turns into a restart);
@@ -166,11 +167,15 @@ struct Gateway {
     scratch: Scratch,
     binary: PathBuf,
     config: PathBuf,
+    /// Where the daemon's control socket is (named by the config or by `TANDEM_SOCKET`).
+    socket: PathBuf,
 }
 
 impl Gateway {
-    /// Keys, PSK and a one-connection, responder-only config, owned by `owner_uid`.
-    fn new(tag: &str, owner_uid: u32) -> Self {
+    /// Keys, PSK and a one-connection, responder-only config, owned by `owner_uid`. The config
+    /// names its control socket (as for tandem.service) unless `socket_from_env`, where the socket
+    /// comes from `TANDEM_SOCKET` (as tandem@.service sets it).
+    fn new(tag: &str, owner_uid: u32, socket_from_env: bool) -> Self {
         let scratch = Scratch::new(tag);
         let d = &scratch.dir;
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_tandem"));
@@ -202,14 +207,18 @@ impl Gateway {
             p
         };
         let c = conf.display();
+        let control = if socket_from_env {
+            String::new()
+        } else {
+            format!("[control]\nsocket = \"{c}/control.sock\"\n\n")
+        };
         write_secret("private.key", &private);
         write_secret("tunnel1.psk", &psk);
         let config = write_secret(
             "gw.toml",
             &format!(
                 "[gateway]\nprivate_key_file = \"{c}/private.key\"\ntun_name = \"{TUN}\"\n\
-                 address = \"169.254.77.1/30\"\n\n\
-                 [control]\nsocket = \"{c}/control.sock\"\n\n\
+                 address = \"169.254.77.1/30\"\n\n{control}\
                  [[connection]]\nname = \"lab\"\npeer_public_key = \"{peer_pub}\"\n\
                  local_subnets = [\"10.77.0.0/24\"]\nremote_subnets = [\"{REMOTE_NET}\"]\n\n\
                  [[connection.tunnel]]\nname = \"tunnel1\"\nlocal = \"127.0.0.1:{TUNNEL_PORT}\"\n\
@@ -218,10 +227,12 @@ impl Gateway {
         );
         std::os::unix::fs::chown(&conf, Some(owner_uid), None).unwrap();
         std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let socket = conf.join("control.sock");
         Self {
             scratch,
             binary,
             config,
+            socket,
         }
     }
 
@@ -363,9 +374,11 @@ fn daemon_reports_ready_status_watchdog_reload_and_stopping_in_order() {
     if !can_run() {
         return;
     }
-    let gw = Gateway::new("lifecycle", 0);
+    // Instance style, as tandem@.service runs it: the socket comes from TANDEM_SOCKET.
+    let gw = Gateway::new("lifecycle", 0, true);
     let mut manager = Manager::bind(&gw.scratch.dir);
-    let mut daemon = gw.spawn(&manager, None, &[]);
+    let socket = gw.socket.to_str().unwrap().to_string();
+    let mut daemon = gw.spawn(&manager, None, &[("TANDEM_SOCKET", &socket)]);
     let ready = expect_ready_with_network_in_place(&mut manager, &mut daemon);
 
     // A one-line status naming the connection's tunnel, at READY (same datagram) or before.
@@ -429,7 +442,30 @@ fn daemon_reports_ready_status_watchdog_reload_and_stopping_in_order() {
         before <= usec && usec <= after,
         "MONOTONIC_USEC {usec} not within [{before}, {after}]"
     );
-    // Still pinging after the reload.
+    // The units' ExecReload= command, `tandem reload -c FILE` (socket from TANDEM_SOCKET, as the
+    // template unit's Environment= gives it): returns 0 only after the daemon has reloaded, so
+    // RELOADING=1 and READY=1 are already on the socket when it exits.
+    let from = manager.lines.len();
+    let out = Command::new(&gw.binary)
+        .args(["reload", "-c"])
+        .arg(&gw.config)
+        .env("TANDEM_SOCKET", &socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tandem reload failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = manager.wait_for("RELOADING=1", Duration::from_millis(500));
+    let ready_after = manager.wait_for("READY=1", Duration::from_millis(500));
+    assert!(
+        r.is_some() && ready_after > r,
+        "tandem reload: no RELOADING=1 then READY=1: {:?}",
+        &manager.lines[from..]
+    );
+    // Still pinging after the reloads.
     let from = manager.lines.len();
     manager.drain_for(Duration::from_millis(600));
     assert!(
@@ -462,7 +498,7 @@ fn stalled_data_plane_stops_watchdog_pings_while_the_process_lives() {
     if !can_run() {
         return;
     }
-    let gw = Gateway::new("stall", 0);
+    let gw = Gateway::new("stall", 0, false);
     let mut manager = Manager::bind(&gw.scratch.dir);
     let mut daemon = gw.spawn(&manager, None, &[("TANDEM_TEST_STALL_AFTER", "600")]);
     expect_ready_with_network_in_place(&mut manager, &mut daemon);
@@ -503,7 +539,7 @@ fn non_root_user_with_only_net_admin_runs_the_gateway() {
     if !can_run() {
         return;
     }
-    let gw = Gateway::new("nobody", uid_of("nobody"));
+    let gw = Gateway::new("nobody", uid_of("nobody"), false);
     let mut manager = Manager::bind(&gw.scratch.dir);
     let args = [
         "--reuid=nobody",
@@ -546,7 +582,7 @@ fn non_root_user_without_net_admin_is_refused_with_a_clear_message() {
     if !can_run() {
         return;
     }
-    let gw = Gateway::new("nocap", uid_of("nobody"));
+    let gw = Gateway::new("nocap", uid_of("nobody"), false);
     let mut manager = Manager::bind(&gw.scratch.dir);
     let args = ["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
     let mut daemon = gw.spawn(&manager, Some(&args), &[]);
