@@ -757,6 +757,11 @@ mod properties {
             to: Option<usize>,
         },
         Replay(usize),
+        Garbage {
+            to_a: bool,
+            tunnel: usize,
+            bytes: Vec<u8>,
+        },
         Impair {
             tunnel: usize,
             loss: u8,
@@ -776,6 +781,14 @@ mod properties {
             1 => (any::<bool>(), proptest::option::of(0..2usize)).prop_map(|(a, to)| Op::Failover { a, to }),
             2 => any::<usize>().prop_map(Op::Replay),
             1 => (0..2usize, 0..30u8, 0..20u8, 0..50u8).prop_map(|(tunnel, loss, dup, reorder)| Op::Impair { tunnel, loss, dup, reorder }),
+            1 => (any::<bool>(), 0..2usize, proptest::collection::vec(any::<u8>(), 0..200)).prop_map(|(to_a, tunnel, mut bytes)| {
+                // Half of them look like control messages or carry a plausible SPI.
+                if bytes.len() > 5 && bytes[0] % 2 == 0 {
+                    bytes[..4].fill(0);
+                    bytes[4] = 1 + bytes[5] % 3;
+                }
+                Op::Garbage { to_a, tunnel, bytes }
+            }),
         ]
     }
 
@@ -838,6 +851,12 @@ mod properties {
                             let src = sim.src_addr[tunnel][from as usize];
                             sim.inject(from.other(), tunnel, src, bytes);
                         }
+                    }
+                    Op::Garbage { to_a, tunnel, bytes } => {
+                        let to = if to_a { Side::A } else { Side::B };
+                        let src = sim.src_addr[tunnel][to.other() as usize];
+                        let r = sim.inject(to, tunnel, src, bytes);
+                        prop_assert!(!matches!(r, tandem_engine::NetAction::Deliver { .. }), "junk was delivered");
                     }
                     Op::Impair { tunnel, loss, dup, reorder } => {
                         for l in &mut sim.links[tunnel] {
@@ -1082,4 +1101,64 @@ fn a_silent_drill_behaves_like_a_dead_path_and_both_sides_detect_it_by_dpd() {
     assert_eq!(sim.active(Side::A), Some(0));
     assert_eq!(sim.active(Side::B), Some(0));
     assert_no_loss(&sim, 1, secs(11), secs(40) - ms(50));
+}
+
+#[test]
+fn a_responder_under_a_flood_of_initiations_answers_with_a_cookie_and_the_real_peer_still_rekeys() {
+    let setup = Setup {
+        b_responder_only: true,
+        ..Setup::default()
+    };
+    let mut sim = Sim::new(setup);
+    sim.record_wire = true;
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(10));
+    let old_init = sim
+        .wire
+        .iter()
+        .find(|(_, from, t, b)| {
+            *from == Side::A && *t == 0 && b.len() > 5 && b[..5] == [0, 0, 0, 0, 1]
+        })
+        .map(|w| w.3.clone())
+        .unwrap();
+    // 60 initiations within a second: more than the responder handles without cookies.
+    let from = addr(Side::A, 0);
+    for _ in 0..60 {
+        let r = sim.inject(Side::B, 0, from, old_init.clone());
+        assert!(matches!(
+            r,
+            tandem_engine::NetAction::Consumed | tandem_engine::NetAction::Drop(_)
+        ));
+    }
+    let cookie_replies = |sim: &Sim| {
+        sim.wire
+            .iter()
+            .filter(|(_, s, _, b)| *s == Side::B && b.len() > 5 && b[..5] == [0, 0, 0, 0, 3])
+            .count()
+    };
+    assert!(
+        cookie_replies(&sim) > 0,
+        "under load, the responder answers with cookie replies"
+    );
+    // The real peer rekeys now: it gets a cookie, retries with mac2 at once, and succeeds.
+    let mark = sim.now;
+    let cookies_before = cookie_replies(&sim);
+    sim.engine(Side::A).set_send_counter_for_testing(
+        tandem_engine::TunnelId(0),
+        tandem_crypto::esp::REKEY_AFTER_PACKETS,
+    );
+    sim.run_until(secs(10) + ms(200));
+    let done = sim.events_of(Side::A).any(|(t, e)| {
+        t >= mark && matches!(e, tandem_engine::Event::HandshakeCompleted { tunnel, initiator: true, .. } if tunnel.0 == 0)
+    });
+    assert!(done, "the rekey completed through the cookie");
+    assert_eq!(
+        cookie_replies(&sim),
+        cookies_before + 1,
+        "the rekey's first initiation got a cookie, the second passed mac2"
+    );
+    sim.run_until(secs(20));
+    assert_eq!(sim.state(Side::A, 0), TunnelState::Up);
+    assert_no_loss(&sim, 1, secs(2), secs(20) - ms(50));
+    assert_no_loss(&sim, 2, secs(2), secs(20) - ms(50));
 }
