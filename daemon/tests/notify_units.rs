@@ -386,3 +386,37 @@ fn install_script_refuses_a_missing_binary() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no tandem binary"));
 }
+
+#[test]
+fn operations_guide_covers_what_an_operator_needs() {
+    let guide = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    let headings: Vec<&str> = guide.lines().filter(|l| l.starts_with("## ")).collect();
+    for topic in [
+        "Install",
+        "Keys",
+        "Enable",
+        "Reload",
+        "drills",
+        "Metrics",
+        "Logs",
+        "Upgrading",
+    ] {
+        assert!(
+            headings.iter().any(|h| h.contains(topic)),
+            "docs/operations.md has no section on {topic}: {headings:?}"
+        );
+    }
+    for command in [
+        "systemd/install.sh",
+        "systemctl enable --now tandem",
+        "systemctl reload tandem",
+        "tandem drill",
+        "journalctl -u tandem",
+        "tandem genkey",
+    ] {
+        assert!(
+            guide.contains(command),
+            "docs/operations.md never shows `{command}`"
+        );
+    }
+}
