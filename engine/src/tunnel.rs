@@ -400,11 +400,10 @@ impl Tunnel {
             self.timers.set(Timer::Handshake, None);
             return;
         }
-        let in_flight = self
-            .initiator
-            .as_ref()
-            .is_some_and(|i| i.is_awaiting_response());
-        if !in_flight && !self.wants_handshake(now) {
+        if !self.wants_handshake(now) {
+            // E.g. the peer's simultaneous initiation gave us fresh SAs while ours was lost.
+            self.initiator = None;
+            self.hs_init_len = 0;
             self.attempt = 0;
             self.timers.set(Timer::Handshake, self.rekey_at());
             return;
