@@ -34,8 +34,20 @@ fn udp_packet(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
 
 #[test]
 fn the_engine_allocates_nothing_per_packet_in_steady_state() {
+    for mode in [
+        tandem_engine::Mode::ActiveStandby,
+        tandem_engine::Mode::ActiveActive,
+    ] {
+        steady_state(mode);
+    }
+}
+
+fn steady_state(mode: tandem_engine::Mode) {
     // Warm up on the simulator: handshakes, both tunnels Up.
-    let mut sim = Sim::new(Setup::default());
+    let mut sim = Sim::new(Setup {
+        mode,
+        ..Setup::default()
+    });
     sim.run_until(secs(5));
     let mut now = sim.now;
     let mut eng = sim.engines;
@@ -46,7 +58,7 @@ fn the_engine_allocates_nothing_per_packet_in_steady_state() {
     let ba = udp_packet([10, 20, 0, 10], [10, 10, 0, 10], 1200);
     let mut buf = vec![0u8; HEADROOM + 1500 + TAILROOM];
     let mut tx = vec![0u8; MAX_CONTROL_DATAGRAM];
-    let (mut delivered, mut control) = (0u64, 0u64);
+    let (mut delivered, mut control, mut probes) = (0u64, 0u64, 0u64);
     let from_a: Vec<_> = (0..2).map(|t| addr(Side::A, t)).collect();
     let from_b: Vec<_> = (0..2).map(|t| addr(Side::B, t)).collect();
 
@@ -57,9 +69,13 @@ fn the_engine_allocates_nothing_per_packet_in_steady_state() {
     drop(v);
 
     let region = Region::new(GLOBAL);
-    for _ in 0..PACKETS {
+    for i in 0..PACKETS {
         // 20 µs per round: 2 s of virtual time, so keepalives and echoes run too.
         now += Duration::from_micros(20);
+        if i % 50 == 0 {
+            // A drill's 1 ms probe stream.
+            eng[0].send_probe("prod-vpc", i, now).unwrap();
+        }
         for dir in 0..2 {
             let (x, y) = eng.split_at_mut(1);
             let (src, dst, pkt, from) = if dir == 0 {
@@ -102,11 +118,16 @@ fn the_engine_allocates_nothing_per_packet_in_steady_state() {
                 assert_eq!(r, NetAction::Consumed);
                 control += 1;
             }
-            while src.poll_event().is_some() {}
+            while let Some(ev) = src.poll_event() {
+                if matches!(ev, tandem_engine::Event::ProbeReply { .. }) {
+                    probes += 1;
+                }
+            }
         }
     }
     let stats = region.change();
     assert_eq!(delivered, 2 * PACKETS);
+    assert_eq!(probes, PACKETS / 50, "every probe came back");
     assert!(
         control >= 2 * 2 * 8,
         "keepalives ran during the measurement: {control}"
@@ -118,6 +139,6 @@ fn the_engine_allocates_nothing_per_packet_in_steady_state() {
     assert_eq!(
         (stats.allocations, stats.reallocations),
         (0, 0),
-        "allocations during {PACKETS} packets each way: {stats:?}"
+        "{mode:?}: allocations during {PACKETS} packets each way: {stats:?}"
     );
 }
