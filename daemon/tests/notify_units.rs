@@ -420,3 +420,64 @@ fn operations_guide_covers_what_an_operator_needs() {
         );
     }
 }
+
+#[test]
+fn real_install_creates_the_user_and_a_private_config_dir_it_owns() {
+    // The non-DESTDIR path (user creation, chown) needs root and would change the host: run it in
+    // a mount namespace where /etc is an overlay and /usr/local a scratch dir, both discarded.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+        eprintln!("SKIPPING: the real-install test needs root");
+        return;
+    }
+    let t = TempDir::new("install-real");
+    for d in ["upper", "work", "local"] {
+        std::fs::create_dir(t.0.join(d)).unwrap();
+    }
+    let script = r#"set -e
+        T="$0"; mount -t overlay overlay -o "lowerdir=/etc,upperdir=$T/upper,workdir=$T/work" /etc
+        mount --bind "$T/local" /usr/local
+        sh "$1" > "$T/install.out" 2>&1
+        stat -c '%a %U:%G' /etc/tandem /etc/tandem/tandem.toml.example /usr/local/bin/tandem
+        getent passwd tandem | cut -d: -f1,6,7
+        for u in tandem.service tandem@.service; do
+            systemd-analyze verify "/usr/local/lib/systemd/system/$u" >> "$T/verify.out" 2>&1
+        done"#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--", "sh", "-c", script])
+        .arg(&t.0)
+        .arg(repo().join("systemd/install.sh"))
+        .env("BINARY", env!("CARGO_BIN_EXE_tandem"))
+        .env_remove("DESTDIR")
+        .env_remove("PREFIX")
+        .env_remove("SYSCONFDIR")
+        .output()
+        .unwrap();
+    let install_log = std::fs::read_to_string(t.0.join("install.out")).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "real install failed:\n{install_log}\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "700 tandem:tandem",
+            "600 tandem:tandem",
+            "755 root:root",
+            "tandem:/:/usr/sbin/nologin"
+        ],
+        "{install_log}"
+    );
+    let verify = std::fs::read_to_string(t.0.join("verify.out")).unwrap_or_default();
+    assert!(
+        verify.trim().is_empty(),
+        "installed units do not verify:\n{verify}"
+    );
+}
