@@ -602,6 +602,37 @@ impl TandemPair {
         }
     }
 
+    /// Waits until no SA has changed on either side for `stable_for` (the head-end, started
+    /// first, retries its initiation about a second later, which completes as a rekey), up to
+    /// `timeout`; returns how long it took.
+    pub fn wait_settled(&self, stable_for: Duration, timeout: Duration) -> Result<Duration, Error> {
+        let spis = || -> Result<Vec<Option<(u32, u32)>>, Error> {
+            let a = self.cgw.status()?;
+            let b = self.vpcgw.status()?;
+            Ok(["tunnel1", "tunnel2"]
+                .iter()
+                .flat_map(|t| [a.spis(t), b.spis(t)])
+                .collect())
+        };
+        let start = Instant::now();
+        let mut last = spis()?;
+        let mut stable_since = Instant::now();
+        while stable_since.elapsed() < stable_for {
+            if start.elapsed() > timeout {
+                return Err(Error::Timeout(format!(
+                    "SAs still changing after {timeout:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let now = spis()?;
+            if now != last {
+                last = now;
+                stable_since = Instant::now();
+            }
+        }
+        Ok(start.elapsed())
+    }
+
     /// Waits until `pred` holds for both sides' status, returning how long it took.
     pub fn wait_until(
         &self,

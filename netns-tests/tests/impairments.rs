@@ -131,8 +131,8 @@ fn the_wan_emulator_delays_and_jitters() {
         let r = ping(&lab.office, vpc_ip(f), 10, Duration::from_millis(20)).unwrap();
         eprintln!("{f:?} baseline {base:?} emulated {r:?}");
         assert_eq!(r.received, 10, "{r:?}");
-        // 20 ms each way, plus up to 4 ms jitter each way.
-        assert!(r.rtt_min_ms >= 40.0 && r.rtt_max_ms < 60.0, "{r:?}");
+        // 20 ms each way, plus up to 4 ms jitter each way (and slack for a busy 2-core CI).
+        assert!(r.rtt_min_ms >= 40.0 && r.rtt_max_ms < 70.0, "{r:?}");
         assert!(r.rtt_max_ms - r.rtt_min_ms > 0.5, "jitter visible: {r:?}");
     }
 }

@@ -196,35 +196,10 @@ fn reload_with_an_unchanged_config_loses_nothing_and_makes_no_new_handshake() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (lab, pair, rig) = setup();
-    // Let the start-up handshakes settle (the head-end, started first, retries its initiation
-    // about 1 s later, which completes as a rekey): the SAs are stable when they have not
-    // changed for 1.5 s.
-    let spis = |p: &TandemPair| {
-        let a = p.cgw.status().unwrap();
-        let b = p.vpcgw.status().unwrap();
-        [
-            a.spis("tunnel1"),
-            a.spis("tunnel2"),
-            b.spis("tunnel1"),
-            b.spis("tunnel2"),
-        ]
-    };
-    let settle = Instant::now();
-    let mut last = spis(&pair);
-    let mut stable_since = Instant::now();
-    while stable_since.elapsed() < ms(1500) {
-        sleep(ms(250));
-        let now = spis(&pair);
-        if now != last {
-            last = now;
-            stable_since = Instant::now();
-        }
-        assert!(
-            settle.elapsed() < Duration::from_secs(8),
-            "SAs never settled"
-        );
-    }
-    eprintln!("SAs settled after {:?}", settle.elapsed());
+    // Let the start-up handshakes settle first: the SAs are stable when they have not changed
+    // for 1.5 s.
+    let settled = pair.wait_settled(ms(1500), Duration::from_secs(8)).unwrap();
+    eprintln!("SAs settled after {settled:?}");
     let before = [pair.cgw.status().unwrap(), pair.vpcgw.status().unwrap()];
     let out = rig
         .run(&lab, CAPPED_TCP, ms(500), ms(500), || {

@@ -160,6 +160,9 @@ fn the_wire_is_esp_with_the_spis_of_tandem_status_and_decrypts_with_the_key_log(
         keylog: true,
         ..TandemOpts::default()
     });
+    // The SPIs compared below must be the ones on the wire: let start-up rekeys settle first.
+    pair.wait_settled(Duration::from_millis(1500), Duration::from_secs(8))
+        .unwrap();
     let esp = tandem_netns_tests::capture::capture_esp(&lab, &pair).unwrap();
     eprintln!("{esp:?}");
     let st = pair.cgw.status().unwrap();

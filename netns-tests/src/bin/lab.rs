@@ -375,7 +375,12 @@ fn bench(args: &[String]) -> Result<(), Error> {
             "boringtun" | "wggo" => match wg::start(&lab, s) {
                 Ok(Some(peer)) => {
                     let pids = peer.pids();
-                    rows.push(measure_pids(&lab, s, secs, &pids)?);
+                    let name = if s == "wggo" {
+                        "wireguard-go"
+                    } else {
+                        "boringtun"
+                    };
+                    rows.push(measure_pids(&lab, name, secs, &pids)?);
                 }
                 Ok(None) => println!(
                     "  {s}: not installed, skipped (see ../shared/bench/peers.sh --install)"
