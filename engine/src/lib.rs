@@ -22,4 +22,6 @@ pub use drop::{DropCounters, DropReason};
 pub use engine::*;
 pub use failover::SwitchReason;
 pub use router::ConnectionId;
-pub use tunnel::{HANDSHAKE_RETRY_BASE, HANDSHAKE_RETRY_MAX, IN_SLOTS, REJECT_AFTER_TIME};
+pub use tunnel::{
+    HANDSHAKE_RETRY_BASE, HANDSHAKE_RETRY_MAX, IN_SLOTS, KEEPALIVES_PER_INTERVAL, REJECT_AFTER_TIME,
+};
