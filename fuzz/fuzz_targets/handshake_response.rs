@@ -84,7 +84,12 @@ fuzz_target!(|data: &[u8]| {
     let changed = rest.iter().take(n - 32).any(|&m| m != 0);
     common::remac(&mut msg, &p.initiator_public);
     let r = p.initiator.consume_response(&msg);
-    assert_eq!(r.is_ok(), !changed, "modified = {changed}, result = {:?}", r.err());
+    assert_eq!(
+        r.is_ok(),
+        !changed,
+        "modified = {changed}, result = {:?}",
+        r.err()
+    );
     if r.is_ok() {
         *p = fresh();
     }
