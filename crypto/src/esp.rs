@@ -52,9 +52,9 @@ pub const NEXT_HEADER_DUMMY: u8 = 59;
 /// Next header: tandem tunnel control inside the SA (253, RFC 3692 experimental).
 pub const NEXT_HEADER_CONTROL: u8 = 253;
 
-/// Packets after which a new SA should be negotiated: 2^27, well inside the AES-GCM per-key
-/// budget of RFC 8446 §5.5 (2^24.5 full-size records for a 2^-57 margin at TLS record sizes; at
-/// our <= 9 KiB packets 2^27 keeps the same order of margin) — SPEC §5.
+/// Packets after which a new SA should be negotiated (SPEC §5): 2^27. RFC 8446 §5.5 allows
+/// 2^24.5 records of 2^14 bytes (2^38.5 bytes) per AES-GCM key; 2^27 packets of an MTU-sized
+/// 1420 bytes (~2^10.5) are 2^37.5 bytes, inside that budget.
 pub const REKEY_AFTER_PACKETS: u64 = 1 << 27;
 /// Packets after which an SA is never used to send (SPEC §5): sequence numbers above this are
 /// refused by `seal` and by `open`.
