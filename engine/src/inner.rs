@@ -241,7 +241,14 @@ pub fn write_icmp_error(
 ) -> Option<Range<usize>> {
     let pkt = buf.get(packet.clone())?;
     let hdr = InnerHeader::parse(pkt).ok()?;
-    if is_icmp_error(pkt, &hdr) || hdr.src.is_unspecified() || hdr.src.is_multicast() {
+    // RFC 1812 §4.3.2.7 / RFC 4443 §2.4(e): no error about an error, nor from/to multicast,
+    // broadcast or the unspecified address.
+    if is_icmp_error(pkt, &hdr)
+        || hdr.src.is_unspecified()
+        || hdr.src.is_multicast()
+        || hdr.dst.is_multicast()
+        || matches!(hdr.dst, IpAddr::V4(d) if d.is_broadcast())
+    {
         return None;
     }
     match (hdr.src, hdr.dst) {
@@ -437,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn an_icmp_error_is_never_answered_with_another() {
+    fn an_icmp_error_or_a_multicast_packet_is_never_answered_with_an_error() {
         let head = 48;
         let p = ipv4_tcp_syn(1460, 600, true);
         let mut buf = vec![0u8; head + p.len()];
@@ -449,6 +456,15 @@ mod tests {
         buf2[head..].copy_from_slice(&e);
         assert_eq!(
             write_icmp_error(&mut buf2, head..head + e.len(), IcmpError::Unreachable),
+            None
+        );
+        // Nor about a packet to a multicast group.
+        let mut m = ipv4_tcp_syn(1460, 60, true);
+        m[16..20].copy_from_slice(&[224, 0, 0, 251]);
+        let mut buf3 = vec![0u8; head + m.len()];
+        buf3[head..].copy_from_slice(&m);
+        assert_eq!(
+            write_icmp_error(&mut buf3, head..head + m.len(), IcmpError::Unreachable),
             None
         );
     }
