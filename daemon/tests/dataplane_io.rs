@@ -182,3 +182,59 @@ fn a_tun_in_a_private_namespace_carries_packets_and_takes_netlink_routes() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn runs_of_equal_datagrams_go_out_as_udp_gso_and_arrive_separately_in_order() {
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (b_addr, c_addr) = (b.local_addr().unwrap(), c.local_addr().unwrap());
+    // 70 x 1000 B to b (one full run of 64 + 6), then a 500 B tail, then 3 to c, then 2 to b.
+    let mut plan: Vec<(SocketAddr, usize)> = vec![(b_addr, 1000); 70];
+    plan.push((b_addr, 500));
+    plan.extend([(c_addr, 300), (c_addr, 300), (c_addr, 200)]);
+    plan.extend([(b_addr, 1000), (b_addr, 1000)]);
+    let mut tx = Batch::new(2048);
+    for (i, (addr, len)) in plan.iter().enumerate() {
+        let slot = &mut tx.slots[i];
+        slot.start = 64;
+        slot.len = *len;
+        slot.buf[64..64 + len].fill(i as u8);
+        slot.addr = *addr;
+    }
+    let mut gso = true;
+    let sent = sys::send_mmsg_gso(a.as_raw_fd(), &tx.slots, 0..plan.len(), &mut gso);
+    assert_eq!(sent, plan.len());
+    assert!(
+        gso,
+        "loopback supports UDP GSO: the fast path must have been used"
+    );
+
+    let drain = |sock: &UdpSocket, want: usize| {
+        let mut rx = Batch::new(2048);
+        let mut got = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got < want && std::time::Instant::now() < deadline {
+            got += sys::recv_mmsg(sock.as_raw_fd(), &mut rx.slots[got..], 0).unwrap();
+        }
+        rx.slots.truncate(got);
+        rx.slots
+            .into_iter()
+            .map(|s| (s.len, s.buf[0]))
+            .collect::<Vec<_>>()
+    };
+    let at_b: Vec<(usize, u8)> = plan
+        .iter()
+        .enumerate()
+        .filter(|(_, (a, _))| *a == b_addr)
+        .map(|(i, (_, l))| (*l, i as u8))
+        .collect();
+    let at_c: Vec<(usize, u8)> = plan
+        .iter()
+        .enumerate()
+        .filter(|(_, (a, _))| *a == c_addr)
+        .map(|(i, (_, l))| (*l, i as u8))
+        .collect();
+    assert_eq!(drain(&b, at_b.len()), at_b);
+    assert_eq!(drain(&c, at_c.len()), at_c);
+}

@@ -119,6 +119,8 @@ struct TunnelSocket {
     sock: UdpSocket,
     /// The address asked for at bind time (to tell on reload whether it must be re-bound).
     bind: SocketAddr,
+    /// Send runs of equal-size datagrams as UDP GSO sends (cleared if the kernel refuses).
+    gso: bool,
 }
 
 /// Everything the data-plane thread owns.
@@ -412,7 +414,11 @@ impl DataPlane {
                     })?;
                 self.epoll.add(sock.as_fd(), TOKEN_SOCKET_BASE + i as u64)?;
                 tracing::info!(tunnel = %name, local = %sock.local_addr().map_or_else(|_| bind.to_string(), |a| a.to_string()), "tunnel socket bound");
-                self.sockets[i] = Some(TunnelSocket { sock, bind });
+                self.sockets[i] = Some(TunnelSocket {
+                    sock,
+                    bind,
+                    gso: true,
+                });
             }
         }
         Ok(())
@@ -543,7 +549,7 @@ impl DataPlane {
             self.tx.filled = filled;
             let now = Instant::now();
             let _ = seal_batch(&mut self.engine, &mut self.tx, now);
-            flush_batch(&self.tun, self.vnet, &self.sockets, &mut self.tx);
+            flush_batch(&self.tun, self.vnet, &mut self.sockets, &mut self.tx);
             if !more {
                 return;
             }
@@ -633,7 +639,7 @@ impl DataPlane {
             self.rx.filled = n;
             let now = Instant::now();
             let out = open_batch(&mut self.engine, TunnelId(id), &mut self.rx, now);
-            flush_batch(&self.tun, self.vnet, &self.sockets, &mut self.rx);
+            flush_batch(&self.tun, self.vnet, &mut self.sockets, &mut self.rx);
             if out.consumed > 0 {
                 self.flush_control();
             }
@@ -988,7 +994,7 @@ impl DataPlane {
 fn flush_batch(
     tun: &tun_rs::SyncDevice,
     vnet: bool,
-    sockets: &[Option<TunnelSocket>],
+    sockets: &mut [Option<TunnelSocket>],
     batch: &mut Batch,
 ) {
     let filled = batch.filled;
@@ -996,10 +1002,16 @@ fn flush_batch(
     while i < filled {
         match batch.slots[i].dest {
             SlotDest::Socket(s) => {
-                if let Some(Some(sock)) = sockets.get(usize::from(s)) {
+                if let Some(Some(sock)) = sockets.get_mut(usize::from(s)) {
                     let slots = &batch.slots[..filled];
                     let which = (i..filled).filter(|&j| slots[j].dest == SlotDest::Socket(s));
-                    let _ = sys::send_mmsg(sock.sock.as_raw_fd(), slots, which);
+                    let was = sock.gso;
+                    let _ = sys::send_mmsg_gso(sock.sock.as_raw_fd(), slots, which, &mut sock.gso);
+                    if was && !sock.gso {
+                        tracing::info!(
+                            "UDP GSO refused by the kernel on this path; sending datagrams one by one"
+                        );
+                    }
                 }
                 for slot in &mut batch.slots[i..filled] {
                     if slot.dest == SlotDest::Socket(s) {
