@@ -8,6 +8,8 @@
 //! - `WATCHDOG=1` arrives every `WATCHDOG_USEC / 2`;
 //! - SIGHUP gives `RELOADING=1` + a current `MONOTONIC_USEC`, then `READY=1`; so does the units'
 //!   `ExecReload=` command, `tandem reload -c FILE`, before it returns;
+//! - `STATUS=` follows the tunnel: `connecting`, `up (active)` once a peer gateway (a second
+//!   daemon in the same namespace) completes the handshake, and not up once that peer shuts down;
 //! - SIGTERM gives `STOPPING=1` and a clean exit;
 //! - the `TANDEM_TEST_STALL_AFTER` hook stalls the data-plane loop and the pings stop while the
 //!   process lives on (what systemd's watchdog turns into a restart);
@@ -29,6 +31,8 @@ use tandem::notify::monotonic_usec;
 const TUN: &str = "tnotify0";
 const REMOTE_NET: &str = "10.78.0.0/24";
 const TUNNEL_PORT: u16 = 14501;
+/// The peer gateway's end of tunnel1 (in the same namespace, for the STATUS test).
+const PEER_PORT: u16 = 14601;
 /// The watchdog period handed to the daemon: pings every 150 ms.
 const WATCHDOG: Duration = Duration::from_millis(300);
 
@@ -59,6 +63,19 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+fn public_key(binary: &Path, private: &str) -> String {
+    let mut child = Command::new(binary)
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), private.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn uid_of(user: &str) -> u32 {
@@ -167,6 +184,8 @@ struct Gateway {
     scratch: Scratch,
     binary: PathBuf,
     config: PathBuf,
+    /// A config for a peer gateway that initiates tunnel1 towards this one (same namespace).
+    peer_config: PathBuf,
     /// Where the daemon's control socket is (named by the config or by `TANDEM_SOCKET`).
     socket: PathBuf,
 }
@@ -187,17 +206,9 @@ impl Gateway {
         let conf = d.join("conf");
         std::fs::create_dir(&conf).unwrap();
         let private = run(Command::new(&binary).arg("genkey"));
+        let own_pub = public_key(&binary, &private);
         let peer = run(Command::new(&binary).arg("genkey"));
-        let mut pubkey = Command::new(&binary)
-            .arg("pubkey")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut pubkey.stdin.take().unwrap(), peer.as_bytes()).unwrap();
-        let out = pubkey.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let peer_pub = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let peer_pub = public_key(&binary, &peer);
         let psk = run(Command::new(&binary).arg("genpsk"));
         let write_secret = |name: &str, text: &str| {
             let p = conf.join(name);
@@ -225,6 +236,20 @@ impl Gateway {
                  psk_file = \"{c}/tunnel1.psk\"\n"
             ),
         );
+        // The peer: an initiator in the same namespace, on the other end of tunnel1 over loopback.
+        write_secret("peer.key", &peer);
+        let peer_config = write_secret(
+            "peer.toml",
+            &format!(
+                "[gateway]\nprivate_key_file = \"{c}/peer.key\"\ntun_name = \"tpeer0\"\n\n\
+                 [control]\nsocket = \"{c}/peer.sock\"\n\n\
+                 [[connection]]\nname = \"lab\"\npeer_public_key = \"{own_pub}\"\n\
+                 local_subnets = [\"{REMOTE_NET}\"]\nremote_subnets = [\"10.77.0.0/24\"]\n\
+                 dpd_interval = \"100ms\"\ndpd_timeout = \"300ms\"\n\n\
+                 [[connection.tunnel]]\nname = \"tunnel1\"\nlocal = \"127.0.0.1:{PEER_PORT}\"\n\
+                 remote = \"127.0.0.1:{TUNNEL_PORT}\"\npsk_file = \"{c}/tunnel1.psk\"\n"
+            ),
+        );
         std::os::unix::fs::chown(&conf, Some(owner_uid), None).unwrap();
         std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o700)).unwrap();
         let socket = conf.join("control.sock");
@@ -232,6 +257,7 @@ impl Gateway {
             scratch,
             binary,
             config,
+            peer_config,
             socket,
         }
     }
@@ -599,5 +625,73 @@ fn non_root_user_without_net_admin_is_refused_with_a_clear_message() {
     assert!(
         manager.lines.iter().all(|(_, l)| l != "READY=1"),
         "READY=1 without the capability"
+    );
+}
+
+#[test]
+fn status_follows_the_tunnel_as_a_peer_comes_and_goes() {
+    if !can_run() {
+        return;
+    }
+    let gw = Gateway::new("status", 0, false);
+    let mut manager = Manager::bind(&gw.scratch.dir);
+    let mut daemon = gw.spawn(&manager, None, &[]);
+    expect_ready_with_network_in_place(&mut manager, &mut daemon);
+    let last_status = |m: &Manager| {
+        m.lines
+            .iter()
+            .rev()
+            .find_map(|(_, l)| l.strip_prefix("STATUS=").map(str::to_string))
+    };
+    assert_eq!(
+        last_status(&manager).as_deref(),
+        Some("lab: tunnel1 connecting")
+    );
+
+    // The peer comes up in the daemon's namespace and initiates: tunnel1 goes up and active.
+    let peer_log = gw.scratch.dir.join("peer.log");
+    let mut peer = Daemon {
+        child: Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", daemon.pid()))
+            .arg("--")
+            .arg(&gw.binary)
+            .args(["run", "-c"])
+            .arg(&gw.peer_config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&peer_log).unwrap())
+            .spawn()
+            .unwrap(),
+        log: peer_log,
+    };
+    let up = "STATUS=lab: tunnel1 up (active)";
+    assert!(
+        manager.wait_for(up, Duration::from_secs(10)).is_some(),
+        "no {up:?}: {:?}\n{}\npeer:\n{}",
+        manager.lines,
+        daemon.log(),
+        peer.log()
+    );
+
+    // The peer shuts down (closing notice): the status leaves "up" at once.
+    peer.signal("TERM");
+    assert!(
+        peer.wait_exit(Duration::from_secs(10)).is_some(),
+        "peer did not stop"
+    );
+    let from = manager.lines.len();
+    manager.drain_for(Duration::from_secs(2));
+    let after: Vec<&str> = manager.lines[from..]
+        .iter()
+        .filter_map(|(_, l)| l.strip_prefix("STATUS="))
+        .collect();
+    assert!(
+        after
+            .last()
+            .is_some_and(|s| s.starts_with("lab: tunnel1 ") && !s.contains(" up")),
+        "status after the peer left: {after:?}\n{}",
+        daemon.log()
     );
 }
