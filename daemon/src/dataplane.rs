@@ -28,18 +28,30 @@
 //! `daemon/tests/dataplane_alloc.rs`). Counters live in the engine as plain `u64`s and are read
 //! by the control plane only through a command, so the hot path takes no lock and no map lookup.
 //!
+//! # Offloads
+//!
+//! - TUN: opened with `IFF_VNET_HDR` and TSO4/TSO6 (+ USO when the kernel has it) through
+//!   `tun-rs`; one read may be a 64 KiB super-packet, split (checksums completed) into MTU-size
+//!   segments straight into the slots before sealing. Writes carry an all-zero virtio-net header
+//!   (one packet per write: received segments are not coalesced yet). If the kernel refuses the
+//!   offloads, or `TANDEM_TUN_OFFLOAD=0`, the TUN is plain (one packet per read).
+//! - UDP: runs of equal-size sealed datagrams to one peer leave as one `UDP_SEGMENT` (GSO)
+//!   message whose iovecs point at the slots (no copy); a path that refuses GSO falls back to
+//!   one datagram per `sendmmsg` entry. Receive is `recvmmsg` without GRO.
+//!
 //! # Tuning constants
 //!
 //! [`batch::BATCH`] (128, packets per batch), [`sys::MAX_MMSG`] (128, messages per
-//! `sendmmsg`/`recvmmsg`), `worker::BATCHES_PER_WAKE` (4, batches from one fd before serving the
-//! others), `worker::SOCKET_BUFFER` (4 MiB socket buffers), `worker::EPOLL_EVENTS` (16): each
-//! documented where it is defined.
+//! `sendmmsg`/`recvmmsg`), [`sys::GSO_MAX_SEGMENTS`] (64) and [`sys::GSO_MAX_BYTES`] (one UDP
+//! GSO send), `worker::SEGMENT_RESERVE` (64 free slots before an offloaded TUN read),
+//! `worker::BATCHES_PER_WAKE` (4, batches from one fd before serving the others),
+//! `worker::SOCKET_BUFFER` (4 MiB socket buffers), `worker::EPOLL_EVENTS` (16): each documented
+//! where it is defined.
 //!
 //! # Not (yet) done
 //!
-//! TUN `IFF_VNET_HDR` offloads (TSO/USO super-packets) and UDP GSO/GRO are not used: every
-//! packet is one TUN read/write and one mmsg entry. Multi-queue TUN / one worker per core is not
-//! done either: one data-plane thread.
+//! GRO on the way back (coalescing received segments into TUN super-packets, `UDP_GRO` on the
+//! sockets) and multi-queue TUN / one worker per core: one data-plane thread.
 
 pub mod batch;
 pub mod drill;
