@@ -390,6 +390,9 @@ pub struct Engine {
     tx_cursor: usize,
     /// The latest `now` seen (poll_transmit takes no time but checks SA ages).
     last_now: Instant,
+    /// Start of the current one-second ICMP rate-limit window, and errors sent in it.
+    icmp_window: Instant,
+    icmp_sent: u32,
 }
 
 impl std::fmt::Debug for Engine {
@@ -400,6 +403,10 @@ impl std::fmt::Debug for Engine {
             .finish_non_exhaustive()
     }
 }
+
+/// Tuning: ICMP errors generated per second at most (RFC 1812 §4.3.2.8 asks routers to limit
+/// them); a burst of oversized packets from a host is answered, a flood is not amplified.
+pub const ICMP_ERRORS_PER_SECOND: u32 = 1000;
 
 /// Tuning: the event queue is allocated once with this capacity (a burst of state changes on
 /// every tunnel fits; it only grows if the daemon stops draining it).
@@ -477,6 +484,8 @@ impl Engine {
             keylog: false,
             tx_cursor: 0,
             last_now: now,
+            icmp_window: now,
+            icmp_sent: 0,
         }
     }
 
@@ -619,11 +628,13 @@ impl Engine {
         // Ignore bytes past the IP length (the TUN hands exact packets; be strict anyway).
         let packet = packet.start..packet.start + hdr.len;
         let Some(cid) = self.router.lookup(hdr.dst) else {
-            self.drops.add(DropReason::NoRoute);
-            return match inner::write_icmp_error(buf, packet, IcmpError::Unreachable) {
-                Some(r) => Ok(TunAction::Reply { packet: r }),
-                None => Err(DropReason::NoRoute),
-            };
+            return self.icmp_reply(
+                buf,
+                packet,
+                IcmpError::Unreachable,
+                DropReason::NoRoute,
+                now,
+            );
         };
         let conn = &self.conns[usize::from(cid.0)];
         if !conn.local.contains(hdr.src) {
@@ -633,15 +644,8 @@ impl Engine {
             if !hdr.dont_fragment {
                 // IPv4 without DF: carried as is; the outer packet gets fragmented by the kernel.
             } else {
-                self.drops.add(DropReason::TooBig);
-                return match inner::write_icmp_error(
-                    buf,
-                    packet,
-                    IcmpError::TooBig { mtu: self.mtu },
-                ) {
-                    Some(r) => Ok(TunAction::Reply { packet: r }),
-                    None => Err(DropReason::TooBig),
-                };
+                let kind = IcmpError::TooBig { mtu: self.mtu };
+                return self.icmp_reply(buf, packet, kind, DropReason::TooBig, now);
             }
         }
         if conn.cfg.mss_clamp {
@@ -668,6 +672,29 @@ impl Engine {
             dst,
             datagram,
         })
+    }
+
+    /// The packet at `buf[packet]` is dropped for `reason`; answer it with an ICMP error written
+    /// in place, as a router would, within the RFC 1812 §4.3.2.8 rate limit.
+    fn icmp_reply(
+        &mut self,
+        buf: &mut [u8],
+        packet: Range<usize>,
+        kind: IcmpError,
+        reason: DropReason,
+        now: Instant,
+    ) -> Result<TunAction, DropReason> {
+        if now.saturating_duration_since(self.icmp_window) >= Duration::from_secs(1) {
+            self.icmp_window = now;
+            self.icmp_sent = 0;
+        }
+        if self.icmp_sent >= ICMP_ERRORS_PER_SECOND {
+            return Err(reason);
+        }
+        let r = inner::write_icmp_error(buf, packet, kind).ok_or(reason)?;
+        self.icmp_sent += 1;
+        self.drops.add(reason);
+        Ok(TunAction::Reply { packet: r })
     }
 
     /// A datagram received on `tunnel`'s socket from `from` sits at `buf[datagram]`.

@@ -262,3 +262,32 @@ fn ipv6_packets_cross_the_tunnel_and_an_oversized_one_gets_packet_too_big() {
     assert_eq!(u32::from_be_bytes([e[44], e[45], e[46], e[47]]), 1400);
     assert_eq!(e.len(), 1280);
 }
+
+#[test]
+fn icmp_errors_are_rate_limited_and_every_dropped_packet_is_counted_once() {
+    let mut sim = up_pair();
+    let now = sim.now;
+    let limit = tandem_engine::ICMP_ERRORS_PER_SECOND as usize;
+    let pkt = ipv4([10, 10, 0, 10], [10, 20, 0, 10], 17, 1500, true);
+    let mut replies = 0;
+    for _ in 0..limit + 500 {
+        let (mut buf, r) = in_buf(&pkt);
+        match sim.engine(Side::A).handle_tun_packet(&mut buf, r, now) {
+            TunAction::Reply { .. } => replies += 1,
+            TunAction::Drop(DropReason::TooBig) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(replies, limit);
+    assert_eq!(
+        sim.engine(Side::A).drop_counters().get(DropReason::TooBig),
+        (limit + 500) as u64
+    );
+    // A second later the budget is back.
+    let (mut buf, r) = in_buf(&pkt);
+    let later = now + secs(1);
+    assert!(matches!(
+        sim.engine(Side::A).handle_tun_packet(&mut buf, r, later),
+        TunAction::Reply { .. }
+    ));
+}
