@@ -491,6 +491,43 @@ fn daemon_reports_ready_status_watchdog_reload_and_stopping_in_order() {
         "tandem reload: no RELOADING=1 then READY=1: {:?}",
         &manager.lines[from..]
     );
+    // An invalid new config: `systemctl reload` (this command) fails with the positioned error,
+    // and the daemon, back to READY=1, keeps running on the old config.
+    let good = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        format!(
+            "{good}\n[[connection.tunnel]]\nname = \"tunnel2\"\nlocal = \"127.0.0.1:14502\"\n\
+             psk_file = \"missing.psk\"\n"
+        ),
+    )
+    .unwrap();
+    let from = manager.lines.len();
+    let out = Command::new(&gw.binary)
+        .args(["reload", "-c"])
+        .arg(&gw.config)
+        .env("TANDEM_SOCKET", &socket)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "bad reload: {stderr}");
+    assert!(
+        stderr.contains("missing.psk"),
+        "error does not name the file: {stderr}"
+    );
+    assert!(
+        manager
+            .wait_for("READY=1", Duration::from_millis(500))
+            .is_some(),
+        "no READY=1 after a refused reload: {:?}",
+        &manager.lines[from..]
+    );
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "a bad reload stopped the daemon"
+    );
+    std::fs::write(&gw.config, good).unwrap();
+
     // Still pinging after the reloads.
     let from = manager.lines.len();
     manager.drain_for(Duration::from_millis(600));
