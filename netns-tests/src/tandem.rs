@@ -187,8 +187,10 @@ fn sock(ip: std::net::IpAddr) -> String {
 pub enum Side {
     /// `cgw`, the customer gateway.
     Cgw,
-    /// `vpcgw`, the head-end.
+    /// `vpcgw`, the head-end (with two head-ends: tunnel1's).
     Vpcgw,
+    /// `vpcgw2`, the second head-end (tunnel2's), with `HeadEnds::Two`.
+    Vpcgw2,
 }
 
 impl Side {
@@ -197,6 +199,7 @@ impl Side {
         match self {
             Side::Cgw => "cgw",
             Side::Vpcgw => "vpcgw",
+            Side::Vpcgw2 => "vpcgw2",
         }
     }
 }
@@ -206,16 +209,27 @@ impl Side {
 pub struct TandemSetup {
     dir: TempDir,
     opts: TandemOpts,
+    two_head_ends: bool,
 }
 
 impl TandemSetup {
     /// Generates keys with `tandem genkey`/`pubkey`, PSKs with `tandem genpsk`, and writes both
     /// gateways' configs (SPEC §3).
     pub fn new(opts: TandemOpts) -> Result<Self, Error> {
+        Self::build(opts, false)
+    }
+
+    /// The same for `HeadEnds::Two`: `cgw` has tunnel1 to `vpcgw` and tunnel2 to `vpcgw2` (each
+    /// tunnel with its own `peer_public_key`); each head-end has its one tunnel.
+    pub fn new_two_head_ends(opts: TandemOpts) -> Result<Self, Error> {
+        Self::build(opts, true)
+    }
+
+    fn build(opts: TandemOpts, two_head_ends: bool) -> Result<Self, Error> {
         let dir = TempDir::new("tandem")?;
         let p = dir.path();
         let mut pubs = Vec::new();
-        for side in [Side::Cgw, Side::Vpcgw] {
+        for side in [Side::Cgw, Side::Vpcgw, Side::Vpcgw2] {
             let key = tandem_cmd(&["genkey"], None)?;
             write_private(&p.join(format!("{}.key", side.name())), &key)?;
             pubs.push(tandem_cmd(&["pubkey"], Some(&key))?.trim().to_string());
@@ -224,10 +238,26 @@ impl TandemSetup {
             let psk = tandem_cmd(&["genpsk"], None)?;
             write_private(&p.join(format!("{t}.psk")), &psk)?;
         }
-        let s = TandemSetup { dir, opts };
-        s.write_config(Side::Cgw, &pubs[1])?;
-        s.write_config(Side::Vpcgw, &pubs[0])?;
+        let s = TandemSetup {
+            dir,
+            opts,
+            two_head_ends,
+        };
+        let (cgw, he1, he2) = (&pubs[0], &pubs[1], &pubs[2]);
+        if two_head_ends {
+            s.write_config(Side::Cgw, &[(Isp::One, he1), (Isp::Two, he2)])?;
+            s.write_config(Side::Vpcgw, &[(Isp::One, cgw)])?;
+            s.write_config(Side::Vpcgw2, &[(Isp::Two, cgw)])?;
+        } else {
+            s.write_config(Side::Cgw, &[(Isp::One, he1), (Isp::Two, he1)])?;
+            s.write_config(Side::Vpcgw, &[(Isp::One, cgw), (Isp::Two, cgw)])?;
+        }
         Ok(s)
+    }
+
+    /// Whether the configs are for two head-ends.
+    pub fn two_head_ends(&self) -> bool {
+        self.two_head_ends
     }
 
     /// The directory holding keys, configs, sockets, logs and key logs.
@@ -260,14 +290,14 @@ impl TandemSetup {
         self.dir().join(format!("{}.keylog", side.name()))
     }
 
-    /// The config text for `side`.
-    pub fn config_text(&self, side: Side, peer_pub: &str) -> String {
+    /// The config text for `side`, with one tunnel per `(isp, peer public key)`.
+    pub fn config_text(&self, side: Side, tunnels: &[(Isp, &String)]) -> String {
         let o = &self.opts;
         let d = self.dir().display().to_string();
         type NetFn = fn(Family) -> &'static str;
         let (local_nets, remote_nets): (NetFn, NetFn) = match side {
             Side::Cgw => (office_net, vpc_net),
-            Side::Vpcgw => (vpc_net, office_net),
+            Side::Vpcgw | Side::Vpcgw2 => (vpc_net, office_net),
         };
         let quote = |f: NetFn| {
             Family::BOTH
@@ -286,7 +316,7 @@ impl TandemSetup {
         }
         t += &format!(
             "\n[control]\nsocket = \"{d}/{side}.sock\"\n\n[[connection]]\nname = \"{CONNECTION}\"\n\
-             peer_public_key = \"{peer_pub}\"\nlocal_subnets = [{ln}]\nremote_subnets = [{rn}]\n\
+             local_subnets = [{ln}]\nremote_subnets = [{rn}]\n\
              mode = \"{mode}\"\nfailback = \"{fb}\"\ndpd_interval = \"{di}\"\ndpd_timeout = \"{dt}\"\n\
              mss_clamp = {mss}\n",
             side = side.name(),
@@ -298,15 +328,18 @@ impl TandemSetup {
             dt = dur(o.dpd_timeout),
             mss = o.mss_clamp,
         );
-        for (i, isp) in [Isp::One, Isp::Two].into_iter().enumerate() {
+        for &(isp, peer_pub) in tunnels {
             let (local, remote) = match side {
                 Side::Cgw => (cgw_wan(isp, o.underlay), vpcgw_wan(isp, o.underlay)),
-                Side::Vpcgw => (vpcgw_wan(isp, o.underlay), cgw_wan(isp, o.underlay)),
+                _ => (vpcgw_wan(isp, o.underlay), cgw_wan(isp, o.underlay)),
+            };
+            let n = match isp {
+                Isp::One => 1,
+                Isp::Two => 2,
             };
             t += &format!(
                 "\n[[connection.tunnel]]\nname = \"tunnel{n}\"\nlocal = \"{l}\"\nremote = \"{r}\"\n\
-                 psk_file = \"{d}/tunnel{n}.psk\"\npriority = {n}\n",
-                n = i + 1,
+                 peer_public_key = \"{peer_pub}\"\npsk_file = \"{d}/tunnel{n}.psk\"\npriority = {n}\n",
                 l = sock(local),
                 r = sock(remote),
             );
@@ -314,8 +347,8 @@ impl TandemSetup {
         t
     }
 
-    fn write_config(&self, side: Side, peer_pub: &str) -> Result<(), Error> {
-        write_private(&self.config_path(side), &self.config_text(side, peer_pub))
+    fn write_config(&self, side: Side, tunnels: &[(Isp, &String)]) -> Result<(), Error> {
+        write_private(&self.config_path(side), &self.config_text(side, tunnels))
     }
 
     /// Rewrites `side`'s config with `edit` applied to its text (for reload tests).
@@ -530,6 +563,13 @@ impl Status {
         Some((parse_spi(&t["spi_in"])?, parse_spi(&t["spi_out"])?))
     }
 
+    /// Whether every tunnel this daemon has is `up` (and it has at least one).
+    pub fn all_up(&self) -> bool {
+        self.conn()["tunnels"].as_array().is_some_and(|ts| {
+            !ts.is_empty() && ts.iter().all(|t| t["state"].as_str() == Some("up"))
+        })
+    }
+
     /// Whether both tunnels are `up`.
     pub fn both_up(&self) -> bool {
         self.state("tunnel1").as_deref() == Some("up")
@@ -555,45 +595,75 @@ pub struct TandemPair {
     pub setup: TandemSetup,
     /// The customer gateway's daemon.
     pub cgw: Daemon,
-    /// The head-end's daemon.
+    /// The head-end's daemon (tunnel1's with two head-ends).
     pub vpcgw: Daemon,
+    /// The second head-end's daemon, with `HeadEnds::Two`.
+    pub vpcgw2: Option<Daemon>,
 }
 
 impl TandemPair {
-    /// Writes configs and starts both daemons, then waits until both tunnels are Up on both sides.
+    /// Writes configs and starts the daemons (two head-ends when the lab has them), then waits
+    /// until every tunnel is Up on every side.
     pub fn start(lab: &Lab, opts: TandemOpts) -> Result<Self, Error> {
-        let setup = TandemSetup::new(opts)?;
+        let two = lab.vpcgw2.is_some();
+        let setup = if two {
+            TandemSetup::new_two_head_ends(opts)?
+        } else {
+            TandemSetup::new(opts)?
+        };
         let vpcgw = Daemon::start(&setup, Side::Vpcgw, &lab.vpcgw)?;
+        let vpcgw2 = match &lab.vpcgw2 {
+            Some(ns) => Some(Daemon::start(&setup, Side::Vpcgw2, ns)?),
+            None => None,
+        };
         let cgw = Daemon::start(&setup, Side::Cgw, &lab.cgw)?;
-        let pair = TandemPair { setup, cgw, vpcgw };
+        let pair = TandemPair {
+            setup,
+            cgw,
+            vpcgw,
+            vpcgw2,
+        };
         pair.wait_both_up(Duration::from_secs(10))?;
+        // Tests start from the steady state: every side on its preferred tunnel (a side whose
+        // tunnel2 came up first fails back to tunnel1 after the `failback` hold-down).
+        pair.wait_until(Duration::from_secs(10), "both sides on tunnel1", |a, b| {
+            a.active().as_deref() == Some("tunnel1") && b.active().as_deref() == Some("tunnel1")
+        })?;
         Ok(pair)
     }
 
     /// The daemon on `side`.
     pub fn daemon(&self, side: Side) -> &Daemon {
-        match side {
-            Side::Cgw => &self.cgw,
-            Side::Vpcgw => &self.vpcgw,
+        match (side, &self.vpcgw2) {
+            (Side::Cgw, _) => &self.cgw,
+            (Side::Vpcgw2, Some(d)) => d,
+            _ => &self.vpcgw,
         }
     }
 
-    /// Waits until both tunnels are Up in both daemons' status.
+    /// Waits until every tunnel is Up in every daemon's status.
     pub fn wait_both_up(&self, timeout: Duration) -> Result<Duration, Error> {
         let start = Instant::now();
         loop {
             let a = self.cgw.status();
             let b = self.vpcgw.status();
+            let c = self.vpcgw2.as_ref().map(Daemon::status);
+            let c_up = match &c {
+                None => true,
+                Some(Ok(s)) => s.all_up(),
+                Some(Err(_)) => false,
+            };
             if let (Ok(a), Ok(b)) = (&a, &b) {
-                if a.both_up() && b.both_up() {
+                if a.both_up() && b.all_up() && c_up {
                     return Ok(start.elapsed());
                 }
             }
             if start.elapsed() > timeout {
                 return Err(Error::Timeout(format!(
-                    "tunnels not Up after {timeout:?}: cgw {:?} vpcgw {:?}\ncgw log:\n{}\nvpcgw log:\n{}",
+                    "tunnels not Up after {timeout:?}: cgw {:?} vpcgw {:?} vpcgw2 {:?}\ncgw log:\n{}\nvpcgw log:\n{}",
                     a.map(|s| s.0),
                     b.map(|s| s.0),
+                    c.map(|r| r.map(|s| s.0)),
                     self.cgw.log_tail(15),
                     self.vpcgw.log_tail(15)
                 )));
