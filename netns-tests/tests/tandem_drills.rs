@@ -223,3 +223,44 @@ fn reload_with_an_unchanged_config_loses_nothing_and_makes_no_new_handshake() {
         }
     }
 }
+
+#[test]
+fn tandem_drill_reports_time_to_move_probes_lost_and_time_back() {
+    if !tandem_netns_tests::can_run_as_root("tandem drill") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (lab, pair, rig) = setup();
+    let bound = gap_bound(&pair);
+    let out = rig
+        .run(&lab, TcpLoad::None, ms(300), ms(300), || {
+            pair.cgw.drill(Duration::from_secs(1), false)
+        })
+        .unwrap();
+    let report = out.action.to_lowercase();
+    eprintln!(
+        "tandem drill:\n{}\nprobe stream meanwhile: {}",
+        out.action, out.probe
+    );
+    for words in ["detection", "gap", "probes lost", "failback"] {
+        assert!(report.contains(words), "the report names {words}: {report}");
+    }
+    // The drill's own figures: a number of ms on the gap line, within the SPEC bound.
+    let gap_line = report.lines().find(|l| l.contains("gap")).unwrap();
+    let gap_ms: f64 = gap_line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap();
+    assert!(gap_ms <= bound.as_secs_f64() * 1e3, "{gap_line}");
+    // Our own probe stream agrees that traffic kept flowing within the bound, and the connection
+    // is back on tunnel1.
+    assert!(
+        out.probe.largest_gap_ms <= bound.as_secs_f64() * 1e3,
+        "{}",
+        out.probe
+    );
+    pair.wait_until(Duration::from_secs(5), "back on tunnel1", |a, _| {
+        a.active().as_deref() == Some("tunnel1")
+    })
+    .unwrap();
+}
