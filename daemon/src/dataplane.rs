@@ -55,6 +55,7 @@
 
 pub mod batch;
 pub mod drill;
+pub mod gro;
 pub mod loopback;
 pub mod path;
 pub mod sys;

@@ -15,6 +15,7 @@ use tandem_engine::{
 
 use super::batch::{BATCH, Batch, SlotDest};
 use super::drill::Drill;
+use super::gro::TunGro;
 use super::path::{open_batch, seal_batch};
 use super::sys::{self, EMPTY_EVENT, Epoll, EventFd, RouteOp};
 use crate::control::{ErrorKind, Reply};
@@ -153,6 +154,8 @@ pub struct DataPlane {
     tun_super: Box<[u8]>,
     /// Segment sizes of one split super-packet.
     sizes: Box<[usize]>,
+    /// Coalesces decrypted TCP segments into TUN super-packets (with offloads only).
+    gro: TunGro,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -356,6 +359,7 @@ impl DataPlane {
             ]
             .into_boxed_slice(),
             sizes: vec![0usize; BATCH].into_boxed_slice(),
+            gro: TunGro::new(),
         };
         if dp.keylog.is_some() {
             dp.engine.set_keylog(true);
@@ -549,7 +553,7 @@ impl DataPlane {
             self.tx.filled = filled;
             let now = Instant::now();
             let _ = seal_batch(&mut self.engine, &mut self.tx, now);
-            flush_batch(&self.tun, self.vnet, &mut self.sockets, &mut self.tx);
+            flush_batch(&self.tun, self.vnet, None, &mut self.sockets, &mut self.tx);
             if !more {
                 return;
             }
@@ -639,7 +643,8 @@ impl DataPlane {
             self.rx.filled = n;
             let now = Instant::now();
             let out = open_batch(&mut self.engine, TunnelId(id), &mut self.rx, now);
-            flush_batch(&self.tun, self.vnet, &mut self.sockets, &mut self.rx);
+            let gro = self.vnet.then_some(&mut self.gro);
+            flush_batch(&self.tun, self.vnet, gro, &mut self.sockets, &mut self.rx);
             if out.consumed > 0 {
                 self.flush_control();
             }
@@ -994,9 +999,15 @@ impl DataPlane {
 fn flush_batch(
     tun: &tun_rs::SyncDevice,
     vnet: bool,
+    mut gro: Option<&mut TunGro>,
     sockets: &mut [Option<TunnelSocket>],
     batch: &mut Batch,
 ) {
+    let mut write = |b: &[u8]| {
+        if let Err(e) = tun.send(b) {
+            tracing::trace!(error = %e, "TUN write failed");
+        }
+    };
     let filled = batch.filled;
     let mut i = 0;
     while i < filled {
@@ -1021,6 +1032,14 @@ fn flush_batch(
             }
             SlotDest::Tun => {
                 let slot = &mut batch.slots[i];
+                slot.dest = SlotDest::None;
+                // TCP segments of one flow are coalesced (and written when the run ends).
+                if let Some(g) = gro.as_deref_mut() {
+                    if g.push(&slot.buf[slot.start..slot.start + slot.len], &mut write) {
+                        i += 1;
+                        continue;
+                    }
+                }
                 // With IFF_VNET_HDR every write starts with a virtio-net header: an all-zero one
                 // (no GSO, checksums complete) written into the bytes just before the packet.
                 let start = if vnet {
@@ -1032,15 +1051,15 @@ fn flush_batch(
                     if vnet {
                         slot.buf[start..slot.start].fill(0);
                     }
-                    if let Err(e) = tun.send(&slot.buf[start..slot.start + slot.len]) {
-                        tracing::trace!(error = %e, "TUN write failed");
-                    }
+                    write(&slot.buf[start..slot.start + slot.len]);
                 }
-                slot.dest = SlotDest::None;
             }
             SlotDest::None => {}
         }
         i += 1;
+    }
+    if let Some(g) = gro {
+        g.flush(&mut write);
     }
     batch.filled = 0;
 }
