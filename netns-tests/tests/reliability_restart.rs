@@ -244,7 +244,8 @@ fn a_reload_with_an_invalid_config_keeps_the_old_one_running_and_loses_nothing()
     let st0 = pair.cgw.status().unwrap();
     let probe = ProbeStream::start(&lab.office, probe_target()).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let broken: [(&str, Box<dyn Fn(&str) -> String>); 4] = [
+    type Edit = Box<dyn Fn(&str) -> String>;
+    let broken: [(&str, Edit); 4] = [
         (
             "a TOML syntax error",
             Box::new(|t: &str| format!("{t}\n[[connection\n")),
