@@ -193,6 +193,10 @@ pub fn run(config_path: &Path) -> u8 {
     };
     let ctx = std::rc::Rc::new(Ctx {
         handle,
+        started: StartedWith {
+            gateway: GatewayView::of(&cfg),
+            control: cfg.control.clone(),
+        },
         config_path: config_path.to_owned(),
         notifier: Notifier::from_env(),
     });
@@ -210,8 +214,31 @@ pub fn run(config_path: &Path) -> u8 {
 
 struct Ctx {
     handle: Handle,
+    /// The config the daemon started with (for settings a reload cannot change).
+    started: StartedWith,
     config_path: PathBuf,
     notifier: Option<Notifier>,
+}
+
+/// Settings fixed at start-up.
+struct StartedWith {
+    gateway: GatewayView,
+    control: tandem_config::Control,
+}
+
+/// The `[gateway]` settings a reload cannot change (no key material kept here).
+struct GatewayView {
+    tun_name: String,
+    address: Option<IpNet>,
+}
+
+impl GatewayView {
+    fn of(cfg: &tandem_config::Config) -> Self {
+        GatewayView {
+            tun_name: cfg.gateway.tun_name.clone(),
+            address: cfg.gateway.address,
+        }
+    }
 }
 
 fn bind_control_socket(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
@@ -321,6 +348,14 @@ async fn reload(ctx: &Ctx) -> Reply {
     let reply = match tandem_config::load(&ctx.config_path) {
         Err(e) => Reply::error(ErrorKind::User, e.to_string()),
         Ok(cfg) => {
+            if cfg.gateway.tun_name != ctx.started.gateway.tun_name
+                || cfg.gateway.address != ctx.started.gateway.address
+                || cfg.control != ctx.started.control
+            {
+                tracing::warn!(
+                    "reload: tun_name, address and [control] changes take effect only after a restart"
+                );
+            }
             let routes = routes_of(&cfg);
             let ecfg = Box::new(engine_config(&cfg));
             ask(ctx, |reply| Command::Reload {

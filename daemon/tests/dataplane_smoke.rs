@@ -534,7 +534,8 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     );
     assert!(both_up(lab.status("a")));
 
-    // A good reload adds a route on the TUN; tunnels stay up and traffic still flows.
+    // A good reload adds a route on the TUN and lowers its MTU; tunnels stay up and traffic
+    // still flows.
     std::fs::write(
         &a_cfg,
         lab.config(
@@ -544,7 +545,8 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
             "10.201.2.0/24",
             a_ends,
             ", \"10.201.3.0/24\"",
-        ),
+        )
+        .replace("mtu = 1400", "mtu = 1380"),
     )
     .unwrap();
     let out = lab.tandem(&["reload", "--socket", sock_a], None);
@@ -559,6 +561,9 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         "{}",
         String::from_utf8_lossy(&routes.stdout)
     );
+    let link = sh(&["ip", "-n", &a, "link", "show", "tdma"]);
+    let link = String::from_utf8_lossy(&link.stdout).to_string();
+    assert!(link.contains("mtu 1380"), "{link}");
     lab.wait_for("tunnels up after reload", Duration::from_secs(10), || {
         both_up(lab.status("a"))
     });

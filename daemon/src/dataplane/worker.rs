@@ -129,6 +129,9 @@ pub struct DataPlane {
     engine: Engine,
     tun: tun_rs::SyncDevice,
     tun_index: u32,
+    /// The TUN's current MTU, and the largest one the slots were sized for.
+    mtu: u16,
+    slot_mtu: u16,
     /// Indexed by `TunnelId.0`.
     sockets: Vec<Option<TunnelSocket>>,
     routes: Vec<IpNet>,
@@ -331,6 +334,8 @@ impl DataPlane {
             engine,
             tun: dev,
             tun_index,
+            mtu: tun.mtu,
+            slot_mtu: tun.mtu.max(1500),
             sockets: Vec::new(),
             routes: Vec::new(),
             failback,
@@ -906,11 +911,30 @@ impl DataPlane {
 
     fn reload(&mut self, cfg: EngineConfig, routes: Vec<IpNet>, now: Instant) -> Reply {
         let failback: Vec<Option<Duration>> = cfg.connections.iter().map(|c| c.failback).collect();
+        let new_mtu = cfg.mtu;
+        if new_mtu > self.slot_mtu {
+            return Reply::error(
+                ErrorKind::User,
+                format!(
+                    "reload refused: mtu {new_mtu} exceeds {} (the buffers' size): restart the daemon",
+                    self.slot_mtu
+                ),
+            );
+        }
         let summary = match self.engine.reconfigure(cfg, now) {
             Ok(s) => s,
             Err(e) => return Reply::error(ErrorKind::User, e.to_string()),
         };
         self.failback = failback;
+        if new_mtu != self.mtu {
+            match self.tun.set_mtu(new_mtu) {
+                Ok(()) => {
+                    tracing::info!(from = self.mtu, to = new_mtu, "TUN MTU changed");
+                    self.mtu = new_mtu;
+                }
+                Err(e) => tracing::error!(error = %e, "reload: cannot set the TUN MTU"),
+            }
+        }
         if let Err(e) = self.sync_sockets() {
             tracing::error!(error = %e, "reload: socket setup failed");
             return Reply::error(ErrorKind::Internal, e.to_string());
