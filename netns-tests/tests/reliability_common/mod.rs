@@ -372,3 +372,144 @@ pub fn many_sources(ns: &Netns, prefix: &str, n: u8) -> Vec<SocketAddr> {
 pub fn both_up(pair: &TandemPair) -> bool {
     matches!((pair.cgw.status(), pair.vpcgw.status()), (Ok(a), Ok(b)) if a.both_up() && b.both_up())
 }
+
+/// Policy-routing table of the [`Corruptor`].
+const CORRUPT_TABLE: &str = "101";
+
+/// A corrupter on the path: in an `isp` namespace, IPv4 packets arriving on `iface` are routed
+/// through a TUN device (as the lab's WAN emulator does) and every `every`-th ESP data packet gets
+/// two 16-bit words of its ciphertext swapped. The swap keeps the UDP checksum valid (a ones'
+/// complement sum does not depend on order), so the corruption gets past the kernel and only the
+/// AEAD can catch it — unlike a single bit flip, which the receiver's UDP checksum drops first.
+/// Counts exactly what it corrupted. Removed on drop.
+pub struct Corruptor<'a> {
+    ns: &'a Netns,
+    iface: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    corrupted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Corruptor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Corruptor({} on {})", self.ns.name(), self.iface)
+    }
+}
+
+impl<'a> Corruptor<'a> {
+    /// Starts corrupting one ESP data packet in `every` arriving on `iface` in `ns`.
+    pub fn start(ns: &'a Netns, iface: &str, every: u64) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let corrupted = Arc::new(AtomicU64::new(0));
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (stop, corrupted, forwarded) = (stop.clone(), corrupted.clone(), forwarded.clone());
+            spawn_in_netns(ns, move || {
+                let dev = tun_rs::DeviceBuilder::new()
+                    .name("rel0")
+                    .mtu(9000)
+                    .build_sync()
+                    .unwrap();
+                dev.set_nonblocking(true).unwrap();
+                tx.send(()).unwrap();
+                let mut buf = vec![0u8; 65536];
+                let mut esp_seen = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let n = match dev.recv(&mut buf) {
+                        Ok(n) => n,
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_micros(50));
+                            continue;
+                        }
+                    };
+                    let pkt = &mut buf[..n];
+                    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+                    let is_udp = pkt[0] >> 4 == 4 && pkt[9] == 17 && n > ihl + 8;
+                    if is_udp {
+                        let p = ihl + 8; // UDP payload = ESP
+                        // ESP data (not the non-ESP marker), with >= 8 bytes of ciphertext
+                        // between the 16-byte header and the 16-byte ICV.
+                        if pkt[p..p + 4] != [0, 0, 0, 0] && n >= p + 16 + 8 + 16 {
+                            esp_seen += 1;
+                            if esp_seen % every == 0 {
+                                let (a, b) = (p + 16, p + 20);
+                                if pkt[a..a + 2] == pkt[b..b + 2] {
+                                    // Equal words: flip them in opposite directions instead
+                                    // (+1 and -1 on the two words keep the sum too).
+                                    let w = u16::from_be_bytes([pkt[a], pkt[a + 1]]);
+                                    let up = w.wrapping_add(if w == 0xfffe { 2 } else { 1 });
+                                    let down = w.wrapping_sub(if w == 0 { 2 } else { 1 });
+                                    pkt[a..a + 2].copy_from_slice(&up.to_be_bytes());
+                                    pkt[b..b + 2].copy_from_slice(&down.to_be_bytes());
+                                } else {
+                                    for i in 0..2 {
+                                        pkt.swap(a + i, b + i);
+                                    }
+                                }
+                                corrupted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    let _ = dev.send(pkt);
+                    forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        ns.ip(["link", "set", "rel0", "up"]).unwrap();
+        ns.sysctl("net.ipv4.conf.rel0.rp_filter", "0").unwrap();
+        ns.ip([
+            "-4",
+            "route",
+            "add",
+            "default",
+            "dev",
+            "rel0",
+            "table",
+            CORRUPT_TABLE,
+        ])
+        .unwrap();
+        ns.ip(["-4", "rule", "add", "iif", iface, "lookup", CORRUPT_TABLE])
+            .unwrap();
+        Corruptor {
+            ns,
+            iface: iface.to_string(),
+            stop,
+            corrupted,
+            forwarded,
+            thread: Some(thread),
+        }
+    }
+
+    /// ESP packets corrupted so far.
+    pub fn corrupted(&self) -> u64 {
+        self.corrupted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Packets passed through so far.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Corruptor<'_> {
+    fn drop(&mut self) {
+        let _ = self.ns.ip([
+            "-4",
+            "rule",
+            "del",
+            "iif",
+            &self.iface,
+            "lookup",
+            CORRUPT_TABLE,
+        ]);
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
