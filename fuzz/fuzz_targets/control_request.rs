@@ -3,10 +3,17 @@
 //! (`render_status`, `render_drill`), on arbitrary bytes.
 //! Invariants: no panic; an accepted request serialises and parses back to the same request;
 //! rendering any JSON document does not panic.
+//!
+//! The daemon's `control.rs` is compiled in directly (it needs only std, serde and thiserror), so
+//! this target fuzzes the real wire types without building the daemon's runtime dependencies.
 #![no_main]
 
+#[allow(dead_code)]
+#[path = "../../daemon/src/control.rs"]
+mod control;
+
+use control::{Reply, Request, render_drill, render_status};
 use libfuzzer_sys::fuzz_target;
-use tandem::control::{Reply, Request, render_drill, render_status};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = serde_json::from_slice::<Request>(data) {

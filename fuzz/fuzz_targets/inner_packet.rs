@@ -14,14 +14,22 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use tandem_engine::control::{CONTROL_SZ, Control};
 use tandem_engine::inner::{self, InnerHeader};
-use tandem_engine::{ConnectionConfig, Engine, EngineConfig, HEADROOM, TAILROOM, TunAction, TunnelConfig};
+use tandem_engine::{
+    ConnectionConfig, Engine, EngineConfig, HEADROOM, TAILROOM, TunAction, TunnelConfig,
+};
 
 const MTU: u16 = 1400;
 
 fn engine() -> Engine {
     let mut c = ConnectionConfig::with_defaults("fuzz");
-    c.local_subnets = vec!["10.10.0.0/24".parse().expect("net"), "fd00:10::/64".parse().expect("net")];
-    c.remote_subnets = vec!["10.20.0.0/16".parse().expect("net"), "fd00:20::/64".parse().expect("net")];
+    c.local_subnets = vec![
+        "10.10.0.0/24".parse().expect("net"),
+        "fd00:10::/64".parse().expect("net"),
+    ];
+    c.remote_subnets = vec![
+        "10.20.0.0/16".parse().expect("net"),
+        "fd00:20::/64".parse().expect("net"),
+    ];
     c.tunnels = vec![TunnelConfig {
         name: "t1".into(),
         local: None,
@@ -75,7 +83,12 @@ fuzz_target!(|data: &[u8]| {
     // 1) The header parser.
     let parsed = InnerHeader::parse(data);
     if let Ok(h) = &parsed {
-        assert!(h.len <= data.len(), "header claims {} of {} bytes", h.len, data.len());
+        assert!(
+            h.len <= data.len(),
+            "header claims {} of {} bytes",
+            h.len,
+            data.len()
+        );
         assert_eq!(h.src.is_ipv4(), h.dst.is_ipv4());
         if let Some(l4) = h.l4 {
             assert!(l4 <= h.len);
@@ -90,9 +103,16 @@ fuzz_target!(|data: &[u8]| {
             let before = tcp_checksum(&pkt, &h);
             let changed = inner::clamp_mss(&mut pkt, &h, MTU);
             if changed && before == Some(0) {
-                assert_eq!(tcp_checksum(&pkt, &h), Some(0), "clamp broke the TCP checksum");
+                assert_eq!(
+                    tcp_checksum(&pkt, &h),
+                    Some(0),
+                    "clamp broke the TCP checksum"
+                );
             }
-            assert!(!inner::clamp_mss(&mut pkt, &h, MTU), "clamp is not idempotent");
+            assert!(
+                !inner::clamp_mss(&mut pkt, &h, MTU),
+                "clamp is not idempotent"
+            );
             if !changed {
                 assert_eq!(pkt, data, "an unchanged packet was modified");
             }
