@@ -428,7 +428,25 @@ fn bench(args: &[String]) -> Result<(), Error> {
         t.row(&row);
     }
     println!("\n{}", t.render());
-    let doc = serde_json::json!({ "secs": secs, "rows": rows });
+    // Ratios to the first setup (plain routing), per figure, as in the table.
+    let mut ratios = serde_json::Map::new();
+    for r in rows.iter().skip(1) {
+        let mut m = serde_json::Map::new();
+        for (name, get, _) in figures {
+            if let (Some(a), Some(b)) = (get(r), get(&base)) {
+                if b > 0.0 {
+                    m.insert(name.to_string(), serde_json::json!(a / b));
+                }
+            }
+        }
+        ratios.insert(r.setup.clone(), serde_json::Value::Object(m));
+    }
+    let doc = serde_json::json!({
+        "secs": secs,
+        "baseline": base.setup,
+        "rows": rows,
+        "ratios_to_baseline": ratios,
+    });
     std::fs::write(
         &json,
         serde_json::to_string_pretty(&doc).unwrap_or_default(),
