@@ -573,6 +573,28 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         lab.logs()
     );
 
+    // SIGHUP reloads too.
+    std::fs::write(
+        &a_cfg,
+        lab.config(
+            "a",
+            "b",
+            "10.201.1.0/24",
+            "10.201.2.0/24",
+            a_ends,
+            ", \"10.201.3.0/24\", \"10.201.4.0/24\"",
+        )
+        .replace("mtu = 1400", "mtu = 1380"),
+    )
+    .unwrap();
+    let pid = lab.daemons[0].id().to_string();
+    sh(&["kill", "-HUP", &pid]);
+    lab.wait_for("the SIGHUP reload's route", Duration::from_secs(10), || {
+        let routes = sh(&["ip", "-n", &a, "route", "show", "dev", "tdma"]);
+        String::from_utf8_lossy(&routes.stdout).contains("10.201.4.0/24")
+    });
+    assert!(both_up(lab.status("a")), "{}", lab.logs());
+
     // A drill: the active tunnel goes silent for 1 s; detection, gap, loss and failback come back.
     let out = lab.tandem(
         &["drill", "conn", "--duration", "1s", "--socket", sock_a],
