@@ -337,6 +337,55 @@ fn tcp_transfer(from: &str, to: &str, to_addr: &str, total: usize) -> (usize, bo
     server.join().unwrap()
 }
 
+/// Send `n` UDP datagrams of `len` bytes (sequence number in the first 4 bytes, then a pattern)
+/// from namespace `from` to `to_addr` in namespace `to`; returns how many arrived intact (each
+/// exactly `len` bytes: coalesced runs must be split again before the socket).
+fn udp_burst(from: &str, to: &str, to_addr: &str, n: u32, len: usize) -> (u32, u32) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let to_ns = PathBuf::from(format!("/run/netns/{to}"));
+    let listen = to_addr.to_owned();
+    let server = std::thread::spawn(move || {
+        tandem::dataplane::sys::enter_netns(&to_ns).unwrap();
+        let s = std::net::UdpSocket::bind(&listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut intact, mut bad) = (0u32, 0u32);
+        let mut buf = vec![0u8; 65536];
+        while let Ok(got) = s.recv(&mut buf) {
+            let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let ok = got == len
+                && buf[4..got]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == (seq as usize + i) as u8);
+            if ok { intact += 1 } else { bad += 1 }
+        }
+        (intact, bad)
+    });
+    ready_rx.recv().unwrap();
+    let from_ns = PathBuf::from(format!("/run/netns/{from}"));
+    let dst = to_addr.to_owned();
+    std::thread::spawn(move || {
+        tandem::dataplane::sys::enter_netns(&from_ns).unwrap();
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut d = vec![0u8; len];
+        for seq in 0..n {
+            d[..4].copy_from_slice(&seq.to_be_bytes());
+            for (i, b) in d[4..].iter_mut().enumerate() {
+                *b = (seq as usize + i) as u8;
+            }
+            s.send_to(&d, &dst).unwrap();
+            if seq % 32 == 31 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    server.join().unwrap()
+}
+
 fn scrape_metrics(ns: &str) -> String {
     let ns = PathBuf::from(format!("/run/netns/{ns}"));
     std::thread::spawn(move || {
@@ -431,6 +480,15 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     assert!(
         got == 8 << 20 && ok,
         "b -> a TCP: {got} bytes, content ok: {ok}\n{}",
+        lab.logs()
+    );
+
+    // A burst of UDP datagrams arrives as datagrams of the size sent, intact.
+    let (intact, bad) = udp_burst(&a, &b, "10.201.2.1:5003", 500, 1000);
+    assert_eq!(bad, 0, "{bad} damaged or resized datagrams");
+    assert!(
+        intact >= 450,
+        "only {intact} of 500 UDP datagrams arrived\n{}",
         lab.logs()
     );
 

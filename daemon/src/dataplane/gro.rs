@@ -1,6 +1,8 @@
 //! TUN-side GRO: consecutive decrypted TCP segments of one flow are coalesced into one
 //! super-packet with a virtio-net GSO header (`GSO_TCPV4`, checksum partial), so the kernel
-//! takes one TUN write and walks its stack once for up to [`MAX_SEGMENTS`] segments.
+//! takes one TUN write and walks its stack once for up to [`MAX_SEGMENTS`] segments. When the
+//! TUN accepts USO, UDP datagrams of one flow are coalesced the same way (`GSO_UDP_L4`: equal
+//! payload sizes, the last may be shorter).
 //!
 //! Rules (as Linux `tcp_gro_receive` and wireguard-go's `tcpGRO`): IPv4 without options or
 //! fragmentation; TCP with only ACK (PSH allowed, and it ends the run); same addresses, ports,
@@ -20,6 +22,9 @@ const MAX_PACKET: usize = 65_535;
 
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 
@@ -40,6 +45,8 @@ struct Run {
     next_seq: u32,
     /// The last segment had PSH: the run is closed.
     closed: bool,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    proto: u8,
 }
 
 /// Coalesces TCP segments for the TUN; holds one pre-allocated 64 KiB buffer.
@@ -47,6 +54,8 @@ struct Run {
 pub struct TunGro {
     buf: Box<[u8]>,
     run: Option<Run>,
+    /// Coalesce UDP too (the TUN accepts `GSO_UDP_L4`).
+    udp: bool,
 }
 
 impl Default for TunGro {
@@ -55,16 +64,38 @@ impl Default for TunGro {
     }
 }
 
-/// A coalescable IPv4/TCP segment.
+/// A coalescable IPv4/TCP segment or IPv4/UDP datagram.
 struct Seg {
     headers: usize,
     payload: usize,
     seq: u32,
     flags: u8,
+    proto: u8,
 }
 
-fn parse(p: &[u8]) -> Option<Seg> {
-    if p.len() < 40 || p[0] != 0x45 || p[9] != 6 {
+fn parse_udp(p: &[u8]) -> Option<Seg> {
+    if p.len() <= 28 || p[0] != 0x45 || p[9] != PROTO_UDP {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    let udp_len = usize::from(u16::from_be_bytes([p[24], p[25]]));
+    if total != p.len() || udp_len != total - 20 || u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
+        return None;
+    }
+    Some(Seg {
+        headers: 28,
+        payload: total - 28,
+        seq: 0,
+        flags: 0,
+        proto: PROTO_UDP,
+    })
+}
+
+fn parse(p: &[u8], udp: bool) -> Option<Seg> {
+    if udp && p.len() > 9 && p[9] == PROTO_UDP {
+        return parse_udp(p);
+    }
+    if p.len() < 40 || p[0] != 0x45 || p[9] != PROTO_TCP {
         return None;
     }
     let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
@@ -85,12 +116,23 @@ fn parse(p: &[u8]) -> Option<Seg> {
         payload: total - 20 - thl,
         seq: u32::from_be_bytes([p[24], p[25], p[26], p[27]]),
         flags,
+        proto: PROTO_TCP,
     })
 }
 
-/// Same flow and same header fields, PSH aside (it may end a run).
+/// Same UDP flow and IP header fields.
+fn same_udp_flow(cur: &[u8], pkt: &[u8]) -> bool {
+    cur[9] == PROTO_UDP
+        && cur[1] == pkt[1] // TOS
+        && cur[8] == pkt[8] // TTL
+        && cur[6] & 0x40 == pkt[6] & 0x40 // DF
+        && cur[12..24] == pkt[12..24] // addresses and ports
+}
+
+/// Same TCP flow and same header fields, PSH aside (it may end a run).
 fn same_flow(cur: &[u8], pkt: &[u8], cur_headers: usize, pkt_headers: usize) -> bool {
-    cur_headers == pkt_headers
+    cur[9] == PROTO_TCP
+        && cur_headers == pkt_headers
         && cur[1] == pkt[1] // TOS
         && cur[8] == pkt[8] // TTL
         && cur[6] & 0x40 == pkt[6] & 0x40 // DF
@@ -125,24 +167,34 @@ impl TunGro {
         TunGro {
             buf: vec![0u8; VNET_HDR_LEN + MAX_PACKET].into_boxed_slice(),
             run: None,
+            udp: false,
         }
+    }
+
+    /// Coalesce UDP datagrams as well (only when the TUN accepts `GSO_UDP_L4`).
+    pub fn with_udp(mut self, udp: bool) -> Self {
+        self.udp = udp;
+        self
     }
 
     /// Offer `pkt`. Returns false when it cannot be coalesced: the run in progress has then been
     /// flushed through `write`, and the caller writes `pkt` itself (after it, keeping order).
     pub fn push(&mut self, pkt: &[u8], write: &mut dyn FnMut(&[u8])) -> bool {
-        let Some(seg) = parse(pkt) else {
+        let Some(seg) = parse(pkt, self.udp) else {
             self.flush(write);
             return false;
         };
         if let Some(run) = self.run {
             let cur = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + run.len];
-            let same_flow = same_flow(cur, pkt, run.headers, seg.headers);
+            let same_flow = match seg.proto {
+                PROTO_UDP => same_udp_flow(cur, pkt),
+                _ => same_flow(cur, pkt, run.headers, seg.headers),
+            };
             let fits = !run.closed
                 && run.count < MAX_SEGMENTS
                 && run.last == run.seg
                 && seg.payload <= run.seg
-                && seg.seq == run.next_seq
+                && (seg.proto == PROTO_UDP || seg.seq == run.next_seq)
                 && run.len + seg.payload <= MAX_PACKET;
             if same_flow && fits {
                 let at = VNET_HDR_LEN + run.len;
@@ -170,6 +222,7 @@ impl TunGro {
             count: 1,
             next_seq: seg.seq.wrapping_add(seg.payload as u32),
             closed: seg.flags & TCP_PSH != 0,
+            proto: seg.proto,
         });
         true
     }
@@ -185,17 +238,24 @@ impl TunGro {
             pkt[10..12].fill(0);
             let ip_sum = !fold(sum16(&pkt[..20], 0));
             pkt[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-            // Checksum partial: the TCP checksum field holds the folded pseudo-header sum; the
+            // Checksum partial: the L4 checksum field holds the folded pseudo-header sum; the
             // kernel completes it (or trusts it for local delivery) per the virtio header.
-            let tcp_len = (run.len - 20) as u32;
-            let pseudo = sum16(&pkt[12..20], 6 + tcp_len);
-            pkt[36..38].copy_from_slice(&fold(pseudo).to_be_bytes());
+            let l4_len = (run.len - 20) as u32;
+            let pseudo = sum16(&pkt[12..20], u32::from(run.proto) + l4_len);
+            let (gso_type, csum_offset) = if run.proto == PROTO_UDP {
+                pkt[24..26].copy_from_slice(&(l4_len as u16).to_be_bytes());
+                pkt[26..28].copy_from_slice(&fold(pseudo).to_be_bytes());
+                (VIRTIO_NET_HDR_GSO_UDP_L4, 6u16)
+            } else {
+                pkt[36..38].copy_from_slice(&fold(pseudo).to_be_bytes());
+                (VIRTIO_NET_HDR_GSO_TCPV4, 16u16)
+            };
             hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-            hdr[1] = VIRTIO_NET_HDR_GSO_TCPV4;
+            hdr[1] = gso_type;
             hdr[2..4].copy_from_slice(&(run.headers as u16).to_le_bytes());
             hdr[4..6].copy_from_slice(&(run.seg as u16).to_le_bytes());
-            hdr[6..8].copy_from_slice(&20u16.to_le_bytes()); // csum_start: the TCP header
-            hdr[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset: TCP checksum field
+            hdr[6..8].copy_from_slice(&20u16.to_le_bytes()); // csum_start: the L4 header
+            hdr[8..10].copy_from_slice(&csum_offset.to_le_bytes()); // its checksum field
         }
         write(&self.buf[..VNET_HDR_LEN + run.len]);
     }
@@ -271,6 +331,47 @@ mod tests {
         assert!(p[52..1052].iter().all(|&b| b == 1));
         assert!(p[1052..2052].iter().all(|&b| b == 2));
         assert!(p[2052..].iter().all(|&b| b == 3));
+    }
+
+    fn datagram(payload: usize, fill: u8) -> Vec<u8> {
+        let total = 28 + payload;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = PROTO_UDP;
+        p[12..16].copy_from_slice(&[10, 1, 0, 5]);
+        p[16..20].copy_from_slice(&[10, 2, 0, 7]);
+        p[20..22].copy_from_slice(&5201u16.to_be_bytes());
+        p[22..24].copy_from_slice(&5202u16.to_be_bytes());
+        p[24..26].copy_from_slice(&((total - 20) as u16).to_be_bytes());
+        p[28..].fill(fill);
+        p
+    }
+
+    #[test]
+    fn udp_datagrams_coalesce_only_when_the_tun_takes_uso() {
+        let pkts = vec![
+            datagram(1000, 1),
+            datagram(1000, 2),
+            datagram(600, 3),
+            datagram(1000, 4),
+        ];
+        let out = collect(&mut TunGro::new(), &pkts);
+        assert_eq!(out.len(), 4, "without USO every datagram goes alone");
+        let out = collect(&mut TunGro::new().with_udp(true), &pkts);
+        let sizes: Vec<usize> = out.iter().map(|w| w.len() - VNET_HDR_LEN).collect();
+        assert_eq!(sizes, vec![28 + 2600, 1028]);
+        let (hdr, p) = out[0].split_at(VNET_HDR_LEN);
+        assert_eq!(hdr[1], VIRTIO_NET_HDR_GSO_UDP_L4);
+        assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), 1000);
+        assert_eq!(u16::from_le_bytes([hdr[8], hdr[9]]), 6);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([p[24], p[25]])),
+            p.len() - 20
+        );
+        assert_eq!(fold(sum16(&p[..20], 0)), 0xffff);
+        assert!(p[2028..].iter().all(|&b| b == 3));
     }
 
     #[test]

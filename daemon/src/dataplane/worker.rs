@@ -202,18 +202,19 @@ fn build_tun(t: &TunSettings, offload: bool) -> io::Result<tun_rs::SyncDevice> {
 
 /// Open the TUN, with `IFF_VNET_HDR` + TSO/USO offloads when asked and the kernel allows, else
 /// plain. Returns the device and whether reads/writes carry a virtio-net header.
-fn open_tun(t: &TunSettings) -> io::Result<(tun_rs::SyncDevice, bool)> {
+fn open_tun(t: &TunSettings) -> io::Result<(tun_rs::SyncDevice, bool, bool)> {
     if t.offload {
         match build_tun(t, true) {
             Ok(dev) => {
                 let vnet = dev.tcp_gso();
-                tracing::info!(tso = vnet, uso = dev.udp_gso(), "TUN offloads");
-                return Ok((dev, vnet));
+                let uso = vnet && dev.udp_gso();
+                tracing::info!(tso = vnet, uso, "TUN offloads");
+                return Ok((dev, vnet, uso));
             }
             Err(e) => tracing::warn!(error = %e, "TUN offloads unavailable; plain TUN"),
         }
     }
-    Ok((build_tun(t, false)?, false))
+    Ok((build_tun(t, false)?, false, false))
 }
 
 /// Open the `TANDEM_KEYLOG` file (created 0600, appended to) when the variable is set.
@@ -306,7 +307,7 @@ impl DataPlane {
         routes: Vec<IpNet>,
         failback: Vec<Option<Duration>>,
     ) -> Result<(Self, Handle), StartError> {
-        let (dev, vnet) = open_tun(tun).map_err(|source| StartError::Tun {
+        let (dev, vnet, uso) = open_tun(tun).map_err(|source| StartError::Tun {
             name: tun.name.clone(),
             source,
         })?;
@@ -364,7 +365,7 @@ impl DataPlane {
             ]
             .into_boxed_slice(),
             sizes: vec![0usize; BATCH].into_boxed_slice(),
-            gro: TunGro::new(),
+            gro: TunGro::new().with_udp(uso),
         };
         if dp.keylog.is_some() {
             dp.engine.set_keylog(true);
