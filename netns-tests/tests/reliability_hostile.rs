@@ -349,7 +349,7 @@ fn bad_mac1_initiations_cost_no_dh_and_valid_mac1_ones_from_many_sources_meet_co
     );
     let n_cookies = cookies.get("handshake").copied().unwrap_or(0);
     assert!(
-        n_cookies >= spoof.sent / 2,
+        n_cookies >= spoof.sent / 4,
         "only {n_cookies} cookie replies for {} initiations at 20x the load threshold",
         spoof.sent
     );
