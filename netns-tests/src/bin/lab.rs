@@ -6,6 +6,7 @@
 //! - `lab bench [--secs N] [--json FILE]` — plain routing (the ceiling) vs tandem (and boringtun /
 //!   wireguard-go when installed) on the same lab: TCP 1/4 streams/reverse, UDP 1400 B and 64 B
 //!   received pps, ping RTT, daemon CPU seconds per GB, daemon RSS; a table with ratios, and JSON.
+//!   `boringtun` runs with one thread (the reference figure); `boringtun-tN` with N.
 //!
 //! Needs root. Finds `tandem` next to itself (build both with
 //! `cargo build --release -p tandem -p tandem-netns-tests`) or in `$TANDEM_BIN`.
@@ -26,8 +27,7 @@ use tandem_netns_tests::topo::{Family, Isp, Lab, vpc_ip};
 use tandem_netns_tests::traffic::{Iperf3Server, IperfOpts, IperfResult, iperf3, ping};
 use tandem_netns_tests::{Error, can_run_as_root};
 
-const USAGE: &str =
-    "usage: lab demo | lab bench [--secs N] [--json FILE] [--setups plain,tandem,boringtun,wggo]";
+const USAGE: &str = "usage: lab demo | lab bench [--secs N] [--json FILE] [--setups plain,tandem,boringtun[-tN],wggo]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -372,15 +372,15 @@ fn bench(args: &[String]) -> Result<(), Error> {
                 })?;
                 rows.push(measure(&lab, "tandem", secs, &[&pair.cgw, &pair.vpcgw])?);
             }
-            "boringtun" | "wggo" => match wg::start(&lab, s) {
+            s if s == "wggo" || s.starts_with("boringtun") => match wg::start(&lab, s) {
                 Ok(Some(peer)) => {
                     let pids = peer.pids();
-                    let name = if s == "wggo" {
-                        "wireguard-go"
-                    } else {
-                        "boringtun"
+                    let name = match wg::boringtun_threads(s) {
+                        Some(1) => "boringtun (1 thread)".to_string(),
+                        Some(n) => format!("boringtun ({n} threads)"),
+                        None => "wireguard-go".to_string(),
                     };
-                    rows.push(measure_pids(&lab, name, secs, &pids)?);
+                    rows.push(measure_pids(&lab, &name, secs, &pids)?);
                 }
                 Ok(None) => println!(
                     "  {s}: not installed, skipped (see ../shared/bench/peers.sh --install)"
@@ -576,10 +576,22 @@ mod wg {
         }
     }
 
+    /// `boringtun` -> 1 thread, `boringtun-tN` -> N threads; `None` for anything else.
+    pub fn boringtun_threads(setup: &str) -> Option<u32> {
+        match setup.strip_prefix("boringtun")? {
+            "" => Some(1),
+            rest => rest.strip_prefix("-t")?.parse().ok().filter(|&n| n > 0),
+        }
+    }
+
     pub fn start(lab: &Lab, which_peer: &str) -> Result<Option<Peers>, Error> {
+        let threads = boringtun_threads(which_peer);
+        if which_peer != "wggo" && threads.is_none() {
+            return Err(Error::Tandem(format!("unknown setup {which_peer}")));
+        }
         let (Some(wgtool), Some(daemon)) = (
             which("wg"),
-            which(if which_peer == "boringtun" {
+            which(if threads.is_some() {
                 "boringtun-cli"
             } else {
                 "wireguard-go"
@@ -597,9 +609,16 @@ mod wg {
         let sides = [(&lab.cgw, &names[0]), (&lab.vpcgw, &names[1])];
         for (ns, ifc) in sides {
             let mut cmd = ns.command(&daemon);
-            if which_peer == "boringtun" {
-                cmd.args(["-f", "--disable-drop-privileges", "-v", "error"])
-                    .env("WG_SUDO", "1");
+            if let Some(n) = threads {
+                cmd.args([
+                    "-f",
+                    "--disable-drop-privileges",
+                    "-v",
+                    "error",
+                    "--threads",
+                ])
+                .arg(n.to_string())
+                .env("WG_SUDO", "1");
             } else {
                 cmd.arg("-f")
                     .env("LOG_LEVEL", "error")
