@@ -23,6 +23,7 @@
 //! - A responder-only tunnel (`remote: None`) learns and updates its peer endpoint only from
 //!   authenticated packets (a verified initiation or an opened ESP packet).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -72,6 +73,10 @@ const CLOSING_COPIES: u8 = 2;
 /// Tuning: more initiations than this per second on one tunnel => "under load", answer with
 /// cookie replies (mac2) before doing any DH.
 const UNDER_LOAD_INITIATIONS: u32 = 50;
+/// Cookie replies a tunnel holds between two `poll_transmit` drains: one full receive batch of
+/// the daemon (128 datagrams) of initiations, so that a flood arriving in one batch cannot push
+/// the real peer's cookie out before it is sent.
+const COOKIE_QUEUE: usize = 128;
 /// Tuning: queued echo requests/replies per tunnel (drill probes run at 1 ms; the daemon drains
 /// `poll_transmit` after every batch).
 const ECHO_QUEUE: usize = 8;
@@ -223,6 +228,16 @@ pub(crate) struct Tunnel {
     hs_init_len: usize,
     hs_resp: [u8; MAX_MESSAGE_LEN],
     hs_resp_len: usize,
+    /// Where the responder writes its output before we know whether it is a response (kept in
+    /// `hs_resp`) or a cookie reply (queued in `cookie_out`): a cookie reply must never overwrite
+    /// a pending response, or a flood of initiations would starve the real peer.
+    hs_scratch: [u8; MAX_MESSAGE_LEN],
+    /// Cookie replies waiting to be sent, each to the source of the initiation that caused it —
+    /// which need not be the endpoint: a peer that roamed, or restarted behind a new NAT mapping,
+    /// must be able to earn a cookie there (as in WireGuard). A cookie reply is smaller than the
+    /// initiation that caused it, so this reflects nothing bigger than what the sender sent.
+    /// Bounded (oldest dropped first) and allocated once: see [`COOKIE_QUEUE`].
+    cookie_out: VecDeque<(SocketAddr, [u8; handshake::COOKIE_REPLY_LEN])>,
     closing: u8,
     want_keepalive: bool,
     keepalives: u32,
@@ -298,6 +313,8 @@ impl Tunnel {
             hs_init_len: 0,
             hs_resp: [0; MAX_MESSAGE_LEN],
             hs_resp_len: 0,
+            hs_scratch: [0; MAX_MESSAGE_LEN],
+            cookie_out: VecDeque::with_capacity(COOKIE_QUEUE),
             closing: 0,
             want_keepalive: false,
             keepalives: 0,
@@ -580,12 +597,14 @@ impl Tunnel {
                     spi,
                     now,
                     ctx.rng,
-                    &mut self.hs_resp,
+                    &mut self.hs_scratch,
                 ) {
                     Ok(ResponderOutcome::Established {
                         established,
                         response_len,
                     }) => {
+                        self.hs_resp[..response_len]
+                            .copy_from_slice(&self.hs_scratch[..response_len]);
                         self.hs_resp_len = response_len;
                         self.learn_endpoint(from, ctx);
                         self.last_rx = Some(now);
@@ -602,10 +621,14 @@ impl Tunnel {
                         Ok(())
                     }
                     Ok(ResponderOutcome::CookieReply { len }) => {
-                        // Our datagrams go to the tunnel's endpoint; a cookie reply belongs to
-                        // the (unauthenticated) source of the initiation, so it is sent only when
-                        // that is the endpoint — never reflected at a third party.
-                        self.hs_resp_len = if self.remote == Some(from) { len } else { 0 };
+                        // The cookie reply goes back to the initiation's source: only a sender
+                        // that can receive there can prove it with mac2.
+                        if let Ok(reply) = self.hs_scratch[..len].try_into() {
+                            if self.cookie_out.len() == COOKIE_QUEUE {
+                                self.cookie_out.pop_front();
+                            }
+                            self.cookie_out.push_back((from, reply));
+                        }
                         Ok(())
                     }
                     Err(e) => Err(handshake_drop(e)),
@@ -830,6 +853,15 @@ impl Tunnel {
     /// Writes the next datagram this tunnel wants to send into `buf`; returns its destination
     /// and length.
     pub fn poll_transmit(&mut self, buf: &mut [u8], now: Instant) -> Option<(SocketAddr, usize)> {
+        if self.silenced() {
+            self.cookie_out.clear();
+        }
+        if let Some((to, reply)) = self.cookie_out.pop_front() {
+            if let Some(out) = buf.get_mut(..reply.len()) {
+                out.copy_from_slice(&reply);
+                return Some((to, reply.len()));
+            }
+        }
         let Some(dst) = self.remote else {
             self.hs_init_len = 0;
             self.hs_resp_len = 0;
@@ -931,6 +963,7 @@ impl Tunnel {
     fn clear_outbox(&mut self) {
         self.hs_init_len = 0;
         self.hs_resp_len = 0;
+        self.cookie_out.clear();
         self.want_keepalive = false;
         self.echo_replies.clear();
         self.echo_requests.clear();

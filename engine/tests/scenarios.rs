@@ -1168,3 +1168,50 @@ fn a_responder_under_a_flood_of_initiations_answers_with_a_cookie_and_the_real_p
     assert_no_loss(&sim, 1, secs(2), secs(20) - ms(50));
     assert_no_loss(&sim, 2, secs(2), secs(20) - ms(50));
 }
+
+#[test]
+fn under_a_flood_cookie_replies_go_to_each_initiations_source_and_the_real_peer_still_gets_in() {
+    let setup = Setup {
+        b_responder_only: true,
+        ..Setup::default()
+    };
+    let mut sim = Sim::new(setup);
+    sim.record_wire = true;
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(10));
+    let old_init = sim
+        .wire
+        .iter()
+        .find(|(_, from, t, b)| {
+            *from == Side::A && *t == 0 && b.len() > 5 && b[..5] == [0, 0, 0, 0, 1]
+        })
+        .map(|w| w.3.clone())
+        .unwrap();
+    // 80 initiations within a second from an address that is not the endpoint (a peer that
+    // roamed looks the same): the first 50 are handled, the other 30 earn a cookie reply, sent
+    // back to that source — not to the endpoint, and not dropped.
+    let stranger: std::net::SocketAddr = "203.0.113.9:4500".parse().unwrap();
+    let misdirected_before = sim.misdirected;
+    for _ in 0..80 {
+        let _ = sim.inject(Side::B, 0, stranger, old_init.clone());
+    }
+    assert_eq!(
+        sim.misdirected - misdirected_before,
+        30,
+        "one cookie reply per initiation past the load threshold, each to its source"
+    );
+    // The real peer rekeys while the responder is loaded: it gets its cookie and gets in.
+    let mark = sim.now;
+    sim.engine(Side::A).set_send_counter_for_testing(
+        tandem_engine::TunnelId(0),
+        tandem_crypto::esp::REKEY_AFTER_PACKETS,
+    );
+    sim.run_until(secs(10) + ms(200));
+    let done = sim.events_of(Side::A).any(|(t, e)| {
+        t >= mark && matches!(e, tandem_engine::Event::HandshakeCompleted { tunnel, initiator: true, .. } if tunnel.0 == 0)
+    });
+    assert!(done, "the rekey completed through the cookie");
+    sim.run_until(secs(20));
+    assert_eq!(sim.state(Side::A, 0), TunnelState::Up);
+    assert_no_loss(&sim, 1, secs(2), secs(20) - ms(50));
+}
