@@ -155,6 +155,8 @@ pub struct TandemOpts {
     pub keylog: bool,
     /// `RUST_LOG` for the daemons.
     pub log: &'static str,
+    /// Extra environment for both daemons (e.g. tuning knobs for a same-run A/B bench).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for TandemOpts {
@@ -170,6 +172,7 @@ impl Default for TandemOpts {
             mss_clamp: true,
             keylog: false,
             log: "info",
+            env: Vec::new(),
         }
     }
 }
@@ -396,6 +399,9 @@ impl Daemon {
             .stderr(logf2);
         if setup.opts().keylog {
             cmd.env("TANDEM_KEYLOG", setup.keylog_path(side));
+        }
+        for (k, v) in &setup.opts().env {
+            cmd.env(k, v);
         }
         let mut d = Daemon {
             side,

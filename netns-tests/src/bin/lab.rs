@@ -6,7 +6,9 @@
 //! - `lab bench [--secs N] [--json FILE]` — plain routing (the ceiling) vs tandem (and boringtun /
 //!   wireguard-go when installed) on the same lab: TCP 1/4 streams/reverse, UDP 1400 B and 64 B
 //!   received pps, ping RTT, daemon CPU seconds per GB, daemon RSS; a table with ratios, and JSON.
-//!   `boringtun` runs with one thread (the reference figure); `boringtun-tN` with N.
+//!   `boringtun` runs with one thread (the reference figure); `boringtun-tN` with N;
+//!   `tandem:K=V;K2=V2` runs tandem with that environment (same-run A/B of a tuning knob).
+//!   `--pings N` sets the ping count (50); `--ping-only` skips iperf3 (latency A/B).
 //!
 //! Needs root. Finds `tandem` next to itself (build both with
 //! `cargo build --release -p tandem -p tandem-netns-tests`) or in `$TANDEM_BIN`.
@@ -27,7 +29,7 @@ use tandem_netns_tests::topo::{Family, Isp, Lab, vpc_ip};
 use tandem_netns_tests::traffic::{Iperf3Server, IperfOpts, IperfResult, iperf3, ping};
 use tandem_netns_tests::{Error, can_run_as_root};
 
-const USAGE: &str = "usage: lab demo | lab bench [--secs N] [--json FILE] [--setups plain,tandem,boringtun[-tN],wggo]";
+const USAGE: &str = "usage: lab demo | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -325,17 +327,29 @@ fn bench(args: &[String]) -> Result<(), Error> {
         "boringtun".into(),
         "wggo".into(),
     ];
+    let mut pings = 50u32;
+    let mut ping_only = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--ping-only" {
+            ping_only = true;
+            continue;
+        }
         let v = it.next().ok_or_else(|| Error::Tandem(USAGE.into()))?;
         match a.as_str() {
             "--secs" => secs = v.parse().map_err(|_| Error::Tandem(USAGE.into()))?,
+            "--pings" => pings = v.parse().map_err(|_| Error::Tandem(USAGE.into()))?,
             "--json" => json = PathBuf::from(v),
             "--setups" => setups = v.split(',').map(str::to_string).collect(),
             _ => return Err(Error::Tandem(USAGE.into())),
         }
     }
-    let need_tandem = setups.iter().any(|s| s == "tandem");
+    let bo = BenchOpts {
+        secs,
+        pings,
+        ping_only,
+    };
+    let need_tandem = setups.iter().any(|s| s.starts_with("tandem"));
     if need_tandem {
         preflight()?;
     } else if !can_run_as_root("lab bench") {
@@ -350,10 +364,22 @@ fn bench(args: &[String]) -> Result<(), Error> {
         match s.as_str() {
             "plain" => {
                 lab.plain_routes(Isp::One)?;
-                rows.push(measure(&lab, "plain routing", secs, &[])?);
+                rows.push(measure(&lab, "plain routing", bo, &[])?);
                 lab.remove_plain_routes(Isp::One)?;
             }
-            "tandem" => {
+            s if s == "tandem" || s.starts_with("tandem:") => {
+                let env: Vec<(String, String)> = s
+                    .strip_prefix("tandem:")
+                    .unwrap_or_default()
+                    .split(';')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                let name = if env.is_empty() {
+                    "tandem".to_string()
+                } else {
+                    format!("tandem ({})", &s["tandem:".len()..])
+                };
                 let pair = Progress::run("start tandem on both gateways", || {
                     TandemPair::start(
                         &lab,
@@ -366,11 +392,12 @@ fn bench(args: &[String]) -> Result<(), Error> {
                             // payload (1428 B inner packet) fits, as in peers.sh (TUN MTU 1440).
                             mtu: Some(1432),
                             log: "warn",
+                            env: env.clone(),
                             ..TandemOpts::default()
                         },
                     )
                 })?;
-                rows.push(measure(&lab, "tandem", secs, &[&pair.cgw, &pair.vpcgw])?);
+                rows.push(measure(&lab, &name, bo, &[&pair.cgw, &pair.vpcgw])?);
             }
             s if s == "wggo" || s.starts_with("boringtun") => match wg::start(&lab, s) {
                 Ok(Some(peer)) => {
@@ -380,7 +407,7 @@ fn bench(args: &[String]) -> Result<(), Error> {
                         Some(n) => format!("boringtun ({n} threads)"),
                         None => "wireguard-go".to_string(),
                     };
-                    rows.push(measure_pids(&lab, &name, secs, &pids)?);
+                    rows.push(measure_pids(&lab, &name, bo, &pids)?);
                 }
                 Ok(None) => println!(
                     "  {s}: not installed, skipped (see ../shared/bench/peers.sh --install)"
@@ -461,9 +488,20 @@ fn bench(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-fn measure(lab: &Lab, name: &str, secs: u32, daemons: &[&Daemon]) -> Result<BenchRow, Error> {
+/// What each setup runs.
+#[derive(Debug, Clone, Copy)]
+struct BenchOpts {
+    /// Seconds per iperf3 run.
+    secs: u32,
+    /// Pings (20 ms apart) for the RTT figure.
+    pings: u32,
+    /// Only the ping figure (a quick latency A/B).
+    ping_only: bool,
+}
+
+fn measure(lab: &Lab, name: &str, bo: BenchOpts, daemons: &[&Daemon]) -> Result<BenchRow, Error> {
     let pids: Vec<u32> = daemons.iter().map(|d| d.process().pid()).collect();
-    measure_pids(lab, name, secs, &pids)
+    measure_pids(lab, name, bo, &pids)
 }
 
 fn cpu_of(pids: &[u32]) -> f64 {
@@ -472,10 +510,10 @@ fn cpu_of(pids: &[u32]) -> f64 {
         .sum()
 }
 
-fn measure_pids(lab: &Lab, name: &str, secs: u32, pids: &[u32]) -> Result<BenchRow, Error> {
+fn measure_pids(lab: &Lab, name: &str, bo: BenchOpts, pids: &[u32]) -> Result<BenchRow, Error> {
     let dst = vpc_ip(Family::V4);
     let o = IperfOpts {
-        secs,
+        secs: bo.secs,
         ..IperfOpts::default()
     };
     let run = |label: &str, o: IperfOpts| {
@@ -483,9 +521,16 @@ fn measure_pids(lab: &Lab, name: &str, secs: u32, pids: &[u32]) -> Result<BenchR
             iperf3(&lab.office, dst, 5201, o)
         })
     };
-    let pr = Progress::run(&format!("{name}: ping x50"), || {
-        ping(&lab.office, dst, 50, ms(20))
+    let pr = Progress::run(&format!("{name}: ping x{}", bo.pings), || {
+        ping(&lab.office, dst, bo.pings, ms(20))
     })?;
+    if bo.ping_only {
+        return Ok(BenchRow {
+            setup: name.to_string(),
+            ping_avg_ms: pr.rtt_avg_ms,
+            ..BenchRow::default()
+        });
+    }
     let cpu0 = cpu_of(pids);
     let tcp1 = run("TCP 1 stream", o)?;
     let cpu1 = cpu_of(pids);
