@@ -664,7 +664,16 @@ impl DataPlane {
     fn flush_control(&mut self) {
         while let Some(t) = self.engine.poll_transmit(&mut self.control_buf) {
             if let Some(Some(s)) = self.sockets.get(usize::from(t.tunnel.0)) {
-                if let Err(e) = s.sock.send_to(&self.control_buf[..t.len], t.dst) {
+                // Never block the data plane on a control datagram: a cookie reply to an
+                // address whose neighbour never resolves would otherwise fill the send buffer
+                // (queued skbs are charged to it) and stall every tunnel. A refused one is lost,
+                // as on a full link; the protocol retries handshakes and keepalives.
+                let sock = socket2::SockRef::from(&s.sock);
+                if let Err(e) = sock.send_to_with_flags(
+                    &self.control_buf[..t.len],
+                    &t.dst.into(),
+                    libc::MSG_DONTWAIT,
+                ) {
                     tracing::trace!(error = %e, dst = %t.dst, "control send failed");
                 }
             }
