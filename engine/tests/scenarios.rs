@@ -1109,8 +1109,9 @@ fn a_silent_drill_behaves_like_a_dead_path_and_both_sides_detect_it_by_dpd() {
     assert_no_loss(&sim, 1, secs(11), secs(40) - ms(50));
 }
 
-#[test]
-fn a_responder_under_a_flood_of_initiations_answers_with_a_cookie_and_the_real_peer_still_rekeys() {
+/// A responder-only B, traffic both ways for 10 s, and A's first initiation on tunnel1 as it
+/// crossed the wire (for replays and floods).
+fn responder_only_sim_with_a_captured_initiation() -> (Sim, Vec<u8>) {
     let setup = Setup {
         b_responder_only: true,
         ..Setup::default()
@@ -1127,6 +1128,12 @@ fn a_responder_under_a_flood_of_initiations_answers_with_a_cookie_and_the_real_p
         })
         .map(|w| w.3.clone())
         .unwrap();
+    (sim, old_init)
+}
+
+#[test]
+fn a_responder_under_a_flood_of_initiations_answers_with_a_cookie_and_the_real_peer_still_rekeys() {
+    let (mut sim, old_init) = responder_only_sim_with_a_captured_initiation();
     // 60 initiations within a second: more than the responder handles without cookies.
     let from = addr(Side::A, 0);
     for _ in 0..60 {
@@ -1171,22 +1178,7 @@ fn a_responder_under_a_flood_of_initiations_answers_with_a_cookie_and_the_real_p
 
 #[test]
 fn under_a_flood_cookie_replies_go_to_each_initiations_source_and_the_real_peer_still_gets_in() {
-    let setup = Setup {
-        b_responder_only: true,
-        ..Setup::default()
-    };
-    let mut sim = Sim::new(setup);
-    sim.record_wire = true;
-    sim.add_bidirectional_traffic(ms(10), secs(2));
-    sim.run_until(secs(10));
-    let old_init = sim
-        .wire
-        .iter()
-        .find(|(_, from, t, b)| {
-            *from == Side::A && *t == 0 && b.len() > 5 && b[..5] == [0, 0, 0, 0, 1]
-        })
-        .map(|w| w.3.clone())
-        .unwrap();
+    let (mut sim, old_init) = responder_only_sim_with_a_captured_initiation();
     // 80 initiations within a second from an address that is not the endpoint (a peer that
     // roamed looks the same): the first 50 are handled, the other 30 earn a cookie reply, sent
     // back to that source — not to the endpoint, and not dropped.
