@@ -51,6 +51,13 @@ const VIRTIO_NET_HDR_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN;
 /// ~150 datagrams).
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// After the last packet, how long the loop keeps polling (a non-blocking `epoll_wait`, yielding
+/// the CPU between polls) before it goes to sleep: the answer to a packet just forwarded (a ping
+/// reply, a TCP ACK) is then picked up without a wake-up, which on a VM costs tens of µs per hop.
+/// Idle links never poll (the window starts at the last packet); under load the loop rarely runs
+/// dry. `TANDEM_BUSY_POLL_US` overrides it (0 turns polling off).
+const BUSY_POLL: Duration = Duration::from_micros(100);
+
 /// Longest the loop sleeps with no timer due: bounds the watchdog ping period when systemd does
 /// not ask for one, and how stale a sleeping loop's view of time can get.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -147,6 +154,10 @@ pub struct DataPlane {
     watchdog: Option<Duration>,
     last_watchdog: Instant,
     stall_after: Option<Instant>,
+    /// Poll this long after the last packet before sleeping ([`BUSY_POLL`]).
+    busy_poll: Duration,
+    /// When the last packet was read (from the TUN or a socket).
+    last_packet: Instant,
     drill: Option<Drill>,
     status_dirty: bool,
     /// `TANDEM_KEYLOG` file (SPEC §4), debugging only.
@@ -351,6 +362,11 @@ impl DataPlane {
             watchdog,
             last_watchdog: Instant::now(),
             stall_after: None,
+            busy_poll: std::env::var("TANDEM_BUSY_POLL_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(BUSY_POLL, Duration::from_micros),
+            last_packet: Instant::now(),
             drill: None,
             status_dirty: true,
             keylog: open_keylog(),
@@ -503,7 +519,10 @@ impl DataPlane {
                 Some(w) => timeout_ms.min(w.as_millis().max(1) as i32),
                 None => timeout_ms,
             };
-            let n = match self.epoll.wait(&mut events, timeout_ms) {
+            let n = match self.busy_poll(&mut events).and_then(|n| match n {
+                0 => self.epoll.wait(&mut events, timeout_ms),
+                n => Ok(n),
+            }) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(error = %e, "epoll_wait failed; data plane stops");
@@ -523,6 +542,24 @@ impl DataPlane {
                 }
             }
         }
+    }
+
+    /// Poll the fds without sleeping until one is ready or [`BUSY_POLL`] has passed since the
+    /// last packet; 0 events when the window is closed (then the caller sleeps in `epoll_wait`).
+    fn busy_poll(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
+        if self.busy_poll.is_zero() {
+            return Ok(0);
+        }
+        let until = self.last_packet + self.busy_poll;
+        while Instant::now() < until {
+            let n = self.epoll.wait(events, 0)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            // Let whatever else wants this CPU (the peer daemon, softirq work, the sender) run.
+            std::thread::yield_now();
+        }
+        Ok(0)
     }
 
     fn feed_watchdog(&mut self, now: Instant) {
@@ -558,6 +595,7 @@ impl DataPlane {
             }
             self.tx.filled = filled;
             let now = Instant::now();
+            self.last_packet = now;
             let _ = seal_batch(&mut self.engine, &mut self.tx, now);
             flush_batch(&self.tun, self.vnet, None, &mut self.sockets, &mut self.tx);
             if !more {
@@ -648,6 +686,7 @@ impl DataPlane {
             }
             self.rx.filled = n;
             let now = Instant::now();
+            self.last_packet = now;
             let out = open_batch(&mut self.engine, TunnelId(id), &mut self.rx, now);
             let gro = self.vnet.then_some(&mut self.gro);
             flush_batch(&self.tun, self.vnet, gro, &mut self.sockets, &mut self.rx);
