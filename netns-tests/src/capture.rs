@@ -212,6 +212,9 @@ pub fn syn_mss(ns: &Netns, iface: &str, f: impl FnOnce()) -> Result<Vec<u32>, Er
     let out = read(
         &pcap,
         &[
+            // Reassembling a large iperf3 stream can take tshark minutes; we only read SYNs.
+            "-o".into(),
+            "tcp.desegment_tcp_streams:FALSE".into(),
             "-Y".into(),
             "tcp.flags.syn == 1 && tcp.flags.ack == 0".into(),
             "-T".into(),
