@@ -192,8 +192,16 @@ pub fn clamp_mss(pkt: &mut [u8], hdr: &InnerHeader, mtu: u16) -> bool {
                         return false;
                     }
                     tcp[i + 2..i + 4].copy_from_slice(&max_mss.to_be_bytes());
+                    // RFC 1624 incremental update. The checksum sums 16-bit words from the
+                    // start of the segment: a value at an odd offset straddles two words and
+                    // counts byte-swapped (found by the inner_packet fuzz target).
+                    let (old_w, new_w) = if i % 2 == 0 {
+                        (old, max_mss)
+                    } else {
+                        (old.swap_bytes(), max_mss.swap_bytes())
+                    };
                     let hc = u16::from_be_bytes([tcp[16], tcp[17]]);
-                    let acc = u32::from(!hc) + u32::from(!old) + u32::from(max_mss);
+                    let acc = u32::from(!hc) + u32::from(!old_w) + u32::from(new_w);
                     tcp[16..18].copy_from_slice(&fold(acc).to_be_bytes());
                     return true;
                 }
@@ -375,6 +383,28 @@ mod tests {
         let hdr = InnerHeader::parse(&q).unwrap();
         assert!(!clamp_mss(&mut q, &hdr, 1400));
         assert_eq!(u16::from_be_bytes([q[42], q[43]]), 1200);
+    }
+
+    #[test]
+    fn an_mss_option_at_an_odd_offset_is_clamped_with_a_valid_checksum() {
+        // The inner_packet fuzz target's reproducer: NOP, then MSS 0xb403 at TCP offset 21.
+        let mut p = vec![
+            0x45, 0x00, 0x00, 0x30, 0x00, 0x01, 0x40, 0x00, 0x40, 0x06, 0x26, 0x96, 0x0a, 0x0a,
+            0x00, 0x0a, 0x0a, 0x14, 0x00, 0x0a, 0x9c, 0x40, 0x14, 0x51, 0x00, 0x00, 0x00, 0x01,
+            0x00, 0x00, 0x00, 0x00, 0x70, 0x02, 0xfa, 0xf0, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02,
+            0x04, 0xb4, 0x03, 0x05, 0x03, 0x07,
+        ];
+        let c = tcp4_checksum(&p);
+        p[36..38].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(tcp4_checksum(&p), 0, "fixture checksum");
+        let hdr = InnerHeader::parse(&p).unwrap();
+        assert!(clamp_mss(&mut p, &hdr, 1400));
+        assert_eq!(u16::from_be_bytes([p[43], p[44]]), 1360);
+        assert_eq!(tcp4_checksum(&p), 0, "checksum must verify after clamping");
+        assert!(
+            !clamp_mss(&mut p, &hdr, 1400),
+            "a second clamp changes nothing"
+        );
     }
 
     #[test]
