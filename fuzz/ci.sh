@@ -86,7 +86,7 @@ run_one() {
   fi
 }
 export -f run_one
-export secs host work
+export secs seed host work
 
 failed=0
 printf '%s\n' $targets | xargs -P "$jobs" -I{} bash -c 'run_one {}' || failed=1
