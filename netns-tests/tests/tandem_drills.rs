@@ -70,8 +70,10 @@ fn a_silent_blackhole_of_isp1_keeps_tcp_alive_and_the_gap_within_bound_then_fail
     // 2) isp1 heals: failback after the hold-down (1 s), with zero probes lost.
     let failback = rig
         .run(&lab, TcpLoad::None, ms(300), ms(300), || {
-            held.take().unwrap().heal()?;
+            // Time from before the heal: the path opens while `heal()` is still returning,
+            // and the hold-down runs from when the tunnel is Up again, which is after that.
             let healed = Instant::now();
+            held.take().unwrap().heal()?;
             pair.wait_until(Duration::from_secs(6), "failback to tunnel1", |a, b| {
                 a.active().as_deref() == Some("tunnel1") && b.active().as_deref() == Some("tunnel1")
             })?;
