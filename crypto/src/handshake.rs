@@ -1,5 +1,7 @@
-//! The handshake: `Noise_IKpsk2_25519_AESGCM_SHA256` (Noise rev. 34), prologue `tandem v1`,
-//! framed as tandem control messages with WireGuard-style `mac1`/`mac2` and cookie replies.
+//! The handshake: `Noise_IKpsk2_25519_AESGCM_SHA256` (Noise rev. 34) with a tunnel-bound
+//! prologue (see [`prologue`]: `"tandem v2" || HMAC-SHA256(psk, "tandem v2 tunnel binding")`),
+//! framed as tandem handshake messages with WireGuard-style `mac1`/`mac2` and cookie replies.
+//! docs/protocol.md describes the whole protocol.
 //!
 //! ```text
 //! IKpsk2:  <- s
@@ -27,9 +29,11 @@
 //! responder sent, and the reverse on the responder.
 //!
 //! Order of checks on the responder: length/type -> mac1 -> (under load) mac2 -> DH(es) ->
-//! decrypt static -> static == configured peer -> DH(ss, precomputed) -> decrypt payload ->
-//! SPI valid -> timestamp strictly newer than the last accepted -> write response -> commit the
-//! timestamp. Nothing changes state before the initiation has fully authenticated.
+//! decrypt static (fails unless the initiator used this tunnel's PSK: it is in the prologue) ->
+//! static == configured peer -> DH(ss, precomputed) -> decrypt payload -> SPI valid -> timestamp
+//! strictly newer than the last *confirmed* one -> write response. Nothing changes state here:
+//! the caller holds the SAs unconfirmed and calls [`Responder::confirm`] with the timestamp once
+//! the initiator has proven it holds the keys (its first packet on the new inbound SA).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -43,6 +47,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::esp::{AES_KEY_LEN, InboundSa, OutboundSa, SALT_LEN, SaKeys};
 use crate::keys::{KEY_LEN, Psk, PublicKey, Spi, StaticSecret, Tai64N};
 use crate::noise::{self, SymmetricState, TAG_LEN};
+pub use crate::noise::{PROLOGUE_LEN, prologue};
 
 /// Marker (4) + type (1) + reserved (3).
 pub const HEADER_LEN: usize = 8;
@@ -85,9 +90,9 @@ pub const MAX_MESSAGE_LEN: usize = INITIATION_LEN;
 pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
 
 /// HKDF info label for the initiator -> responder SA.
-pub const LABEL_I2R: &[u8] = b"tandem v1 esp initiator to responder";
+pub const LABEL_I2R: &[u8] = b"tandem v2 esp initiator to responder";
 /// HKDF info label for the responder -> initiator SA.
-pub const LABEL_R2I: &[u8] = b"tandem v1 esp responder to initiator";
+pub const LABEL_R2I: &[u8] = b"tandem v2 esp responder to initiator";
 
 const LABEL_MAC1: &[u8] = b"mac1----";
 const LABEL_COOKIE: &[u8] = b"cookie--";
@@ -410,7 +415,7 @@ impl Initiator {
             return Err(HandshakeError::BufferTooSmall);
         }
         let out = &mut out[..INITIATION_LEN];
-        let mut sym = SymmetricState::new(peer.as_bytes());
+        let mut sym = SymmetricState::new(&noise::prologue(psk.as_bytes()), peer.as_bytes());
         let ephemeral = StaticSecret::generate(rng);
         write_header(out, MessageType::Initiation);
 
@@ -573,8 +578,10 @@ fn cookie_aead_seal(key: &[u8; 32], nonce: [u8; 12], ad: &[u8], in_out: &mut [u8
 /// What the responder did with an initiation.
 #[derive(Debug)]
 pub enum ResponderOutcome {
-    /// The initiation authenticated: the response is in `out[..response_len]`, send it; the SAs
-    /// are ready (the inbound SA may receive at once; SPEC §5 make-before-break is the engine's).
+    /// The initiation authenticated: the response is in `out[..response_len]`, send it. The SAs
+    /// are *unconfirmed*: the inbound SA may receive at once, but the caller commits nothing
+    /// (timestamp, endpoint, liveness, outbound SA) until the first packet opens on it, then
+    /// calls [`Responder::confirm`].
     Established {
         /// The new SAs.
         established: Box<Established>,
@@ -596,6 +603,8 @@ pub struct Responder {
     local: StaticSecret,
     peer: PublicKey,
     psk: Psk,
+    /// The tunnel-bound prologue (from the PSK): computed once.
+    prologue: Zeroizing<[u8; PROLOGUE_LEN]>,
     /// DH(our static, peer static): fixed per tunnel, so computed once.
     ss: Zeroizing<[u8; KEY_LEN]>,
     /// mac1 key of messages to us.
@@ -633,6 +642,7 @@ impl Responder {
             local: local.clone(),
             peer,
             psk: psk.clone(),
+            prologue: Zeroizing::new(prologue(psk.as_bytes())),
             ss,
             cookie_secret: None,
             last_timestamp: None,
@@ -644,9 +654,20 @@ impl Responder {
         self.peer
     }
 
-    /// The timestamp of the last accepted initiation.
+    /// The timestamp of the last *confirmed* initiation: the replay high-water mark.
     pub fn last_timestamp(&self) -> Option<Tai64N> {
         self.last_timestamp
+    }
+
+    /// Key confirmation: the initiator of the handshake that carried `timestamp` has proven it
+    /// holds the new keys (its first authenticated packet on the new inbound SA arrived). Only now
+    /// does the timestamp become the replay high-water mark; an initiation that is never
+    /// confirmed (a replay, or one whose response was lost) changes nothing. Never moves the mark
+    /// backwards.
+    pub fn confirm(&mut self, timestamp: Tai64N) {
+        if self.last_timestamp.is_none_or(|last| timestamp > last) {
+            self.last_timestamp = Some(timestamp);
+        }
     }
 
     fn cookie_for<R: CryptoRng + ?Sized>(
@@ -719,7 +740,7 @@ impl Responder {
             return Err(HandshakeError::BufferTooSmall);
         }
 
-        let mut sym = SymmetricState::new(self.local.public_key().as_bytes());
+        let mut sym = SymmetricState::new(&self.prologue, self.local.public_key().as_bytes());
         let mut re = [0u8; KEY_LEN];
         re.copy_from_slice(&msg[E_OFF..INIT_S_OFF]);
         let re = PublicKey(re);
@@ -781,7 +802,8 @@ impl Responder {
         out[RESP_MAC1_OFF..RESP_MAC2_OFF].copy_from_slice(&mac1);
         out[RESP_MAC2_OFF..].fill(0);
 
-        self.last_timestamp = Some(timestamp);
+        // Nothing is committed here: the timestamp becomes the high-water mark only on key
+        // confirmation (`confirm`), so a replayed or withheld initiation cannot move it.
         let established = establish(Role::Responder, &sym, local_spi, remote_spi, timestamp);
         Ok(ResponderOutcome::Established {
             established: Box::new(established),

@@ -9,8 +9,12 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// The protocol name: exactly 32 bytes = HASHLEN, so `h` starts as the name itself (§5.2).
 pub(crate) const PROTOCOL_NAME: &[u8; 32] = b"Noise_IKpsk2_25519_AESGCM_SHA256";
-/// The prologue (SPEC §4).
-pub(crate) const PROLOGUE: &[u8] = b"tandem v1";
+/// The protocol version at the start of the prologue (docs/protocol.md, "Handshake").
+pub(crate) const PROLOGUE_VERSION: &[u8] = b"tandem v2";
+/// HMAC-SHA256 message, keyed by the tunnel PSK, whose tag completes the prologue.
+pub(crate) const PROLOGUE_BINDING: &[u8] = b"tandem v2 tunnel binding";
+/// Prologue length: version (9) || binding tag (32).
+pub const PROLOGUE_LEN: usize = 9 + 32;
 /// AEAD tag length.
 pub(crate) const TAG_LEN: usize = 16;
 
@@ -73,6 +77,22 @@ pub(crate) fn aead_open(key: &[u8; 32], n: u64, ad: &[u8], in_out: &mut [u8]) ->
         .is_ok()
 }
 
+/// The tunnel-bound prologue: `"tandem v2" || HMAC-SHA256(psk, "tandem v2 tunnel binding")`.
+///
+/// IKpsk2 mixes the PSK in only at message 2, so without this an initiation authenticates at any
+/// responder that knows the initiator's static key, whatever its PSK: a holder of the static key
+/// without the PSK could plant a far-future timestamp, and an initiation for one tunnel would be
+/// accepted by another tunnel between the same two gateways. The prologue is hashed into `h`,
+/// which is the AEAD associated data of the encrypted static key and payload of message 1, so
+/// message 1 now authenticates only under the same PSK. The PSK stays secret: only an HMAC tag of
+/// it enters the hash, and `h` is never sent.
+pub fn prologue(psk: &[u8; 32]) -> [u8; PROLOGUE_LEN] {
+    let mut p = [0u8; PROLOGUE_LEN];
+    p[..PROLOGUE_VERSION.len()].copy_from_slice(PROLOGUE_VERSION);
+    p[PROLOGUE_VERSION.len()..].copy_from_slice(&hmac(psk, &[PROLOGUE_BINDING])[..]);
+    p
+}
+
 fn noise_nonce(n: u64) -> Nonce {
     let mut b = [0u8; 12];
     b[4..].copy_from_slice(&n.to_be_bytes());
@@ -90,14 +110,14 @@ pub(crate) struct SymmetricState {
 
 impl SymmetricState {
     /// InitializeSymmetric + MixHash(prologue) + the IK pre-message `<- s`.
-    pub(crate) fn new(responder_static: &[u8; 32]) -> Self {
+    pub(crate) fn new(prologue: &[u8; PROLOGUE_LEN], responder_static: &[u8; 32]) -> Self {
         let mut s = Self {
             ck: *PROTOCOL_NAME,
             h: *PROTOCOL_NAME,
             k: None,
             n: 0,
         };
-        s.mix_hash(PROLOGUE);
+        s.mix_hash(prologue);
         s.mix_hash(responder_static);
         s
     }

@@ -171,6 +171,7 @@ fn replayed_equal_or_older_initiation_timestamps_are_rejected() {
     let mut s = setup(5);
     let (_, first) = s.initiation(ts(10));
     s.respond(&first);
+    s.resp.confirm(ts(10));
     assert_eq!(err(s.handle(&first)), H::StaleTimestamp, "exact replay");
     let (_, same) = s.initiation(ts(10));
     assert_eq!(err(s.handle(&same)), H::StaleTimestamp, "same timestamp");
@@ -178,6 +179,8 @@ fn replayed_equal_or_older_initiation_timestamps_are_rejected() {
     assert_eq!(err(s.handle(&older)), H::StaleTimestamp, "older timestamp");
     let (_, newer) = s.initiation(Tai64N::from_unix(1_700_000_010, 1));
     assert!(s.handle(&newer).is_ok(), "one nanosecond newer is accepted");
+    s.resp.confirm(Tai64N::from_unix(1_700_000_010, 1));
+    s.resp.confirm(ts(10)); // confirming an older one never moves the mark back
     assert_eq!(
         s.resp.last_timestamp(),
         Some(Tai64N::from_unix(1_700_000_010, 1))
@@ -185,11 +188,31 @@ fn replayed_equal_or_older_initiation_timestamps_are_rejected() {
 }
 
 #[test]
-fn wrong_psk_fails_the_response_at_the_initiator() {
+fn wrong_psk_fails_at_the_responder_and_at_the_initiator() {
     let mut s = setup(6);
     let (mut init, msg) = s.initiation(ts(1));
-    s.resp = Responder::new(&s.b, s.a.public_key(), &Psk::from_bytes([9; 32])).unwrap();
-    let resp = s.respond(&msg);
+    // Our responder with another PSK refuses message 1 (the PSK is bound into the prologue).
+    let mut other = Responder::new(&s.b, s.a.public_key(), &Psk::from_bytes([9; 32])).unwrap();
+    let mut out = [0u8; MAX_MESSAGE_LEN];
+    let r = other.handle_initiation(&msg, addr(), false, spi(400), t0(), &mut s.rng, &mut out);
+    assert_eq!(err(r), H::StaticAuthFailed);
+    // A responder that accepts message 1 but mixes another PSK at psk2 (built with snow, since
+    // ours cannot) is refused by the initiator, which stays pending.
+    let b_secret = s.b.to_bytes();
+    let mut snow_resp = snow::Builder::new("Noise_IKpsk2_25519_AESGCM_SHA256".parse().unwrap())
+        .local_private_key(&b_secret[..])
+        .unwrap()
+        .psk(2, &[9; 32])
+        .unwrap()
+        .prologue(&tandem_crypto::handshake::prologue(s.psk.as_bytes()))
+        .unwrap()
+        .build_responder()
+        .unwrap();
+    let mut payload = [0u8; 64];
+    snow_resp.read_message(&msg[8..msg.len() - 32], &mut payload).unwrap();
+    let mut noise = [0u8; 128];
+    let n = snow_resp.write_message(&0x400u32.to_be_bytes(), &mut noise).unwrap();
+    let resp = frame(2, &noise[..n], &s.a.public_key());
     assert_eq!(err(init.consume_response(&resp)), H::ResponseAuthFailed);
     assert!(init.is_awaiting_response());
 }
@@ -268,7 +291,7 @@ fn an_spi_below_256_in_the_initiation_is_rejected() {
         .unwrap()
         .psk(2, s0.psk.as_bytes())
         .unwrap()
-        .prologue(b"tandem v1")
+        .prologue(&tandem_crypto::handshake::prologue(s0.psk.as_bytes()))
         .unwrap()
         .build_initiator()
         .unwrap();
@@ -556,4 +579,65 @@ fn debug_output_of_secrets_shows_no_key_bytes() {
     let secret_hex: String = k.a.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
     assert!(!dbg.contains(&secret_hex[..8]));
     assert!(format!("{psk:?}").starts_with("Psk("));
+}
+
+#[test]
+fn an_unconfirmed_initiation_commits_no_timestamp() {
+    // The responder answers, but until the initiator proves it holds the keys (the engine calls
+    // `confirm` on its first packet) the initiation is not the replay high-water mark: a replayed
+    // or withheld initiation that is never confirmed changes nothing.
+    let mut s = setup(30);
+    let (_, first) = s.initiation(ts(50));
+    s.respond(&first);
+    assert_eq!(s.resp.last_timestamp(), None);
+    assert!(s.handle(&first).is_ok(), "not yet a replay: nothing was confirmed");
+    let (_, older) = s.initiation(ts(40));
+    assert!(s.handle(&older).is_ok());
+    s.resp.confirm(ts(50));
+    assert_eq!(err(s.handle(&older)), H::StaleTimestamp);
+}
+
+#[test]
+fn a_holder_of_the_static_key_without_the_psk_cannot_plant_a_future_timestamp() {
+    let mut s = setup(31);
+    let wrong_psk = Psk::from_bytes([0x99; 32]);
+    let mut out = [0u8; MAX_MESSAGE_LEN];
+    let (_, n) = Initiator::start(
+        &s.a,
+        &s.b.public_key(),
+        &wrong_psk,
+        spi(300),
+        Tai64N([0xff; 12]),
+        None,
+        &mut s.rng,
+        &mut out,
+    )
+    .unwrap();
+    // The PSK is bound into message 1 (prologue): the encrypted static key does not open.
+    assert_eq!(err(s.handle(&out[..n])), H::StaticAuthFailed);
+    assert_eq!(s.resp.last_timestamp(), None);
+    let (_, genuine) = s.initiation(ts(10_000));
+    assert!(s.handle(&genuine).is_ok(), "the real peer is not locked out");
+}
+
+#[test]
+fn an_initiation_for_one_tunnel_is_refused_by_another_tunnels_responder() {
+    // Two tunnels between the same two gateways share the static keys and differ by PSK only.
+    let s = setup(32);
+    let psk2 = Psk::from_bytes([0x77; 32]);
+    let mut tunnel2 = Responder::new(&s.b, s.a.public_key(), &psk2).unwrap();
+    let mut s = s;
+    let (_, captured_on_tunnel1) = s.initiation(ts(100));
+    let mut out = [0u8; MAX_MESSAGE_LEN];
+    let r = tunnel2.handle_initiation(
+        &captured_on_tunnel1,
+        addr(),
+        false,
+        spi(600),
+        t0(),
+        &mut s.rng,
+        &mut out,
+    );
+    assert_eq!(err(r), H::StaticAuthFailed);
+    assert!(s.handle(&captured_on_tunnel1).is_ok(), "tunnel 1 accepts it");
 }

@@ -12,6 +12,17 @@ use tandem_crypto::{InboundSa, Initiator, OutboundSa, Responder, ResponderOutcom
 
 const PARAMS: &str = "Noise_IKpsk2_25519_AESGCM_SHA256";
 
+/// The tunnel-bound prologue, computed here independently of the crate under test:
+/// `"tandem v2" || HMAC-SHA256(key = PSK, "tandem v2 tunnel binding")` (docs/protocol.md).
+fn tunnel_prologue(psk: &[u8; 32]) -> Vec<u8> {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut m = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(psk).unwrap();
+    m.update(b"tandem v2 tunnel binding");
+    let mut p = b"tandem v2".to_vec();
+    p.extend_from_slice(&m.finalize().into_bytes());
+    p
+}
+
 fn noise_nonce(n: u64) -> [u8; 12] {
     let mut b = [0u8; 12];
     b[4..].copy_from_slice(&n.to_be_bytes());
@@ -70,7 +81,7 @@ fn our_initiator_completes_a_handshake_with_the_snow_responder() {
         .unwrap()
         .psk(2, p.psk.as_bytes())
         .unwrap()
-        .prologue(b"tandem v1")
+        .prologue(&tunnel_prologue(p.psk.as_bytes()))
         .unwrap()
         .build_responder()
         .unwrap();
@@ -129,7 +140,7 @@ fn the_snow_initiator_completes_a_handshake_with_our_responder() {
         .unwrap()
         .psk(2, p.psk.as_bytes())
         .unwrap()
-        .prologue(b"tandem v1")
+        .prologue(&tunnel_prologue(p.psk.as_bytes()))
         .unwrap()
         .build_initiator()
         .unwrap();
