@@ -50,7 +50,7 @@ pub const NEXT_HEADER_IPV6: u8 = 41;
 /// Next header: dummy packet, accepted and dropped (RFC 4303 §2.6, 59 = "no next header").
 pub const NEXT_HEADER_DUMMY: u8 = 59;
 /// Next header: tandem tunnel control inside the SA (253, RFC 3692 experimental).
-pub const NEXT_HEADER_CONTROL: u8 = 253;
+pub const NEXT_HEADER_LIVENESS: u8 = 253;
 
 /// Packets after which a new SA should be negotiated (SPEC §5): 2^27. RFC 8446 §5.5 allows
 /// 2^24.5 records of 2^14 bytes (2^38.5 bytes) per AES-GCM key; 2^27 packets of an MTU-sized

@@ -10,7 +10,7 @@
 //!          <- e, ee, se, psk        response,   payload = sender SPI (4)
 //! ```
 //!
-//! Every control message starts with the RFC 3948 non-ESP marker `00 00 00 00`, a type byte
+//! Every handshake message starts with the RFC 3948 non-ESP marker `00 00 00 00`, a type byte
 //! (1 initiation, 2 response, 3 cookie reply) and 3 reserved zero bytes ([`HEADER_LEN`] = 8).
 //! Initiation and response end with `mac1 (16) || mac2 (16)`:
 //! - `mac1 = HMAC-SHA256(SHA-256("mac1----" || receiver static public), message up to mac1)[..16]`
@@ -82,7 +82,7 @@ const COOKIE_NONCE_LEN: usize = 12;
 const COOKIE_CT_OFF: usize = COOKIE_NONCE_OFF + COOKIE_NONCE_LEN;
 /// Length of a cookie reply.
 pub const COOKIE_REPLY_LEN: usize = COOKIE_CT_OFF + COOKIE_LEN + TAG_LEN;
-/// The longest control message: size buffers for handshake output with this.
+/// The longest handshake message: size buffers for handshake output with this.
 pub const MAX_MESSAGE_LEN: usize = INITIATION_LEN;
 
 /// How long a responder keeps one cookie secret, and so how long a cookie is good for
@@ -97,7 +97,7 @@ pub const LABEL_R2I: &[u8] = b"tandem v2 esp responder to initiator";
 const LABEL_MAC1: &[u8] = b"mac1----";
 const LABEL_COOKIE: &[u8] = b"cookie--";
 
-/// Control message types (the byte after the non-ESP marker).
+/// Handshake message types (the byte after the non-ESP marker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum MessageType {
@@ -109,7 +109,7 @@ pub enum MessageType {
     CookieReply = 3,
 }
 
-/// The control message type of a datagram, if it starts with the non-ESP marker and a known
+/// The handshake message type of a datagram, if it starts with the non-ESP marker and a known
 /// type byte (no other validation).
 pub fn message_type(datagram: &[u8]) -> Option<MessageType> {
     if datagram.len() < HEADER_LEN || datagram[..4] != NON_ESP_MARKER {
@@ -130,10 +130,10 @@ pub enum HandshakeError {
     #[error("output buffer too small")]
     BufferTooSmall,
     /// The message does not start with the non-ESP marker.
-    #[error("not a control message")]
+    #[error("not a handshake message")]
     NotControl,
     /// The type byte is not the one this call handles.
-    #[error("unexpected control message type")]
+    #[error("unexpected handshake message type")]
     WrongType,
     /// The message has the wrong length for its type (e.g. truncated).
     #[error("bad message length")]

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use tandem_crypto::esp::{
-    HEADROOM, ICV_LEN, NEXT_HEADER_CONTROL, NEXT_HEADER_DUMMY, NEXT_HEADER_IPV4,
+    HEADROOM, ICV_LEN, NEXT_HEADER_DUMMY, NEXT_HEADER_IPV4, NEXT_HEADER_LIVENESS,
     REJECT_AFTER_PACKETS, REKEY_AFTER_PACKETS, TAILROOM,
 };
 use tandem_crypto::{InboundSa, OutboundSa, SaKeys, SealError, peek_spi};
@@ -127,7 +127,7 @@ fn sealed_packets_decrypt_with_the_aes_gcm_crate_and_its_packets_open_with_ours(
         let seq = 2 * i as u64 + 1;
         let mut pt = payload.clone();
         let pad = (4 - (len + 2) % 4) % 4;
-        pt.extend((1..=pad as u8).chain([pad as u8, NEXT_HEADER_CONTROL]));
+        pt.extend((1..=pad as u8).chain([pad as u8, NEXT_HEADER_LIVENESS]));
         let mut wire = spi_v.to_be_bytes().to_vec();
         wire.extend_from_slice(&(seq as u32).to_be_bytes());
         wire.extend_from_slice(&seq.to_be_bytes());
@@ -135,7 +135,7 @@ fn sealed_packets_decrypt_with_the_aes_gcm_crate_and_its_packets_open_with_ours(
         let wire_len = wire.len();
         let opened = inb.open(&mut wire, 0..wire_len).unwrap();
         assert_eq!(&wire[opened.payload], &payload[..]);
-        assert_eq!(opened.next_header, NEXT_HEADER_CONTROL);
+        assert_eq!(opened.next_header, NEXT_HEADER_LIVENESS);
         assert_eq!(opened.seq, seq);
     }
 }

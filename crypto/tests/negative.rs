@@ -209,9 +209,13 @@ fn wrong_psk_fails_at_the_responder_and_at_the_initiator() {
         .build_responder()
         .unwrap();
     let mut payload = [0u8; 64];
-    snow_resp.read_message(&msg[8..msg.len() - 32], &mut payload).unwrap();
+    snow_resp
+        .read_message(&msg[8..msg.len() - 32], &mut payload)
+        .unwrap();
     let mut noise = [0u8; 128];
-    let n = snow_resp.write_message(&0x400u32.to_be_bytes(), &mut noise).unwrap();
+    let n = snow_resp
+        .write_message(&0x400u32.to_be_bytes(), &mut noise)
+        .unwrap();
     let resp = frame(2, &noise[..n], &s.a.public_key());
     assert_eq!(err(init.consume_response(&resp)), H::ResponseAuthFailed);
     assert!(init.is_awaiting_response());
@@ -590,7 +594,10 @@ fn an_unconfirmed_initiation_commits_no_timestamp() {
     let (_, first) = s.initiation(ts(50));
     s.respond(&first);
     assert_eq!(s.resp.last_timestamp(), None);
-    assert!(s.handle(&first).is_ok(), "not yet a replay: nothing was confirmed");
+    assert!(
+        s.handle(&first).is_ok(),
+        "not yet a replay: nothing was confirmed"
+    );
     let (_, older) = s.initiation(ts(40));
     assert!(s.handle(&older).is_ok());
     s.resp.confirm(ts(50));
@@ -617,7 +624,10 @@ fn a_holder_of_the_static_key_without_the_psk_cannot_plant_a_future_timestamp() 
     assert_eq!(err(s.handle(&out[..n])), H::StaticAuthFailed);
     assert_eq!(s.resp.last_timestamp(), None);
     let (_, genuine) = s.initiation(ts(10_000));
-    assert!(s.handle(&genuine).is_ok(), "the real peer is not locked out");
+    assert!(
+        s.handle(&genuine).is_ok(),
+        "the real peer is not locked out"
+    );
 }
 
 #[test]
@@ -639,5 +649,8 @@ fn an_initiation_for_one_tunnel_is_refused_by_another_tunnels_responder() {
         &mut out,
     );
     assert_eq!(err(r), H::StaticAuthFailed);
-    assert!(s.handle(&captured_on_tunnel1).is_ok(), "tunnel 1 accepts it");
+    assert!(
+        s.handle(&captured_on_tunnel1).is_ok(),
+        "tunnel 1 accepts it"
+    );
 }

@@ -429,8 +429,7 @@ fn build(
             let id = TunnelId(tunnels.len() as u16);
             let tunnel = match reuse(c, t) {
                 Some(mut old) => {
-                    old.id = id;
-                    old.conn = conn_id;
+                    old.renumber(id, conn_id);
                     old
                 }
                 None => Tunnel::new(id, conn_id, t, c, secret, epoch, now),
@@ -505,13 +504,15 @@ impl Engine {
     /// Counters of one tunnel.
     #[must_use]
     pub fn tunnel_counters(&self, tunnel: TunnelId) -> Option<&TunnelCounters> {
-        self.tunnels.get(usize::from(tunnel.0)).map(|t| &t.counters)
+        self.tunnels
+            .get(usize::from(tunnel.0))
+            .map(Tunnel::counters)
     }
 
     /// State of one tunnel.
     #[must_use]
     pub fn tunnel_state(&self, tunnel: TunnelId) -> Option<TunnelState> {
-        self.tunnels.get(usize::from(tunnel.0)).map(|t| t.state)
+        self.tunnels.get(usize::from(tunnel.0)).map(Tunnel::state)
     }
 
     /// Current peer endpoint of one tunnel (configured or learned).
@@ -519,7 +520,7 @@ impl Engine {
     pub fn tunnel_remote(&self, tunnel: TunnelId) -> Option<SocketAddr> {
         self.tunnels
             .get(usize::from(tunnel.0))
-            .and_then(|t| t.remote)
+            .and_then(Tunnel::remote)
     }
 
     /// The active tunnel of a connection.
@@ -567,7 +568,7 @@ impl Engine {
         let Some((from, to, cause)) = t.refresh(now, &mut ctx) else {
             return;
         };
-        let (tid, cid) = (t.id, t.conn);
+        let (tid, cid) = (t.id(), t.conn());
         self.events.push_back(Event::TunnelState {
             connection: cid,
             tunnel: tid,
@@ -589,7 +590,7 @@ impl Engine {
         let from = sw.from.map(|m| conn.members[m]);
         let to = sw.to.map(|m| conn.members[m]);
         if let Some(f) = from {
-            self.tunnels[usize::from(f.0)].counters.failovers += 1;
+            self.tunnels[usize::from(f.0)].count_failover();
         }
         self.events.push_back(Event::ActiveChanged {
             connection: cid,
@@ -658,7 +659,7 @@ impl Engine {
         .ok_or(DropReason::NoTunnel)?;
         let tid = conn.members[member];
         let t = &mut self.tunnels[usize::from(tid.0)];
-        if t.state != TunnelState::Up {
+        if t.state() != TunnelState::Up {
             return Err(DropReason::NoTunnel);
         }
         let nh = if hdr.src.is_ipv4() {
@@ -728,7 +729,7 @@ impl Engine {
         if idx >= self.tunnels.len() || datagram.end > buf.len() || datagram.start > datagram.end {
             return Err(DropReason::Malformed);
         }
-        if self.tunnels[idx].silence != Silence::Off {
+        if self.tunnels[idx].is_silenced() {
             return Err(DropReason::Silenced);
         }
         let d = &buf[datagram.clone()];
@@ -749,7 +750,7 @@ impl Engine {
                 if v4 != hdr.src.is_ipv4() {
                     return Err(DropReason::Malformed);
                 }
-                let conn = &self.conns[usize::from(self.tunnels[idx].conn.0)];
+                let conn = &self.conns[usize::from(self.tunnels[idx].conn().0)];
                 if !conn.remote.contains(hdr.src) || !conn.local.contains(hdr.dst) {
                     return Err(DropReason::Selector);
                 }
@@ -838,20 +839,21 @@ impl Engine {
                     .iter()
                     .map(|&tid| {
                         let t = &self.tunnels[usize::from(tid.0)];
+                        let c = t.counters();
                         TunnelStatus {
-                            name: t.cfg.name.clone(),
-                            state: t.state,
-                            local: t.cfg.local,
-                            remote: t.remote,
+                            name: t.name().to_owned(),
+                            state: t.state(),
+                            local: t.config().local,
+                            remote: t.remote(),
                             spi_in: t.spi_in(),
                             spi_out: t.spi_out(),
-                            last_handshake_unix: t.counters.last_handshake_unix,
-                            rx_bytes: t.counters.rx_bytes,
-                            tx_bytes: t.counters.tx_bytes,
-                            rx_packets: t.counters.rx_packets,
-                            tx_packets: t.counters.tx_packets,
-                            rtt_ms: t.counters.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                            failovers: t.counters.failovers,
+                            last_handshake_unix: c.last_handshake_unix,
+                            rx_bytes: c.rx_bytes,
+                            tx_bytes: c.tx_bytes,
+                            rx_packets: c.rx_packets,
+                            tx_packets: c.tx_packets,
+                            rtt_ms: c.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                            failovers: c.failovers,
                         }
                     })
                     .collect(),
@@ -871,7 +873,7 @@ impl Engine {
         self.conns[ci]
             .members
             .iter()
-            .position(|&m| self.tunnels[usize::from(m.0)].cfg.name == tunnel)
+            .position(|&m| self.tunnels[usize::from(m.0)].name() == tunnel)
             .ok_or_else(|| AdminError::UnknownTunnel(tunnel.to_owned()))
     }
 
@@ -996,7 +998,7 @@ impl Engine {
             let prev = prev_active.iter().find(|p| p.0 == self.conns[ci].cfg.name);
             for m in 0..self.conns[ci].members.len() {
                 let idx = usize::from(self.conns[ci].members[m].0);
-                let up = self.tunnels[idx].state == TunnelState::Up;
+                let up = self.tunnels[idx].state() == TunnelState::Up;
                 self.conns[ci].selector.mark(m, up, now);
             }
             let want = prev
@@ -1054,6 +1056,9 @@ impl Engine {
     /// Wall-clock seconds at `now` (for status).
     #[must_use]
     pub fn unix_secs(&self, now: Instant) -> u64 {
-        (self.unix_epoch + now.saturating_duration_since(self.epoch)).as_secs()
+        (self
+            .unix_epoch
+            .saturating_add(now.saturating_duration_since(self.epoch)))
+        .as_secs()
     }
 }

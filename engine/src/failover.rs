@@ -207,7 +207,7 @@ impl Selector {
         }
         (0..self.members.len())
             .filter(|&i| self.better(i, a))
-            .filter_map(|i| self.members[i].up_since.map(|s| s + hold))
+            .filter_map(|i| self.members[i].up_since?.checked_add(hold))
             .min()
     }
 

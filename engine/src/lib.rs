@@ -9,11 +9,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod control;
 pub mod drop;
 mod engine;
 pub mod failover;
 pub mod inner;
+pub mod liveness;
 pub mod router;
 mod tunnel;
 
@@ -23,5 +23,6 @@ pub use engine::*;
 pub use failover::SwitchReason;
 pub use router::ConnectionId;
 pub use tunnel::{
-    HANDSHAKE_RETRY_BASE, HANDSHAKE_RETRY_MAX, IN_SLOTS, KEEPALIVES_PER_INTERVAL, REJECT_AFTER_TIME,
+    HANDSHAKE_RETRY_BASE, HANDSHAKE_RETRY_MAX, IN_SLOTS, KEEPALIVES_PER_INTERVAL,
+    REJECT_AFTER_TIME, RESPONSE_CHECKS_PER_SECOND,
 };

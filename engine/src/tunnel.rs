@@ -1,65 +1,82 @@
 //! One tunnel (one path of a connection): handshake driving, SAs, keepalives/DPD, liveness.
 //!
-//! Flow of a received datagram: control marker -> handshake message (responder / initiator), or
-//! ESP: SPI -> inbound SA (up to [`IN_SLOTS`] live ones) -> `open` (replay pre-check, AEAD, replay
-//! commit, all in `tandem_crypto`) -> only then: liveness time, roaming, SA promotion, control.
+//! Flow of a received datagram: handshake marker -> handshake message (responder / initiator),
+//! or ESP: SPI -> inbound SA (up to [`IN_SLOTS`] confirmed ones, plus the one unconfirmed SA of
+//! the latest answered initiation) -> `open` (replay pre-check, AEAD, replay commit, all in
+//! `tandem_crypto`) -> only then: liveness time, roaming, key confirmation, liveness message.
+//! docs/protocol.md describes the protocol this drives.
 //!
 //! Invariants:
-//! - **Liveness is bidirectional** (SPEC §5, BFD-like): Up only while we received an authenticated
-//!   packet within `dpd_timeout` AND the peer's latest control message says it hears us. Every
-//!   control message carries our view; keepalives go out [`KEEPALIVES_PER_INTERVAL`] times per
+//! - **Liveness is bidirectional** (BFD-like): Up only while we received an authenticated packet
+//!   within `dpd_timeout` AND the peer's latest liveness message says it hears us. Every liveness
+//!   message carries our view; keepalives go out [`KEEPALIVES_PER_INTERVAL`] times per
 //!   `dpd_interval` on every tunnel, standby included, and a change of view is sent at once, so a
 //!   one-way cut takes both ends Down within `dpd_timeout` + one `dpd_interval`.
+//! - **Only proven packets count as hearing the peer**: an ESP packet that opened, or a handshake
+//!   response to our own initiation. An initiation proves nothing by itself (it may be a replay of
+//!   one withheld earlier), so answering one commits nothing: its SAs stay *unconfirmed* until the
+//!   first packet opens on the new inbound SA (key confirmation). Only then are the initiation's
+//!   timestamp (the replay high-water mark), the peer's endpoint, its liveness and the new
+//!   outbound SA taken, and the handshake reported complete.
 //! - **SAs, make-before-break**: an initiator switches its outbound SA as soon as the response
-//!   authenticates (the responder's inbound is ready since it sent it). A responder keeps the new
-//!   outbound SA *pending* until the first authenticated packet arrives on the matching inbound
-//!   SA (key confirmation), so it never sends on keys the initiator may not hold yet. Old inbound
-//!   SAs stay until [`REJECT_AFTER_TIME`], so nothing in flight is lost at a rekey.
+//!   authenticates (the responder's inbound SA is ready since it sent it). A responder sends on
+//!   the new keys only after key confirmation, so never on keys the initiator may not hold. Old
+//!   inbound SAs stay until [`REJECT_AFTER_TIME`], so nothing in flight is lost at a rekey, and
+//!   the inbound SA the peer is currently sending on is never evicted for a newer one.
 //! - **Simultaneous initiations** are both accepted: each handshake yields an independent SA pair
 //!   with receiver-chosen SPIs and fresh keys; each side sends on the newest confirmed one and
 //!   receives on all of them. No tie-break is needed and none can deadlock.
+//! - **Nothing an injector sends cancels a handshake**: a cookie reply is stored for the next
+//!   retry only (the pending initiation stays, the retry timer is untouched); a response is
+//!   considered only from the address the initiation went to, and at most
+//!   [`RESPONSE_CHECKS_PER_SECOND`] responses per second cost a DH.
 //! - An outbound SA is never used past [`REJECT_AFTER_TIME`] or the crypto hard packet limit, and
 //!   each `(key, nonce)` is used once: the nonce is the SA's own 64-bit counter (crypto).
 //! - A responder-only tunnel (`remote: None`) learns and updates its peer endpoint only from
-//!   authenticated packets (a verified initiation or an opened ESP packet).
+//!   authenticated packets (an opened ESP packet).
+//! - Time arithmetic is checked: a deadline that would overflow `Instant` is never (no timer).
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use tandem_crypto::esp::{self, NEXT_HEADER_DUMMY, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
-use tandem_crypto::handshake::{self, MAX_MESSAGE_LEN};
+use tandem_crypto::handshake::{self, COOKIE_REPLY_LEN, MAX_MESSAGE_LEN};
 use tandem_crypto::{
     Cookie, HandshakeError, InboundSa, Initiator, MessageType, OpenError, OutboundSa, Psk,
     PublicKey, Responder, ResponderOutcome, SealError, Spi, StaticSecret, Tai64N,
 };
 
 use crate::config::{ConnectionConfig, TunnelConfig};
-use crate::control::{CONTROL_SZ, Control, ControlKind, NEXT_HEADER_CONTROL};
 use crate::drop::DropReason;
 use crate::engine::{Direction, Event, Silence, StateCause, TunnelCounters, TunnelId, TunnelState};
+use crate::liveness::{LIVENESS_MSG_LEN, LivenessKind, LivenessMsg, NEXT_HEADER_LIVENESS};
 use crate::router::ConnectionId;
 
-/// SPEC §5: an SA older than this is never used to send, and inbound SAs are dropped then.
+/// An SA older than this is never used to send, and inbound SAs are dropped then.
 pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
-/// SPEC §5: first handshake retry after 1 s ...
+/// First handshake retry after 1 s ...
 pub const HANDSHAKE_RETRY_BASE: Duration = Duration::from_secs(1);
 /// ... doubling up to 5 s.
 pub const HANDSHAKE_RETRY_MAX: Duration = Duration::from_secs(5);
-/// Tuning: live inbound SAs per tunnel. Two are needed for a rekey (old + new), one more for a
-/// simultaneous initiation and one for a restarted peer; eight leave room for rekey storms in
-/// tests (rekey every 2 s) — the oldest is evicted when full.
+/// Tuning: confirmed inbound SAs per tunnel. Two are needed for a rekey (old + new), one more for
+/// a simultaneous initiation and one for a restarted peer; eight leave room for rekey storms in
+/// tests (rekey every 2 s) — the oldest one the peer is not sending on is evicted when full.
 pub const IN_SLOTS: usize = 8;
+/// Tuning: handshake responses per tunnel per second that may cost a DH (two X25519). A genuine
+/// peer sends one per initiation (at most about one per second); the rest of a flood of junk
+/// responses with a valid mac1 (keyed by our *public* key, so anyone can make them) is dropped
+/// before any DH, so it cannot starve the data plane.
+pub const RESPONSE_CHECKS_PER_SECOND: u32 = 16;
 /// Tuning: the side that *responded* to the current SA's handshake waits this much longer than
 /// the initiator before rekeying itself, so normally only one side initiates a rekey.
 fn responder_rekey_delay(rekey_after: Duration) -> Duration {
     (rekey_after / 4).min(Duration::from_secs(30))
 }
-/// Tuning: keepalives sent per `dpd_interval` (SPEC §5 asks for "at least" one). With the default
-/// 4:1 ratio of `dpd_timeout` to `dpd_interval`, one per interval lets 4 consecutive losses take a
+/// Tuning: keepalives sent per `dpd_interval` (at least one is needed). With the default 4:1
+/// ratio of `dpd_timeout` to `dpd_interval`, one per interval lets 4 consecutive losses take a
 /// healthy standby Down: at 5 % loss that is (0.95)(0.05^4) = 6e-6 per keepalive, a few false
 /// Downs per tunnel per day. Two per interval need 8 consecutive losses (4e-11: none in years),
 /// for 4 more ~60-byte datagrams per second per tunnel. Detection time is unchanged: it runs
@@ -109,7 +126,8 @@ impl Timers {
     }
 }
 
-/// A fixed-capacity FIFO (no allocation after construction).
+/// A fixed-capacity FIFO (no allocation after construction); when full, a push drops the oldest
+/// item. The one queue type of a tunnel.
 #[derive(Debug, Clone)]
 struct Ring<T: Copy + Default, const N: usize> {
     items: [T; N],
@@ -128,7 +146,6 @@ impl<T: Copy + Default, const N: usize> Default for Ring<T, N> {
 }
 
 impl<T: Copy + Default, const N: usize> Ring<T, N> {
-    /// Pushes; when full the oldest item is dropped.
     fn push(&mut self, v: T) {
         if self.len == N {
             self.head = (self.head + 1) % N;
@@ -158,11 +175,46 @@ struct Echo {
     probe: bool,
 }
 
+/// A cookie reply waiting to be sent to the source of the initiation that caused it.
+#[derive(Debug, Clone, Copy)]
+struct CookieOut {
+    to: SocketAddr,
+    bytes: [u8; COOKIE_REPLY_LEN],
+}
+
+impl Default for CookieOut {
+    fn default() -> Self {
+        CookieOut {
+            to: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            bytes: [0; COOKIE_REPLY_LEN],
+        }
+    }
+}
+
+/// A handshake message waiting to be sent once.
+#[derive(Debug, Clone, Copy)]
+struct Outgoing {
+    bytes: [u8; MAX_MESSAGE_LEN],
+    len: usize,
+    /// `None`: to the tunnel's peer endpoint.
+    to: Option<SocketAddr>,
+}
+
+impl Default for Outgoing {
+    fn default() -> Self {
+        Outgoing {
+            bytes: [0; MAX_MESSAGE_LEN],
+            len: 0,
+            to: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct OutSa {
     sa: OutboundSa,
     installed: Instant,
-    /// The SPI of the inbound SA of the same handshake (its first packet confirms the keys).
+    /// The SPI of the inbound SA of the same handshake.
     in_spi: u32,
     initiator: bool,
 }
@@ -171,6 +223,79 @@ struct OutSa {
 struct InSa {
     sa: InboundSa,
     installed: Instant,
+}
+
+/// The SA pair of an initiation we answered, held until the initiator proves it holds the keys
+/// (its first packet opens on `inbound`). Nothing of it is committed before.
+#[derive(Debug)]
+struct Unconfirmed {
+    inbound: InSa,
+    outbound: OutSa,
+    /// The initiation's timestamp: the responder's replay mark once confirmed.
+    timestamp: Tai64N,
+}
+
+/// The initiator side of the handshake driver.
+#[derive(Debug)]
+enum Initiating {
+    /// No initiation of ours is in flight.
+    Idle,
+    /// Our initiation went to `sent_to`; a response (or a cookie reply) from there may come.
+    AwaitingResponse {
+        initiator: Box<Initiator>,
+        sent_to: SocketAddr,
+    },
+}
+
+/// What we know about the peer's liveness.
+#[derive(Debug, Clone, Copy, Default)]
+struct Liveness {
+    /// When we last heard the peer: an ESP packet that opened, or a response to our initiation.
+    last_rx: Option<Instant>,
+    /// The peer's latest liveness message says it hears us.
+    peer_hears_us: bool,
+    /// The peer sent a closing notice (cleared by its next data or liveness message).
+    peer_closed: bool,
+    /// Our view at the last `refresh` (a change is sent to the peer at once).
+    heard: bool,
+}
+
+impl Liveness {
+    fn hears(&self, now: Instant, dpd_timeout: Duration) -> bool {
+        self.last_rx
+            .is_some_and(|t| now.saturating_duration_since(t) < dpd_timeout)
+    }
+
+    /// Forget the peer: it must be heard anew (closing notice, restored drill).
+    fn forget(&mut self) {
+        self.last_rx = None;
+        self.peer_hears_us = false;
+    }
+}
+
+/// A per-second budget.
+#[derive(Debug, Clone, Copy, Default)]
+struct RateWindow {
+    start: Option<Instant>,
+    count: u32,
+}
+
+impl RateWindow {
+    /// Counts one event at `now`; returns the number counted in the current one-second window.
+    fn count(&mut self, now: Instant) -> u32 {
+        match self.start {
+            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
+                self.count = self.count.saturating_add(1);
+            }
+            _ => {
+                *self = RateWindow {
+                    start: Some(now),
+                    count: 1,
+                }
+            }
+        }
+        self.count
+    }
 }
 
 /// Shared engine state a tunnel works with.
@@ -185,7 +310,8 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn unix_at(&self, now: Instant) -> Duration {
-        self.unix_epoch + now.saturating_duration_since(self.epoch)
+        self.unix_epoch
+            .saturating_add(now.saturating_duration_since(self.epoch))
     }
 }
 
@@ -193,59 +319,58 @@ impl Ctx<'_> {
 pub(crate) enum Received {
     /// An inner IP packet at this range with this next header.
     Inner(Range<usize>, u8),
-    /// Consumed (control, dummy, handshake).
+    /// Consumed (liveness message, dummy).
     Consumed,
 }
 
 /// One tunnel.
 pub(crate) struct Tunnel {
-    pub id: TunnelId,
-    pub conn: ConnectionId,
-    pub cfg: TunnelConfig,
+    id: TunnelId,
+    conn: ConnectionId,
+    cfg: TunnelConfig,
     dpd_interval: Duration,
     dpd_timeout: Duration,
     rekey_after: Duration,
     peer: PublicKey,
     psk: Psk,
-    pub remote: Option<SocketAddr>,
+    /// The peer endpoint: configured, or learned from authenticated packets.
+    remote: Option<SocketAddr>,
     responder: Option<Responder>,
-    initiator: Option<Initiator>,
+    initiating: Initiating,
     attempt: u32,
     cookie: Option<Cookie>,
-    last_timestamp: Duration,
+    /// The last timestamp we sent in an initiation (ours grow strictly).
+    sent_timestamp: Duration,
+    responses_checked: RateWindow,
+    initiations_seen: RateWindow,
     inbound: [Option<InSa>; IN_SLOTS],
+    /// The inbound SA the peer last sent an authenticated packet on (never evicted).
+    rx_spi: Option<u32>,
+    unconfirmed: Option<Unconfirmed>,
     current: Option<OutSa>,
-    pending: Option<OutSa>,
-    last_rx: Option<Instant>,
-    peer_hears_us: bool,
-    peer_closed: bool,
-    heard: bool,
-    pub state: TunnelState,
+    liveness: Liveness,
+    state: TunnelState,
     ever_up: bool,
-    pub silence: Silence,
+    silence: Silence,
     timers: Timers,
-    hs_init: [u8; MAX_MESSAGE_LEN],
-    hs_init_len: usize,
-    hs_resp: [u8; MAX_MESSAGE_LEN],
-    hs_resp_len: usize,
+    initiation_out: Outgoing,
+    response_out: Outgoing,
     /// Where the responder writes its output before we know whether it is a response (kept in
-    /// `hs_resp`) or a cookie reply (queued in `cookie_out`): a cookie reply must never overwrite
-    /// a pending response, or a flood of initiations would starve the real peer.
-    hs_scratch: [u8; MAX_MESSAGE_LEN],
+    /// `response_out`) or a cookie reply (queued in `cookie_out`): a cookie reply must never
+    /// overwrite a pending response, or a flood of initiations would starve the real peer.
+    scratch: [u8; MAX_MESSAGE_LEN],
     /// Cookie replies waiting to be sent, each to the source of the initiation that caused it —
     /// which need not be the endpoint: a peer that roamed, or restarted behind a new NAT mapping,
     /// must be able to earn a cookie there (as in WireGuard). A cookie reply is smaller than the
     /// initiation that caused it, so this reflects nothing bigger than what the sender sent.
-    /// Bounded (oldest dropped first) and allocated once: see [`COOKIE_QUEUE`].
-    cookie_out: VecDeque<(SocketAddr, [u8; handshake::COOKIE_REPLY_LEN])>,
+    cookie_out: Ring<CookieOut, COOKIE_QUEUE>,
     closing: u8,
     want_keepalive: bool,
     keepalives: u32,
     echo_seq: u64,
     echo_replies: Ring<Echo, ECHO_QUEUE>,
     echo_requests: Ring<Echo, ECHO_QUEUE>,
-    load_window: (Option<Instant>, u32),
-    pub counters: TunnelCounters,
+    counters: TunnelCounters,
     /// The engine's epoch: echo timestamps are nanoseconds since it.
     epoch: Instant,
 }
@@ -270,6 +395,16 @@ fn jittered(base: Duration, rng: &mut ChaCha20Rng) -> Duration {
     base - base / 8 + Duration::from_nanos(rng.next_u64() % span)
 }
 
+/// The timer values a tunnel runs with: the configured ones, floored so that a zero can never
+/// make a timer fire in a loop (the config refuses such values; the engine does not rely on it).
+fn timer_settings(conn_cfg: &ConnectionConfig) -> (Duration, Duration, Duration) {
+    (
+        conn_cfg.dpd_interval.max(Duration::from_millis(1)),
+        conn_cfg.dpd_timeout.max(Duration::from_millis(1)),
+        conn_cfg.rekey_after.max(Duration::from_millis(100)),
+    )
+}
+
 impl Tunnel {
     pub fn new(
         id: TunnelId,
@@ -283,45 +418,43 @@ impl Tunnel {
         let peer = PublicKey::from_bytes(cfg.peer_public_key);
         let psk = Psk::from_bytes(*cfg.psk);
         let responder = Responder::new(secret, peer, &psk).ok();
+        let (dpd_interval, dpd_timeout, rekey_after) = timer_settings(conn_cfg);
         let mut t = Tunnel {
             id,
             conn,
             cfg: cfg.clone(),
-            dpd_interval: conn_cfg.dpd_interval.max(Duration::from_millis(1)),
-            dpd_timeout: conn_cfg.dpd_timeout.max(Duration::from_millis(1)),
-            rekey_after: conn_cfg.rekey_after.max(Duration::from_millis(100)),
+            dpd_interval,
+            dpd_timeout,
+            rekey_after,
             peer,
             psk,
             remote: cfg.remote,
             responder,
-            initiator: None,
+            initiating: Initiating::Idle,
             attempt: 0,
             cookie: None,
-            last_timestamp: Duration::ZERO,
+            sent_timestamp: Duration::ZERO,
+            responses_checked: RateWindow::default(),
+            initiations_seen: RateWindow::default(),
             inbound: Default::default(),
+            rx_spi: None,
+            unconfirmed: None,
             current: None,
-            pending: None,
-            last_rx: None,
-            peer_hears_us: false,
-            peer_closed: false,
-            heard: false,
+            liveness: Liveness::default(),
             state: TunnelState::Connecting,
             ever_up: false,
             silence: Silence::Off,
             timers: Timers::default(),
-            hs_init: [0; MAX_MESSAGE_LEN],
-            hs_init_len: 0,
-            hs_resp: [0; MAX_MESSAGE_LEN],
-            hs_resp_len: 0,
-            hs_scratch: [0; MAX_MESSAGE_LEN],
-            cookie_out: VecDeque::with_capacity(COOKIE_QUEUE),
+            initiation_out: Outgoing::default(),
+            response_out: Outgoing::default(),
+            scratch: [0; MAX_MESSAGE_LEN],
+            cookie_out: Ring::default(),
             closing: 0,
             want_keepalive: false,
             keepalives: 0,
             echo_seq: 0,
             echo_replies: Ring::default(),
             echo_requests: Ring::default(),
-            load_window: (None, 0),
             counters: TunnelCounters::default(),
             epoch,
         };
@@ -334,9 +467,50 @@ impl Tunnel {
     /// Whether the tunnel's settings equal `cfg` (reload keeps such tunnels with their SAs).
     pub fn same_settings(&self, cfg: &TunnelConfig, conn_cfg: &ConnectionConfig) -> bool {
         self.cfg == *cfg
-            && self.dpd_interval == conn_cfg.dpd_interval.max(Duration::from_millis(1))
-            && self.dpd_timeout == conn_cfg.dpd_timeout.max(Duration::from_millis(1))
-            && self.rekey_after == conn_cfg.rekey_after.max(Duration::from_millis(100))
+            && (self.dpd_interval, self.dpd_timeout, self.rekey_after) == timer_settings(conn_cfg)
+    }
+
+    /// Gives a kept tunnel its place in a reloaded engine.
+    pub fn renumber(&mut self, id: TunnelId, conn: ConnectionId) {
+        self.id = id;
+        self.conn = conn;
+    }
+
+    pub fn id(&self) -> TunnelId {
+        self.id
+    }
+
+    pub fn conn(&self) -> ConnectionId {
+        self.conn
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn config(&self) -> &TunnelConfig {
+        &self.cfg
+    }
+
+    pub fn state(&self) -> TunnelState {
+        self.state
+    }
+
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
+    pub fn counters(&self) -> &TunnelCounters {
+        &self.counters
+    }
+
+    /// Counts a move of traffic away from this tunnel.
+    pub fn count_failover(&mut self) {
+        self.counters.failovers += 1;
+    }
+
+    pub fn is_silenced(&self) -> bool {
+        self.silence != Silence::Off
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -348,12 +522,7 @@ impl Tunnel {
     }
 
     fn hears(&self, now: Instant) -> bool {
-        self.last_rx
-            .is_some_and(|t| now.saturating_duration_since(t) < self.dpd_timeout)
-    }
-
-    fn silenced(&self) -> bool {
-        self.silence != Silence::Off
+        self.liveness.hears(now, self.dpd_timeout)
     }
 
     pub fn spi_in(&self) -> Option<u32> {
@@ -364,14 +533,20 @@ impl Tunnel {
         self.current.as_ref().map(|c| c.sa.spi().get())
     }
 
+    fn initiation_in_flight(&self) -> bool {
+        matches!(self.initiating, Initiating::AwaitingResponse { .. })
+    }
+
     fn rekey_at(&self) -> Option<Instant> {
-        let c = self.current.as_ref().or(self.pending.as_ref())?;
+        let c = self.current.as_ref()?;
         let delay = if c.initiator {
             Duration::ZERO
         } else {
             responder_rekey_delay(self.rekey_after)
         };
-        Some(c.installed + self.rekey_after + delay)
+        c.installed
+            .checked_add(self.rekey_after)?
+            .checked_add(delay)
     }
 
     fn wants_handshake(&self, now: Instant) -> bool {
@@ -392,6 +567,10 @@ impl Tunnel {
             let v = rng.next_u32();
             if let Some(spi) = Spi::new(v)
                 && !self.inbound.iter().flatten().any(|s| s.sa.spi() == spi)
+                && self
+                    .unconfirmed
+                    .as_ref()
+                    .is_none_or(|u| u.inbound.sa.spi() != spi)
             {
                 return spi;
             }
@@ -400,10 +579,10 @@ impl Tunnel {
 
     fn next_timestamp(&mut self, now: Instant, ctx: &Ctx<'_>) -> Tai64N {
         let mut t = ctx.unix_at(now);
-        if t <= self.last_timestamp {
-            t = self.last_timestamp + Duration::from_nanos(1);
+        if t <= self.sent_timestamp {
+            t = self.sent_timestamp + Duration::from_nanos(1);
         }
-        self.last_timestamp = t;
+        self.sent_timestamp = t;
         Tai64N::from_unix_duration(t)
     }
 
@@ -415,7 +594,7 @@ impl Tunnel {
         if self.timers.due(Timer::Keepalive, now) {
             self.want_keepalive = true;
             self.timers
-                .set(Timer::Keepalive, Some(now + self.keepalive_interval()));
+                .set(Timer::Keepalive, now.checked_add(self.keepalive_interval()));
         }
         if self.timers.due(Timer::Dpd, now) {
             self.timers.set(Timer::Dpd, None); // refresh() re-arms it from last_rx
@@ -426,14 +605,17 @@ impl Tunnel {
     }
 
     fn on_handshake_timer(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
-        if self.silenced() || self.remote.is_none() || self.responder.is_none() {
+        let Some(dst) = self
+            .remote
+            .filter(|_| !self.is_silenced() && self.responder.is_some())
+        else {
             self.timers.set(Timer::Handshake, None);
             return;
-        }
+        };
         if !self.wants_handshake(now) {
             // E.g. the peer's simultaneous initiation gave us fresh SAs while ours was lost.
-            self.initiator = None;
-            self.hs_init_len = 0;
+            self.initiating = Initiating::Idle;
+            self.initiation_out.len = 0;
             self.attempt = 0;
             self.timers.set(Timer::Handshake, self.rekey_at());
             return;
@@ -449,20 +631,24 @@ impl Tunnel {
             ts,
             cookie,
             ctx.rng,
-            &mut self.hs_init,
+            &mut self.initiation_out.bytes,
         ) {
             Ok((init, len)) => {
-                self.initiator = Some(init);
-                self.hs_init_len = len;
+                self.initiating = Initiating::AwaitingResponse {
+                    initiator: Box::new(init),
+                    sent_to: dst,
+                };
+                self.initiation_out.len = len;
+                self.initiation_out.to = Some(dst);
             }
             Err(_) => {
-                self.initiator = None;
-                self.hs_init_len = 0;
+                self.initiating = Initiating::Idle;
+                self.initiation_out.len = 0;
             }
         }
         let wait = self.backoff(ctx.rng);
         self.attempt = self.attempt.saturating_add(1);
-        self.timers.set(Timer::Handshake, Some(now + wait));
+        self.timers.set(Timer::Handshake, now.checked_add(wait));
     }
 
     fn expire(&mut self, now: Instant) {
@@ -475,8 +661,12 @@ impl Tunnel {
         if self.current.as_ref().is_some_and(|c| old(c.installed)) {
             self.current = None;
         }
-        if self.pending.as_ref().is_some_and(|c| old(c.installed)) {
-            self.pending = None;
+        if self
+            .unconfirmed
+            .as_ref()
+            .is_some_and(|u| old(u.inbound.installed))
+        {
+            self.unconfirmed = None;
         }
         self.arm_expire();
     }
@@ -488,62 +678,68 @@ impl Tunnel {
             .flatten()
             .map(|s| s.installed)
             .chain(self.current.iter().map(|c| c.installed))
-            .chain(self.pending.iter().map(|c| c.installed))
+            .chain(self.unconfirmed.iter().map(|u| u.inbound.installed))
             .min();
-        self.timers
-            .set(Timer::Expire, earliest.map(|t| t + REJECT_AFTER_TIME));
+        self.timers.set(
+            Timer::Expire,
+            earliest.and_then(|t| t.checked_add(REJECT_AFTER_TIME)),
+        );
     }
 
-    fn install(
-        &mut self,
-        est: tandem_crypto::Established,
-        initiator: bool,
-        now: Instant,
-        ctx: &mut Ctx<'_>,
-    ) {
-        let rekey = self.current.is_some() || self.pending.is_some();
-        let in_spi = est.local_spi.get();
-        if ctx.keylog {
-            ctx.events.push_back(Event::SaInstalled {
-                tunnel: self.id,
-                direction: Direction::In,
-                spi: in_spi,
-                keylog: est.inbound.keys().keylog_hex(),
-            });
-            ctx.events.push_back(Event::SaInstalled {
-                tunnel: self.id,
-                direction: Direction::Out,
-                spi: est.remote_spi.get(),
-                keylog: est.outbound.keys().keylog_hex(),
-            });
+    fn keylog(&self, inbound: &InboundSa, outbound: &OutboundSa, ctx: &mut Ctx<'_>) {
+        if !ctx.keylog {
+            return;
         }
-        // Free slot, else evict the oldest inbound SA.
+        ctx.events.push_back(Event::SaInstalled {
+            tunnel: self.id,
+            direction: Direction::In,
+            spi: inbound.spi().get(),
+            keylog: inbound.keys().keylog_hex(),
+        });
+        ctx.events.push_back(Event::SaInstalled {
+            tunnel: self.id,
+            direction: Direction::Out,
+            spi: outbound.spi().get(),
+            keylog: outbound.keys().keylog_hex(),
+        });
+    }
+
+    /// Puts a confirmed inbound SA in a free slot, else in place of the oldest one the peer is
+    /// not sending on.
+    fn insert_inbound(&mut self, sa: InSa) {
         let idx = match self.inbound.iter().position(Option::is_none) {
             Some(i) => i,
             None => (0..IN_SLOTS)
+                .filter(|&i| {
+                    self.inbound[i]
+                        .as_ref()
+                        .is_none_or(|s| Some(s.sa.spi().get()) != self.rx_spi)
+                })
                 .min_by_key(|&i| self.inbound[i].as_ref().map(|s| s.installed))
                 .unwrap_or(0),
         };
-        self.inbound[idx] = Some(InSa {
-            sa: est.inbound,
-            installed: now,
-        });
-        let out = OutSa {
-            sa: est.outbound,
-            installed: now,
-            in_spi,
-            initiator,
-        };
+        self.inbound[idx] = Some(sa);
+    }
+
+    /// A handshake completed (ours with its response, or the peer's with key confirmation):
+    /// the new SA pair is in use.
+    fn complete(&mut self, inbound: InSa, outbound: OutSa, now: Instant, ctx: &mut Ctx<'_>) {
+        let rekey = self.current.is_some();
+        let initiator = outbound.initiator;
+        self.keylog(&inbound.sa, &outbound.sa, ctx);
+        self.insert_inbound(inbound);
+        self.current = Some(outbound);
         if initiator {
-            self.current = Some(out);
             // Key confirmation for the responder, and our view, at once.
             self.want_keepalive = true;
-        } else {
-            self.pending = Some(out);
         }
         if self.timers.get(Timer::Keepalive).is_none() {
             self.timers
-                .set(Timer::Keepalive, Some(now + self.keepalive_interval()));
+                .set(Timer::Keepalive, now.checked_add(self.keepalive_interval()));
+        }
+        self.attempt = 0;
+        if !self.initiation_in_flight() {
+            self.timers.set(Timer::Handshake, self.rekey_at());
         }
         self.counters.handshakes += 1;
         self.counters.last_handshake_unix = Some(ctx.unix_at(now).as_secs());
@@ -565,17 +761,7 @@ impl Tunnel {
         }
     }
 
-    fn under_load(&mut self, now: Instant) -> bool {
-        match self.load_window.0 {
-            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
-                self.load_window.1 += 1;
-            }
-            _ => self.load_window = (Some(now), 1),
-        }
-        self.load_window.1 > UNDER_LOAD_INITIATIONS
-    }
-
-    /// A control datagram (non-ESP marker): a handshake message.
+    /// A datagram that starts with the non-ESP marker: a handshake message.
     pub fn handle_handshake(
         &mut self,
         from: SocketAddr,
@@ -584,90 +770,134 @@ impl Tunnel {
         ctx: &mut Ctx<'_>,
     ) -> Result<(), DropReason> {
         match tandem_crypto::message_type(msg) {
-            Some(MessageType::Initiation) => {
-                let load = self.under_load(now);
-                let spi = self.fresh_spi(ctx.rng);
-                let Some(responder) = self.responder.as_mut() else {
-                    return Err(DropReason::Auth);
-                };
-                match responder.handle_initiation(
-                    msg,
-                    from,
-                    load,
-                    spi,
-                    now,
-                    ctx.rng,
-                    &mut self.hs_scratch,
-                ) {
-                    Ok(ResponderOutcome::Established {
-                        established,
-                        response_len,
-                    }) => {
-                        self.hs_resp[..response_len]
-                            .copy_from_slice(&self.hs_scratch[..response_len]);
-                        self.hs_resp_len = response_len;
-                        self.learn_endpoint(from, ctx);
-                        self.last_rx = Some(now);
-                        self.peer_closed = false;
-                        self.install(*established, false, now, ctx);
-                        self.attempt = 0;
-                        let in_flight = self
-                            .initiator
-                            .as_ref()
-                            .is_some_and(|i| i.is_awaiting_response());
-                        if !in_flight {
-                            self.timers.set(Timer::Handshake, self.rekey_at());
-                        }
-                        Ok(())
-                    }
-                    Ok(ResponderOutcome::CookieReply { len }) => {
-                        // The cookie reply goes back to the initiation's source: only a sender
-                        // that can receive there can prove it with mac2.
-                        if let Ok(reply) = self.hs_scratch[..len].try_into() {
-                            if self.cookie_out.len() == COOKIE_QUEUE {
-                                self.cookie_out.pop_front();
-                            }
-                            self.cookie_out.push_back((from, reply));
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(handshake_drop(e)),
-                }
-            }
-            Some(MessageType::Response) => {
-                let Some(init) = self.initiator.as_mut() else {
-                    return Err(DropReason::Handshake);
-                };
-                match init.consume_response(msg) {
-                    Ok(est) => {
-                        self.initiator = None;
-                        self.hs_init_len = 0;
-                        self.learn_endpoint(from, ctx);
-                        self.last_rx = Some(now);
-                        self.peer_closed = false;
-                        self.install(est, true, now, ctx);
-                        self.attempt = 0;
-                        self.timers.set(Timer::Handshake, self.rekey_at());
-                        Ok(())
-                    }
-                    Err(e) => Err(handshake_drop(e)),
-                }
-            }
-            Some(MessageType::CookieReply) => {
-                let Some(init) = self.initiator.as_ref() else {
-                    return Err(DropReason::Handshake);
-                };
-                match init.consume_cookie_reply(msg, now) {
-                    Ok(cookie) => {
-                        self.cookie = Some(cookie);
-                        self.timers.set(Timer::Handshake, Some(now));
-                        Ok(())
-                    }
-                    Err(e) => Err(handshake_drop(e)),
-                }
-            }
+            Some(MessageType::Initiation) => self.on_initiation(from, msg, now, ctx),
+            Some(MessageType::Response) => self.on_response(from, msg, now, ctx),
+            Some(MessageType::CookieReply) => self.on_cookie_reply(from, msg, now),
             None => Err(DropReason::Malformed),
         }
+    }
+
+    fn on_initiation(
+        &mut self,
+        from: SocketAddr,
+        msg: &[u8],
+        now: Instant,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), DropReason> {
+        let load = self.initiations_seen.count(now) > UNDER_LOAD_INITIATIONS;
+        let spi = self.fresh_spi(ctx.rng);
+        let Some(responder) = self.responder.as_mut() else {
+            return Err(DropReason::Auth);
+        };
+        let outcome = responder
+            .handle_initiation(msg, from, load, spi, now, ctx.rng, &mut self.scratch)
+            .map_err(handshake_drop)?;
+        match outcome {
+            ResponderOutcome::Established {
+                established,
+                response_len,
+            } => {
+                let est = *established;
+                if self
+                    .unconfirmed
+                    .as_ref()
+                    .is_some_and(|u| u.timestamp >= est.timestamp)
+                {
+                    // An older (or the same) initiation than the one awaiting confirmation: a
+                    // replay or a duplicate. The newest initiation is the genuine peer's.
+                    return Err(DropReason::Handshake);
+                }
+                self.response_out.bytes[..response_len]
+                    .copy_from_slice(&self.scratch[..response_len]);
+                self.response_out.len = response_len;
+                // To the configured peer, else back to the source: nothing is learned from an
+                // initiation, which proves nothing until it is confirmed.
+                self.response_out.to = Some(self.cfg.remote.unwrap_or(from));
+                self.unconfirmed = Some(Unconfirmed {
+                    inbound: InSa {
+                        sa: est.inbound,
+                        installed: now,
+                    },
+                    outbound: OutSa {
+                        sa: est.outbound,
+                        installed: now,
+                        in_spi: est.local_spi.get(),
+                        initiator: false,
+                    },
+                    timestamp: est.timestamp,
+                });
+                self.arm_expire();
+                Ok(())
+            }
+            ResponderOutcome::CookieReply { len } => {
+                // The cookie reply goes back to the initiation's source: only a sender that can
+                // receive there can prove it with mac2.
+                if let Ok(bytes) = self.scratch[..len].try_into() {
+                    self.cookie_out.push(CookieOut { to: from, bytes });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        from: SocketAddr,
+        msg: &[u8],
+        now: Instant,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), DropReason> {
+        let Initiating::AwaitingResponse { initiator, sent_to } = &mut self.initiating else {
+            return Err(DropReason::Handshake);
+        };
+        if from != *sent_to {
+            return Err(DropReason::Handshake);
+        }
+        if self.responses_checked.count(now) > RESPONSE_CHECKS_PER_SECOND {
+            return Err(DropReason::Handshake);
+        }
+        let est = initiator.consume_response(msg).map_err(handshake_drop)?;
+        self.initiating = Initiating::Idle;
+        self.initiation_out.len = 0;
+        // The response proves the peer (static key, PSK) and is fresh (bound to our ephemeral).
+        self.liveness.last_rx = Some(now);
+        self.liveness.peer_closed = false;
+        self.learn_endpoint(from, ctx);
+        let inbound = InSa {
+            sa: est.inbound,
+            installed: now,
+        };
+        let outbound = OutSa {
+            sa: est.outbound,
+            installed: now,
+            in_spi: est.local_spi.get(),
+            initiator: true,
+        };
+        self.complete(inbound, outbound, now, ctx);
+        Ok(())
+    }
+
+    fn on_cookie_reply(
+        &mut self,
+        from: SocketAddr,
+        msg: &[u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let Initiating::AwaitingResponse { initiator, sent_to } = &self.initiating else {
+            return Err(DropReason::Handshake);
+        };
+        if from != *sent_to {
+            return Err(DropReason::Handshake);
+        }
+        // Anyone who saw our initiation can make a valid cookie reply (its key and AAD are on
+        // the wire), so it changes nothing but the cookie the next retry carries: the pending
+        // initiation stays and the retry timer is untouched.
+        self.cookie = Some(
+            initiator
+                .consume_cookie_reply(msg, now)
+                .map_err(handshake_drop)?,
+        );
+        Ok(())
     }
 
     /// An ESP datagram at `buf[range]`.
@@ -681,59 +911,73 @@ impl Tunnel {
     ) -> Result<Received, DropReason> {
         let len = range.len() as u64;
         let spi = esp::peek_spi(&buf[range.clone()]).ok_or(DropReason::Malformed)?;
-        let slot = self
+        let open_err = |e| match e {
+            OpenError::Replay(_) | OpenError::SeqLimit => DropReason::Replay,
+            OpenError::BadTag => DropReason::Auth,
+            _ => DropReason::Malformed,
+        };
+        let opened = if let Some(slot) = self
             .inbound
             .iter_mut()
             .flatten()
             .find(|s| s.sa.spi().get() == spi)
-            .ok_or(DropReason::UnknownSpi)?;
-        let opened = slot.sa.open(buf, range).map_err(|e| match e {
-            OpenError::Replay(_) | OpenError::SeqLimit => DropReason::Replay,
-            OpenError::BadTag => DropReason::Auth,
-            _ => DropReason::Malformed,
-        })?;
+        {
+            slot.sa.open(buf, range).map_err(open_err)?
+        } else {
+            let u = self
+                .unconfirmed
+                .as_mut()
+                .filter(|u| u.inbound.sa.spi().get() == spi)
+                .ok_or(DropReason::UnknownSpi)?;
+            let opened = u.inbound.sa.open(buf, range).map_err(open_err)?;
+            // Key confirmation: the initiator holds the keys of the initiation we answered.
+            if let Some(u) = self.unconfirmed.take() {
+                if let Some(r) = self.responder.as_mut() {
+                    r.confirm(u.timestamp);
+                }
+                self.complete(u.inbound, u.outbound, now, ctx);
+            }
+            opened
+        };
         // Authenticated from here on.
-        self.last_rx = Some(now);
+        self.liveness.last_rx = Some(now);
+        self.rx_spi = Some(spi);
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += len;
-        if self.pending.as_ref().is_some_and(|p| p.in_spi == spi) {
-            self.current = self.pending.take();
-        }
         self.learn_endpoint(from, ctx);
         match opened.next_header {
             NEXT_HEADER_IPV4 | NEXT_HEADER_IPV6 => {
-                self.peer_closed = false;
+                self.liveness.peer_closed = false;
                 Ok(Received::Inner(opened.payload, opened.next_header))
             }
             NEXT_HEADER_DUMMY => Ok(Received::Consumed),
-            NEXT_HEADER_CONTROL => {
-                let msg = Control::parse(&buf[opened.payload]).ok_or(DropReason::Malformed)?;
-                self.handle_control(msg, now, ctx);
+            NEXT_HEADER_LIVENESS => {
+                let msg = LivenessMsg::parse(&buf[opened.payload]).ok_or(DropReason::Malformed)?;
+                self.handle_liveness(msg, now, ctx);
                 Ok(Received::Consumed)
             }
             _ => Err(DropReason::Malformed),
         }
     }
 
-    fn handle_control(&mut self, msg: Control, now: Instant, ctx: &mut Ctx<'_>) {
-        if msg.kind == ControlKind::Closing {
+    fn handle_liveness(&mut self, msg: LivenessMsg, now: Instant, ctx: &mut Ctx<'_>) {
+        if msg.kind == LivenessKind::Closing {
             // Down at once: forget that we heard the peer; it must be heard anew.
-            self.peer_closed = true;
-            self.peer_hears_us = false;
-            self.last_rx = None;
+            self.liveness.peer_closed = true;
+            self.liveness.forget();
             return;
         }
-        self.peer_closed = false;
-        self.peer_hears_us = msg.hears_you;
+        self.liveness.peer_closed = false;
+        self.liveness.peer_hears_us = msg.hears_you;
         match msg.kind {
-            ControlKind::EchoRequest => self.echo_replies.push(Echo {
+            LivenessKind::EchoRequest => self.echo_replies.push(Echo {
                 id: msg.id,
                 timestamp: msg.timestamp,
                 probe: msg.probe,
             }),
-            ControlKind::EchoReply => {
-                let sent = ctx.epoch + Duration::from_nanos(msg.timestamp);
-                let rtt = now.saturating_duration_since(sent);
+            LivenessKind::EchoReply => {
+                let sent = ctx.epoch.checked_add(Duration::from_nanos(msg.timestamp));
+                let rtt = sent.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
                 if msg.probe {
                     ctx.events.push_back(Event::ProbeReply {
                         connection: self.conn,
@@ -745,7 +989,7 @@ impl Tunnel {
                     self.counters.rtt = Some(rtt);
                 }
             }
-            ControlKind::Keepalive | ControlKind::Closing => {}
+            LivenessKind::Keepalive | LivenessKind::Closing => {}
         }
     }
 
@@ -756,26 +1000,30 @@ impl Tunnel {
         ctx: &mut Ctx<'_>,
     ) -> Option<(TunnelState, TunnelState, StateCause)> {
         let hears = self.hears(now);
-        if hears != self.heard {
-            self.heard = hears;
-            if !self.silenced() {
+        if hears != self.liveness.heard {
+            self.liveness.heard = hears;
+            if !self.is_silenced() {
                 // Tell the peer our new view now, not at the next interval (BFD poll).
                 self.want_keepalive = true;
-                if !hears && self.initiator.is_none() {
+                if !hears && !self.initiation_in_flight() && self.remote.is_some() {
                     // Lost the peer: re-handshake after the first retry interval, in case it
                     // restarted and lost its SAs (it may not know our endpoint).
-                    let at = now + self.backoff(ctx.rng);
+                    let at = now.checked_add(self.backoff(ctx.rng));
                     let cur = self.timers.get(Timer::Handshake);
-                    if self.remote.is_some() {
-                        self.timers
-                            .set(Timer::Handshake, Some(cur.map_or(at, |c| c.min(at))));
-                    }
+                    let next = match (cur, at) {
+                        (Some(c), Some(a)) => Some(c.min(a)),
+                        (c, a) => c.or(a),
+                    };
+                    self.timers.set(Timer::Handshake, next);
                 }
             }
         }
         self.timers.set(
             Timer::Dpd,
-            self.last_rx.filter(|_| hears).map(|t| t + self.dpd_timeout),
+            self.liveness
+                .last_rx
+                .filter(|_| hears)
+                .and_then(|t| t.checked_add(self.dpd_timeout)),
         );
         let sendable = self.current.as_ref().is_some_and(|c| {
             now.saturating_duration_since(c.installed) < REJECT_AFTER_TIME && !c.sa.exhausted()
@@ -784,7 +1032,7 @@ impl Tunnel {
         // timeout, as for a real blackhole). `Graceful` is an administrative shutdown.
         let new = if self.silence == Silence::Graceful {
             TunnelState::AdminDown
-        } else if hears && self.peer_hears_us && sendable && self.remote.is_some() {
+        } else if hears && self.liveness.peer_hears_us && sendable && self.remote.is_some() {
             TunnelState::Up
         } else if self.ever_up {
             TunnelState::Down
@@ -803,7 +1051,7 @@ impl Tunnel {
             TunnelState::Up => StateCause::Liveness,
             TunnelState::AdminDown => StateCause::Admin,
             _ if old == TunnelState::AdminDown => StateCause::AdminRestore,
-            _ if self.peer_closed => StateCause::PeerClosing,
+            _ if self.liveness.peer_closed => StateCause::PeerClosing,
             _ if !hears => StateCause::DpdTimeout,
             _ => StateCause::PeerDoesNotHearUs,
         };
@@ -818,7 +1066,7 @@ impl Tunnel {
         next_header: u8,
         now: Instant,
     ) -> Result<(SocketAddr, Range<usize>), DropReason> {
-        if self.silenced() {
+        if self.is_silenced() {
             // A silent drill: the packet vanishes as on a dead path (until DPD moves traffic).
             return Err(DropReason::Silenced);
         }
@@ -845,7 +1093,7 @@ impl Tunnel {
     }
 
     fn request_rekey(&mut self, now: Instant) {
-        if self.initiator.is_none() {
+        if !self.initiation_in_flight() {
             self.timers.set(Timer::Handshake, Some(now));
         }
     }
@@ -853,57 +1101,56 @@ impl Tunnel {
     /// Writes the next datagram this tunnel wants to send into `buf`; returns its destination
     /// and length.
     pub fn poll_transmit(&mut self, buf: &mut [u8], now: Instant) -> Option<(SocketAddr, usize)> {
-        if self.silenced() {
+        if self.is_silenced() {
             self.cookie_out.clear();
         }
-        if let Some((to, reply)) = self.cookie_out.pop_front() {
-            if let Some(out) = buf.get_mut(..reply.len()) {
-                out.copy_from_slice(&reply);
-                return Some((to, reply.len()));
-            }
+        if let Some(c) = self.cookie_out.pop()
+            && let Some(out) = buf.get_mut(..c.bytes.len())
+        {
+            out.copy_from_slice(&c.bytes);
+            return Some((c.to, c.bytes.len()));
         }
-        let Some(dst) = self.remote else {
-            self.hs_init_len = 0;
-            self.hs_resp_len = 0;
-            return None;
-        };
-        if self.closing > 0 {
+        if self.closing > 0
+            && let Some(dst) = self.remote
+        {
             self.closing -= 1;
-            let msg = Control {
-                kind: ControlKind::Closing,
-                ..Control::keepalive(false)
+            let msg = LivenessMsg {
+                kind: LivenessKind::Closing,
+                ..LivenessMsg::keepalive(false)
             };
-            if let Some(len) = self.seal_control(buf, msg, now) {
+            if let Some(len) = self.seal_liveness(buf, msg, now) {
                 return Some((dst, len));
             }
         }
-        if self.silenced() {
+        if self.is_silenced() {
             self.clear_outbox();
             return None;
         }
-        for (msg, len) in [
-            (&self.hs_resp, &mut self.hs_resp_len),
-            (&self.hs_init, &mut self.hs_init_len),
-        ] {
-            if *len > 0 && buf.len() >= *len {
-                let n = std::mem::take(len);
-                buf[..n].copy_from_slice(&msg[..n]);
-                return Some((dst, n));
+        for out in [&mut self.response_out, &mut self.initiation_out] {
+            if out.len > 0 {
+                let n = std::mem::take(&mut out.len);
+                if let Some(to) = out.to.or(self.remote)
+                    && let Some(b) = buf.get_mut(..n)
+                {
+                    b.copy_from_slice(&out.bytes[..n]);
+                    return Some((to, n));
+                }
             }
         }
+        let dst = self.remote?;
         self.current.as_ref()?;
-        let hears = self.heard;
+        let hears = self.liveness.heard;
         let msg = if let Some(e) = self.echo_replies.pop() {
-            Control {
-                kind: ControlKind::EchoReply,
+            LivenessMsg {
+                kind: LivenessKind::EchoReply,
                 hears_you: hears,
                 probe: e.probe,
                 id: e.id,
                 timestamp: e.timestamp,
             }
         } else if let Some(e) = self.echo_requests.pop() {
-            Control {
-                kind: ControlKind::EchoRequest,
+            LivenessMsg {
+                kind: LivenessKind::EchoRequest,
                 hears_you: hears,
                 probe: e.probe,
                 id: e.id,
@@ -915,37 +1162,37 @@ impl Tunnel {
             if self.keepalives % ECHO_EVERY == 0 {
                 self.echo_seq += 1;
                 let ts = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-                Control {
-                    kind: ControlKind::EchoRequest,
+                LivenessMsg {
+                    kind: LivenessKind::EchoRequest,
                     hears_you: hears,
                     probe: false,
                     id: self.echo_seq,
                     timestamp: ts,
                 }
             } else {
-                Control::keepalive(hears)
+                LivenessMsg::keepalive(hears)
             }
         } else {
             return None;
         };
-        self.seal_control(buf, msg, now).map(|len| (dst, len))
+        self.seal_liveness(buf, msg, now).map(|len| (dst, len))
     }
 
-    fn seal_control(&mut self, buf: &mut [u8], msg: Control, now: Instant) -> Option<usize> {
+    fn seal_liveness(&mut self, buf: &mut [u8], msg: LivenessMsg, now: Instant) -> Option<usize> {
         let start = esp::HEADROOM;
-        if buf.len() < start + CONTROL_SZ + esp::TAILROOM {
+        if buf.len() < start + LIVENESS_MSG_LEN + esp::TAILROOM {
             return None;
         }
-        let mut bytes = [0u8; CONTROL_SZ];
+        let mut bytes = [0u8; LIVENESS_MSG_LEN];
         msg.write(&mut bytes);
-        buf[start..start + CONTROL_SZ].copy_from_slice(&bytes);
+        buf[start..start + LIVENESS_MSG_LEN].copy_from_slice(&bytes);
         let cur = self.current.as_mut()?;
         if now.saturating_duration_since(cur.installed) >= REJECT_AFTER_TIME {
             return None;
         }
         match cur
             .sa
-            .seal(buf, start..start + CONTROL_SZ, NEXT_HEADER_CONTROL)
+            .seal(buf, start..start + LIVENESS_MSG_LEN, NEXT_HEADER_LIVENESS)
         {
             Ok(s) => {
                 if s.rekey_due {
@@ -961,8 +1208,8 @@ impl Tunnel {
     }
 
     fn clear_outbox(&mut self) {
-        self.hs_init_len = 0;
-        self.hs_resp_len = 0;
+        self.initiation_out.len = 0;
+        self.response_out.len = 0;
         self.cookie_out.clear();
         self.want_keepalive = false;
         self.echo_replies.clear();
@@ -991,17 +1238,16 @@ impl Tunnel {
             Silence::Off => {
                 if self.silence != Silence::Off {
                     self.silence = Silence::Off;
-                    self.last_rx = None;
-                    self.peer_hears_us = false;
+                    self.liveness.forget();
                     self.want_keepalive = true;
-                    if self.current.is_some() || self.pending.is_some() {
+                    if self.current.is_some() {
                         self.timers
-                            .set(Timer::Keepalive, Some(now + self.keepalive_interval()));
+                            .set(Timer::Keepalive, now.checked_add(self.keepalive_interval()));
                     }
                     if self.remote.is_some() && self.responder.is_some() {
                         self.attempt = 0;
                         self.timers
-                            .set(Timer::Handshake, Some(now + HANDSHAKE_RETRY_BASE));
+                            .set(Timer::Handshake, now.checked_add(HANDSHAKE_RETRY_BASE));
                     }
                 }
             }
@@ -1013,7 +1259,7 @@ impl Tunnel {
                     self.closing = CLOSING_COPIES;
                 }
                 self.silence = mode;
-                self.initiator = None;
+                self.initiating = Initiating::Idle;
                 self.clear_outbox();
                 self.timers.set(Timer::Keepalive, None);
                 self.timers.set(Timer::Handshake, None);
@@ -1042,7 +1288,8 @@ fn handshake_drop(e: HandshakeError) -> DropReason {
     }
 }
 
-// `poll_transmit`'s buffer holds any handshake message and any sealed control message.
+// `poll_transmit`'s buffer holds any handshake message and any sealed liveness message.
 const _: () = assert!(handshake::MAX_MESSAGE_LEN <= crate::engine::MAX_CONTROL_DATAGRAM);
-const _: () =
-    assert!(esp::HEADROOM + CONTROL_SZ + esp::TAILROOM <= crate::engine::MAX_CONTROL_DATAGRAM);
+const _: () = assert!(
+    esp::HEADROOM + LIVENESS_MSG_LEN + esp::TAILROOM <= crate::engine::MAX_CONTROL_DATAGRAM
+);

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 use tandem_engine::TunnelState;
 
 #[test]
@@ -1131,49 +1132,93 @@ fn responder_only_sim_with_a_captured_initiation() -> (Sim, Vec<u8>) {
     (sim, old_init)
 }
 
-#[test]
-fn a_responder_under_a_flood_of_initiations_answers_with_a_cookie_and_the_real_peer_still_rekeys() {
-    let (mut sim, old_init) = responder_only_sim_with_a_captured_initiation();
-    // 60 initiations within a second: more than the responder handles without cookies.
-    let from = addr(Side::A, 0);
-    for _ in 0..60 {
-        let r = sim.inject(Side::B, 0, from, old_init.clone());
+/// Replays `init` to B's tunnel 0 from `from`, `per_second` times a second, until `until`.
+fn flood_initiations(
+    sim: &mut Sim,
+    from: std::net::SocketAddr,
+    init: &[u8],
+    per_second: u64,
+    until: Duration,
+) {
+    let step = Duration::from_micros(1_000_000 / per_second);
+    let mut t = sim.elapsed();
+    while t < until {
+        t += step;
+        sim.run_until(t);
+        let r = sim.inject(Side::B, 0, from, init.to_vec());
         assert!(matches!(
             r,
             tandem_engine::NetAction::Consumed | tandem_engine::NetAction::Drop(_)
         ));
     }
+}
+
+/// A's initiations on tunnel 0 sent at or after `mark`, in order.
+fn initiations_from_a(sim: &Sim, mark: std::time::Instant) -> Vec<Vec<u8>> {
+    sim.wire
+        .iter()
+        .filter(|(t, s, tun, b)| {
+            *t >= mark && *s == Side::A && *tun == 0 && b.len() > 5 && b[..5] == [0, 0, 0, 0, 1]
+        })
+        .map(|w| w.3.clone())
+        .collect()
+}
+
+fn mac2_is_zero(initiation: &[u8]) -> bool {
+    initiation[initiation.len() - 16..].iter().all(|&b| b == 0)
+}
+
+#[test]
+fn a_responder_under_a_flood_of_initiations_answers_with_a_cookie_and_the_real_peer_still_rekeys() {
+    let (mut sim, old_init) = responder_only_sim_with_a_captured_initiation();
     let cookie_replies = |sim: &Sim| {
         sim.wire
             .iter()
             .filter(|(_, s, _, b)| *s == Side::B && b.len() > 5 && b[..5] == [0, 0, 0, 0, 3])
             .count()
     };
-    assert!(
-        cookie_replies(&sim) > 0,
-        "under load, the responder answers with cookie replies"
+    // 80 initiations a second (more than the responder handles without cookies) from the peer's
+    // own address; 0.8 s into the flood (the responder counts initiations per second, so it is
+    // under load from the 51st), the real peer must rekey.
+    flood_initiations(
+        &mut sim,
+        addr(Side::A, 0),
+        &old_init,
+        80,
+        secs(10) + ms(800),
     );
-    // The real peer rekeys now: it gets a cookie, retries with mac2 at once, and succeeds.
     let mark = sim.now;
-    let cookies_before = cookie_replies(&sim);
     sim.engine(Side::A).set_send_counter_for_testing(
         tandem_engine::TunnelId(0),
         tandem_crypto::esp::REKEY_AFTER_PACKETS,
     );
-    sim.run_until(secs(10) + ms(200));
+    flood_initiations(&mut sim, addr(Side::A, 0), &old_init, 80, secs(15));
+    assert!(
+        cookie_replies(&sim) > 0,
+        "under load, the responder answers with cookie replies"
+    );
     let done = sim.events_of(Side::A).any(|(t, e)| {
         t >= mark && matches!(e, tandem_engine::Event::HandshakeCompleted { tunnel, initiator: true, .. } if tunnel.0 == 0)
     });
     assert!(done, "the rekey completed through the cookie");
-    assert_eq!(
-        cookie_replies(&sim),
-        cookies_before + 1,
-        "the rekey's first initiation got a cookie, the second passed mac2"
+    // The rekey's first initiation had no cookie (mac2 zero) and was answered with a cookie
+    // reply; the retry carried it (mac2 set) and was accepted: the cookie waits for the retry
+    // timer, it does not trigger an immediate retry.
+    let inits = initiations_from_a(&sim, mark);
+    assert!(
+        inits.len() >= 2,
+        "a first attempt and a retry: {}",
+        inits.len()
     );
-    sim.run_until(secs(20));
+    assert!(mac2_is_zero(&inits[0]));
+    assert!(
+        inits[1..].iter().any(|i| !mac2_is_zero(i)),
+        "a retry carried the cookie"
+    );
+    sim.run_until(secs(24));
     assert_eq!(sim.state(Side::A, 0), TunnelState::Up);
-    assert_no_loss(&sim, 1, secs(2), secs(20) - ms(50));
-    assert_no_loss(&sim, 2, secs(2), secs(20) - ms(50));
+    assert_no_loss(&sim, 1, secs(2), secs(24) - ms(50));
+    assert_no_loss(&sim, 2, secs(2), secs(24) - ms(50));
 }
 
 #[test]
@@ -1192,18 +1237,18 @@ fn under_a_flood_cookie_replies_go_to_each_initiations_source_and_the_real_peer_
         30,
         "one cookie reply per initiation past the load threshold, each to its source"
     );
-    // The real peer rekeys while the responder is loaded: it gets its cookie and gets in.
+    // The real peer rekeys while the responder stays loaded: it gets its cookie and gets in.
     let mark = sim.now;
     sim.engine(Side::A).set_send_counter_for_testing(
         tandem_engine::TunnelId(0),
         tandem_crypto::esp::REKEY_AFTER_PACKETS,
     );
-    sim.run_until(secs(10) + ms(200));
+    flood_initiations(&mut sim, stranger, &old_init, 80, secs(14));
     let done = sim.events_of(Side::A).any(|(t, e)| {
         t >= mark && matches!(e, tandem_engine::Event::HandshakeCompleted { tunnel, initiator: true, .. } if tunnel.0 == 0)
     });
     assert!(done, "the rekey completed through the cookie");
-    sim.run_until(secs(20));
+    sim.run_until(secs(24));
     assert_eq!(sim.state(Side::A, 0), TunnelState::Up);
-    assert_no_loss(&sim, 1, secs(2), secs(20) - ms(50));
+    assert_no_loss(&sim, 1, secs(2), secs(24) - ms(50));
 }

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use tandem_engine::control::{CONTROL_SZ, Control};
+use tandem_engine::liveness::{LIVENESS_MSG_LEN, LivenessMsg};
 use tandem_engine::inner::{self, InnerHeader};
 use tandem_engine::{
     ConnectionConfig, Engine, EngineConfig, HEADROOM, TAILROOM, TunAction, TunnelConfig,
@@ -147,9 +147,9 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // 4) Tunnel-control messages.
-    if let Some(msg) = data.get(..CONTROL_SZ) {
-        if let Some(c) = Control::parse(msg) {
-            let mut out = [0u8; CONTROL_SZ];
+    if let Some(msg) = data.get(..LIVENESS_MSG_LEN) {
+        if let Some(c) = LivenessMsg::parse(msg) {
+            let mut out = [0u8; LIVENESS_MSG_LEN];
             c.write(&mut out);
             assert_eq!(&out[..], msg, "control message does not round-trip");
         }

@@ -85,6 +85,9 @@ impl Default for Link {
     }
 }
 
+/// Decides, per datagram put on the wire (sender, tunnel, bytes), whether an attacker drops it.
+pub type DropFilter = Box<dyn Fn(Side, usize, &[u8]) -> bool>;
+
 /// Scenario set-up.
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -136,7 +139,7 @@ fn key(side: Side) -> [u8; 32] {
     k
 }
 
-fn public(side: Side) -> [u8; 32] {
+pub fn public(side: Side) -> [u8; 32] {
     tandem_crypto::StaticSecret::from_bytes(key(side))
         .public_key()
         .to_bytes()
@@ -241,6 +244,9 @@ pub struct Sim {
     pub data_sent_per_tunnel: [Vec<u64>; 2],
     pub restarts: u64,
     pub misdirected: u64,
+    /// An on-path attacker that can drop: datagrams for which this returns true vanish (they
+    /// are still recorded when `record_wire` is set).
+    pub drop_if: Option<DropFilter>,
 }
 
 impl Sim {
@@ -283,6 +289,7 @@ impl Sim {
             data_sent_per_tunnel: [vec![0; n], vec![0; n]],
             restarts: 0,
             misdirected: 0,
+            drop_if: None,
             setup,
         };
         for e in &mut sim.engines {
@@ -422,6 +429,13 @@ impl Sim {
         }
         if self.record_wire {
             self.wire.push((self.now, from, tunnel, bytes.clone()));
+        }
+        if self
+            .drop_if
+            .as_ref()
+            .is_some_and(|f| f(from, tunnel, &bytes))
+        {
+            return;
         }
         let link = self.links[tunnel][from.idx()];
         if link.cut || unit(&mut self.rng) < link.loss {

@@ -1,4 +1,4 @@
-//! Tunnel-control messages: the plaintext of an ESP packet whose next header is 253
+//! Liveness messages: the plaintext of an ESP packet whose next header is 253
 //! (SPEC §4: "use for experimentation and testing", RFC 3692 — private to tandem).
 //!
 //! Every message is 20 bytes, all integers big-endian, so the ESP ciphertext stays 4-byte
@@ -18,20 +18,21 @@
 //! Unknown types and non-zero reserved bytes are rejected as malformed (so a later version can
 //! use them without being misread).
 
-/// Size of every tunnel-control message.
-pub const CONTROL_SZ: usize = 20;
+/// Size of every liveness message.
+pub const LIVENESS_MSG_LEN: usize = 20;
 
-/// ESP next header for tunnel control (IANA "use for experimentation and testing", RFC 3692).
-pub const NEXT_HEADER_CONTROL: u8 = 253;
+/// ESP next header of liveness messages (IANA "use for experimentation and testing", RFC 3692);
+/// one definition, in the crypto crate's ESP module.
+pub use tandem_crypto::esp::NEXT_HEADER_LIVENESS;
 
 const FLAG_HEARS_YOU: u8 = 0x01;
 const FLAG_PROBE: u8 = 0x02;
 
-/// A parsed tunnel-control message.
+/// A parsed liveness message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Control {
+pub struct LivenessMsg {
     /// What it is.
-    pub kind: ControlKind,
+    pub kind: LivenessKind,
     /// The sender hears us (received an authenticated packet within its dpd_timeout).
     pub hears_you: bool,
     /// Echo of a drill probe.
@@ -44,7 +45,7 @@ pub struct Control {
 
 /// The message types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ControlKind {
+pub enum LivenessKind {
     /// Liveness only.
     Keepalive = 1,
     /// DPD echo request.
@@ -55,12 +56,12 @@ pub enum ControlKind {
     Closing = 4,
 }
 
-impl Control {
+impl LivenessMsg {
     /// A keepalive carrying our view.
     #[must_use]
     pub fn keepalive(hears_you: bool) -> Self {
-        Control {
-            kind: ControlKind::Keepalive,
+        LivenessMsg {
+            kind: LivenessKind::Keepalive,
             hears_you,
             probe: false,
             id: 0,
@@ -68,8 +69,8 @@ impl Control {
         }
     }
 
-    /// Writes the message into `out[..CONTROL_SZ]`.
-    pub fn write(&self, out: &mut [u8; CONTROL_SZ]) {
+    /// Writes the message into `out[..LIVENESS_MSG_LEN]`.
+    pub fn write(&self, out: &mut [u8; LIVENESS_MSG_LEN]) {
         out[0] = self.kind as u8;
         out[1] = if self.hears_you { FLAG_HEARS_YOU } else { 0 }
             | if self.probe { FLAG_PROBE } else { 0 };
@@ -82,7 +83,7 @@ impl Control {
     /// Parses a message; `None` if it is not a valid one.
     #[must_use]
     pub fn parse(b: &[u8]) -> Option<Self> {
-        if b.len() != CONTROL_SZ
+        if b.len() != LIVENESS_MSG_LEN
             || b[2] != 0
             || b[3] != 0
             || b[1] & !(FLAG_HEARS_YOU | FLAG_PROBE) != 0
@@ -90,17 +91,17 @@ impl Control {
             return None;
         }
         let kind = match b[0] {
-            1 => ControlKind::Keepalive,
-            2 => ControlKind::EchoRequest,
-            3 => ControlKind::EchoReply,
-            4 => ControlKind::Closing,
+            1 => LivenessKind::Keepalive,
+            2 => LivenessKind::EchoRequest,
+            3 => LivenessKind::EchoReply,
+            4 => LivenessKind::Closing,
             _ => return None,
         };
         let mut id = [0u8; 8];
         id.copy_from_slice(&b[4..12]);
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&b[12..20]);
-        Some(Control {
+        Some(LivenessMsg {
             kind,
             hears_you: b[1] & FLAG_HEARS_YOU != 0,
             probe: b[1] & FLAG_PROBE != 0,
@@ -116,47 +117,47 @@ mod tests {
 
     #[test]
     fn every_message_type_round_trips_through_its_documented_bytes() {
-        let m = Control {
-            kind: ControlKind::EchoRequest,
+        let m = LivenessMsg {
+            kind: LivenessKind::EchoRequest,
             hears_you: true,
             probe: true,
             id: 0x0102_0304_0506_0708,
             timestamp: 42,
         };
-        let mut b = [0u8; CONTROL_SZ];
+        let mut b = [0u8; LIVENESS_MSG_LEN];
         m.write(&mut b);
         assert_eq!(
             b,
             [2, 3, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 42]
         );
-        assert_eq!(Control::parse(&b), Some(m));
+        assert_eq!(LivenessMsg::parse(&b), Some(m));
         for kind in [
-            ControlKind::Keepalive,
-            ControlKind::EchoReply,
-            ControlKind::Closing,
+            LivenessKind::Keepalive,
+            LivenessKind::EchoReply,
+            LivenessKind::Closing,
         ] {
-            let m = Control {
+            let m = LivenessMsg {
                 kind,
-                ..Control::keepalive(false)
+                ..LivenessMsg::keepalive(false)
             };
             m.write(&mut b);
-            assert_eq!(Control::parse(&b), Some(m));
+            assert_eq!(LivenessMsg::parse(&b), Some(m));
         }
     }
 
     #[test]
     fn unknown_types_flags_reserved_bytes_or_lengths_are_rejected() {
-        let mut b = [0u8; CONTROL_SZ];
-        Control::keepalive(true).write(&mut b);
-        assert!(Control::parse(&b[..19]).is_none());
+        let mut b = [0u8; LIVENESS_MSG_LEN];
+        LivenessMsg::keepalive(true).write(&mut b);
+        assert!(LivenessMsg::parse(&b[..19]).is_none());
         let mut c = b;
         c[0] = 9;
-        assert!(Control::parse(&c).is_none());
+        assert!(LivenessMsg::parse(&c).is_none());
         let mut c = b;
         c[1] = 0x80;
-        assert!(Control::parse(&c).is_none());
+        assert!(LivenessMsg::parse(&c).is_none());
         let mut c = b;
         c[3] = 1;
-        assert!(Control::parse(&c).is_none());
+        assert!(LivenessMsg::parse(&c).is_none());
     }
 }
