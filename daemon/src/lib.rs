@@ -8,6 +8,7 @@ pub mod control;
 pub mod dataplane;
 pub mod keylog;
 pub mod keys;
+pub mod listeners;
 pub mod metrics;
 pub mod notify;
 pub mod run;
