@@ -6,18 +6,35 @@
 //!    and a file of that name exists there: that file;
 //! 3. otherwise relative to the directory of the config file.
 //!
-//! Permissions, as ssh judges a private key: the file (after following symlinks) must be a
-//! regular file with no group or world permission bit at all (0600 or 0400 pass, 0640 or 0604
-//! fail). A symlink is judged by its target and the message says so. The check is on mode bits,
-//! not on access(2), so it holds when running as root, who can read anything.
+//! Who may have written it, as ssh's `StrictModes` judges a private key. The directory is opened
+//! first and checked on its descriptor; then the file is opened *relative to that descriptor*
+//! with `O_NOFOLLOW | O_NONBLOCK` and checked with `fstat` on the opened descriptor, so nothing can
+//! be swapped between the check and the read:
+//! - the directory belongs to the daemon's user (euid) or root and is not writable by group or
+//!   others (whoever can write it can replace the file; sticky or not, we refuse);
+//! - the file is not a symlink: a symlink is refused, not followed, because whoever controls the
+//!   link (or the directory it lives in, or any directory on the way to its target) could point it
+//!   at a key of their choosing, and the checks above would judge the wrong directory;
+//! - it is a regular file: a FIFO, device or socket is refused (opened non-blocking, so a FIFO
+//!   with no writer cannot hang a reload);
+//! - it belongs to the daemon's user or root;
+//! - a private key or PSK has no group or world permission bit at all (0600 or 0400 pass, 0640
+//!   or 0604 fail); a public key file is not secret but must not be writable by group or others
+//!   (a swapped peer key is an impersonation). The check is on mode bits, not on access(2), so it
+//!   holds when running as root, who can read anything.
+//!
+//! Every refusal names the file and says how to fix it.
 //!
 //! Contents: standard base64 of exactly 32 bytes (44 characters), surrounding whitespace and a
 //! final newline allowed. The text read and the decoded bytes live in zeroizing buffers.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Read as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 
 use zeroize::Zeroizing;
 
@@ -34,20 +51,80 @@ pub enum KeyFileError {
     /// No such file.
     #[error("file \"{0}\" does not exist")]
     Missing(String),
-    /// Exists but could not be opened or read (or is not a regular file).
+    /// Exists but could not be opened or read.
     #[error("cannot read \"{0}\": {1}")]
     Unreadable(String, String),
-    /// Group or world permission bits set.
+    /// A symlink: refused, not followed (see the module doc).
     #[error(
-        "\"{path}\"{via} is accessible by group or others (mode {mode:04o}): run `chmod 600` on it"
+        "\"{path}\" is a symlink{target}: a key file must be the file itself (whoever controls a link can swap the key): replace the link with the file it points to"
     )]
+    Symlink {
+        /// The path as written.
+        path: String,
+        /// `" to \"X\""` or empty.
+        target: String,
+    },
+    /// A directory, FIFO, device or socket.
+    #[error("\"{path}\" is {kind}, not a regular file: put the key in a plain file")]
+    NotRegular {
+        /// The path as written.
+        path: String,
+        /// `"a directory"`, `"a FIFO"`, ...
+        kind: &'static str,
+    },
+    /// Owned by neither the daemon's user nor root.
+    #[error(
+        "\"{path}\" is owned by uid {owner}, but key files must belong to the user the daemon runs as (uid {euid}) or to root: run `chown {euid}` on it"
+    )]
+    Owner {
+        /// The path as written.
+        path: String,
+        /// The file's owner.
+        owner: u32,
+        /// The daemon's effective uid.
+        euid: u32,
+    },
+    /// A private key or PSK with group or world permission bits set.
+    #[error("\"{path}\" is accessible by group or others (mode {mode:04o}): run `chmod 600` on it")]
     Loose {
         /// The path as written.
         path: String,
-        /// `" (a symlink to X)"` or empty.
-        via: String,
         /// The permission bits.
         mode: u32,
+    },
+    /// A public key file writable by group or others.
+    #[error("\"{path}\" is writable by group or others (mode {mode:04o}): run `chmod go-w` on it")]
+    Writable {
+        /// The path as written.
+        path: String,
+        /// The permission bits.
+        mode: u32,
+    },
+    /// The file's directory is writable by group or others: anyone of them could replace it.
+    #[error(
+        "\"{path}\": its directory \"{dir}\" is writable by group or others (mode {mode:04o}), who could replace the file: run `chmod go-w {dir}` or move the file to a private directory"
+    )]
+    DirWritable {
+        /// The path as written.
+        path: String,
+        /// The directory, as opened.
+        dir: String,
+        /// The directory's permission bits.
+        mode: u32,
+    },
+    /// The file's directory belongs to neither the daemon's user nor root.
+    #[error(
+        "\"{path}\": its directory \"{dir}\" is owned by uid {owner}, who could replace the file; it must belong to the user the daemon runs as (uid {euid}) or to root: run `chown {euid} {dir}` or move the file"
+    )]
+    DirOwner {
+        /// The path as written.
+        path: String,
+        /// The directory, as opened.
+        dir: String,
+        /// The directory's owner.
+        owner: u32,
+        /// The daemon's effective uid.
+        euid: u32,
     },
     /// Not base64 of 32 bytes.
     #[error("\"{0}\": {1}")]
@@ -95,44 +172,11 @@ impl FsKeyFiles {
 
     fn read_text(&self, path: &str, secret: bool) -> Result<Zeroizing<String>, KeyFileError> {
         let resolved = self.resolve(path);
-        let link_target = std::fs::symlink_metadata(&resolved)
-            .ok()
-            .filter(|m| m.file_type().is_symlink())
-            .map(|_| std::fs::read_link(&resolved).map(|t| t.display().to_string()));
-        let mut file = std::fs::File::open(&resolved).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => KeyFileError::Missing(path.to_owned()),
-            _ => KeyFileError::Unreadable(path.to_owned(), os_message(&e)),
-        })?;
-        // Judge the file that was opened, not the name: no window for a swap in between.
-        let meta = file
-            .metadata()
-            .map_err(|e| KeyFileError::Unreadable(path.to_owned(), os_message(&e)))?;
-        if !meta.is_file() {
-            return Err(KeyFileError::Unreadable(
-                path.to_owned(),
-                "not a regular file".into(),
-            ));
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if secret && mode & 0o077 != 0 {
-            let via = match link_target {
-                Some(Ok(t)) => format!(" (a symlink to \"{t}\")"),
-                Some(Err(_)) => " (a symlink)".to_owned(),
-                None => String::new(),
-            };
-            return Err(KeyFileError::Loose {
-                path: path.to_owned(),
-                via,
-                mode,
-            });
-        }
-        if meta.len() > MAX_KEY_FILE_LEN {
+        let (mut file, size) = open_checked(path, &resolved, secret)?;
+        if size > MAX_KEY_FILE_LEN {
             return Err(KeyFileError::BadContents(
                 path.to_owned(),
-                format!(
-                    "file is {} bytes, a key is 44 base64 characters",
-                    meta.len()
-                ),
+                format!("file is {size} bytes, a key is 44 base64 characters"),
             ));
         }
         let mut raw = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN as usize));
@@ -147,6 +191,134 @@ impl FsKeyFiles {
                 "invalid base64: the file is not text".into(),
             )),
         }
+    }
+}
+
+/// Opens the key file `resolved` (written `path` in the config) with every check of the module
+/// doc done on descriptors: its directory first, then the file relative to that directory.
+/// Returns the file and its size.
+fn open_checked(path: &str, resolved: &Path, secret: bool) -> Result<(File, u64), KeyFileError> {
+    let unreadable = |e: std::io::Error| KeyFileError::Unreadable(path.to_owned(), os_message(&e));
+    let (dir, name) = match (resolved.parent(), resolved.file_name()) {
+        (Some(d), Some(n)) if d.as_os_str().is_empty() => (Path::new("."), n),
+        (Some(d), Some(n)) => (d, n),
+        _ => {
+            return Err(KeyFileError::NotRegular {
+                path: path.to_owned(),
+                kind: "not a file name",
+            });
+        }
+    };
+    let euid = rustix::process::geteuid().as_raw();
+    let trusted = |uid: u32| uid == euid || uid == 0;
+
+    // O_PATH: no read permission needed on the directory, only search.
+    let dir_fd = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::NOENT => KeyFileError::Missing(path.to_owned()),
+        e => unreadable(e.into()),
+    })?;
+    let dir_stat = rustix::fs::fstat(&dir_fd).map_err(|e| unreadable(e.into()))?;
+    if !trusted(dir_stat.st_uid) {
+        return Err(KeyFileError::DirOwner {
+            path: path.to_owned(),
+            dir: dir.display().to_string(),
+            owner: dir_stat.st_uid,
+            euid,
+        });
+    }
+    let dir_mode = dir_stat.st_mode & 0o7777;
+    if dir_mode & 0o022 != 0 {
+        return Err(KeyFileError::DirWritable {
+            path: path.to_owned(),
+            dir: dir.display().to_string(),
+            mode: dir_mode,
+        });
+    }
+
+    // O_NONBLOCK: opening a FIFO for reading waits for a writer otherwise.
+    let fd = rustix::fs::openat(
+        &dir_fd,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    );
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Err(KeyFileError::Missing(path.to_owned())),
+        // ELOOP (a symlink under O_NOFOLLOW), ENXIO (a socket), EACCES...: say what is there.
+        Err(e) => {
+            return Err(
+                match rustix::fs::statat(&dir_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_symlink() => {
+                        KeyFileError::Symlink {
+                            path: path.to_owned(),
+                            target: rustix::fs::readlinkat(&dir_fd, name, Vec::new())
+                                .map(|t| format!(" to \"{}\"", t.to_string_lossy()))
+                                .unwrap_or_default(),
+                        }
+                    }
+                    Ok(st) => match kind_of(rustix::fs::FileType::from_raw_mode(st.st_mode)) {
+                        Some(kind) => KeyFileError::NotRegular {
+                            path: path.to_owned(),
+                            kind,
+                        },
+                        None => unreadable(e.into()),
+                    },
+                    Err(_) => unreadable(e.into()),
+                },
+            );
+        }
+    };
+    // Judge the file that was opened, not the name: no window for a swap in between.
+    let st = rustix::fs::fstat(&fd).map_err(|e| unreadable(e.into()))?;
+    if let Some(kind) = kind_of(rustix::fs::FileType::from_raw_mode(st.st_mode)) {
+        return Err(KeyFileError::NotRegular {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    if !trusted(st.st_uid) {
+        return Err(KeyFileError::Owner {
+            path: path.to_owned(),
+            owner: st.st_uid,
+            euid,
+        });
+    }
+    let mode = st.st_mode & 0o7777;
+    if secret && mode & 0o077 != 0 {
+        return Err(KeyFileError::Loose {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    if !secret && mode & 0o022 != 0 {
+        return Err(KeyFileError::Writable {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    // A negative size cannot come from fstat of a regular file; refuse rather than read.
+    let size = u64::try_from(st.st_size)
+        .map_err(|_| KeyFileError::Unreadable(path.to_owned(), "negative file size".to_owned()))?;
+    Ok((File::from(fd), size))
+}
+
+/// What a file that is not a regular file is, for the message (`None`: a regular file).
+fn kind_of(ft: rustix::fs::FileType) -> Option<&'static str> {
+    use rustix::fs::FileType as T;
+    match ft {
+        T::RegularFile => None,
+        T::Directory => Some("a directory"),
+        T::Fifo => Some("a FIFO"),
+        T::Socket => Some("a socket"),
+        T::CharacterDevice | T::BlockDevice => Some("a device"),
+        T::Symlink => Some("a symlink"),
+        T::Unknown => Some("not a regular file"),
     }
 }
 
@@ -240,7 +412,7 @@ fn os_message(e: &std::io::Error) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
 
     const KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
 
@@ -270,28 +442,165 @@ mod tests {
                 files.read_key("k").unwrap_err(),
                 KeyFileError::Loose {
                     path: "k".into(),
-                    via: String::new(),
                     mode
                 }
             );
         }
-        // A public key file is not secret.
+        // A public key file is not secret: readable by all is fine, writable by others is not.
+        write(dir.path(), "k", KEY, 0o644);
         assert_eq!(files.read_public_key("k").unwrap(), [7u8; 32]);
+        for mode in [0o664, 0o646] {
+            write(dir.path(), "k", KEY, mode);
+            assert_eq!(
+                files.read_public_key("k").unwrap_err().to_string(),
+                format!(
+                    "\"k\" is writable by group or others (mode {mode:04o}): run `chmod go-w` on it"
+                )
+            );
+        }
     }
 
     #[test]
-    fn a_symlink_is_judged_by_its_target() {
+    fn a_symlink_is_refused_not_followed_even_to_a_tight_file() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "loose", KEY, 0o644);
         write(dir.path(), "tight", KEY, 0o600);
         symlink("loose", dir.path().join("to-loose")).unwrap();
         symlink("tight", dir.path().join("to-tight")).unwrap();
         let files = FsKeyFiles::new(dir.path().into(), None);
+        for (link, target) in [("to-loose", "loose"), ("to-tight", "tight")] {
+            assert_eq!(
+                files.read_key(link).unwrap_err().to_string(),
+                format!(
+                    "\"{link}\" is a symlink to \"{target}\": a key file must be the file itself \
+                     (whoever controls a link can swap the key): replace the link with the file it points to"
+                )
+            );
+            assert!(matches!(
+                files.read_public_key(link).unwrap_err(),
+                KeyFileError::Symlink { .. }
+            ));
+        }
+        // The target itself is fine.
+        assert_eq!(*files.read_key("tight").unwrap(), [7u8; 32]);
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.psk");
+        let out = std::process::Command::new("mkfifo")
+            .arg("-m")
+            .arg("600")
+            .arg(&fifo)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mkfifo: {out:?}");
+        let files = FsKeyFiles::new(dir.path().into(), None);
+        // On a thread: a blocking open would hang here for ever, which must fail the test instead.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(files.read_key("fifo.psk").map(|_| ()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("reading a FIFO key file hung (opened without O_NONBLOCK?)");
         assert_eq!(
-            files.read_key("to-loose").unwrap_err().to_string(),
-            "\"to-loose\" (a symlink to \"loose\") is accessible by group or others (mode 0644): run `chmod 600` on it"
+            got.unwrap_err().to_string(),
+            "\"fifo.psk\" is a FIFO, not a regular file: put the key in a plain file"
         );
-        assert_eq!(*files.read_key("to-tight").unwrap(), [7u8; 32]);
+    }
+
+    /// The uid of `nobody`.
+    const NOBODY: u32 = 65534;
+
+    /// Whether the test can chown files (root). Not root: skips loudly, unless in CI.
+    fn can_chown(test: &str) -> bool {
+        if rustix::process::geteuid().is_root() {
+            return true;
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the key file tests as root ({test})"
+        );
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("SKIPPING {test}: needs root to chown files");
+        }
+        false
+    }
+
+    #[test]
+    fn a_key_file_owned_by_another_user_is_refused() {
+        if !can_chown("a_key_file_owned_by_another_user_is_refused") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "theirs.key", KEY, 0o600);
+        write(dir.path(), "theirs.pub", KEY, 0o644);
+        for f in ["theirs.key", "theirs.pub"] {
+            std::os::unix::fs::chown(dir.path().join(f), Some(NOBODY), None).unwrap();
+        }
+        let files = FsKeyFiles::new(dir.path().into(), None);
+        assert_eq!(
+            files.read_key("theirs.key").unwrap_err().to_string(),
+            "\"theirs.key\" is owned by uid 65534, but key files must belong to the user the \
+             daemon runs as (uid 0) or to root: run `chown 0` on it"
+        );
+        assert!(matches!(
+            files.read_public_key("theirs.pub").unwrap_err(),
+            KeyFileError::Owner { owner: NOBODY, .. }
+        ));
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused_even_when_sticky() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        write(&keys, "k", KEY, 0o600);
+        write(&keys, "k.pub", KEY, 0o644);
+        let files = FsKeyFiles::new(dir.path().into(), None);
+        for mode in [0o770, 0o757, 0o777, 0o1777] {
+            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(mode)).unwrap();
+            let d = keys.display();
+            assert_eq!(
+                files.read_key("keys/k").unwrap_err().to_string(),
+                format!(
+                    "\"keys/k\": its directory \"{d}\" is writable by group or others (mode \
+                     {mode:04o}), who could replace the file: run `chmod go-w {d}` or move the \
+                     file to a private directory"
+                )
+            );
+            assert!(matches!(
+                files.read_public_key("keys/k.pub").unwrap_err(),
+                KeyFileError::DirWritable { .. }
+            ));
+        }
+        // Readable by all is fine: only writing lets others swap the file.
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(*files.read_key("keys/k").unwrap(), [7u8; 32]);
+    }
+
+    #[test]
+    fn a_directory_owned_by_another_user_is_refused() {
+        if !can_chown("a_directory_owned_by_another_user_is_refused") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        write(&keys, "k", KEY, 0o600);
+        std::os::unix::fs::chown(&keys, Some(NOBODY), None).unwrap();
+        let files = FsKeyFiles::new(dir.path().into(), None);
+        assert!(matches!(
+            files.read_key("keys/k").unwrap_err(),
+            KeyFileError::DirOwner {
+                owner: NOBODY,
+                euid: 0,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -304,10 +613,14 @@ mod tests {
             files.read_key("nope").unwrap_err(),
             KeyFileError::Missing("nope".into())
         );
-        assert!(matches!(
-            files.read_key("d").unwrap_err(),
-            KeyFileError::Unreadable(..)
-        ));
+        assert_eq!(
+            files.read_key("no-such-dir/k").unwrap_err(),
+            KeyFileError::Missing("no-such-dir/k".into())
+        );
+        assert_eq!(
+            files.read_key("d").unwrap_err().to_string(),
+            "\"d\" is a directory, not a regular file: put the key in a plain file"
+        );
         assert_eq!(
             files.read_key("short").unwrap_err().to_string(),
             "\"short\": wrong key length: decodes to 16 bytes, expected 32"

@@ -12,8 +12,9 @@
 //!    names and endpoint pairs, overlapping subnets, tied priorities, `dpd_timeout` vs
 //!    `dpd_interval`; a duplicate or an overlap points at its second occurrence.
 //! 3. Key and PSK files are read through a [`KeyFiles`] source ([`FsKeyFiles`] for real files:
-//!    permission checks like ssh, symlinks followed and judged by their target, relative paths
-//!    resolved against the config file's directory, `$CREDENTIALS_DIRECTORY` for bare names).
+//!    owner, mode and directory checks like ssh's, done on the opened descriptors; symlinks,
+//!    FIFOs and devices refused; relative paths resolved against the config file's directory,
+//!    `$CREDENTIALS_DIRECTORY` for bare names).
 //!    A problem with a file points at the line that names it.
 //!
 //! Why a walk over `toml`'s spanned tree instead of `#[derive(Deserialize)]` with

@@ -8,6 +8,9 @@
 //! socket, the metrics endpoint and signals, and talks to the data plane only through
 //! [`Command`]s (an mpsc channel + eventfd doorbell) answered on oneshot channels.
 //!
+//! The control socket and the metrics endpoint each serve a bounded number of connections with
+//! short deadlines, and pause after a failed `accept` ([`crate::listeners`]).
+//!
 //! Signals: SIGHUP = reload (as `tandem reload`); SIGTERM / SIGINT = STOPPING=1, closing notices
 //! on every tunnel, exit 0.
 
@@ -20,10 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::control::{ErrorKind, MAX_MESSAGE, Reply, Request};
 use crate::dataplane::worker::{Command, DataPlane, Handle, TunSettings};
+use crate::listeners::{Gate, REPLY_TIMEOUT, REQUEST_TIMEOUT};
 use crate::notify::Notifier;
-
-/// How long one control connection may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The engine's half of a config (the daemon owns this conversion, docs/CONTRACTS.md).
 pub fn engine_config(cfg: &tandem_config::Config) -> EngineConfig {
@@ -278,6 +279,7 @@ async fn control_plane(
             return 1;
         }
     };
+    tokio::task::spawn_local(serve_control_socket(ctx.clone(), listener));
     if let Some(m) = metrics {
         let _ = m.set_nonblocking(true);
         match tokio::net::TcpListener::from_std(m) {
@@ -297,11 +299,6 @@ async fn control_plane(
     };
     loop {
         tokio::select! {
-            conn = listener.accept() => {
-                if let Ok((stream, _)) = conn {
-                    tokio::task::spawn_local(serve_control(ctx.clone(), stream));
-                }
-            }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
                 let reply = reload(&ctx).await;
@@ -423,6 +420,27 @@ async fn handle_request(ctx: &Ctx, req: Request) -> Reply {
     }
 }
 
+/// The control socket's accept loop (limits: [`crate::listeners`]).
+async fn serve_control_socket(ctx: std::rc::Rc<Ctx>, listener: tokio::net::UnixListener) {
+    let mut gate = Gate::new("control socket");
+    loop {
+        let slot = gate.slot().await;
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let ctx = ctx.clone();
+                tokio::task::spawn_local(async move {
+                    serve_control(ctx, stream).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                drop(slot);
+                gate.accept_failed(&e).await;
+            }
+        }
+    }
+}
+
 async fn serve_control(ctx: std::rc::Rc<Ctx>, mut stream: tokio::net::UnixStream) {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -448,18 +466,30 @@ async fn serve_control(ctx: std::rc::Rc<Ctx>, mut stream: tokio::net::UnixStream
     };
     if let Ok(mut body) = serde_json::to_vec(&reply) {
         body.push(b'\n');
-        let _ = stream.write_all(&body).await;
-        let _ = stream.shutdown().await;
+        let _ = tokio::time::timeout(REPLY_TIMEOUT, async {
+            stream.write_all(&body).await?;
+            stream.shutdown().await
+        })
+        .await;
     }
 }
 
+/// The metrics endpoint's accept loop (limits: [`crate::listeners`]).
 async fn serve_metrics(ctx: std::rc::Rc<Ctx>, listener: tokio::net::TcpListener) {
+    let mut gate = Gate::new("metrics endpoint");
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let slot = gate.slot().await;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                drop(slot);
+                gate.accept_failed(&e).await;
+                continue;
+            }
         };
         let ctx = ctx.clone();
         tokio::task::spawn_local(async move {
+            let _slot = slot;
             let mut req = Vec::new();
             let mut chunk = [0u8; 1024];
             let ok = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -496,8 +526,11 @@ async fn serve_metrics(ctx: std::rc::Rc<Ctx>, listener: tokio::net::TcpListener)
             } else {
                 "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n".to_owned()
             };
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let _ = tokio::time::timeout(REPLY_TIMEOUT, async {
+                stream.write_all(response.as_bytes()).await?;
+                stream.shutdown().await
+            })
+            .await;
         });
     }
 }

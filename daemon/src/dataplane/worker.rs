@@ -228,22 +228,18 @@ fn open_tun(t: &TunSettings) -> io::Result<(tun_rs::SyncDevice, bool, bool)> {
     Ok((build_tun(t, false)?, false, false))
 }
 
-/// Open the `TANDEM_KEYLOG` file (created 0600, appended to) when the variable is set.
+/// Open the `TANDEM_KEYLOG` file when the variable is set ([`crate::keylog`]: created 0600 or
+/// our own 0600 file emptied; anything else refused, and the daemon runs without a key log).
 fn open_keylog() -> Option<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = std::env::var_os("TANDEM_KEYLOG").filter(|p| !p.is_empty())?;
-    match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-    {
+    let path = std::path::Path::new(&path);
+    match crate::keylog::open(path) {
         Ok(f) => {
-            tracing::warn!(path = %std::path::Path::new(&path).display(), "TANDEM_KEYLOG is set: SA keys are written to a key log (debugging only; anyone who reads it can decrypt the tunnels)");
+            tracing::warn!(path = %path.display(), "TANDEM_KEYLOG is set: SA keys are written to a key log (debugging only; anyone who reads it can decrypt the tunnels)");
             Some(f)
         }
         Err(e) => {
-            tracing::error!(path = %std::path::Path::new(&path).display(), error = %e, "cannot open the key log file");
+            tracing::error!("{e}; running without a key log");
             None
         }
     }
