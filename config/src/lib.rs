@@ -37,6 +37,7 @@ use zeroize::Zeroizing;
 
 pub use diag::{ConfigError, Diagnostic};
 pub use keyfile::{FsKeyFiles, KeyFileError, KeyFiles, MemoryKeyFiles};
+pub use schema::SCHEMA;
 pub use values::{parse_duration, parse_key_base64};
 
 /// A 32-byte secret (X25519 private key or PSK), wiped from memory on drop.

@@ -66,6 +66,17 @@ const TUNNEL_KEYS: &[&str] = &[
     "priority",
 ];
 
+/// Every key the walk accepts, by table (`""` is the top level), in the order of the reference
+/// in `docs/configuration.md`. These are the very lists `Walker::check_keys` judges keys by, so a
+/// test can hold the documentation to them.
+pub const SCHEMA: &[(&str, &[&str])] = &[
+    ("", ROOT_KEYS),
+    ("gateway", GATEWAY_KEYS),
+    ("control", CONTROL_KEYS),
+    ("connection", CONNECTION_KEYS),
+    ("connection.tunnel", TUNNEL_KEYS),
+];
+
 pub(crate) struct RawGateway {
     pub(crate) private_key: Option<(SecretKey, PathBuf)>,
     pub(crate) tun_name: String,

@@ -140,7 +140,7 @@ pub struct StatusArgs {
     /// Finding the daemon.
     #[command(flatten)]
     pub control: ControlArgs,
-    /// Print the SPEC §7 JSON document instead of a table.
+    /// Print the status as one JSON document (fields in docs/cli.md) instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -1,0 +1,117 @@
+#![allow(clippy::unwrap_used)]
+//! `docs/configuration.md` documents exactly the keys the parser accepts.
+//!
+//! The key lists come from [`tandem_config::SCHEMA`], the lists the parser itself judges unknown
+//! keys by, so a key added to the parser without documentation (or documented but not accepted)
+//! fails here. The reference has one section per table, headed `## `[gateway]`` and so on (the
+//! top level under `## Top level`); each key is the first cell of a row of that section's table.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn reference() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The heading that introduces `table`'s keys.
+fn heading(table: &str) -> String {
+    match table {
+        "" => "## Top level".to_owned(),
+        "gateway" | "control" => format!("## `[{table}]`"),
+        _ => format!("## `[[{table}]]`"),
+    }
+}
+
+/// The keys named in the first column of the section under `heading` (up to the next `## `).
+fn documented_keys(doc: &str, heading: &str) -> BTreeSet<String> {
+    let start = doc
+        .lines()
+        .position(|l| l.trim_end() == heading)
+        .unwrap_or_else(|| panic!("docs/configuration.md has no heading {heading:?}"));
+    doc.lines()
+        .skip(start + 1)
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| {
+            let cell = l.strip_prefix('|')?.split('|').next()?.trim();
+            let key = cell.strip_prefix('`')?.strip_suffix('`')?;
+            Some(key.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn every_key_the_parser_accepts_is_documented_under_its_table() {
+    let doc = reference();
+    let mut missing = Vec::new();
+    for (table, keys) in tandem_config::SCHEMA {
+        let documented = documented_keys(&doc, &heading(table));
+        for key in *keys {
+            if !documented.contains(*key) {
+                missing.push(format!("{} -> {key}", heading(table)));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md does not document these keys (add a row to the section's table):\n  {}",
+        missing.join("\n  ")
+    );
+}
+
+#[test]
+fn the_reference_documents_no_key_the_parser_would_refuse() {
+    let doc = reference();
+    let mut extra = Vec::new();
+    for (table, keys) in tandem_config::SCHEMA {
+        for key in documented_keys(&doc, &heading(table)) {
+            if !keys.contains(&key.as_str()) {
+                extra.push(format!("{} -> {key}", heading(table)));
+            }
+        }
+    }
+    assert!(
+        extra.is_empty(),
+        "docs/configuration.md documents keys the parser refuses as unknown:\n  {}",
+        extra.join("\n  ")
+    );
+}
+
+#[test]
+fn the_complete_example_in_the_reference_is_a_valid_config() {
+    let doc = reference();
+    let example = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/configuration.md has a ```toml example");
+    let mut keys = tandem_config::MemoryKeyFiles::new();
+    let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    for file in [
+        "/etc/tandem/private.key",
+        "/etc/tandem/tunnel1.psk",
+        "/etc/tandem/tunnel2.psk",
+    ] {
+        keys.insert(file, key);
+    }
+    let cfg = tandem_config::parse_str("configuration.md", example, &keys)
+        .unwrap_or_else(|e| panic!("the example does not parse:\n{e}"));
+    // Every key of the schema appears in the example except the alternatives to `peer_public_key`.
+    for (table, list) in tandem_config::SCHEMA {
+        for key in *list {
+            if *key == "peer_public_key_file"
+                || (*table == "connection.tunnel" && *key == "peer_public_key")
+            {
+                continue;
+            }
+            assert!(
+                example.contains(&format!("{key} ="))
+                    || example.contains(&format!("[{key}]"))
+                    || example.contains(&format!("[[{key}]]"))
+                    || example.contains(&format!("[[{table}.{key}]]")),
+                "the example does not show {table}.{key}"
+            );
+        }
+    }
+    assert_eq!(cfg.connections[0].tunnels.len(), 2);
+}
