@@ -72,6 +72,14 @@ pub const REJECT_AFTER: Duration = Duration::from_secs(180);
 pub const MIN_REKEY_AFTER: Duration = Duration::from_secs(1);
 /// Default `failback` (SPEC §3).
 pub const DEFAULT_FAILBACK: Duration = Duration::from_secs(10);
+/// Longest accepted `dpd_interval`: a keepalive a minute already means a dead path keeps its
+/// traffic for minutes; more is a typo (and the engine's timers must stay far from overflow).
+pub const MAX_DPD_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest accepted `dpd_timeout`: ten minutes of a dead path before failover is already beyond
+/// what any site-to-site VPN would call failover.
+pub const MAX_DPD_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest accepted `failback` hold-down (use "never" to stay on the standby).
+pub const MAX_FAILBACK: Duration = Duration::from_secs(24 * 3600);
 
 /// A validated configuration with its keys loaded.
 #[derive(Debug, Clone)]

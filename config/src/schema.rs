@@ -22,8 +22,9 @@ use crate::values::{
 };
 use crate::{
     Config, Connection, Control, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_INTERVAL, DEFAULT_DPD_TIMEOUT,
-    DEFAULT_FAILBACK, DEFAULT_MTU, DEFAULT_REKEY_AFTER, DEFAULT_TUN_NAME, Gateway, MAX_MTU,
-    MIN_MTU, MIN_REKEY_AFTER, Mode, REJECT_AFTER, SecretKey, Tunnel,
+    DEFAULT_FAILBACK, DEFAULT_MTU, DEFAULT_REKEY_AFTER, DEFAULT_TUN_NAME, Gateway,
+    MAX_DPD_INTERVAL, MAX_DPD_TIMEOUT, MAX_FAILBACK, MAX_MTU, MIN_MTU, MIN_REKEY_AFTER, Mode,
+    REJECT_AFTER, SecretKey, Tunnel,
 };
 
 /// A value with where it came from.
@@ -285,6 +286,23 @@ struct Tab<'t, 'i> {
     table: &'t DeTable<'i>,
     span: Range<usize>,
     path: String,
+}
+
+/// A duration with an upper bound: the error names the key, the value, the bound and why.
+fn at_most(
+    key: &str,
+    text: &str,
+    d: Duration,
+    max: Duration,
+    why: &str,
+) -> Result<Duration, String> {
+    if d > max {
+        return Err(format!(
+            "{key} \"{text}\" is too long: at most {} ({why})",
+            format_duration(max)
+        ));
+    }
+    Ok(d)
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -566,10 +584,6 @@ impl Walker<'_, '_, '_> {
         (false, None)
     }
 
-    fn duration(&mut self, tab: &Tab<'_, '_>, key: &str) -> Option<At<Duration>> {
-        self.parsed(tab, key, parse_duration)
-    }
-
     fn gateway(&mut self, tab: &Tab<'_, '_>) -> Option<RawGateway> {
         self.check_keys(tab, GATEWAY_KEYS);
         let private_key = self.key_file(tab, "private_key_file");
@@ -667,14 +681,39 @@ impl Walker<'_, '_, '_> {
         let failback = match self.parsed(tab, "failback", |s| match s {
             "never" => Ok(None),
             _ => parse_duration(s)
-                .map(Some)
-                .map_err(|m| format!("{m}, or \"never\"")),
+                .map_err(|m| format!("{m}, or \"never\""))
+                .and_then(|d| {
+                    at_most(
+                        "failback",
+                        s,
+                        d,
+                        MAX_FAILBACK,
+                        "use \"never\" to stay on the standby",
+                    )
+                })
+                .map(Some),
         }) {
             Some(a) => a.value,
             None => Some(DEFAULT_FAILBACK),
         };
-        let dpd_interval = self.duration(tab, "dpd_interval");
-        let dpd_timeout = self.duration(tab, "dpd_timeout");
+        let dpd_interval = self.parsed(tab, "dpd_interval", |s| {
+            at_most(
+                "dpd_interval",
+                s,
+                parse_duration(s)?,
+                MAX_DPD_INTERVAL,
+                "keepalives are sent twice per interval",
+            )
+        });
+        let dpd_timeout = self.parsed(tab, "dpd_timeout", |s| {
+            at_most(
+                "dpd_timeout",
+                s,
+                parse_duration(s)?,
+                MAX_DPD_TIMEOUT,
+                "a dead path keeps its traffic this long",
+            )
+        });
         let mss_clamp = self.boolean(tab, "mss_clamp").unwrap_or(true);
         let rekey_after = self
             .parsed(tab, "rekey_after", |s| {

@@ -11,7 +11,8 @@
 //!   of the same address family;
 //! - active-standby priorities are distinct within a connection (the active tunnel must be
 //!   unambiguous);
-//! - `dpd_interval` > 0, `dpd_timeout` > `dpd_interval`, 1 s <= `rekey_after` < reject-after.
+//! - `dpd_interval` > 0, `dpd_timeout` > `dpd_interval`, 1 s <= `rekey_after` < reject-after
+//!   (the upper bounds of single durations are checked as they parse, in schema.rs).
 
 use ipnet::IpNet;
 use std::collections::HashMap;

@@ -49,10 +49,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// Formats a duration the way the config spells it (`250ms`, `1s`, `2m`).
+/// Formats a duration the way the config spells it (`250ms`, `1s`, `2m`, `24h`).
 pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 60_000 == 0 && ms > 0 {
+    if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
         format!("{}m", ms / 60_000)
     } else if ms % 1000 == 0 && ms > 0 {
         format!("{}s", ms / 1000)
@@ -155,6 +157,7 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(format_duration(Duration::from_secs(1)), "1s");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
         assert_eq!(format_duration(Duration::ZERO), "0ms");
     }
 

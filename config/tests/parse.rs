@@ -210,3 +210,40 @@ fn debug_output_never_shows_the_private_key_or_a_psk() {
         assert!(!shown.contains(&secret(n)), "{shown}");
     }
 }
+
+#[test]
+fn durations_past_their_upper_bounds_are_refused_with_their_position() {
+    // u64::MAX seconds passed `check` once and then overflowed the engine's clock arithmetic.
+    let huge = "18446744073709551615s";
+    let with = |key: &str, value: &str| {
+        minimal().replace(
+            "remote_subnets = [\"10.20.0.0/16\"]\n",
+            &format!("remote_subnets = [\"10.20.0.0/16\"]\n{key} = \"{value}\"\n"),
+        )
+    };
+    for (key, value, bound) in [
+        ("failback", huge, "24h"),
+        ("failback", "25h", "24h"),
+        ("dpd_interval", huge, "1m"),
+        ("dpd_interval", "61s", "1m"),
+        ("dpd_timeout", huge, "10m"),
+        ("dpd_timeout", "601s", "10m"),
+    ] {
+        let e = errors(&with(key, value));
+        assert!(
+            e.contains(&format!("c.toml:9:")) && e.contains(&format!("connection[0].{key}")),
+            "{key} = {value}: {e}"
+        );
+        assert!(
+            e.contains(&format!("{key} \"{value}\" is too long: at most {bound}")),
+            "{key} = {value}: {e}"
+        );
+    }
+    // The bounds themselves are accepted.
+    let ok = minimal().replace(
+        "remote_subnets = [\"10.20.0.0/16\"]\n",
+        "remote_subnets = [\"10.20.0.0/16\"]\nfailback = \"24h\"\ndpd_interval = \"1m\"\ndpd_timeout = \"10m\"\n",
+    );
+    let c = parse_str("c.toml", &ok, &keys()).unwrap();
+    assert_eq!(c.connections[0].dpd_timeout, Duration::from_secs(600));
+}
