@@ -5,7 +5,7 @@
 //!
 //! 1. The text is parsed by `toml` into its spanned document tree (every key and value keeps its
 //!    byte range). A syntax error stops here, with the parser's message and position.
-//! 2. The tree is walked against the schema of SPEC §3 ([`schema`]): unknown keys, wrong types,
+//! 2. The tree is walked against the schema of docs/configuration.md ([`schema`]): unknown keys, wrong types,
 //!    missing keys and bad values (durations, CIDRs, socket addresses, inline keys) are *all*
 //!    collected, each naming its field path (`connection[0].tunnel[1].psk_file`) and pointing at
 //!    the line that holds the offending value. Cross-field rules ([`validate`]) follow: duplicate
@@ -45,11 +45,11 @@ pub type SecretKey = Zeroizing<[u8; 32]>;
 
 /// Default TUN interface name.
 pub const DEFAULT_TUN_NAME: &str = "tandem0";
-/// Default control socket path (SPEC §2).
+/// Default control socket path (docs/cli.md).
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/control.sock";
 /// Per-packet overhead of the worst case: IPv6 outer header (40) + UDP (8) + ESP header with
 /// SPI, sequence number and 8-byte IV (16) + ESP trailer with up to 3 pad bytes, pad length and
-/// next header (5) + GCM ICV (16) = 85 bytes (SPEC §4, RFC 4303/4106).
+/// next header (5) + GCM ICV (16) = 85 bytes (docs/protocol.md, RFC 4303/4106).
 pub const TUNNEL_OVERHEAD: u16 = 40 + 8 + 16 + 3 + 2 + 16;
 /// Default inner MTU: a 1500-byte underlay minus [`TUNNEL_OVERHEAD`] = 1415. An inner packet of
 /// 1415 bytes + 2 trailer bytes pads to 1420 (4-byte aligned), so the outer IPv6 packet is
@@ -60,17 +60,17 @@ pub const DEFAULT_MTU: u16 = 1500 - TUNNEL_OVERHEAD;
 pub const MIN_MTU: u16 = 1280;
 /// Largest accepted inner MTU: jumbo frames.
 pub const MAX_MTU: u16 = 9000;
-/// Default `dpd_interval` (SPEC §5).
+/// Default `dpd_interval` (docs/protocol.md).
 pub const DEFAULT_DPD_INTERVAL: Duration = Duration::from_millis(250);
-/// Default `dpd_timeout` (SPEC §5).
+/// Default `dpd_timeout` (docs/protocol.md).
 pub const DEFAULT_DPD_TIMEOUT: Duration = Duration::from_secs(1);
-/// Default `rekey_after` (SPEC §5).
+/// Default `rekey_after` (docs/protocol.md).
 pub const DEFAULT_REKEY_AFTER: Duration = Duration::from_secs(120);
-/// An SA past this age is never used to send (SPEC §5): `rekey_after` must be below it.
+/// An SA past this age is never used to send (docs/protocol.md): `rekey_after` must be below it.
 pub const REJECT_AFTER: Duration = Duration::from_secs(180);
 /// Shortest accepted `rekey_after`: one handshake a second is already far more than needed.
 pub const MIN_REKEY_AFTER: Duration = Duration::from_secs(1);
-/// Default `failback` (SPEC §3).
+/// Default `failback` (docs/configuration.md).
 pub const DEFAULT_FAILBACK: Duration = Duration::from_secs(10);
 /// Longest accepted `dpd_interval`: a keepalive a minute already means a dead path keeps its
 /// traffic for minutes; more is a typo (and the engine's timers must stay far from overflow).
@@ -116,7 +116,7 @@ pub struct Control {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// How a connection spreads traffic over its tunnels (SPEC §6).
+/// How a connection spreads traffic over its tunnels (docs/protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// The Up tunnel with the lowest priority number carries everything.

@@ -1,7 +1,7 @@
 //! The ESP security association (RFC 4303 with AES-256-GCM per RFC 4106, extended sequence
 //! numbers), sealed and opened **in place** in a caller buffer.
 //!
-//! Wire (SPEC §4): `SPI (4) | seq low (4) | IV (8) = 64-bit seq | ciphertext | ICV (16)`;
+//! Wire (docs/protocol.md): `SPI (4) | seq low (4) | IV (8) = 64-bit seq | ciphertext | ICV (16)`;
 //! nonce = salt (4) || IV (8); AAD = SPI || seq high || seq low (RFC 4303 §2.2.1 with ESN);
 //! plaintext = inner packet || pad 1,2,3.. || pad length || next header, padded so that the
 //! ciphertext length is a multiple of 4.
@@ -52,11 +52,11 @@ pub const NEXT_HEADER_DUMMY: u8 = 59;
 /// Next header: tandem tunnel control inside the SA (253, RFC 3692 experimental).
 pub const NEXT_HEADER_LIVENESS: u8 = 253;
 
-/// Packets after which a new SA should be negotiated (SPEC §5): 2^27. RFC 8446 §5.5 allows
+/// Packets after which a new SA should be negotiated (docs/protocol.md): 2^27. RFC 8446 §5.5 allows
 /// 2^24.5 records of 2^14 bytes (2^38.5 bytes) per AES-GCM key; 2^27 packets of an MTU-sized
 /// 1420 bytes (~2^10.5) are 2^37.5 bytes, inside that budget.
 pub const REKEY_AFTER_PACKETS: u64 = 1 << 27;
-/// Packets after which an SA is never used to send (SPEC §5): sequence numbers above this are
+/// Packets after which an SA is never used to send (docs/protocol.md): sequence numbers above this are
 /// refused by `seal` and by `open`.
 pub const REJECT_AFTER_PACKETS: u64 = 1 << 28;
 
@@ -70,7 +70,7 @@ pub struct SaKeys {
 }
 
 impl SaKeys {
-    /// The key-log form of SPEC §4: 64 hex digits of key then 8 of salt.
+    /// The key-log form of docs/protocol.md: 64 hex digits of key then 8 of salt.
     pub fn keylog_hex(&self) -> String {
         let mut s = String::with_capacity(2 * (AES_KEY_LEN + SALT_LEN));
         for b in self.key.iter().chain(self.salt.iter()) {
@@ -127,7 +127,7 @@ pub enum SealError {
     /// Not enough bytes after the payload for padding, trailer and ICV.
     #[error("not enough tailroom after the payload")]
     NoTailroom,
-    /// The SA has sent [`REJECT_AFTER_PACKETS`] packets: it must not send again (SPEC §5).
+    /// The SA has sent [`REJECT_AFTER_PACKETS`] packets: it must not send again (docs/protocol.md).
     #[error("SA exhausted: sequence number limit reached")]
     Exhausted,
 }
@@ -280,7 +280,7 @@ pub enum OpenError {
     /// The ICV did not verify.
     #[error("authentication tag mismatch")]
     BadTag,
-    /// The packet authenticated but its IV is not its 64-bit sequence number (SPEC §4).
+    /// The packet authenticated but its IV is not its 64-bit sequence number (docs/protocol.md).
     #[error("IV differs from the sequence number")]
     IvMismatch,
     /// The padding is not 1, 2, 3.. or longer than the plaintext (RFC 4303 §2.4).

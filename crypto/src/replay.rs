@@ -1,6 +1,6 @@
 //! The RFC 6479 anti-replay window: a ring of 8192 bits (128 words of 64 bits).
 //!
-//! Flow (SPEC §5): `check(seq)` before the AEAD (cheap, no state change), `commit(seq)` only after
+//! Flow (docs/protocol.md): `check(seq)` before the AEAD (cheap, no state change), `commit(seq)` only after
 //! the tag verified. The window accepts any sequence number newer than the highest seen, and an
 //! older one only if it is within [`WINDOW`] of the highest and not seen before. Sliding forward
 //! clears whole words, so the cost of a far jump is bounded by the ring size, not the jump.
@@ -8,7 +8,7 @@
 
 /// Bits per word of the ring.
 const WORD_BITS: u64 = 64;
-/// Words in the ring: 8192 bits (SPEC §5).
+/// Words in the ring: 8192 bits (docs/protocol.md).
 const RING_WORDS: usize = 128;
 /// Bits in the ring.
 pub const RING_BITS: u64 = WORD_BITS * RING_WORDS as u64;

@@ -1,7 +1,7 @@
-//! The command line (SPEC §2): clap definitions, exit codes and control-socket discovery.
+//! The command line (docs/cli.md): clap definitions, exit codes and control-socket discovery.
 //!
 //! `main.rs` parses with [`Cli`] and dispatches; the control commands find the daemon's socket
-//! with [`control_socket`], in SPEC order: `--socket PATH`; the `[control] socket` of `-c FILE`;
+//! with [`control_socket`], in this order (docs/cli.md): `--socket PATH`; the `[control] socket` of `-c FILE`;
 //! `$TANDEM_SOCKET`; `/run/tandem/control.sock`.
 
 use std::ffi::OsString;
@@ -44,7 +44,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The subcommands of SPEC §2.
+/// The subcommands (docs/cli.md).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print a new base64 X25519 private key (from the OS CSPRNG).
@@ -207,7 +207,7 @@ fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The control socket for a control command, in SPEC §2 order, reading `$TANDEM_SOCKET`.
+/// The control socket for a control command, in the order docs/cli.md gives, reading `$TANDEM_SOCKET`.
 pub fn control_socket(args: &ControlArgs) -> Result<PathBuf, ConfigError> {
     discover_socket(
         args.socket.as_deref(),

@@ -23,11 +23,11 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
-    /// The SPEC §7 status document.
+    /// The docs/cli.md status document.
     Status,
     /// Re-read the config file.
     Reload,
-    /// Planned switch (SPEC §2 pinning rules).
+    /// Planned switch (docs/cli.md pinning rules).
     Failover {
         /// Connection name.
         connection: String,
@@ -140,7 +140,7 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply,
     serde_json::from_slice(&buf).map_err(|e| ClientError::BadReply(e.to_string()))
 }
 
-/// Exit status of the CLI (SPEC §2).
+/// Exit status of the CLI (docs/cli.md).
 pub mod exit {
     /// Success.
     pub const OK: i32 = 0;

@@ -1,4 +1,4 @@
-//! Opening the `TANDEM_KEYLOG` file (SPEC §4 key log, debugging only), so that the SA keys land
+//! Opening the `TANDEM_KEYLOG` file (docs/protocol.md key log, debugging only), so that the SA keys land
 //! only in a file that nobody else can read or already holds open.
 //!
 //! The file is opened with `O_CREAT | O_NOFOLLOW` and mode 0600, then judged by `fstat` on the

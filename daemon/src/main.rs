@@ -2,7 +2,7 @@
 //! imperative shell that drives `tandem-engine`.
 //!
 //! This file only parses the command line ([`tandem::cli`]) and dispatches; each command returns
-//! its exit status (SPEC §2: 0 success, 1 user error, 2 daemon unreachable).
+//! its exit status (docs/cli.md: 0 success, 1 user error, 2 daemon unreachable).
 // The CLI's output is the point of these commands.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             // Help and version go to stdout with status 0; a usage error is a user error (1),
-            // not clap's default 2, which SPEC §2 reserves for "daemon unreachable".
+            // not clap's default 2, which docs/cli.md reserves for "daemon unreachable".
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
                 EXIT_USER_ERROR
@@ -58,7 +58,7 @@ fn dispatch(command: Command) -> u8 {
     }
 }
 
-/// Find the daemon's control socket (SPEC §2 order) and run a control command against it.
+/// Find the daemon's control socket (docs/cli.md order) and run a control command against it.
 fn with_socket(args: &tandem::cli::ControlArgs, f: impl FnOnce(&std::path::Path) -> i32) -> u8 {
     match tandem::cli::control_socket(args) {
         Ok(socket) => u8::try_from(f(&socket)).unwrap_or(EXIT_USER_ERROR),

@@ -1,4 +1,4 @@
-//! The Prometheus text endpoint (SPEC §7).
+//! The Prometheus text endpoint (docs/cli.md).
 //!
 //! The data plane keeps its counters as plain `u64`s in the engine (no lock, no map on the hot
 //! path); a scrape asks the data-plane thread for a [`MetricsSnapshot`] over the command channel

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use zeroize::Zeroizing;
 
-/// How a connection spreads traffic over its Up tunnels (SPEC §6).
+/// How a connection spreads traffic over its Up tunnels (docs/protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
@@ -21,7 +21,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The SPEC §3 spelling.
+    /// The docs/configuration.md spelling.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -108,7 +108,7 @@ impl fmt::Debug for TunnelConfig {
 }
 
 impl ConnectionConfig {
-    /// A connection with SPEC §5 default timers and no tunnels (tests and tools fill the rest).
+    /// A connection with docs/protocol.md default timers and no tunnels (tests and tools fill the rest).
     #[must_use]
     pub fn with_defaults(name: &str) -> Self {
         ConnectionConfig {

@@ -35,7 +35,7 @@ pub const MAX_CONTROL_DATAGRAM: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct TunnelId(pub u16);
 
-/// SPEC §6 tunnel states.
+/// docs/protocol.md tunnel states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TunnelState {
@@ -50,7 +50,7 @@ pub enum TunnelState {
 }
 
 impl TunnelState {
-    /// The SPEC §6 name.
+    /// The docs/protocol.md name.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -236,7 +236,7 @@ pub enum Event {
         direction: Direction,
         /// Its SPI.
         spi: u32,
-        /// SPEC §4 key-log tail: 64 hex digits of key then 8 of salt. Secret: only for the key log.
+        /// docs/protocol.md key-log tail: 64 hex digits of key then 8 of salt. Secret: only for the key log.
         keylog: String,
     },
     /// A drill probe came back.
@@ -252,7 +252,7 @@ pub enum Event {
     },
 }
 
-/// `tandem status --json` (SPEC §7).
+/// `tandem status --json` (docs/cli.md).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
     /// Every connection.
@@ -279,7 +279,7 @@ pub struct ConnectionStatus {
 pub struct TunnelStatus {
     /// Name.
     pub name: String,
-    /// SPEC §6 state.
+    /// docs/protocol.md state.
     pub state: TunnelState,
     /// Local bind address.
     pub local: Option<SocketAddr>,
@@ -488,7 +488,7 @@ impl Engine {
         }
     }
 
-    /// Emit [`Event::SaInstalled`] with key material for the debugging key log (SPEC §4).
+    /// Emit [`Event::SaInstalled`] with key material for the debugging key log (docs/protocol.md).
     pub fn set_keylog(&mut self, on: bool) {
         self.keylog = on;
     }
@@ -819,7 +819,7 @@ impl Engine {
         }
     }
 
-    /// SPEC §7 status.
+    /// docs/cli.md status.
     #[must_use]
     pub fn status(&self, now: Instant) -> Status {
         let _ = now;
@@ -907,7 +907,7 @@ impl Engine {
         }
     }
 
-    /// Drill silence of one tunnel (SPEC §2 `tandem drill`). `Silent` stops sending and ignores
+    /// Drill silence of one tunnel (docs/cli.md `tandem drill`). `Silent` stops sending and ignores
     /// everything received, exactly as a dead path would: the tunnel is *not* told, it goes Down
     /// through its own DPD timeout (and the peer through its own), and data the selector still
     /// hands it meanwhile is dropped as `silenced` — that is the traffic gap a drill measures.
@@ -1045,7 +1045,7 @@ impl Engine {
     }
 
     /// Test hook: jumps the send counter of `tunnel`'s current outbound SA, to exercise the
-    /// packet limits (SPEC §5: rekey after 2^27, never past 2^28) without sending 2^27 packets.
+    /// packet limits (docs/protocol.md: rekey after 2^27, never past 2^28) without sending 2^27 packets.
     #[doc(hidden)]
     pub fn set_send_counter_for_testing(&mut self, tunnel: TunnelId, seq: u64) {
         if let Some(t) = self.tunnels.get_mut(usize::from(tunnel.0)) {

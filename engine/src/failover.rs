@@ -1,4 +1,4 @@
-//! The failover selector of one connection (SPEC §6).
+//! The failover selector of one connection (docs/protocol.md).
 //!
 //! Policy, in order:
 //! 1. **Pinned** (`tandem failover --to` / `tandem failover` with no target): the pinned tunnel is

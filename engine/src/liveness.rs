@@ -1,5 +1,5 @@
 //! Liveness messages: the plaintext of an ESP packet whose next header is 253
-//! (SPEC §4: "use for experimentation and testing", RFC 3692 — private to tandem).
+//! (docs/protocol.md: "use for experimentation and testing", RFC 3692 — private to tandem).
 //!
 //! Every message is 20 bytes, all integers big-endian, so the ESP ciphertext stays 4-byte
 //! aligned with the minimum 2 bytes of pad:
@@ -11,7 +11,7 @@
 //!       3 echo reply     id and timestamp copied from the request
 //!       4 closing        the sender is shutting the tunnel down: Down at once, no DPD wait
 //! flags bit 0  HEARS_YOU: the sender received an authenticated packet on this tunnel within its
-//!              dpd_timeout (SPEC §5, the BFD-like view); carried by every type
+//!              dpd_timeout (docs/protocol.md, the BFD-like view); carried by every type
 //!       bit 1  PROBE: an echo of a drill probe (`Engine::send_probe`); the reply becomes an Event
 //! ```
 //!

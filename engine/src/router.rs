@@ -1,4 +1,4 @@
-//! The router and the traffic selectors (SPEC §6a).
+//! The router and the traffic selectors (docs/protocol.md).
 //!
 //! Invariant: a packet from the TUN goes to the connection whose `remote_subnets` holds the
 //! longest prefix covering its destination; config validation guarantees that prefixes of

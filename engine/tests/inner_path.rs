@@ -1,4 +1,4 @@
-//! The inner-packet path through a live pair of engines (SPEC §6a): routing, traffic
+//! The inner-packet path through a live pair of engines (docs/protocol.md): routing, traffic
 //! selectors, ICMP errors back into the TUN, MSS clamping across the tunnel, status JSON.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 

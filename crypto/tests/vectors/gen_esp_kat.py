@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Known-answer vectors for tandem's ESP SA (SPEC §4), made with a third implementation:
+"""Known-answer vectors for tandem's ESP SA (docs/protocol.md), made with a third implementation:
 Python `cryptography`'s AESGCM (OpenSSL underneath), independent of ring and aes-gcm.
 
 Run once: `python3 crypto/tests/vectors/gen_esp_kat.py > crypto/tests/vectors/esp_kat.json`.
-Deterministic: keys come from SHA-256 of fixed labels. The layout is written here from the SPEC,
+Deterministic: keys come from SHA-256 of fixed labels. The layout is written here from docs/protocol.md,
 not from the Rust code:
   datagram  = SPI (4) | seq low 32 (4) | IV = 64-bit seq (8) | ciphertext | ICV (16)
   nonce     = salt (4) || IV (8)
