@@ -47,10 +47,12 @@ pub type SecretKey = Zeroizing<[u8; 32]>;
 pub const DEFAULT_TUN_NAME: &str = "tandem0";
 /// Default control socket path (docs/cli.md).
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/control.sock";
-/// Per-packet overhead of the worst case: IPv6 outer header (40) + UDP (8) + ESP header with
-/// SPI, sequence number and 8-byte IV (16) + ESP trailer with up to 3 pad bytes, pad length and
-/// next header (5) + GCM ICV (16) = 85 bytes (docs/protocol.md, RFC 4303/4106).
-pub const TUNNEL_OVERHEAD: u16 = 40 + 8 + 16 + 3 + 2 + 16;
+/// Per-packet overhead of the worst case: IPv6 outer header (40) + UDP (8) + ESP's own growth
+/// ([`tandem_crypto::esp::OVERHEAD`]: header with SPI, sequence number and 8-byte IV (16) +
+/// trailer with up to 3 pad bytes, pad length and next header (5) + GCM ICV (16)) = 85 bytes
+/// (docs/protocol.md, RFC 4303/4106).
+pub const TUNNEL_OVERHEAD: u16 = (40 + 8 + tandem_crypto::esp::OVERHEAD) as u16;
+const _: () = assert!(TUNNEL_OVERHEAD == 85);
 /// Default inner MTU: a 1500-byte underlay minus [`TUNNEL_OVERHEAD`] = 1415. An inner packet of
 /// 1415 bytes + 2 trailer bytes pads to 1420 (4-byte aligned), so the outer IPv6 packet is
 /// exactly 1500 bytes.
@@ -60,18 +62,15 @@ pub const DEFAULT_MTU: u16 = 1500 - TUNNEL_OVERHEAD;
 pub const MIN_MTU: u16 = 1280;
 /// Largest accepted inner MTU: jumbo frames.
 pub const MAX_MTU: u16 = 9000;
-/// Default `dpd_interval` (docs/protocol.md).
-pub const DEFAULT_DPD_INTERVAL: Duration = Duration::from_millis(250);
-/// Default `dpd_timeout` (docs/protocol.md).
-pub const DEFAULT_DPD_TIMEOUT: Duration = Duration::from_secs(1);
-/// Default `rekey_after` (docs/protocol.md).
-pub const DEFAULT_REKEY_AFTER: Duration = Duration::from_secs(120);
+/// The timer defaults and the SA age limit are the engine's (one definition each):
+/// `dpd_interval`, `dpd_timeout`, `rekey_after` and `failback` defaults (docs/protocol.md).
+pub use tandem_engine::config::{
+    DEFAULT_DPD_INTERVAL, DEFAULT_DPD_TIMEOUT, DEFAULT_FAILBACK, DEFAULT_REKEY_AFTER,
+};
 /// An SA past this age is never used to send (docs/protocol.md): `rekey_after` must be below it.
-pub const REJECT_AFTER: Duration = Duration::from_secs(180);
+pub const REJECT_AFTER: Duration = tandem_engine::REJECT_AFTER_TIME;
 /// Shortest accepted `rekey_after`: one handshake a second is already far more than needed.
 pub const MIN_REKEY_AFTER: Duration = Duration::from_secs(1);
-/// Default `failback` (docs/configuration.md).
-pub const DEFAULT_FAILBACK: Duration = Duration::from_secs(10);
 /// Longest accepted `dpd_interval`: a keepalive a minute already means a dead path keeps its
 /// traffic for minutes; more is a typo (and the engine's timers must stay far from overflow).
 pub const MAX_DPD_INTERVAL: Duration = Duration::from_secs(60);
@@ -116,24 +115,8 @@ pub struct Control {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// How a connection spreads traffic over its tunnels (docs/protocol.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// The Up tunnel with the lowest priority number carries everything.
-    ActiveStandby,
-    /// Flows are hashed over all Up tunnels.
-    ActiveActive,
-}
-
-impl Mode {
-    /// The spelling used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::ActiveStandby => "active-standby",
-            Mode::ActiveActive => "active-active",
-        }
-    }
-}
+/// How a connection spreads traffic over its tunnels: the engine's type (one definition).
+pub use tandem_engine::Mode;
 
 /// `[[connection]]`: one site-to-site link carried by redundant tunnels.
 #[derive(Debug, Clone)]

@@ -231,7 +231,7 @@ fn durations_past_their_upper_bounds_are_refused_with_their_position() {
     ] {
         let e = errors(&with(key, value));
         assert!(
-            e.contains(&format!("c.toml:9:")) && e.contains(&format!("connection[0].{key}")),
+            e.contains("c.toml:9:") && e.contains(&format!("connection[0].{key}")),
             "{key} = {value}: {e}"
         );
         assert!(

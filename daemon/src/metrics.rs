@@ -65,13 +65,13 @@ pub fn render(s: &MetricsSnapshot) -> String {
         (
             "tandem_tunnel_rx_bytes_total",
             "counter",
-            "Authenticated bytes received",
+            "Bytes of authenticated ESP datagrams received (UDP payload, data and liveness)",
             |t| Some(t.rx_bytes as f64),
         ),
         (
             "tandem_tunnel_tx_bytes_total",
             "counter",
-            "Bytes sent",
+            "Bytes of ESP datagrams sent (UDP payload, data and liveness)",
             |t| Some(t.tx_bytes as f64),
         ),
         (

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
-use tandem_engine::{ConnectionConfig, Engine, EngineConfig, FailoverTarget, Mode, TunnelConfig};
+use tandem_engine::{ConnectionConfig, Engine, EngineConfig, FailoverTarget, TunnelConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::control::{ErrorKind, MAX_MESSAGE, Reply, Request};
@@ -38,10 +38,7 @@ pub fn engine_config(cfg: &tandem_config::Config) -> EngineConfig {
                 name: c.name.clone(),
                 local_subnets: c.local_subnets.clone(),
                 remote_subnets: c.remote_subnets.clone(),
-                mode: match c.mode {
-                    tandem_config::Mode::ActiveStandby => Mode::ActiveStandby,
-                    tandem_config::Mode::ActiveActive => Mode::ActiveActive,
-                },
+                mode: c.mode,
                 failback: c.failback,
                 dpd_interval: c.dpd_interval,
                 dpd_timeout: c.dpd_timeout,

@@ -107,8 +107,17 @@ impl fmt::Debug for TunnelConfig {
     }
 }
 
+/// Default keepalive interval (docs/protocol.md, "Timers"); the config's default too.
+pub const DEFAULT_DPD_INTERVAL: Duration = Duration::from_millis(250);
+/// Default liveness timeout.
+pub const DEFAULT_DPD_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default rekey age of an SA.
+pub const DEFAULT_REKEY_AFTER: Duration = Duration::from_secs(120);
+/// Default failback hold-down.
+pub const DEFAULT_FAILBACK: Duration = Duration::from_secs(10);
+
 impl ConnectionConfig {
-    /// A connection with docs/protocol.md default timers and no tunnels (tests and tools fill the rest).
+    /// A connection with the default timers and no tunnels (tests and tools fill the rest).
     #[must_use]
     pub fn with_defaults(name: &str) -> Self {
         ConnectionConfig {
@@ -116,11 +125,11 @@ impl ConnectionConfig {
             local_subnets: Vec::new(),
             remote_subnets: Vec::new(),
             mode: Mode::ActiveStandby,
-            failback: Some(Duration::from_secs(10)),
-            dpd_interval: Duration::from_millis(250),
-            dpd_timeout: Duration::from_secs(1),
+            failback: Some(DEFAULT_FAILBACK),
+            dpd_interval: DEFAULT_DPD_INTERVAL,
+            dpd_timeout: DEFAULT_DPD_TIMEOUT,
             mss_clamp: true,
-            rekey_after: Duration::from_secs(120),
+            rekey_after: DEFAULT_REKEY_AFTER,
             tunnels: Vec::new(),
         }
     }

@@ -10,19 +10,25 @@
 
 pub mod config;
 pub mod drop;
-mod engine;
 pub mod failover;
+mod gateway;
 pub mod inner;
 pub mod liveness;
 pub mod router;
 mod tunnel;
+mod types;
 
 pub use config::{ConnectionConfig, EngineConfig, Mode, TunnelConfig};
 pub use drop::{DropCounters, DropReason};
-pub use engine::*;
 pub use failover::SwitchReason;
+pub use gateway::{Engine, ICMP_ERRORS_PER_SECOND};
 pub use router::ConnectionId;
 pub use tunnel::{
     HANDSHAKE_RETRY_BASE, HANDSHAKE_RETRY_MAX, IN_SLOTS, KEEPALIVES_PER_INTERVAL,
     REJECT_AFTER_TIME, RESPONSE_CHECKS_PER_SECOND,
+};
+pub use types::{
+    AdminError, ConnectionStatus, Direction, Event, FailoverTarget, HEADROOM, MAX_CONTROL_DATAGRAM,
+    NetAction, ReloadSummary, Silence, StateCause, Status, TAILROOM, Transmit, TunAction,
+    TunnelCounters, TunnelId, TunnelInfo, TunnelState, TunnelStatus,
 };

@@ -51,9 +51,12 @@ use tandem_crypto::{
 
 use crate::config::{ConnectionConfig, TunnelConfig};
 use crate::drop::DropReason;
-use crate::engine::{Direction, Event, Silence, StateCause, TunnelCounters, TunnelId, TunnelState};
 use crate::liveness::{LIVENESS_MSG_LEN, LivenessKind, LivenessMsg, NEXT_HEADER_LIVENESS};
 use crate::router::ConnectionId;
+use crate::types::{
+    Direction, Event, MAX_CONTROL_DATAGRAM, Silence, StateCause, TunnelCounters, TunnelId,
+    TunnelState,
+};
 
 /// An SA older than this is never used to send, and inbound SAs are dropped then.
 pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
@@ -1289,7 +1292,5 @@ fn handshake_drop(e: HandshakeError) -> DropReason {
 }
 
 // `poll_transmit`'s buffer holds any handshake message and any sealed liveness message.
-const _: () = assert!(handshake::MAX_MESSAGE_LEN <= crate::engine::MAX_CONTROL_DATAGRAM);
-const _: () = assert!(
-    esp::HEADROOM + LIVENESS_MSG_LEN + esp::TAILROOM <= crate::engine::MAX_CONTROL_DATAGRAM
-);
+const _: () = assert!(handshake::MAX_MESSAGE_LEN <= MAX_CONTROL_DATAGRAM);
+const _: () = assert!(esp::HEADROOM + LIVENESS_MSG_LEN + esp::TAILROOM <= MAX_CONTROL_DATAGRAM);
