@@ -121,12 +121,25 @@ impl Handle {
 /// A tunnel's socket needs: display name, bind address, remote address.
 type WantedSocket = (String, Option<SocketAddr>, Option<SocketAddr>);
 
+/// Where a tunnel's socket comes from after a reload.
+#[derive(Debug)]
+enum SocketPlan {
+    /// The current socket at this index.
+    Keep(usize),
+    /// A socket bound for the new configuration.
+    New(TunnelSocket),
+}
+
 /// One UDP socket per tunnel, indexed by tunnel id.
 #[derive(Debug)]
 struct TunnelSocket {
     sock: UdpSocket,
-    /// The address asked for at bind time (to tell on reload whether it must be re-bound).
+    /// The address asked for at bind time.
     bind: SocketAddr,
+    /// Bound to the tunnel's configured `local` (else an ephemeral port).
+    fixed: bool,
+    /// `connection/tunnel` of the tunnel it was bound for (matches ephemeral sockets on reload).
+    name: String,
     /// Send runs of equal-size datagrams as UDP GSO sends (cleared if the kernel refuses).
     gso: bool,
 }
@@ -397,52 +410,98 @@ impl DataPlane {
         self.tun.name().unwrap_or_default()
     }
 
-    /// Bind a socket for every tunnel that lacks one (or whose bind address changed); close the
-    /// sockets of tunnels that are gone.
+    /// Bind a socket for every tunnel of the engine's current configuration (start-up).
     fn sync_sockets(&mut self) -> Result<(), StartError> {
-        let mut wanted: Vec<Option<WantedSocket>> = Vec::new();
-        for (id, info) in self.engine.tunnels() {
-            let i = usize::from(id.0);
-            if wanted.len() <= i {
-                wanted.resize(i + 1, None);
-            }
-            wanted[i] = Some((
-                format!("{}/{}", info.connection, info.name),
-                info.local,
-                info.remote,
-            ));
-        }
-        if self.sockets.len() < wanted.len() {
-            self.sockets.resize_with(wanted.len(), || None);
-        }
-        for i in 0..self.sockets.len() {
-            let want = wanted.get(i).cloned().flatten();
-            let keep = match (&self.sockets[i], &want) {
-                (Some(s), Some((_, local, _))) => local.is_none_or(|l| l == s.bind),
-                _ => false,
-            };
-            if keep {
+        let wanted: Vec<WantedSocket> = self
+            .engine
+            .tunnels()
+            .map(|(_, info)| {
+                (
+                    format!("{}/{}", info.connection, info.name),
+                    info.local,
+                    info.remote,
+                )
+            })
+            .collect();
+        let plan = self.plan_sockets(&wanted)?;
+        self.install_sockets(plan)
+    }
+
+    /// The sockets the tunnels of `wanted` (in tunnel-id order) will use, binding only what no
+    /// current socket can serve. Nothing changes until [`Self::install_sockets`]: a bind that
+    /// fails (address in use, not local) leaves the running configuration untouched.
+    ///
+    /// Identity, not position: a tunnel with a fixed `local` takes the socket bound there,
+    /// whichever tunnel had it (a tunnel keeps its socket when others before it are removed); a
+    /// tunnel without one keeps the ephemeral socket of the same connection/tunnel name (so its
+    /// source port, which the peer knows, does not change).
+    fn plan_sockets(&self, wanted: &[WantedSocket]) -> Result<Vec<SocketPlan>, StartError> {
+        let mut taken = vec![false; self.sockets.len()];
+        let mut plan = Vec::with_capacity(wanted.len());
+        for (name, local, remote) in wanted {
+            let reuse = self.sockets.iter().enumerate().position(|(j, s)| {
+                !taken[j]
+                    && s.as_ref().is_some_and(|s| match local {
+                        Some(l) => s.fixed && s.bind == *l,
+                        None => {
+                            !s.fixed
+                                && s.name == *name
+                                && s.bind.is_ipv6() == remote.is_some_and(|r| r.is_ipv6())
+                        }
+                    })
+            });
+            if let Some(j) = reuse {
+                taken[j] = true;
+                plan.push(SocketPlan::Keep(j));
                 continue;
             }
-            if let Some(old) = self.sockets[i].take() {
-                let _ = self.epoll.delete(old.sock.as_fd());
-            }
-            if let Some((name, local, remote)) = want {
-                let (sock, bind) =
-                    bind_socket(local, remote).map_err(|source| StartError::Bind {
-                        tunnel: name.clone(),
-                        addr: local.map_or_else(|| "(any)".to_owned(), |a| a.to_string()),
-                        source,
-                    })?;
-                self.epoll.add(sock.as_fd(), TOKEN_SOCKET_BASE + i as u64)?;
-                tracing::info!(tunnel = %name, local = %sock.local_addr().map_or_else(|_| bind.to_string(), |a| a.to_string()), "tunnel socket bound");
-                self.sockets[i] = Some(TunnelSocket {
-                    sock,
-                    bind,
-                    gso: true,
-                });
-            }
+            let (sock, bind) = bind_socket(*local, *remote).map_err(|source| StartError::Bind {
+                tunnel: name.clone(),
+                addr: local.map_or_else(|| "(any)".to_owned(), |a| a.to_string()),
+                source,
+            })?;
+            plan.push(SocketPlan::New(TunnelSocket {
+                sock,
+                bind,
+                fixed: local.is_some(),
+                name: name.clone(),
+                gso: true,
+            }));
         }
+        Ok(plan)
+    }
+
+    /// Makes `plan` the socket table (index = tunnel id): kept sockets move to their new index,
+    /// new ones join the epoll set, the rest are closed.
+    fn install_sockets(&mut self, plan: Vec<SocketPlan>) -> Result<(), StartError> {
+        let mut old = std::mem::take(&mut self.sockets);
+        let mut table: Vec<Option<TunnelSocket>> = Vec::with_capacity(plan.len());
+        for (i, p) in plan.into_iter().enumerate() {
+            let s = match p {
+                SocketPlan::Keep(j) => {
+                    let s = old[j].take();
+                    if let Some(s) = &s {
+                        // Re-register under the new index's token.
+                        let _ = self.epoll.delete(s.sock.as_fd());
+                    }
+                    s
+                }
+                SocketPlan::New(s) => {
+                    tracing::info!(tunnel = %s.name, local = %s.sock.local_addr().map_or_else(|_| s.bind.to_string(), |a| a.to_string()), "tunnel socket bound");
+                    Some(s)
+                }
+            };
+            if let Some(s) = &s {
+                self.epoll
+                    .add(s.sock.as_fd(), TOKEN_SOCKET_BASE + i as u64)?;
+            }
+            table.push(s);
+        }
+        for s in old.into_iter().flatten() {
+            let _ = self.epoll.delete(s.sock.as_fd());
+            tracing::info!(tunnel = %s.name, local = %s.bind, "tunnel socket closed");
+        }
+        self.sockets = table;
         Ok(())
     }
 
@@ -966,6 +1025,24 @@ impl DataPlane {
                 ),
             );
         }
+        // Bind what the new configuration needs before anything is committed: a socket that
+        // cannot be bound refuses the reload and the running configuration stays as it was.
+        let wanted: Vec<WantedSocket> = cfg
+            .connections
+            .iter()
+            .flat_map(|c| {
+                c.tunnels
+                    .iter()
+                    .map(move |t| (format!("{}/{}", c.name, t.name), t.local, t.remote))
+            })
+            .collect();
+        let plan = match self.plan_sockets(&wanted) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: socket setup failed");
+                return Reply::error(ErrorKind::User, format!("reload refused: {e}"));
+            }
+        };
         let summary = match self.engine.reconfigure(cfg, now) {
             Ok(s) => s,
             Err(e) => return Reply::error(ErrorKind::User, e.to_string()),
@@ -980,10 +1057,12 @@ impl DataPlane {
                 Err(e) => tracing::error!(error = %e, "reload: cannot set the TUN MTU"),
             }
         }
-        if let Err(e) = self.sync_sockets() {
+        if let Err(e) = self.install_sockets(plan) {
             tracing::error!(error = %e, "reload: socket setup failed");
             return Reply::error(ErrorKind::Internal, e.to_string());
         }
+        // The tunnel set may have changed: systemd's STATUS= line says so at the next turn.
+        self.status_dirty = true;
         if let Err((r, e)) = self.sync_routes(routes) {
             tracing::error!(route = %r, error = %e, "reload: route install failed");
             return Reply::error(
