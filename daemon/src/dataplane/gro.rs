@@ -336,28 +336,7 @@ mod tests {
     use super::*;
 
     fn segment(seq: u32, payload: usize, flags: u8, fill: u8) -> Vec<u8> {
-        let total = 20 + 32 + payload;
-        let mut p = vec![0u8; total];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        p[6] = 0x40;
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[10, 1, 0, 5]);
-        p[16..20].copy_from_slice(&[10, 2, 0, 7]);
-        let s = checksum(&p[..20]);
-        p[10..12].copy_from_slice(&s.to_be_bytes());
-        p[20..22].copy_from_slice(&5001u16.to_be_bytes());
-        p[22..24].copy_from_slice(&40000u16.to_be_bytes());
-        p[24..28].copy_from_slice(&seq.to_be_bytes());
-        p[28..32].copy_from_slice(&77u32.to_be_bytes());
-        p[32] = 8 << 4; // 32-byte header (timestamps option)
-        p[33] = flags;
-        p[34..36].copy_from_slice(&512u16.to_be_bytes());
-        p[40..52].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
-        p[52..].fill(fill);
-        set_l4_checksum(&mut p);
-        p
+        crate::dataplane::loopback::ipv4_tcp_segment(seq, flags, payload, fill)
     }
 
     /// Writes the TCP or UDP checksum of an IPv4 packet without options (a computed UDP
