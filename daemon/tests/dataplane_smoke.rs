@@ -1,5 +1,6 @@
 //! End-to-end smoke test of `tandem run` (root): two namespaces, two veth pairs (one IPv4, one
-//! IPv6 underlay), two daemons with two tunnels; ping through, then `status --json`, `failover`,
+//! IPv6 underlay), two daemons with two tunnels; ping, TCP and UDP through (one UDP datagram with
+//! a bad checksum must not come out of TUN-side GRO valid), then `status --json`, `failover`,
 //! `reload` (a refused one and a good one), `/metrics`, and a clean SIGTERM stop.
 //!
 //! Self-contained on purpose (the full lab lives in `netns-tests/`). Namespaces get unique names
@@ -386,6 +387,93 @@ fn udp_burst(from: &str, to: &str, to_addr: &str, n: u32, len: usize) -> (u32, u
     server.join().unwrap()
 }
 
+/// The kernel's `Udp: InCsumErrors` counter in namespace `ns` (datagrams it dropped for a bad
+/// checksum).
+fn udp_csum_errors(ns: &str) -> u64 {
+    let out = sh(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "InCsumErrors")
+        .unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// Send `n` UDP datagrams of one flow from `src` in namespace `from` to `to_addr` in namespace
+/// `to`, back to back through a raw socket so that the checksums are ours, with datagram `bad`'s
+/// payload corrupted after its checksum was written (as a bad link on the far LAN would). Returns
+/// the sequence numbers that arrived intact, and how many arrived damaged.
+fn udp_burst_with_one_corrupted(
+    (from, src): (&str, [u8; 4]),
+    (to, to_addr): (&str, std::net::SocketAddrV4),
+    n: u32,
+    bad: u32,
+) -> (Vec<u32>, u32) {
+    const LEN: usize = 1000;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let to_ns = PathBuf::from(format!("/run/netns/{to}"));
+    let server = std::thread::spawn(move || {
+        tandem::dataplane::sys::enter_netns(&to_ns).unwrap();
+        let s = std::net::UdpSocket::bind(to_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut intact, mut damaged) = (Vec::new(), 0u32);
+        let mut buf = vec![0u8; 65536];
+        while let Ok(got) = s.recv(&mut buf) {
+            let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let ok = got == LEN && buf[4..got].iter().all(|&b| b == seq as u8);
+            if ok { intact.push(seq) } else { damaged += 1 }
+        }
+        (intact, damaged)
+    });
+    ready_rx.recv().unwrap();
+    let from_ns = PathBuf::from(format!("/run/netns/{from}"));
+    std::thread::spawn(move || {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        use tandem_engine::checksum::{checksum, finish, pseudo_header, sum};
+        tandem::dataplane::sys::enter_netns(&from_ns).unwrap();
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).unwrap();
+        s.set_header_included_v4(true).unwrap();
+        let dst = SockAddr::from(std::net::SocketAddrV4::new(*to_addr.ip(), 0));
+        let total = 28 + LEN;
+        let mut p = vec![0u8; total];
+        for seq in 0..n {
+            p[0] = 0x45;
+            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            p[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
+            p[6] = 0x40;
+            p[8] = 64;
+            p[9] = 17;
+            p[10..12].fill(0);
+            p[12..16].copy_from_slice(&src);
+            p[16..20].copy_from_slice(&to_addr.ip().octets());
+            let c = checksum(&p[..20]);
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+            p[20..22].copy_from_slice(&5300u16.to_be_bytes());
+            p[22..24].copy_from_slice(&to_addr.port().to_be_bytes());
+            p[24..26].copy_from_slice(&((total - 20) as u16).to_be_bytes());
+            p[26..28].fill(0);
+            p[28..32].copy_from_slice(&seq.to_be_bytes());
+            p[32..].fill(seq as u8);
+            let c = finish(sum(
+                pseudo_header(&p[12..20], 17, (total - 20) as u32),
+                &p[20..],
+            ));
+            p[26..28].copy_from_slice(&c.to_be_bytes());
+            if seq == bad {
+                p[500] ^= 0x10;
+            }
+            s.send_to(&p, &dst).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    server.join().unwrap()
+}
+
 fn scrape_metrics(ns: &str) -> String {
     let ns = PathBuf::from(format!("/run/netns/{ns}"));
     std::thread::spawn(move || {
@@ -490,6 +578,34 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         intact >= 450,
         "only {intact} of 500 UDP datagrams arrived\n{}",
         lab.logs()
+    );
+
+    // A datagram whose UDP checksum is wrong, in the middle of a burst of its flow, is not
+    // made valid by the receiving side's TUN GRO: the kernel drops it and counts it, the rest
+    // arrive intact.
+    let errors0 = udp_csum_errors(&b);
+    let to = "10.201.2.1:5004".parse().unwrap();
+    let (intact, damaged) = udp_burst_with_one_corrupted((&a, [10, 201, 1, 1]), (&b, to), 64, 32);
+    assert_eq!(
+        damaged,
+        0,
+        "a corrupted datagram was delivered\n{}",
+        lab.logs()
+    );
+    assert!(
+        !intact.contains(&32),
+        "the corrupted datagram was delivered"
+    );
+    assert!(
+        intact.len() >= 60,
+        "only {} of 63 good datagrams arrived\n{}",
+        intact.len(),
+        lab.logs()
+    );
+    assert_eq!(
+        udp_csum_errors(&b) - errors0,
+        1,
+        "the receiving kernel saw the bad checksum"
     );
 
     let st = lab.status("a").unwrap();

@@ -12,6 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
+use crate::checksum::{finish, pseudo_header, sum, update};
 use crate::drop::DropReason;
 
 /// IPv4 header without options (RFC 791).
@@ -26,13 +27,23 @@ pub const ICMP_HEADROOM: usize = IPV6_HEADER_SZ + ICMP_HEADER_SZ;
 const ICMPV4_MAX_SZ: usize = 576;
 /// RFC 4443 §2.4(c): an ICMPv6 error must not exceed the minimum IPv6 MTU.
 const ICMPV6_MAX_SZ: usize = 1280;
-/// TCP header (RFC 9293) plus the IP header, subtracted from the MTU for the clamped MSS.
-const TCP_HEADER_SZ: usize = 20;
+/// TCP header without options (RFC 9293 §3.1); with the IP header, subtracted from the MTU for
+/// the clamped MSS.
+pub const TCP_HEADER_SZ: usize = 20;
+/// UDP header (RFC 768).
+pub const UDP_HEADER_SZ: usize = 8;
 
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const PROTO_ICMP: u8 = 1;
-const PROTO_ICMPV6: u8 = 58;
+// IP protocol numbers (IANA "Assigned Internet Protocol Numbers", first listed in RFC 790):
+// IPv4's protocol field, IPv6's next header.
+
+/// ICMP (RFC 792).
+pub const PROTO_ICMP: u8 = 1;
+/// TCP (RFC 9293).
+pub const PROTO_TCP: u8 = 6;
+/// UDP (RFC 768).
+pub const PROTO_UDP: u8 = 17;
+/// ICMPv6 (RFC 4443).
+pub const PROTO_ICMPV6: u8 = 58;
 /// TTL / hop limit of generated errors (Linux default).
 const DEFAULT_TTL: u8 = 64;
 
@@ -125,30 +136,8 @@ impl InnerHeader {
     }
 }
 
-/// One's-complement sum of `data` as big-endian 16-bit words, added to `acc`.
-fn sum(mut acc: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        acc += u32::from(*last) << 8;
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
-/// The Internet checksum (RFC 1071) of `data`.
-#[must_use]
-pub fn checksum(data: &[u8]) -> u16 {
-    fold(sum(0, data))
-}
+/// The Internet checksum (RFC 1071), at the path the tests and fuzz targets have always used.
+pub use crate::checksum::checksum;
 
 /// Clamps the MSS option of a TCP SYN to fit `mtu`; returns whether the packet changed.
 /// The TCP checksum is updated incrementally (RFC 1624 eqn. 3).
@@ -201,8 +190,7 @@ pub fn clamp_mss(pkt: &mut [u8], hdr: &InnerHeader, mtu: u16) -> bool {
                         (old.swap_bytes(), max_mss.swap_bytes())
                     };
                     let hc = u16::from_be_bytes([tcp[16], tcp[17]]);
-                    let acc = u32::from(!hc) + u32::from(!old_w) + u32::from(new_w);
-                    tcp[16..18].copy_from_slice(&fold(acc).to_be_bytes());
+                    tcp[16..18].copy_from_slice(&update(hc, old_w, new_w).to_be_bytes());
                     return true;
                 }
                 i += olen;
@@ -325,10 +313,8 @@ pub fn write_icmp_error(
             rest[..ICMP_HEADER_SZ].copy_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
             rest[4..8].copy_from_slice(&mtu.to_be_bytes());
             // RFC 8200 §8.1 pseudo-header: source, destination, upper-layer length, next header.
-            let mut acc = sum(0, &ip[8..40]);
-            acc += (ICMP_HEADER_SZ + quoted) as u32;
-            acc += u32::from(PROTO_ICMPV6);
-            let c = fold(sum(acc, rest));
+            let acc = pseudo_header(&ip[8..40], PROTO_ICMPV6, (ICMP_HEADER_SZ + quoted) as u32);
+            let c = finish(sum(acc, rest));
             rest[2..4].copy_from_slice(&c.to_be_bytes());
             Some(start..start + total)
         }
@@ -365,9 +351,8 @@ mod tests {
     }
 
     fn tcp4_checksum(p: &[u8]) -> u16 {
-        let mut acc = sum(0, &p[12..20]);
-        acc += u32::from(PROTO_TCP) + (p.len() - 20) as u32;
-        fold(sum(acc, &p[20..]))
+        let acc = pseudo_header(&p[12..20], PROTO_TCP, (p.len() - 20) as u32);
+        finish(sum(acc, &p[20..]))
     }
 
     #[test]
@@ -468,9 +453,8 @@ mod tests {
         assert_eq!(&e[24..40], &p[8..24]);
         assert_eq!((e[40], e[41]), (2, 0));
         assert_eq!(u32::from_be_bytes([e[44], e[45], e[46], e[47]]), 1400);
-        let mut acc = sum(0, &e[8..40]);
-        acc += (e.len() - 40) as u32 + u32::from(PROTO_ICMPV6);
-        assert_eq!(fold(sum(acc, &e[40..])), 0, "ICMPv6 checksum");
+        let acc = pseudo_header(&e[8..40], PROTO_ICMPV6, (e.len() - 40) as u32);
+        assert_eq!(finish(sum(acc, &e[40..])), 0, "ICMPv6 checksum");
     }
 
     #[test]

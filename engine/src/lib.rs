@@ -8,6 +8,7 @@
 //! after); nothing on the data path allocates.
 #![forbid(unsafe_code)]
 
+pub mod checksum;
 pub mod config;
 pub mod drop;
 pub mod failover;

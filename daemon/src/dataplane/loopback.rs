@@ -1,6 +1,7 @@
 //! Two engines wired back to back in memory, with no sockets and no TUN: the harness of the
 //! counting-allocator test (`daemon/tests/dataplane_alloc.rs`) and the criterion bench
-//! (`daemon/benches/dataplane.rs`), which drive the daemon's own [`super::path`] functions.
+//! (`daemon/benches/dataplane.rs`), which drive the daemon's own [`super::path`] functions; and
+//! the TCP segments of the GRO tests and bench (`daemon/benches/gro.rs`).
 //!
 //! Side A routes 10.1.0.0/24 -> 10.2.0.0/24 over one tunnel to side B. Time is explicit: the
 //! pair keeps a virtual `now` that only [`EnginePair::establish`] advances.
@@ -8,6 +9,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use tandem_engine::checksum::{checksum, finish, pseudo_header, sum};
+use tandem_engine::inner::{IPV4_HEADER_SZ, PROTO_TCP, PROTO_UDP, TCP_HEADER_SZ};
 use tandem_engine::{ConnectionConfig, Engine, EngineConfig, TunnelConfig, TunnelId, TunnelState};
 use zeroize::Zeroizing;
 
@@ -142,23 +145,51 @@ pub fn write_ipv4_udp(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, len: usize) 
     b[4..6].copy_from_slice(&[0, 1]);
     b[6..8].copy_from_slice(&[0x40, 0]); // DF
     b[8] = 64;
-    b[9] = 17;
+    b[9] = PROTO_UDP;
     b[10..12].copy_from_slice(&[0, 0]);
     b[12..16].copy_from_slice(&src.octets());
     b[16..20].copy_from_slice(&dst.octets());
-    let mut sum: u32 = 0;
-    for i in (0..20).step_by(2) {
-        sum += u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    b[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let c = checksum(&b[..IPV4_HEADER_SZ]);
+    b[10..12].copy_from_slice(&c.to_be_bytes());
     b[20..22].copy_from_slice(&40000u16.to_be_bytes());
     b[22..24].copy_from_slice(&9u16.to_be_bytes());
     b[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
     b[26..28].copy_from_slice(&[0, 0]); // no UDP checksum (allowed for IPv4)
     len
+}
+
+/// An IPv4/TCP segment from side A's 10.1.0.5:5001 to side B's 10.2.0.7:40000 with a 32-byte
+/// TCP header (the timestamps option, as Linux sends), sequence number `seq`, TCP `flags`, and
+/// `payload` bytes of `fill`; its IPv4 and TCP checksums are valid. For the GRO tests and bench.
+pub fn ipv4_tcp_segment(seq: u32, flags: u8, payload: usize, fill: u8) -> Vec<u8> {
+    const TCP_TIMESTAMPS_SZ: usize = TCP_HEADER_SZ + 12;
+    let headers = IPV4_HEADER_SZ + TCP_TIMESTAMPS_SZ;
+    let total = headers + payload;
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[6] = 0x40; // DF
+    p[8] = 64;
+    p[9] = PROTO_TCP;
+    p[12..16].copy_from_slice(&[10, 1, 0, 5]);
+    p[16..20].copy_from_slice(&[10, 2, 0, 7]);
+    let c = checksum(&p[..IPV4_HEADER_SZ]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let t = &mut p[IPV4_HEADER_SZ..];
+    t[0..2].copy_from_slice(&5001u16.to_be_bytes());
+    t[2..4].copy_from_slice(&40000u16.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&77u32.to_be_bytes()); // ack
+    t[12] = ((TCP_TIMESTAMPS_SZ / 4) as u8) << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&512u16.to_be_bytes()); // window
+    // NOP, NOP, timestamps (RFC 7323 §3): kind 8, length 10, TSval 1, TSecr 2.
+    t[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+    t[32..].fill(fill);
+    let acc = pseudo_header(&p[12..20], PROTO_TCP, (total - IPV4_HEADER_SZ) as u32);
+    let c = finish(sum(acc, &p[IPV4_HEADER_SZ..]));
+    p[IPV4_HEADER_SZ + 16..IPV4_HEADER_SZ + 18].copy_from_slice(&c.to_be_bytes());
+    p
 }
 
 /// Fill every slot of `batch` with a `len`-byte IPv4/UDP packet from `src` to `dst`, at

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use tandem_engine::{
     AdminError, Direction, Engine, EngineConfig, Event, FailoverTarget, TunnelId, TunnelState,
 };
+use tun_rs::VIRTIO_NET_HDR_LEN;
 
 use super::batch::{BATCH, Batch, SlotDest};
 use super::drill::Drill;
@@ -42,9 +43,6 @@ const BATCHES_PER_WAKE: usize = 4;
 /// ~1000. A super-packet with a smaller MSS that does not fit is dropped (TCP retransmits it);
 /// MSS clamping keeps the MSS near the inner MTU.
 const SEGMENT_RESERVE: usize = 64;
-
-/// Length of the virtio-net header that precedes every TUN read/write with `IFF_VNET_HDR`.
-const VIRTIO_NET_HDR_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN;
 
 /// Kernel socket buffers for each tunnel socket: room for several full batches in flight both
 /// ways, so a burst from the TUN does not overflow the send queue (the default ~200 KB holds only
