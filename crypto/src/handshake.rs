@@ -575,6 +575,146 @@ fn cookie_aead_seal(key: &[u8; 32], nonce: [u8; 12], ad: &[u8], in_out: &mut [u8
     tag_room.copy_from_slice(tag.as_ref());
 }
 
+/// An initiation whose framing and `mac1` verified: what every tunnel behind one static key
+/// checks alike, before any DH.
+#[derive(Debug)]
+pub struct CheckedInitiation {
+    mac1: [u8; MAC_LEN],
+}
+
+impl CheckedInitiation {
+    /// Checks the header, the length and `mac1` (keyed by our own static public key:
+    /// [`mac1_key_for`]).
+    pub fn check(own_mac1_key: &[u8; 32], msg: &[u8]) -> Result<Self, HandshakeError> {
+        check_header(msg, MessageType::Initiation, INITIATION_LEN)?;
+        let mac1 = mac(own_mac1_key, &msg[..INIT_MAC1_OFF]);
+        if !ct_eq(&mac1, &msg[INIT_MAC1_OFF..INIT_MAC2_OFF]) {
+            return Err(HandshakeError::BadMac1);
+        }
+        Ok(Self { mac1 })
+    }
+
+    /// The DH `es` of `msg` (the message [`CheckedInitiation::check`] checked) with our static
+    /// key: the one DH every candidate tunnel shares.
+    pub fn dh(
+        &self,
+        local: &StaticSecret,
+        msg: &[u8],
+    ) -> Result<InitiationPreamble, HandshakeError> {
+        let mut re = [0u8; KEY_LEN];
+        re.copy_from_slice(&msg[E_OFF..INIT_S_OFF]);
+        let re = PublicKey(re);
+        // `-> e, es` into the chaining key and cipher key; `h` is left for each candidate to
+        // compute from its own prologue (see `Responder::claims`), so it is not kept here.
+        let mut sym = SymmetricState::new(&[0; PROLOGUE_LEN], &[0; KEY_LEN]);
+        sym.mix_key(re.as_bytes());
+        let es = local
+            .diffie_hellman(&re)
+            .ok_or(HandshakeError::LowOrderPoint)?;
+        sym.mix_key(&es[..]);
+        Ok(InitiationPreamble { re, sym })
+    }
+}
+
+/// An initiation after the shared DH `es`: the chaining key and cipher key do not depend on the
+/// tunnel (only `h` does, through the prologue), so one DH serves every candidate tunnel.
+pub struct InitiationPreamble {
+    re: PublicKey,
+    sym: SymmetricState,
+}
+
+impl std::fmt::Debug for InitiationPreamble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitiationPreamble").finish_non_exhaustive()
+    }
+}
+
+/// The `mac1` key of messages addressed to the holder of `public`.
+pub fn mac1_key_for(public: &PublicKey) -> [u8; 32] {
+    mac1_key(public)
+}
+
+/// A responder's cookie state: the key its cookie replies are encrypted under and the secret
+/// behind the cookies, redrawn every [`COOKIE_SECRET_LIFETIME`]. One per responder, or one per
+/// socket when many tunnels share it.
+#[derive(Clone)]
+pub struct CookieJar {
+    key: Zeroizing<[u8; 32]>,
+    secret: Option<(Zeroizing<[u8; 32]>, Instant)>,
+}
+
+impl std::fmt::Debug for CookieJar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CookieJar").finish_non_exhaustive()
+    }
+}
+
+impl CookieJar {
+    /// Cookie replies of the holder of `local` (their key is derived from it).
+    pub fn new(local: &PublicKey) -> Self {
+        CookieJar {
+            key: cookie_key(local),
+            secret: None,
+        }
+    }
+
+    fn cookie_for<R: CryptoRng + ?Sized>(
+        &mut self,
+        src: SocketAddr,
+        now: Instant,
+        rng: &mut R,
+    ) -> [u8; COOKIE_LEN] {
+        let secret = match &mut self.secret {
+            Some((s, born)) if now.saturating_duration_since(*born) < COOKIE_SECRET_LIFETIME => {
+                s.clone()
+            }
+            slot => {
+                let mut s = Zeroizing::new([0u8; 32]);
+                rng.fill_bytes(&mut s[..]);
+                *slot = Some((s.clone(), now));
+                s
+            }
+        };
+        let port = src.port().to_be_bytes();
+        let full = match src.ip() {
+            IpAddr::V4(ip) => noise::hmac(&secret[..], &[&ip.octets(), &port]),
+            IpAddr::V6(ip) => noise::hmac(&secret[..], &[&ip.octets(), &port]),
+        };
+        let mut c = [0u8; COOKIE_LEN];
+        c.copy_from_slice(&full[..COOKIE_LEN]);
+        c
+    }
+
+    /// Under load: unless the initiation carries a valid `mac2` for its source, writes a cookie
+    /// reply into `out` and returns its length; `None` when `mac2` is valid (go on with the DH).
+    pub fn reply_unless_mac2<R: CryptoRng + ?Sized>(
+        &mut self,
+        checked: &CheckedInitiation,
+        msg: &[u8],
+        src: SocketAddr,
+        now: Instant,
+        rng: &mut R,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, HandshakeError> {
+        let cookie = self.cookie_for(src, now, rng);
+        let mac2 = mac(&cookie, &msg[..INIT_MAC2_OFF]);
+        if ct_eq(&mac2, &msg[INIT_MAC2_OFF..]) {
+            return Ok(None);
+        }
+        if out.len() < COOKIE_REPLY_LEN {
+            return Err(HandshakeError::BufferTooSmall);
+        }
+        let out = &mut out[..COOKIE_REPLY_LEN];
+        write_header(out, MessageType::CookieReply);
+        let mut nonce = [0u8; COOKIE_NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        out[COOKIE_NONCE_OFF..COOKIE_CT_OFF].copy_from_slice(&nonce);
+        out[COOKIE_CT_OFF..COOKIE_CT_OFF + COOKIE_LEN].copy_from_slice(&cookie);
+        cookie_aead_seal(&self.key, nonce, &checked.mac1, &mut out[COOKIE_CT_OFF..]);
+        Ok(Some(COOKIE_REPLY_LEN))
+    }
+}
+
 /// What the responder did with an initiation.
 #[derive(Debug)]
 pub enum ResponderOutcome {
@@ -603,17 +743,16 @@ pub struct Responder {
     local: StaticSecret,
     peer: PublicKey,
     psk: Psk,
-    /// The tunnel-bound prologue (from the PSK): computed once.
-    prologue: Zeroizing<[u8; PROLOGUE_LEN]>,
     /// DH(our static, peer static): fixed per tunnel, so computed once.
     ss: Zeroizing<[u8; KEY_LEN]>,
     /// mac1 key of messages to us.
     own_mac1_key: [u8; 32],
     /// mac1 key of messages to the peer.
     peer_mac1_key: [u8; 32],
-    /// Encrypts our cookie replies.
-    cookie_key: Zeroizing<[u8; 32]>,
-    cookie_secret: Option<(Zeroizing<[u8; 32]>, Instant)>,
+    /// Encrypts our cookie replies, and keeps their secret.
+    cookies: CookieJar,
+    /// The handshake hash after the prologue and our static key: the per-tunnel start of `h`.
+    h0: [u8; 32],
     last_timestamp: Option<Tai64N>,
 }
 
@@ -638,13 +777,12 @@ impl Responder {
         Ok(Self {
             own_mac1_key: mac1_key(&local.public_key()),
             peer_mac1_key: mac1_key(&peer),
-            cookie_key: cookie_key(&local.public_key()),
+            cookies: CookieJar::new(&local.public_key()),
+            h0: SymmetricState::new(&prologue(psk.as_bytes()), local.public_key().as_bytes()).h(),
             local: local.clone(),
             peer,
             psk: psk.clone(),
-            prologue: Zeroizing::new(prologue(psk.as_bytes())),
             ss,
-            cookie_secret: None,
             last_timestamp: None,
         })
     }
@@ -670,33 +808,6 @@ impl Responder {
         }
     }
 
-    fn cookie_for<R: CryptoRng + ?Sized>(
-        &mut self,
-        src: SocketAddr,
-        now: Instant,
-        rng: &mut R,
-    ) -> [u8; COOKIE_LEN] {
-        let secret = match &mut self.cookie_secret {
-            Some((s, born)) if now.saturating_duration_since(*born) < COOKIE_SECRET_LIFETIME => {
-                s.clone()
-            }
-            slot => {
-                let mut s = Zeroizing::new([0u8; 32]);
-                rng.fill_bytes(&mut s[..]);
-                *slot = Some((s.clone(), now));
-                s
-            }
-        };
-        let port = src.port().to_be_bytes();
-        let full = match src.ip() {
-            IpAddr::V4(ip) => noise::hmac(&secret[..], &[&ip.octets(), &port]),
-            IpAddr::V6(ip) => noise::hmac(&secret[..], &[&ip.octets(), &port]),
-        };
-        let mut c = [0u8; COOKIE_LEN];
-        c.copy_from_slice(&full[..COOKIE_LEN]);
-        c
-    }
-
     /// Handles an initiation from `src`. `under_load` is the engine's judgement (e.g. handshakes
     /// per second above a threshold); `local_spi` is the SPI we announce in the response;
     /// `now` drives the cookie secret rotation; `out` receives the response or cookie reply
@@ -712,47 +823,47 @@ impl Responder {
         rng: &mut R,
         out: &mut [u8],
     ) -> Result<ResponderOutcome, HandshakeError> {
-        check_header(msg, MessageType::Initiation, INITIATION_LEN)?;
-        let mac1 = mac(&self.own_mac1_key, &msg[..INIT_MAC1_OFF]);
-        if !ct_eq(&mac1, &msg[INIT_MAC1_OFF..INIT_MAC2_OFF]) {
-            return Err(HandshakeError::BadMac1);
+        let checked = CheckedInitiation::check(&self.own_mac1_key, msg)?;
+        if under_load
+            && let Some(len) = self
+                .cookies
+                .reply_unless_mac2(&checked, msg, src, now, rng, out)?
+        {
+            return Ok(ResponderOutcome::CookieReply { len });
         }
-        if under_load {
-            let cookie = self.cookie_for(src, now, rng);
-            let mac2 = mac(&cookie, &msg[..INIT_MAC2_OFF]);
-            if !ct_eq(&mac2, &msg[INIT_MAC2_OFF..]) {
-                if out.len() < COOKIE_REPLY_LEN {
-                    return Err(HandshakeError::BufferTooSmall);
-                }
-                let out = &mut out[..COOKIE_REPLY_LEN];
-                write_header(out, MessageType::CookieReply);
-                let mut nonce = [0u8; COOKIE_NONCE_LEN];
-                rng.fill_bytes(&mut nonce);
-                out[COOKIE_NONCE_OFF..COOKIE_CT_OFF].copy_from_slice(&nonce);
-                out[COOKIE_CT_OFF..COOKIE_CT_OFF + COOKIE_LEN].copy_from_slice(&cookie);
-                cookie_aead_seal(&self.cookie_key, nonce, &mac1, &mut out[COOKIE_CT_OFF..]);
-                return Ok(ResponderOutcome::CookieReply {
-                    len: COOKIE_REPLY_LEN,
-                });
-            }
+        let pre = checked.dh(&self.local, msg)?;
+        if !self.claims(&pre, msg) {
+            return Err(HandshakeError::StaticAuthFailed);
         }
+        self.answer(&pre, msg, local_spi, rng, out)
+    }
+
+    /// Whether an initiation that passed the shared checks is for this tunnel: its static key
+    /// decrypts under this tunnel's prologue (so, its PSK). One hash and one 48-byte AEAD, no
+    /// DH: a responder shared by many tunnels tries its candidates with this.
+    pub fn claims(&self, pre: &InitiationPreamble, msg: &[u8]) -> bool {
+        let mut sym = pre.sym.with_h(noise::hash(&[&self.h0, pre.re.as_bytes()]));
+        let mut s = [0u8; INIT_S_LEN];
+        s.copy_from_slice(&msg[INIT_S_OFF..INIT_PAYLOAD_OFF]);
+        sym.decrypt_and_hash(&mut s)
+    }
+
+    /// The rest of an initiation that [`Responder::claims`]: the static key must be this
+    /// tunnel's peer, `ss`, the payload, the timestamp; then the response is written into `out`.
+    /// Commits nothing (see [`Responder::confirm`]).
+    pub fn answer<R: CryptoRng + ?Sized>(
+        &mut self,
+        pre: &InitiationPreamble,
+        msg: &[u8],
+        local_spi: Spi,
+        rng: &mut R,
+        out: &mut [u8],
+    ) -> Result<ResponderOutcome, HandshakeError> {
         if out.len() < RESPONSE_LEN {
             return Err(HandshakeError::BufferTooSmall);
         }
-
-        let mut sym = SymmetricState::new(&self.prologue, self.local.public_key().as_bytes());
-        let mut re = [0u8; KEY_LEN];
-        re.copy_from_slice(&msg[E_OFF..INIT_S_OFF]);
-        let re = PublicKey(re);
-        // -> e
-        sym.mix_hash(re.as_bytes());
-        sym.mix_key(re.as_bytes());
-        // es
-        let es = self
-            .local
-            .diffie_hellman(&re)
-            .ok_or(HandshakeError::LowOrderPoint)?;
-        sym.mix_key(&es[..]);
+        let re = pre.re;
+        let mut sym = pre.sym.with_h(noise::hash(&[&self.h0, re.as_bytes()]));
         // s
         let mut s = [0u8; INIT_S_LEN];
         s.copy_from_slice(&msg[INIT_S_OFF..INIT_PAYLOAD_OFF]);

@@ -126,6 +126,14 @@ impl SymmetricState {
         self.h
     }
 
+    /// The same chaining key and cipher state with another handshake hash: `ck` and `k` do not
+    /// depend on the prologue, `h` does, so one DH result serves every candidate prologue.
+    pub(crate) fn with_h(&self, h: [u8; 32]) -> Self {
+        let mut s = self.clone();
+        s.h = h;
+        s
+    }
+
     pub(crate) fn mix_hash(&mut self, data: &[u8]) {
         self.h = hash(&[&self.h, data]);
     }

@@ -7,7 +7,7 @@
 //! liveness/selector update -> traffic selectors -> deliver. Drops are counted per reason and
 //! returned as values; nothing on these paths allocates.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tandem_crypto::StaticSecret;
+use tandem_crypto::handshake::{CheckedInitiation, CookieJar, MessageType, mac1_key_for};
 
 use crate::config::{ConnectionConfig, EngineConfig, Mode};
 use crate::drop::{DropCounters, DropReason};
 use crate::failover::{PinError, Selector, Switch};
 use crate::inner::{self, IcmpError, InnerHeader};
+use crate::port::SharedPort;
 use crate::router::{ConnectionId, PrefixSet, Router};
-use crate::tunnel::{Ctx, Received, Tunnel};
+use crate::tunnel::{Ctx, Received, Tunnel, handshake_drop};
 use crate::types::{
     AdminError, ConnectionStatus, Event, FailoverTarget, NetAction, ReloadSummary, Silence, Status,
     Transmit, TunAction, TunnelCounters, TunnelId, TunnelInfo, TunnelState, TunnelStatus,
@@ -56,6 +58,15 @@ pub struct Engine {
     /// Start of the current one-second ICMP rate-limit window, and errors sent in it.
     icmp_window: Instant,
     icmp_sent: u32,
+    /// Every inbound SPI and its tunnel (see `Ctx::spis`).
+    spis: HashMap<u32, TunnelId>,
+    /// Local ports with a fixed address, each shared by its tunnels.
+    ports: Vec<SharedPort>,
+    port_of_local: HashMap<SocketAddr, usize>,
+    /// `mac1` key of messages addressed to us (our static public key).
+    own_mac1_key: [u8; 32],
+    /// Where a shared port's initiation is answered before the tunnel is known.
+    scratch: [u8; tandem_crypto::handshake::MAX_MESSAGE_LEN],
 }
 
 impl std::fmt::Debug for Engine {
@@ -74,6 +85,25 @@ pub const ICMP_ERRORS_PER_SECOND: u32 = 1000;
 /// Tuning: the event queue is allocated once with this capacity (a burst of state changes on
 /// every tunnel fits; it only grows if the daemon stops draining it).
 const EVENT_QUEUE: usize = 256;
+
+/// Groups the tunnels with a fixed local address into shared ports, one per address.
+fn shared_ports(
+    infos: &[TunnelInfo],
+    secret: &StaticSecret,
+) -> (Vec<SharedPort>, HashMap<SocketAddr, usize>) {
+    let public = secret.public_key();
+    let mut ports: Vec<SharedPort> = Vec::new();
+    let mut by_local = HashMap::new();
+    for (i, info) in infos.iter().enumerate() {
+        let Some(local) = info.local else { continue };
+        let p = *by_local.entry(local).or_insert_with(|| {
+            ports.push(SharedPort::new(local, CookieJar::new(&public)));
+            ports.len() - 1
+        });
+        ports[p].members.push(TunnelId(i as u16));
+    }
+    (ports, by_local)
+}
 
 fn build(
     cfg: &EngineConfig,
@@ -131,6 +161,8 @@ impl Engine {
     pub fn new(cfg: EngineConfig, rng_seed: [u8; 32], now: Instant, unix_now: Duration) -> Self {
         let secret = StaticSecret::from_bytes(*cfg.private_key);
         let (conns, tunnels, infos, router) = build(&cfg, &secret, now, now, |_, _| None);
+        let (ports, port_of_local) = shared_ports(&infos, &secret);
+        let own_mac1_key = mac1_key_for(&secret.public_key());
         Engine {
             secret,
             mtu: cfg.mtu,
@@ -148,6 +180,11 @@ impl Engine {
             last_now: now,
             icmp_window: now,
             icmp_sent: 0,
+            spis: HashMap::new(),
+            ports,
+            port_of_local,
+            own_mac1_key,
+            scratch: [0; tandem_crypto::handshake::MAX_MESSAGE_LEN],
         }
     }
 
@@ -214,6 +251,7 @@ impl Engine {
         (
             Ctx {
                 secret: &self.secret,
+                spis: &mut self.spis,
                 rng: &mut self.rng,
                 events: &mut self.events,
                 epoch: self.epoch,
@@ -379,6 +417,137 @@ impl Engine {
         }
     }
 
+    /// A datagram received on the socket bound to `local` — a port several tunnels may share
+    /// (every tunnel configured with this `local`): the engine finds the tunnel (module
+    /// `port`). Tunnels without a fixed `local` have sockets of their own: use
+    /// [`Engine::handle_datagram`] for those.
+    pub fn handle_datagram_at(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        buf: &mut [u8],
+        datagram: Range<usize>,
+        now: Instant,
+    ) -> NetAction {
+        let r = self.datagram_at(local, from, buf, datagram, now);
+        match r {
+            Ok(a) => a,
+            Err(r) => {
+                self.drops.add(r);
+                NetAction::Drop(r)
+            }
+        }
+    }
+
+    fn datagram_at(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        buf: &mut [u8],
+        datagram: Range<usize>,
+        now: Instant,
+    ) -> Result<NetAction, DropReason> {
+        self.last_now = self.last_now.max(now);
+        if datagram.end > buf.len() || datagram.start > datagram.end {
+            return Err(DropReason::Malformed);
+        }
+        let port = *self.port_of_local.get(&local).ok_or(DropReason::NoTunnel)?;
+        let d = &buf[datagram.clone()];
+        if d.len() >= 4 && d[..4] == tandem_crypto::handshake::NON_ESP_MARKER {
+            return self
+                .port_handshake(port, from, &buf[datagram], now)
+                .map(|()| NetAction::Consumed);
+        }
+        let spi = tandem_crypto::peek_spi(d).ok_or(DropReason::Malformed)?;
+        let tunnel = *self.spis.get(&spi).ok_or(DropReason::UnknownSpi)?;
+        if self.tunnels[usize::from(tunnel.0)].config().local != Some(local) {
+            // Another port's SA: a packet of that path cannot arrive here.
+            return Err(DropReason::UnknownSpi);
+        }
+        self.datagram(tunnel, from, buf, datagram, now)
+    }
+
+    /// A handshake message on a shared port.
+    fn port_handshake(
+        &mut self,
+        port: usize,
+        from: SocketAddr,
+        msg: &[u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        match tandem_crypto::message_type(msg) {
+            Some(MessageType::Initiation) => {
+                let checked =
+                    CheckedInitiation::check(&self.own_mac1_key, msg).map_err(handshake_drop)?;
+                let p = &mut self.ports[port];
+                if p.under_load(now)
+                    && let Some(len) = p
+                        .cookies
+                        .reply_unless_mac2(
+                            &checked,
+                            msg,
+                            from,
+                            now,
+                            &mut self.rng,
+                            &mut self.scratch,
+                        )
+                        .map_err(handshake_drop)?
+                {
+                    if let Ok(bytes) = self.scratch[..len].try_into() {
+                        p.queue_cookie(from, bytes);
+                    }
+                    return Ok(());
+                }
+                let pre = checked.dh(&self.secret, msg).map_err(handshake_drop)?;
+                // Tunnels whose peer was last at this source first: a rekey finds its tunnel at
+                // once; a new or roamed peer costs one hash and AEAD per tunnel, no DH.
+                let members = &self.ports[port].members;
+                let claims = |t: &Tunnel| {
+                    !t.is_silenced() && t.responder().is_some_and(|r| r.claims(&pre, msg))
+                };
+                let found = members
+                    .iter()
+                    .find(|m| {
+                        let t = &self.tunnels[usize::from(m.0)];
+                        t.remote() == Some(from) && claims(t)
+                    })
+                    .or_else(|| {
+                        members.iter().find(|m| {
+                            let t = &self.tunnels[usize::from(m.0)];
+                            t.remote() != Some(from) && claims(t)
+                        })
+                    })
+                    .copied()
+                    .ok_or(DropReason::Auth)?;
+                let idx = usize::from(found.0);
+                let (mut ctx, tunnels) = self.ctx();
+                let r = tunnels[idx].handle_claimed_initiation(from, &pre, msg, now, &mut ctx);
+                self.refresh(idx, now);
+                r
+            }
+            Some(MessageType::Response | MessageType::CookieReply) => {
+                // For a tunnel of ours whose initiation went to this source.
+                let mut result = Err(DropReason::Handshake);
+                for k in 0..self.ports[port].members.len() {
+                    let idx = usize::from(self.ports[port].members[k].0);
+                    if self.tunnels[idx].initiation_sent_to() != Some(from)
+                        || self.tunnels[idx].is_silenced()
+                    {
+                        continue;
+                    }
+                    let (mut ctx, tunnels) = self.ctx();
+                    result = tunnels[idx].handle_handshake(from, msg, now, &mut ctx);
+                    self.refresh(idx, now);
+                    if result.is_ok() {
+                        break;
+                    }
+                }
+                result
+            }
+            None => Err(DropReason::Malformed),
+        }
+    }
+
     fn datagram(
         &mut self,
         tunnel: TunnelId,
@@ -429,6 +598,20 @@ impl Engine {
     /// Writes the next control datagram into `buf` (at least [`MAX_CONTROL_DATAGRAM`] bytes).
     #[must_use]
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        for p in &mut self.ports {
+            if let Some(&first) = p.members.first()
+                && let Some((dst, reply)) = p.cookie_out.pop_front()
+                && let Some(out) = buf.get_mut(..reply.len())
+            {
+                out.copy_from_slice(&reply);
+                // Any member names the port's socket: they all share it.
+                return Some(Transmit {
+                    tunnel: first,
+                    dst,
+                    len: reply.len(),
+                });
+            }
+        }
         let n = self.tunnels.len();
         // The tunnels seal with a time only for the reject-after check; use the latest we saw.
         let now = self.last_now;
@@ -639,6 +822,13 @@ impl Engine {
         self.tunnels = tunnels;
         self.infos = infos;
         self.router = router;
+        (self.ports, self.port_of_local) = shared_ports(&self.infos, &self.secret);
+        self.own_mac1_key = mac1_key_for(&self.secret.public_key());
+        self.spis = self
+            .tunnels
+            .iter()
+            .flat_map(|t| t.inbound_spis().map(move |spi| (spi, t.id())))
+            .collect();
         for (i, m) in mapping.iter().enumerate() {
             let id = TunnelId(i as u16);
             match m {

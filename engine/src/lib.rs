@@ -15,6 +15,7 @@ pub mod failover;
 mod gateway;
 pub mod inner;
 pub mod liveness;
+mod port;
 pub mod router;
 mod tunnel;
 mod types;

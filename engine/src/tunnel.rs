@@ -36,6 +36,7 @@
 //!   authenticated packets (an opened ESP packet).
 //! - Time arithmetic is checked: a deadline that would overflow `Instant` is never (no timer).
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -43,6 +44,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use tandem_crypto::esp::{self, NEXT_HEADER_DUMMY, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
+use tandem_crypto::handshake::InitiationPreamble;
 use tandem_crypto::handshake::{self, COOKIE_REPLY_LEN, MAX_MESSAGE_LEN};
 use tandem_crypto::{
     Cookie, HandshakeError, InboundSa, Initiator, MessageType, OpenError, OutboundSa, Psk,
@@ -304,6 +306,10 @@ impl RateWindow {
 /// Shared engine state a tunnel works with.
 pub(crate) struct Ctx<'a> {
     pub secret: &'a StaticSecret,
+    /// Every inbound SPI of the gateway (confirmed and unconfirmed) and its tunnel: SPIs are
+    /// unique per gateway, so a socket shared by many tunnels finds the tunnel of an ESP packet
+    /// in O(1). Tunnels keep it current as they install and drop inbound SAs.
+    pub spis: &'a mut HashMap<u32, TunnelId>,
     pub rng: &'a mut ChaCha20Rng,
     pub events: &'a mut std::collections::VecDeque<Event>,
     pub epoch: Instant,
@@ -565,19 +571,44 @@ impl Tunnel {
         jittered(base, rng)
     }
 
-    fn fresh_spi(&self, rng: &mut ChaCha20Rng) -> Spi {
+    /// An SPI no inbound SA of the gateway has (nor an initiation of ours in flight).
+    fn fresh_spi(&self, ctx: &mut Ctx<'_>) -> Spi {
         loop {
-            let v = rng.next_u32();
+            let v = ctx.rng.next_u32();
+            let in_flight = match &self.initiating {
+                Initiating::AwaitingResponse { initiator, .. } => initiator.local_spi().get() == v,
+                Initiating::Idle => false,
+            };
             if let Some(spi) = Spi::new(v)
-                && !self.inbound.iter().flatten().any(|s| s.sa.spi() == spi)
-                && self
-                    .unconfirmed
-                    .as_ref()
-                    .is_none_or(|u| u.inbound.sa.spi() != spi)
+                && !ctx.spis.contains_key(&v)
+                && !in_flight
             {
                 return spi;
             }
         }
+    }
+
+    /// The SPIs of every inbound SA this tunnel holds, confirmed or not (to rebuild the
+    /// gateway's SPI table after a reload renumbers tunnels).
+    pub fn inbound_spis(&self) -> impl Iterator<Item = u32> + '_ {
+        self.inbound
+            .iter()
+            .flatten()
+            .map(|s| s.sa.spi().get())
+            .chain(self.unconfirmed.iter().map(|u| u.inbound.sa.spi().get()))
+    }
+
+    /// Where our initiation in flight went, if one is.
+    pub fn initiation_sent_to(&self) -> Option<SocketAddr> {
+        match &self.initiating {
+            Initiating::AwaitingResponse { sent_to, .. } => Some(*sent_to),
+            Initiating::Idle => None,
+        }
+    }
+
+    /// This tunnel's responder (None when the peer's key is unusable).
+    pub fn responder(&self) -> Option<&Responder> {
+        self.responder.as_ref()
     }
 
     fn next_timestamp(&mut self, now: Instant, ctx: &Ctx<'_>) -> Tai64N {
@@ -592,7 +623,7 @@ impl Tunnel {
     /// Acts on due timers. The engine calls `refresh` afterwards.
     pub fn handle_timeout(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
         if self.timers.due(Timer::Expire, now) {
-            self.expire(now);
+            self.expire(now, ctx);
         }
         if self.timers.due(Timer::Keepalive, now) {
             self.want_keepalive = true;
@@ -623,7 +654,7 @@ impl Tunnel {
             self.timers.set(Timer::Handshake, self.rekey_at());
             return;
         }
-        let spi = self.fresh_spi(ctx.rng);
+        let spi = self.fresh_spi(ctx);
         let ts = self.next_timestamp(now, ctx);
         let cookie = self.cookie.as_ref().filter(|c| !c.is_expired(now));
         match Initiator::start(
@@ -654,22 +685,18 @@ impl Tunnel {
         self.timers.set(Timer::Handshake, now.checked_add(wait));
     }
 
-    fn expire(&mut self, now: Instant) {
+    fn expire(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
         let old = |at: Instant| now.saturating_duration_since(at) >= REJECT_AFTER_TIME;
         for slot in &mut self.inbound {
-            if slot.as_ref().is_some_and(|s| old(s.installed)) {
-                *slot = None;
+            if let Some(s) = slot.take_if(|s| old(s.installed)) {
+                ctx.spis.remove(&s.sa.spi().get());
             }
         }
         if self.current.as_ref().is_some_and(|c| old(c.installed)) {
             self.current = None;
         }
-        if self
-            .unconfirmed
-            .as_ref()
-            .is_some_and(|u| old(u.inbound.installed))
-        {
-            self.unconfirmed = None;
+        if let Some(u) = self.unconfirmed.take_if(|u| old(u.inbound.installed)) {
+            ctx.spis.remove(&u.inbound.sa.spi().get());
         }
         self.arm_expire();
     }
@@ -709,7 +736,7 @@ impl Tunnel {
 
     /// Puts a confirmed inbound SA in a free slot, else in place of the oldest one the peer is
     /// not sending on.
-    fn insert_inbound(&mut self, sa: InSa) {
+    fn insert_inbound(&mut self, sa: InSa, ctx: &mut Ctx<'_>) {
         let idx = match self.inbound.iter().position(Option::is_none) {
             Some(i) => i,
             None => (0..IN_SLOTS)
@@ -721,6 +748,10 @@ impl Tunnel {
                 .min_by_key(|&i| self.inbound[i].as_ref().map(|s| s.installed))
                 .unwrap_or(0),
         };
+        if let Some(evicted) = self.inbound[idx].take() {
+            ctx.spis.remove(&evicted.sa.spi().get());
+        }
+        ctx.spis.insert(sa.sa.spi().get(), self.id);
         self.inbound[idx] = Some(sa);
     }
 
@@ -730,7 +761,7 @@ impl Tunnel {
         let rekey = self.current.is_some();
         let initiator = outbound.initiator;
         self.keylog(&inbound.sa, &outbound.sa, ctx);
-        self.insert_inbound(inbound);
+        self.insert_inbound(inbound, ctx);
         self.current = Some(outbound);
         if initiator {
             // Key confirmation for the responder, and our view, at once.
@@ -788,13 +819,48 @@ impl Tunnel {
         ctx: &mut Ctx<'_>,
     ) -> Result<(), DropReason> {
         let load = self.initiations_seen.count(now) > UNDER_LOAD_INITIATIONS;
-        let spi = self.fresh_spi(ctx.rng);
+        let spi = self.fresh_spi(ctx);
         let Some(responder) = self.responder.as_mut() else {
             return Err(DropReason::Auth);
         };
         let outcome = responder
             .handle_initiation(msg, from, load, spi, now, ctx.rng, &mut self.scratch)
             .map_err(handshake_drop)?;
+        self.answered(from, outcome, now, ctx)
+    }
+
+    /// An initiation that arrived on a socket shared by many tunnels and that this tunnel's
+    /// responder [`Responder::claims`]: the shared checks (mac1, cookie, the DH `es`) are done.
+    pub fn handle_claimed_initiation(
+        &mut self,
+        from: SocketAddr,
+        pre: &InitiationPreamble,
+        msg: &[u8],
+        now: Instant,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), DropReason> {
+        if self.is_silenced() {
+            return Err(DropReason::Silenced);
+        }
+        let spi = self.fresh_spi(ctx);
+        let Some(responder) = self.responder.as_mut() else {
+            return Err(DropReason::Auth);
+        };
+        let outcome = responder
+            .answer(pre, msg, spi, ctx.rng, &mut self.scratch)
+            .map_err(handshake_drop)?;
+        self.answered(from, outcome, now, ctx)
+    }
+
+    /// What the responder made of an initiation: a response to send (its SAs held unconfirmed)
+    /// or a cookie reply.
+    fn answered(
+        &mut self,
+        from: SocketAddr,
+        outcome: ResponderOutcome,
+        now: Instant,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), DropReason> {
         match outcome {
             ResponderOutcome::Established {
                 established,
@@ -816,6 +882,10 @@ impl Tunnel {
                 // To the configured peer, else back to the source: nothing is learned from an
                 // initiation, which proves nothing until it is confirmed.
                 self.response_out.to = Some(self.cfg.remote.unwrap_or(from));
+                if let Some(old) = self.unconfirmed.take() {
+                    ctx.spis.remove(&old.inbound.sa.spi().get());
+                }
+                ctx.spis.insert(est.local_spi.get(), self.id);
                 self.unconfirmed = Some(Unconfirmed {
                     inbound: InSa {
                         sa: est.inbound,
@@ -1276,7 +1346,7 @@ impl Tunnel {
     }
 }
 
-fn handshake_drop(e: HandshakeError) -> DropReason {
+pub(crate) fn handshake_drop(e: HandshakeError) -> DropReason {
     match e {
         HandshakeError::StaleTimestamp | HandshakeError::NotAwaitingResponse => {
             DropReason::Handshake

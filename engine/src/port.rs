@@ -1,0 +1,85 @@
+//! Local ports shared by many tunnels: a head-end serves every branch on one UDP port (as an
+//! IPsec responder does on 4500), so a datagram that arrives there must be attributed to its
+//! tunnel without ambiguity and without a scan for data packets:
+//! - ESP by its SPI: SPIs are unique per gateway (the gateway's SPI table, O(1));
+//! - a handshake initiation by the tunnel whose PSK-bound prologue opens its encrypted static
+//!   key: `mac1`, the cookie check and the one DH (`es`) are shared, then each candidate costs a
+//!   hash and a 48-byte AEAD, no DH — tunnels whose peer was last seen at the source are tried
+//!   first, so a rekey from a known peer finds its tunnel at once;
+//! - a handshake response or cookie reply by the tunnels whose initiation in flight went to the
+//!   datagram's source.
+//!
+//! The cookie mechanism works per port: past a load threshold that grows with the number of
+//! tunnels on the port, an initiation without a valid `mac2` for its source gets a cookie reply
+//! before any DH, whichever tunnel it is for.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tandem_crypto::handshake::{COOKIE_REPLY_LEN, CookieJar};
+
+use crate::types::TunnelId;
+
+/// Tuning: initiations per second a shared port handles without demanding cookies: the
+/// per-tunnel threshold of an exclusive port (50) plus one per tunnel on it (a thousand branches
+/// that all restart at once get cookies, then get in on their retry).
+pub(crate) fn under_load_threshold(members: usize) -> u32 {
+    50 + u32::try_from(members).unwrap_or(u32::MAX)
+}
+
+/// Cookie replies a shared port holds between two `poll_transmit` drains (one receive batch).
+pub(crate) const PORT_COOKIE_QUEUE: usize = 128;
+
+/// One local address:port shared by the tunnels in `members` (one socket in the daemon).
+pub(crate) struct SharedPort {
+    pub local: SocketAddr,
+    pub members: Vec<TunnelId>,
+    pub cookies: CookieJar,
+    window: Option<Instant>,
+    initiations: u32,
+    /// Cookie replies to send: (destination, bytes); bounded, oldest dropped first.
+    pub cookie_out: std::collections::VecDeque<(SocketAddr, [u8; COOKIE_REPLY_LEN])>,
+}
+
+impl std::fmt::Debug for SharedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPort")
+            .field("local", &self.local)
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedPort {
+    pub(crate) fn new(local: SocketAddr, cookies: CookieJar) -> Self {
+        SharedPort {
+            local,
+            members: Vec::new(),
+            cookies,
+            window: None,
+            initiations: 0,
+            cookie_out: std::collections::VecDeque::with_capacity(PORT_COOKIE_QUEUE),
+        }
+    }
+
+    /// Counts an initiation at `now`; whether the port is under load.
+    pub(crate) fn under_load(&mut self, now: Instant) -> bool {
+        match self.window {
+            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
+                self.initiations = self.initiations.saturating_add(1);
+            }
+            _ => {
+                self.window = Some(now);
+                self.initiations = 1;
+            }
+        }
+        self.initiations > under_load_threshold(self.members.len())
+    }
+
+    pub(crate) fn queue_cookie(&mut self, to: SocketAddr, bytes: [u8; COOKIE_REPLY_LEN]) {
+        if self.cookie_out.len() == PORT_COOKIE_QUEUE {
+            self.cookie_out.pop_front();
+        }
+        self.cookie_out.push_back((to, bytes));
+    }
+}
