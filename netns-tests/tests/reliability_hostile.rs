@@ -153,7 +153,7 @@ fn a_flood_of_junk_at_both_tunnel_ports_leaves_the_daemons_running_the_tunnels_u
         );
         for reason in ["auth", "malformed", "unknown_spi"] {
             assert!(
-                drop_count(&d, reason) > 0,
+                drop_count(d, reason) > 0,
                 "{who}: no {reason} drops: {d:?}"
             );
         }
