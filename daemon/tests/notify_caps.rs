@@ -2,8 +2,9 @@
 //! run in a child process that `setpriv` made a non-root user (`nobody`), once holding only
 //! `CAP_NET_ADMIN` (ambient, as `AmbientCapabilities=CAP_NET_ADMIN` gives it), once holding none.
 //!
-//! The child is this test binary itself, re-run with a filter that selects
-//! `child_checks_its_capabilities` and an env var that says what it must find. The checkout may
+//! The child is this test binary itself, re-run with a filter that selects the ignored
+//! `child_checks_its_capabilities` and an env var that says what it must find (run on its own, without
+//! the env var, that helper fails: it is not a test). The checkout may
 //! not be traversable by `nobody`, so the child runs in a mount namespace of its own where the
 //! binary is bind-mounted onto an empty file in a world-readable temp dir (a copy instead could
 //! fail to exec with ETXTBSY while another test thread forks).
@@ -77,6 +78,7 @@ fn run_child_as_nobody(tag: &str, caps_args: &[&str], expect: &str) -> std::proc
         .args([
             "child_checks_its_capabilities",
             "--exact",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -85,11 +87,13 @@ fn run_child_as_nobody(tag: &str, caps_args: &[&str], expect: &str) -> std::proc
         .unwrap()
 }
 
-/// Not a test of its own: does nothing unless a parent test set `TANDEM_CAPS_CHILD_EXPECT`.
+/// Not a test of its own: the parent tests below run it (ignored, so a plain `cargo test` lists it
+/// as such instead of counting a pass); run without `TANDEM_CAPS_CHILD_EXPECT`, it fails.
 #[test]
+#[ignore = "a helper run by the tests below as `nobody`, not a test of its own"]
 fn child_checks_its_capabilities() {
     let Some(expect) = std::env::var_os(CHILD_ENV) else {
-        return;
+        panic!("{CHILD_ENV} is not set: this helper only runs as the child of the tests below");
     };
     assert!(!is_root(), "the child must not be root");
     match expect.to_str().unwrap() {

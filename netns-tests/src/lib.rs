@@ -21,6 +21,16 @@ pub mod topo;
 pub mod traffic;
 pub mod wanem;
 
+/// The lock that timing-sensitive lab tests hold for their whole run: one lab at a time per test
+/// binary (cargo runs the binaries themselves one after the other). Two labs pushing traffic at
+/// once on a 2-core machine starve each other's daemons and probe streams, and the timing bounds
+/// would measure the neighbour instead of the code. A test that panicked while holding it does
+/// not poison it for the others.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Everything that can go wrong while building or driving the lab.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -239,6 +239,26 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// The packet counters of `iface` (`ip -s -j link show`): `(rx_packets, tx_packets)`. An error,
+    /// never a zero, when the interface or a counter is missing.
+    pub fn link_packets(&self, iface: &str) -> Result<(u64, u64), Error> {
+        let text = self.ip(["-s", "-j", "link", "show", "dev", iface])?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Parse(format!("ip -s -j link show {iface}: {e}: {text}")))?;
+        let stats = &v[0]["stats64"];
+        let get = |dir: &str| {
+            stats[dir]["packets"].as_u64().ok_or_else(|| {
+                Error::Parse(format!(
+                    "no {dir} packets for {iface} in {}: {text}",
+                    self.name
+                ))
+            })
+        };
+        Ok((get("rx")?, get("tx")?))
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         kill_pids_in(&self.name);

@@ -112,19 +112,29 @@ pub fn parse_iperf_json(text: &str) -> Result<IperfResult, Error> {
         return Err(Error::Parse(format!("iperf3: {err}")));
     }
     let end = &v["end"];
-    let f = |x: &Value| x.as_f64().unwrap_or(0.0);
-    let u = |x: &Value| x.as_u64().unwrap_or(0);
+    // A field that is missing or not a number is an error, never a 0 (a 0 would pass every
+    // "nothing lost" check).
+    let f = |x: &Value, path: &str| {
+        x.as_f64().ok_or_else(|| {
+            Error::Parse(format!("iperf3 JSON: no number at {path}: {}", head(text)))
+        })
+    };
+    let u = |x: &Value, path: &str| {
+        x.as_u64()
+            .ok_or_else(|| Error::Parse(format!("iperf3 JSON: no count at {path}: {}", head(text))))
+    };
     let is_udp = v["start"]["test_start"]["protocol"].as_str() == Some("UDP");
     if is_udp {
         let sum = &end["sum"];
-        let packets = u(&sum["packets"]);
-        let lost = u(&sum["lost_packets"]);
-        let seconds = f(&sum["seconds"]);
+        let packets = u(&sum["packets"], "end.sum.packets")?;
+        let lost = u(&sum["lost_packets"], "end.sum.lost_packets")?;
+        let seconds = f(&sum["seconds"], "end.sum.seconds")?;
         let received = packets.saturating_sub(lost);
         Ok(IperfResult {
-            bits_per_second: f(&sum["bits_per_second"]) * (received as f64)
+            bits_per_second: f(&sum["bits_per_second"], "end.sum.bits_per_second")?
+                * (received as f64)
                 / (packets.max(1) as f64),
-            bytes: u(&sum["bytes"]) * received / packets.max(1),
+            bytes: u(&sum["bytes"], "end.sum.bytes")? * received / packets.max(1),
             retransmits: 0,
             udp_packets: packets,
             udp_lost: lost,
@@ -138,10 +148,10 @@ pub fn parse_iperf_json(text: &str) -> Result<IperfResult, Error> {
     } else {
         let recv = &end["sum_received"];
         Ok(IperfResult {
-            bits_per_second: f(&recv["bits_per_second"]),
-            bytes: u(&recv["bytes"]),
-            retransmits: u(&end["sum_sent"]["retransmits"]),
-            seconds: f(&recv["seconds"]),
+            bits_per_second: f(&recv["bits_per_second"], "end.sum_received.bits_per_second")?,
+            bytes: u(&recv["bytes"], "end.sum_received.bytes")?,
+            retransmits: u(&end["sum_sent"]["retransmits"], "end.sum_sent.retransmits")?,
+            seconds: f(&recv["seconds"], "end.sum_received.seconds")?,
             ..IperfResult::default()
         })
     }
@@ -325,6 +335,16 @@ mod tests {
             (r.rtt_min_ms, r.rtt_avg_ms, r.rtt_max_ms),
             (0.031, 0.045, 0.071)
         );
+    }
+
+    #[test]
+    fn an_iperf_result_missing_a_figure_is_an_error_not_a_zero() {
+        let tcp = r#"{"start":{"test_start":{"protocol":"TCP"}},"end":{"sum_sent":{"retransmits":3},"sum_received":{"bits_per_second":1e9,"bytes":1000,"seconds":1.0}}}"#;
+        assert_eq!(parse_iperf_json(tcp).unwrap().retransmits, 3);
+        assert!(parse_iperf_json(&tcp.replace("\"retransmits\":3", "\"x\":3")).is_err());
+        let udp = r#"{"start":{"test_start":{"protocol":"UDP"}},"end":{"sum":{"packets":100,"lost_packets":1,"bytes":1000,"bits_per_second":8000,"seconds":1.0}}}"#;
+        assert_eq!(parse_iperf_json(udp).unwrap().udp_lost, 1);
+        assert!(parse_iperf_json(&udp.replace("lost_packets", "lost")).is_err());
     }
 
     #[test]

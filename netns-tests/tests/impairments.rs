@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tandem_netns_tests::impair::{Direction, NftImpairment};
 use tandem_netns_tests::probe::{ProbeReport, ProbeStream, REFLECT_PORT, Reflector};
@@ -35,23 +35,36 @@ fn a_blackhole_drops_everything_while_the_link_stays_up_and_heals_cleanly() {
     if !tandem_netns_tests::can_run_as_root("blackhole") {
         return;
     }
+    let _g = tandem_netns_tests::serial();
     let lab = lab();
     let _r = Reflector::start(&lab.vpc, REFLECT_PORT).unwrap();
     let s = ProbeStream::start(&lab.office, target(Family::V4)).unwrap();
     sleep(Duration::from_millis(300));
+    // The outage starts somewhere inside `nft -f` and ends somewhere inside `nft delete`: bound
+    // it from both sides instead of assuming the 200 ms of the sleep (measured on a loaded 2-core
+    // machine: the outage lay between 202 and 239 ms, so the two nft runs took up to 36 ms).
+    let cut_start = Instant::now();
     let bh = NftImpairment::blackhole(&lab.isp1, "cgw", Direction::Both).unwrap();
+    let cut_done = Instant::now();
     let link = lab.isp1.ip(["link", "show", "cgw"]).unwrap();
     assert!(
         link.contains("LOWER_UP") && link.contains("state UP"),
         "{link}"
     );
     sleep(Duration::from_millis(200));
+    let heal_start = Instant::now();
     bh.heal().unwrap();
+    let heal_done = Instant::now();
     sleep(Duration::from_millis(300));
     let r = s.stop().unwrap();
-    eprintln!("blackhole 200 ms: {r}");
-    assert!((150..=280).contains(&r.lost), "{r}");
-    assert!(r.largest_gap_ms > 150.0 && r.largest_gap_ms < 290.0, "{r}");
+    let shortest = heal_start.duration_since(cut_done).as_secs_f64() * 1e3;
+    let longest = heal_done.duration_since(cut_start).as_secs_f64() * 1e3;
+    eprintln!("blackhole between {shortest:.1} and {longest:.1} ms: {r}");
+    // One probe per ms: the lost probes and the gap fit the outage, give or take the probe on
+    // either edge (2 ms) and the probe sender's own scheduling (5 ms).
+    let (lo, hi) = (shortest - 7.0, longest + 7.0);
+    assert!((lo..=hi).contains(&(r.lost as f64)), "{r}");
+    assert!((lo..=hi).contains(&r.largest_gap_ms), "{r}");
     assert_eq!(r.sent, r.received + r.lost);
     // After healing, everything flows again.
     let after = probe_for(&lab, Family::V6, Duration::from_millis(200));
@@ -63,6 +76,7 @@ fn a_one_way_blackhole_drops_only_its_direction() {
     if !tandem_netns_tests::can_run_as_root("one-way blackhole") {
         return;
     }
+    let _g = tandem_netns_tests::serial();
     let lab = lab();
     let _rv = Reflector::start(&lab.vpc, REFLECT_PORT).unwrap();
     let _ro = Reflector::start(&lab.office, REFLECT_PORT).unwrap();
@@ -97,6 +111,7 @@ fn random_loss_drops_about_the_configured_share() {
     if !tandem_netns_tests::can_run_as_root("random loss") {
         return;
     }
+    let _g = tandem_netns_tests::serial();
     let lab = lab();
     let _r = Reflector::start(&lab.vpc, REFLECT_PORT).unwrap();
     // 20 % on the way out only: the round trip loses ~20 % of probes.
@@ -113,6 +128,7 @@ fn the_wan_emulator_delays_and_jitters() {
     if !tandem_netns_tests::can_run_as_root("wanem delay") {
         return;
     }
+    let _g = tandem_netns_tests::serial();
     let lab = lab();
     let base = ping(
         &lab.office,
@@ -131,7 +147,9 @@ fn the_wan_emulator_delays_and_jitters() {
         let r = ping(&lab.office, vpc_ip(f), 10, Duration::from_millis(20)).unwrap();
         eprintln!("{f:?} baseline {base:?} emulated {r:?}");
         assert_eq!(r.received, 10, "{r:?}");
-        // 20 ms each way, plus up to 4 ms jitter each way (and slack for a busy 2-core CI).
+        // 20 ms each way, plus up to 4 ms jitter each way: 40-56 ms (measured 42-48 ms on a
+        // loaded 2-core machine). The 70 ms ceiling leaves 14 ms for the emulator's threads to
+        // be scheduled late; a delay that was not applied, or applied twice, still fails.
         assert!(r.rtt_min_ms >= 40.0 && r.rtt_max_ms < 70.0, "{r:?}");
         assert!(r.rtt_max_ms - r.rtt_min_ms > 0.5, "jitter visible: {r:?}");
     }
@@ -142,6 +160,7 @@ fn the_wan_emulator_duplicates_reorders_corrupts_and_loses() {
     if !tandem_netns_tests::can_run_as_root("wanem dup/reorder/corrupt") {
         return;
     }
+    let _g = tandem_netns_tests::serial();
     let lab = lab();
     let _r = Reflector::start(&lab.vpc, REFLECT_PORT).unwrap();
     {

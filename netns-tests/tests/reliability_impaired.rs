@@ -1,4 +1,4 @@
-//! Impaired networks (issue 8 §2) under a 1 ms probe stream and an iperf3 TCP stream (capped at
+//! Impaired networks under a 1 ms probe stream and an iperf3 TCP stream (capped at
 //! 50 Mbit/s so that any probe loss is the impairment's, not a full queue's), each impairment on
 //! tunnel1's provider (`isp1`), with the SPEC §5 default timers (dpd_interval 250 ms, dpd_timeout
 //! 1 s; `TANDEM_DRILL_TIMERS=1` uses the drill timers 100 ms / 300 ms instead, which a loaded
@@ -26,7 +26,6 @@ mod reliability_common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reliability_common::*;
@@ -37,8 +36,6 @@ use tandem_netns_tests::tandem::{TandemOpts, TandemPair};
 use tandem_netns_tests::topo::{Family, Lab, vpc_ip};
 use tandem_netns_tests::traffic::{Iperf3Client, Iperf3Server, IperfOpts};
 use tandem_netns_tests::wanem::{Impair, WanEmulator};
-
-static SERIAL: Mutex<()> = Mutex::new(());
 
 const IPERF_PORT: u16 = 5241;
 
@@ -97,8 +94,7 @@ impl Run {
         self.probe.lost as f64 * 100.0 / self.probe.sent.max(1) as f64
     }
     fn drops(&self, reason: &str) -> u64 {
-        self.cgw_drops.get(reason).copied().unwrap_or(0)
-            + self.vpcgw_drops.get(reason).copied().unwrap_or(0)
+        drop_count(&self.cgw_drops, reason) + drop_count(&self.vpcgw_drops, reason)
     }
     fn show(&self, what: &str) {
         eprintln!(
@@ -109,8 +105,8 @@ impl Run {
                 Ok(g) => format!("{:.0} Mbit/s", g * 1e3),
                 Err(e) => format!("failed: {e}"),
             },
-            self.cgw_drops,
-            self.vpcgw_drops,
+            nonzero(&self.cgw_drops),
+            nonzero(&self.vpcgw_drops),
             self.failovers,
             self.left_tunnel1,
             self.polls,
@@ -120,7 +116,7 @@ impl Run {
 }
 
 fn csum_errors(ns: &Netns) -> u64 {
-    ns.snmp_counter("Udp", "InCsumErrors").unwrap_or(0)
+    ns.snmp_counter("Udp", "InCsumErrors").unwrap()
 }
 
 /// Runs the probe and TCP streams for `secs()` while whatever impairment the caller holds is in
@@ -179,7 +175,7 @@ fn random_loss_up_to_5_percent_causes_no_false_failover_and_probe_loss_stays_wit
     if !tandem_netns_tests::can_run_as_root("impaired: loss") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     let r = rig();
     let levels: &[u8] = if full() { &[1, 5, 20] } else { &[5] };
     for &pct in levels {
@@ -217,7 +213,7 @@ fn duplicated_packets_are_never_delivered_twice() {
     if !tandem_netns_tests::can_run_as_root("impaired: duplication") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     let r = rig();
     let levels: &[u8] = if full() { &[1, 10, 50] } else { &[10] };
     for &pct in levels {
@@ -255,7 +251,7 @@ fn corrupted_packets_are_each_counted_as_an_auth_drop_and_never_delivered() {
     if !tandem_netns_tests::can_run_as_root("impaired: corruption") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     let r = rig();
     // One in `every` ESP data packets: 1 % (and 0.1 % in the full matrix).
     let levels: &[u64] = if full() { &[1000, 100] } else { &[100] };
@@ -276,7 +272,7 @@ fn corrupted_packets_are_each_counted_as_an_auth_drop_and_never_delivered() {
             out.csum_errors, 0,
             "the corruption was meant to pass the UDP checksum"
         );
-        let auth = out.vpcgw_drops.get("auth").copied().unwrap_or(0);
+        let auth = drop_count(&out.vpcgw_drops, "auth");
         assert_eq!(
             auth, corrupted,
             "every corrupted packet must be one auth drop: {:?}",
@@ -325,7 +321,7 @@ fn reordered_packets_cause_no_replay_drops() {
     if !tandem_netns_tests::can_run_as_root("impaired: reorder") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     let r = rig();
     let mut profiles = vec![(
         "delay 2 ms, 10 % held back 5 ms",

@@ -4,7 +4,6 @@
 //! planned moves (failback, `tandem failover`, reload) must lose zero probes.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -13,8 +12,6 @@ use tandem_netns_tests::impair::Direction;
 use tandem_netns_tests::tandem::{Daemon, Side, TandemOpts, TandemPair};
 use tandem_netns_tests::topo::{Family, Lab, vpc_ip};
 use tandem_netns_tests::traffic::wait_reachable;
-
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Planned moves must lose zero probes, so their TCP stream leaves headroom (see `TcpLoad`).
 const CAPPED_TCP: TcpLoad = TcpLoad::Capped { secs: 3, mbps: 50 };
@@ -37,7 +34,7 @@ fn a_silent_blackhole_of_isp1_keeps_tcp_alive_and_the_gap_within_bound_then_fail
     if !tandem_netns_tests::can_run_as_root("blackhole drill") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     let (lab, pair, rig) = setup();
     let bound = gap_bound(&pair);
     // 1) The cut, under TCP and probes; the cut is held while the second stream starts.
@@ -97,7 +94,7 @@ fn tandem_failover_moves_traffic_with_zero_probes_lost() {
     if !tandem_netns_tests::can_run_as_root("planned failover drill") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     let (lab, pair, rig) = setup();
     let out = rig
         .run(&lab, CAPPED_TCP, ms(500), ms(500), || {
@@ -132,7 +129,7 @@ fn a_one_way_cut_in_each_direction_takes_the_tunnel_down_on_both_sides_and_traff
     if !tandem_netns_tests::can_run_as_root("one-way cut drill") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     let (lab, pair, rig) = setup();
     let bound = gap_bound(&pair);
     // Ingress at isp1's cgw link: cgw -> vpcgw is cut; egress: vpcgw -> cgw is cut.
@@ -151,8 +148,11 @@ fn a_one_way_cut_in_each_direction_takes_the_tunnel_down_on_both_sides_and_traff
             "one-way cut {dir:?}: {} ; {times:?} ; tcp {:?}",
             out.probe, out.tcp
         );
-        assert_ne!(a.state("tunnel1").as_deref(), Some("up"), "cgw: {}", a.0);
-        assert_ne!(b.state("tunnel1").as_deref(), Some("up"), "vpcgw: {}", b.0);
+        for (who, st) in [("cgw", a), ("vpcgw", b)] {
+            let state = st.state("tunnel1");
+            assert!(state.is_some(), "{who}: no tunnel1 state: {}", st.0);
+            assert_ne!(state.as_deref(), Some("up"), "{who}: {}", st.0);
+        }
         assert_eq!(a.active().as_deref(), Some("tunnel2"), "{}", a.0);
         assert_eq!(b.active().as_deref(), Some("tunnel2"), "{}", b.0);
         assert!(out.tcp.is_ok(), "{:?}", out.tcp);
@@ -175,7 +175,7 @@ fn a_sigkilled_head_end_restarted_carries_traffic_again_within_two_seconds() {
     if !tandem_netns_tests::can_run_as_root("kill drill") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     let (lab, mut pair, _rig) = setup();
     pair.vpcgw.signal("KILL").unwrap();
     pair.vpcgw.kill();
@@ -196,7 +196,7 @@ fn reload_with_an_unchanged_config_loses_nothing_and_makes_no_new_handshake() {
     if !tandem_netns_tests::can_run_as_root("reload drill") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     let (lab, pair, rig) = setup();
     // Let the start-up handshakes settle first: the SAs are stable when they have not changed
     // for 1.5 s.
@@ -216,7 +216,9 @@ fn reload_with_an_unchanged_config_loses_nothing_and_makes_no_new_handshake() {
     assert!(out.tcp.is_ok(), "{:?}", out.tcp);
     for (b, a) in before.iter().zip(&after) {
         for t in ["tunnel1", "tunnel2"] {
+            assert!(b.spis(t).is_some(), "no SPIs on {t}: {}", b.0);
             assert_eq!(b.spis(t), a.spis(t), "same SAs on {t}: {} -> {}", b.0, a.0);
+            assert!(b.num(t, "last_handshake_unix").is_some(), "{}", b.0);
             assert_eq!(
                 b.num(t, "last_handshake_unix"),
                 a.num(t, "last_handshake_unix"),
@@ -226,41 +228,112 @@ fn reload_with_an_unchanged_config_loses_nothing_and_makes_no_new_handshake() {
     }
 }
 
+/// The figures of a `tandem drill` report (`tandem drill` prints one line per figure; a figure
+/// that is missing or not a number is a test failure, never a zero).
+#[derive(Debug)]
+struct DrillReport {
+    detection_ms: f64,
+    switched_to: String,
+    gap_ms: f64,
+    lost: u64,
+    sent: u64,
+    failback_ms: f64,
+}
+
+impl DrillReport {
+    fn parse(text: &str) -> DrillReport {
+        let line = |label: &str| -> Vec<&str> {
+            let l = text
+                .lines()
+                .find_map(|l| l.trim_start().strip_prefix(label))
+                .unwrap_or_else(|| panic!("no {label:?} line in the drill report:\n{text}"));
+            l.split_whitespace().collect()
+        };
+        let num = |w: Option<&&str>, what: &str| -> f64 {
+            w.and_then(|w| w.parse().ok())
+                .unwrap_or_else(|| panic!("{what} is not a number in the drill report:\n{text}"))
+        };
+        let detection = line("detection time");
+        let gap = line("traffic gap");
+        let lost = line("probes lost");
+        let failback = line("failback time");
+        assert_eq!(lost.get(1), Some(&"of"), "probes lost N of M:\n{text}");
+        DrillReport {
+            detection_ms: num(detection.first(), "detection time"),
+            // "300.0 ms (switched to tunnel2)"
+            switched_to: detection
+                .get(4)
+                .map(|w| w.trim_end_matches(')').to_string())
+                .unwrap_or_default(),
+            gap_ms: num(gap.first(), "traffic gap"),
+            lost: num(lost.first(), "probes lost") as u64,
+            sent: num(lost.get(2), "probes sent") as u64,
+            failback_ms: num(failback.first(), "failback time"),
+        }
+    }
+}
+
 #[test]
 fn tandem_drill_reports_time_to_move_probes_lost_and_time_back() {
     if !tandem_netns_tests::can_run_as_root("tandem drill") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     let (lab, pair, rig) = setup();
     let bound = gap_bound(&pair);
+    let opts = pair.setup.opts();
+    let silence = Duration::from_secs(1);
     let out = rig
         .run(&lab, TcpLoad::None, ms(300), ms(300), || {
-            pair.cgw.drill(Duration::from_secs(1), false)
+            pair.cgw.drill(silence, false)
         })
         .unwrap();
-    let report = out.action.to_lowercase();
     eprintln!(
         "tandem drill:\n{}\nprobe stream meanwhile: {}",
         out.action, out.probe
     );
-    for words in ["detection", "gap", "probes lost", "failback"] {
-        assert!(report.contains(words), "the report names {words}: {report}");
-    }
-    // The drill's own figures: a number of ms on the gap line, within the SPEC bound.
-    let gap_line = report.lines().find(|l| l.contains("gap")).unwrap();
-    let gap_ms: f64 = gap_line
-        .split_whitespace()
-        .find_map(|w| w.parse().ok())
-        .unwrap();
-    assert!(gap_ms <= bound.as_secs_f64() * 1e3, "{gap_line}");
-    // Our own probe stream agrees that traffic kept flowing within the bound, and the connection
-    // is back on tunnel1.
+    let d = DrillReport::parse(&out.action);
+    eprintln!("{d:?}");
+    let bound_ms = bound.as_secs_f64() * 1e3;
+    // The drill's own figures: it moved to tunnel2 through DPD, within the SPEC bound.
+    assert_eq!(d.switched_to, "tunnel2", "{}", out.action);
+    assert!(d.detection_ms <= bound_ms, "{}", out.action);
+    assert!(d.gap_ms <= bound_ms, "{}", out.action);
+    // The drill's probes go every 1 ms from before the silence until after the failback.
+    assert!(d.sent >= silence.as_millis() as u64, "{}", out.action);
     assert!(
-        out.probe.largest_gap_ms <= bound.as_secs_f64() * 1e3,
+        d.lost > 0,
+        "the silence lost no drill probe: {}",
+        out.action
+    );
+    // Failback waits for the hold-down from the restore (and comes within the drill's grace of
+    // 3 s after it, or the drill would have printed "-").
+    let hold_ms = opts.failback.unwrap().as_secs_f64() * 1e3;
+    assert!(
+        d.failback_ms >= hold_ms && d.failback_ms <= hold_ms + 3000.0,
         "{}",
+        out.action
+    );
+    // Our own probe stream (office -> vpc, through both gateways) saw the same outage. It also
+    // waits for the head-end's own detection (the echoes come back on the head-end's active
+    // tunnel), which can trail cgw's by up to one dpd_interval, so the two figures agree within
+    // dpd_interval + 50 ms of scheduling slack (and the loss within as many 1 ms probes).
+    let tol_ms = (opts.dpd_interval + ms(50)).as_secs_f64() * 1e3;
+    assert!(
+        (d.gap_ms - out.probe.largest_gap_ms).abs() <= tol_ms,
+        "drill gap {} ms vs probe stream {:.1} ms (tolerance {tol_ms} ms): {}",
+        d.gap_ms,
+        out.probe.largest_gap_ms,
         out.probe
     );
+    assert!(
+        (d.lost as f64 - out.probe.lost as f64).abs() <= tol_ms,
+        "drill lost {} vs probe stream {} (tolerance {tol_ms} probes): {}",
+        d.lost,
+        out.probe.lost,
+        out.probe
+    );
+    assert!(out.probe.largest_gap_ms <= bound_ms, "{}", out.probe);
     pair.wait_until(Duration::from_secs(5), "back on tunnel1", |a, _| {
         a.active().as_deref() == Some("tunnel1")
     })

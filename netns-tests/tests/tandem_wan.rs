@@ -2,7 +2,6 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -14,8 +13,6 @@ use tandem_netns_tests::topo::{Family, HeadEnds, Isp, Lab, vpc_ip};
 use tandem_netns_tests::traffic::ping;
 use tandem_netns_tests::wanem::{Impair, WanEmulator};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -25,7 +22,7 @@ fn duplicated_and_reordered_esp_is_absorbed_by_the_replay_window_and_tunnels_sta
     if !tandem_netns_tests::can_run_as_root("tandem over a rough WAN") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     tandem_netns_tests::helper::set_helper(env!("CARGO_BIN_EXE_probe"), &[]);
     let lab = Lab::new().unwrap();
     // Delay and jitter well under dpd_timeout, so the tunnels must stay Up throughout.
@@ -69,7 +66,7 @@ fn with_two_head_ends_traffic_moves_to_the_second_head_end_when_isp1_dies() {
     if !tandem_netns_tests::can_run_as_root("tandem with two head-ends") {
         return;
     }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = tandem_netns_tests::serial();
     tandem_netns_tests::helper::set_helper(env!("CARGO_BIN_EXE_probe"), &[]);
     let lab = Lab::build(HeadEnds::Two).unwrap();
     let pair = TandemPair::start(&lab, TandemOpts::default()).unwrap();
@@ -83,10 +80,26 @@ fn with_two_head_ends_traffic_moves_to_the_second_head_end_when_isp1_dies() {
     let bound = gap_bound(&pair);
     let out = rig
         .run(&lab, TcpLoad::Saturating(2), ms(400), ms(300), || {
-            // vpcgw loses its only tunnel; cgw moves to tunnel2 (vpcgw2).
-            let (_cut, times) = cut_isp1(&lab, &pair, Direction::Both, ms(1000))?;
+            // vpcgw loses its only tunnel; cgw moves to tunnel2 (vpcgw2). Once both sides see
+            // tunnel1 Down, the cut is held 600 ms more while each head-end's receive counter of
+            // its tunnel is read at both ends of that window.
+            let (_cut, times) = cut_isp1(&lab, &pair, Direction::Both, Duration::ZERO)?;
             let active = pair.cgw.status()?.active();
-            Ok((times, active))
+            let rx = || -> Result<[f64; 2], tandem_netns_tests::Error> {
+                let get = |st: tandem_netns_tests::tandem::Status, t: &str| {
+                    st.num(t, "rx_packets").ok_or_else(|| {
+                        tandem_netns_tests::Error::Parse(format!("no {t} rx_packets: {}", st.0))
+                    })
+                };
+                Ok([
+                    get(pair.vpcgw.status()?, "tunnel1")?,
+                    get(he2.status()?, "tunnel2")?,
+                ])
+            };
+            let before = rx()?;
+            sleep(ms(600));
+            let after = rx()?;
+            Ok((times, active, [after[0] - before[0], after[1] - before[1]]))
         })
         .unwrap();
     eprintln!(
@@ -109,10 +122,13 @@ fn with_two_head_ends_traffic_moves_to_the_second_head_end_when_isp1_dies() {
         "{}",
         out.probe
     );
-    let st = he2.status().unwrap();
+    // Which head-end carried the traffic while isp1 was cut: vpcgw received nothing on its
+    // tunnel, vpcgw2 received at least the probes of the 600 ms window (one per ms, less slack
+    // for scheduling), plus the TCP stream.
+    let [he1_rx, he2_rx] = out.action.2;
+    assert_eq!(he1_rx, 0.0, "vpcgw received over the cut isp1");
     assert!(
-        st.num("tunnel2", "rx_packets").unwrap() > 100.0,
-        "he2 carried the traffic: {}",
-        st.0
+        he2_rx >= 300.0,
+        "vpcgw2 carried the traffic: {he2_rx} packets in 600 ms"
     );
 }

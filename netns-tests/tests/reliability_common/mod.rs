@@ -61,46 +61,87 @@ pub fn metrics(ns: &Netns) -> String {
     })
 }
 
-/// Sum of the samples of `name` whose label set contains every string of `labels`.
+/// Sum of the samples of `name` whose label set contains every string of `labels`. Panics when
+/// no sample matches or a value does not parse: a renamed metric or label must fail the test, not
+/// read as 0 (which would make every "nothing happened" assertion pass).
 pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
+    let samples: Vec<&str> = text
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter(|l| labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    assert!(
+        !samples.is_empty(),
+        "no sample of {name} with labels {labels:?} in the metrics:\n{text}"
+    );
+    samples
+        .iter()
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("unparsable sample {l:?}"))
+        })
         .sum()
 }
 
-/// `tandem_dropped_packets_total` by reason.
+/// `tandem_dropped_packets_total` by reason. Panics when there is no sample at all or a value
+/// does not parse (the daemon exports every reason, zeros included).
 pub fn drops(text: &str) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for l in text.lines() {
         if let Some(rest) = l.strip_prefix("tandem_dropped_packets_total{reason=\"") {
-            if let Some((reason, v)) = rest.split_once("\"} ") {
-                m.insert(
-                    reason.to_string(),
-                    v.trim().parse::<f64>().unwrap_or(0.0) as u64,
-                );
-            }
+            let (reason, v) = rest
+                .split_once("\"} ")
+                .unwrap_or_else(|| panic!("unparsable drop sample {l:?}"));
+            let v = v
+                .trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("unparsable drop count {l:?}"));
+            m.insert(reason.to_string(), v);
         }
     }
+    assert!(
+        !m.is_empty(),
+        "no tandem_dropped_packets_total in the metrics:\n{text}"
+    );
     m
 }
 
-/// `after - before`, per reason, zeros left out.
+/// `after - before` for every reason (zeros kept). Panics when a reason is in one scrape only or
+/// a counter went backwards (a restarted daemon: the delta would be meaningless).
 pub fn drop_delta(
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
 ) -> BTreeMap<String, u64> {
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "the drop reasons changed between two scrapes"
+    );
     after
         .iter()
         .map(|(k, v)| {
-            (
-                k.clone(),
-                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
-            )
+            let b = before[k];
+            assert!(*v >= b, "drop counter {k} went backwards: {b} -> {v}");
+            (k.clone(), v - b)
         })
-        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// The count for `reason` in a [`drops`] or [`drop_delta`] map; panics when the daemon does not
+/// export that reason (a renamed label must not read as "no drops").
+pub fn drop_count(d: &BTreeMap<String, u64>, reason: &str) -> u64 {
+    *d.get(reason)
+        .unwrap_or_else(|| panic!("no drop reason {reason:?} among {d:?}"))
+}
+
+/// The non-zero entries of a drop map, for messages.
+pub fn nonzero(d: &BTreeMap<String, u64>) -> BTreeMap<&str, u64> {
+    d.iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| (k.as_str(), *v))
         .collect()
 }
 
