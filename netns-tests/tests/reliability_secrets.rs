@@ -147,8 +147,11 @@ fn no_private_key_psk_or_sa_key_appears_in_trace_logs_status_or_metrics() {
         sa_keys.len(),
         encodings(&[0; 32]).len()
     );
+    // Two tunnels, each with its first handshake and the forced rekey, two directions each: 8
+    // distinct SA keys at least. (A responder logs an SA's keys only once the initiator has
+    // confirmed them, so an initiation that is answered but never confirmed adds none.)
     assert!(
-        sa_keys.len() >= 12,
+        sa_keys.len() >= 8,
         "expected rekeyed SAs: {}",
         sa_keys.len()
     );
