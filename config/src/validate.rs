@@ -6,7 +6,8 @@
 //!   match over them: an overlap would send a prefix to two places);
 //! - within a connection, no prefix overlaps another one of the same list, and `local_subnets`
 //!   and `remote_subnets` are disjoint (a packet could match both selectors);
-//! - no two tunnels (over all connections) have the same `local` -> `remote` pair;
+//! - no two tunnels of one connection have the same `local` -> `remote` pair (tunnels may share a
+//!   `local` otherwise: a hub serves all its branches on one port);
 //! - a tunnel has `local` or `remote` (or it could neither send nor be reached), and when both,
 //!   of the same address family;
 //! - active-standby priorities are distinct within a connection (the active tunnel must be
@@ -141,48 +142,76 @@ fn local_vs_remote(sink: &mut Sink<'_>, c: &RawConnection) {
     }
 }
 
+/// Tunnels may share a local address:port (a hub serves every branch on one port: the engine
+/// tells their packets apart by SPI, initiations by the tunnel's PSK). What cannot be told apart
+/// — and would make failover between the tunnels mean nothing — is two tunnels of one
+/// connection on the same path: the same `local` (or both ephemeral) and the same `remote`.
 fn endpoint_pairs(sink: &mut Sink<'_>, connections: &[RawConnection]) {
-    let mut seen: HashMap<
-        (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
-        (String, usize),
-    > = HashMap::new();
-    for t in connections
-        .iter()
-        .flat_map(|c| c.tunnels.iter())
-        .filter(|t| t.endpoints_ok)
-    {
-        let local = t.local.as_ref().map(|a| a.value);
-        let remote = t.remote.as_ref().map(|a| a.value);
-        if local.is_none() && remote.is_none() {
-            continue;
-        }
-        // Point at the later of the two addresses: the line that completes the duplicate.
-        let at = match (&t.local, &t.remote) {
-            (Some(l), Some(r)) => {
-                if r.span.start > l.span.start {
-                    r
-                } else {
-                    l
-                }
+    for c in connections {
+        let mut seen: HashMap<
+            (Option<std::net::SocketAddr>, std::net::SocketAddr),
+            (String, usize),
+        > = HashMap::new();
+        for t in c.tunnels.iter().filter(|t| t.endpoints_ok) {
+            let local = t.local.as_ref().map(|a| a.value);
+            let Some(remote) = t.remote.as_ref() else {
+                continue;
+            };
+            // Point at the later of the two addresses: the line that completes the duplicate.
+            let at = match &t.local {
+                Some(l) if l.span.start > remote.span.start => l,
+                _ => remote,
+            };
+            if let Some((first_path, first_offset)) = seen.get(&(local, remote.value)) {
+                let line = sink.line_of(*first_offset);
+                let show = local.map_or("any".to_owned(), |a| a.to_string());
+                sink.error(
+                    &at.span,
+                    &at.path,
+                    format!(
+                        "endpoint pair {show} -> {} is already used by {first_path} (line {line}): two tunnels of one connection on the same path are one path, failover between them means nothing",
+                        remote.value
+                    ),
+                );
+            } else {
+                seen.insert((local, remote.value), (t.path.clone(), at.span.start));
             }
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => continue,
-        };
-        if let Some((first_path, first_offset)) = seen.get(&(local, remote)) {
-            let line = sink.line_of(*first_offset);
-            let show =
-                |a: Option<std::net::SocketAddr>| a.map_or("any".to_owned(), |a| a.to_string());
-            sink.error(
-                &at.span,
-                &at.path,
-                format!(
-                    "endpoint pair {} -> {} is already used by {first_path} (line {line})",
-                    show(local),
-                    show(remote)
-                ),
-            );
-        } else {
-            seen.insert((local, remote), (t.path.clone(), at.span.start));
+        }
+    }
+    // Across connections, tunnels on one local port are told apart by their peer key and PSK:
+    // two with both equal could not be (an initiation would authenticate for either).
+    let mut on_port: HashMap<std::net::SocketAddr, Vec<(&crate::schema::RawTunnel, &str)>> =
+        HashMap::new();
+    for c in connections {
+        for t in c.tunnels.iter().filter(|t| t.endpoints_ok) {
+            let Some(local) = &t.local else { continue };
+            let same = on_port.get(&local.value).and_then(|v| {
+                v.iter().find(|(o, _)| {
+                    o.peer_public_key.is_some()
+                        && o.peer_public_key == t.peer_public_key
+                        && matches!((&o.psk, &t.psk), (Some(a), Some(b)) if *a.0 == *b.0)
+                })
+            });
+            if let Some((first, _)) = same {
+                let at = first
+                    .local
+                    .as_ref()
+                    .map_or(first.span.start, |l| l.span.start);
+                let line = sink.line_of(at);
+                sink.error(
+                    &local.span,
+                    &local.path,
+                    format!(
+                        "local {} is shared with {} (line {line}) by a tunnel with the same peer key and the same PSK: their handshakes could not be told apart; give each tunnel its own PSK",
+                        local.value, first.path
+                    ),
+                );
+            } else {
+                on_port
+                    .entry(local.value)
+                    .or_default()
+                    .push((t, t.path.as_str()));
+            }
         }
     }
 }

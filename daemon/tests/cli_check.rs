@@ -161,6 +161,7 @@ golden_tests!(
     duplicate_connection_names,
     duplicate_tunnel_names,
     duplicate_endpoint_pairs,
+    one_path_twice_in_a_connection,
     connection_without_a_tunnel,
     tied_priorities_in_active_standby,
     dpd_timeout_not_greater_than_dpd_interval,

@@ -152,10 +152,7 @@ fn a_flood_of_junk_at_both_tunnel_ports_leaves_the_daemons_running_the_tunnels_u
             r.sent
         );
         for reason in ["auth", "malformed", "unknown_spi"] {
-            assert!(
-                drop_count(d, reason) > 0,
-                "{who}: no {reason} drops: {d:?}"
-            );
+            assert!(drop_count(d, reason) > 0, "{who}: no {reason} drops: {d:?}");
         }
     }
     for (who, before, after) in [("vpcgw", rss0.0, rss1.0), ("cgw", rss0.1, rss1.1)] {

@@ -4,6 +4,7 @@
 //! event loop calls them between its reads and its writes. They allocate nothing: every slot is
 //! transformed in place and tagged with its destination ([`SlotDest`]).
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use tandem_engine::{Engine, NetAction, TunAction, TunnelId};
@@ -57,6 +58,16 @@ pub fn seal_batch(engine: &mut Engine, batch: &mut Batch, now: Instant) -> Batch
     out
 }
 
+/// Which socket a batch was received on: a tunnel's own socket, or a local port the tunnels
+/// configured with that `local` address share (the engine finds the tunnel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receiver {
+    /// The socket of this tunnel alone (an ephemeral local port).
+    Tunnel(TunnelId),
+    /// The socket bound to this address, shared by every tunnel configured with it.
+    Port(SocketAddr),
+}
+
 /// Network -> TUN: open every datagram received on `tunnel`'s socket in place. A decrypted inner
 /// packet's slot is tagged `Tun`; control packets and drops are tagged `None`.
 pub fn open_batch(
@@ -65,10 +76,28 @@ pub fn open_batch(
     batch: &mut Batch,
     now: Instant,
 ) -> BatchOutcome {
+    open_batch_on(engine, Receiver::Tunnel(tunnel), batch, now)
+}
+
+/// Network -> TUN for a batch received on `rx` (see [`open_batch`]).
+pub fn open_batch_on(
+    engine: &mut Engine,
+    rx: Receiver,
+    batch: &mut Batch,
+    now: Instant,
+) -> BatchOutcome {
     let mut out = BatchOutcome::default();
     for slot in &mut batch.slots[..batch.filled] {
         let datagram = slot.start..slot.start + slot.len;
-        match engine.handle_datagram(tunnel, slot.addr, &mut slot.buf, datagram, now) {
+        let action = match rx {
+            Receiver::Tunnel(t) => {
+                engine.handle_datagram(t, slot.addr, &mut slot.buf, datagram, now)
+            }
+            Receiver::Port(local) => {
+                engine.handle_datagram_at(local, slot.addr, &mut slot.buf, datagram, now)
+            }
+        };
+        match action {
             NetAction::Deliver { packet } => {
                 slot.start = packet.start;
                 slot.len = packet.len();

@@ -17,7 +17,7 @@ use tun_rs::VIRTIO_NET_HDR_LEN;
 use super::batch::{BATCH, Batch, SlotDest};
 use super::drill::Drill;
 use super::gro::TunGro;
-use super::path::{open_batch, seal_batch};
+use super::path::{Receiver, open_batch_on, seal_batch};
 use super::sys::{self, EMPTY_EVENT, Epoll, EventFd, RouteOp};
 use crate::control::{ErrorKind, Reply};
 use crate::metrics::{MetricsSnapshot, TunnelMetric};
@@ -27,7 +27,7 @@ use crate::notify::Notifier;
 const TOKEN_TUN: u64 = 0;
 /// epoll token of the wake-up eventfd.
 const TOKEN_WAKE: u64 = 1;
-/// epoll token of tunnel `id`'s socket: `TOKEN_SOCKET_BASE + id`.
+/// epoll token of the socket at slot `i` of the socket table: `TOKEN_SOCKET_BASE + i`.
 const TOKEN_SOCKET_BASE: u64 = 2;
 
 /// Ready events taken per `epoll_wait`: the TUN, the doorbell and a few sockets; more ready fds
@@ -117,7 +117,41 @@ impl Handle {
 }
 
 /// A tunnel's socket needs: display name, bind address, remote address.
-type WantedSocket = (String, Option<SocketAddr>, Option<SocketAddr>);
+/// A socket the configuration needs: one per distinct fixed `local` address (shared by every
+/// tunnel configured with it), and one per tunnel without a `local` (an ephemeral port).
+#[derive(Debug, Clone)]
+struct WantedSocket {
+    /// `connection/tunnel` of its first tunnel (logs; matches ephemeral sockets on reload).
+    name: String,
+    local: Option<SocketAddr>,
+    /// The first tunnel's remote (the address family of an ephemeral socket).
+    remote: Option<SocketAddr>,
+    tunnels: Vec<TunnelId>,
+}
+
+/// Groups the tunnels (in tunnel-id order: `connection/tunnel`, local, remote) into sockets.
+fn wanted_sockets(
+    tunnels: impl Iterator<Item = (String, Option<SocketAddr>, Option<SocketAddr>)>,
+) -> Vec<WantedSocket> {
+    let mut wanted: Vec<WantedSocket> = Vec::new();
+    for (i, (name, local, remote)) in tunnels.enumerate() {
+        let id = TunnelId(i as u16);
+        if let Some(w) = wanted
+            .iter_mut()
+            .find(|w| local.is_some() && w.local == local)
+        {
+            w.tunnels.push(id);
+            continue;
+        }
+        wanted.push(WantedSocket {
+            name,
+            local,
+            remote,
+            tunnels: vec![id],
+        });
+    }
+    wanted
+}
 
 /// Where a tunnel's socket comes from after a reload.
 #[derive(Debug)]
@@ -136,8 +170,11 @@ struct TunnelSocket {
     bind: SocketAddr,
     /// Bound to the tunnel's configured `local` (else an ephemeral port).
     fixed: bool,
-    /// `connection/tunnel` of the tunnel it was bound for (matches ephemeral sockets on reload).
+    /// `connection/tunnel` of the (first) tunnel it was bound for (matches ephemeral sockets on
+    /// reload).
     name: String,
+    /// What the engine is told a datagram arrived on.
+    receiver: Receiver,
     /// Send runs of equal-size datagrams as UDP GSO sends (cleared if the kernel refuses).
     gso: bool,
 }
@@ -151,7 +188,9 @@ pub struct DataPlane {
     mtu: u16,
     slot_mtu: u16,
     /// Indexed by `TunnelId.0`.
+    /// The socket table; a tunnel's socket is `sockets[tunnel_socket[tunnel id]]`.
     sockets: Vec<Option<TunnelSocket>>,
+    tunnel_socket: Vec<u16>,
     routes: Vec<IpNet>,
     /// Per connection (by `ConnectionId.0`): failback hold-down, for drills.
     failback: Vec<Option<Duration>>,
@@ -356,6 +395,7 @@ impl DataPlane {
             mtu: tun.mtu,
             slot_mtu: tun.mtu.max(1500),
             sockets: Vec::new(),
+            tunnel_socket: Vec::new(),
             routes: Vec::new(),
             failback,
             epoll,
@@ -410,23 +450,18 @@ impl DataPlane {
 
     /// Bind a socket for every tunnel of the engine's current configuration (start-up).
     fn sync_sockets(&mut self) -> Result<(), StartError> {
-        let wanted: Vec<WantedSocket> = self
-            .engine
-            .tunnels()
-            .map(|(_, info)| {
-                (
-                    format!("{}/{}", info.connection, info.name),
-                    info.local,
-                    info.remote,
-                )
-            })
-            .collect();
+        let wanted = wanted_sockets(self.engine.tunnels().map(|(_, info)| {
+            (
+                format!("{}/{}", info.connection, info.name),
+                info.local,
+                info.remote,
+            )
+        }));
         let plan = self.plan_sockets(&wanted)?;
-        self.install_sockets(plan)
+        self.install_sockets(plan, &wanted)
     }
 
-    /// The sockets the tunnels of `wanted` (in tunnel-id order) will use, binding only what no
-    /// current socket can serve. Nothing changes until [`Self::install_sockets`]: a bind that
+    /// The sockets `wanted` needs, binding only what no current socket can serve. Nothing changes until [`Self::install_sockets`]: a bind that
     /// fails (address in use, not local) leaves the running configuration untouched.
     ///
     /// Identity, not position: a tunnel with a fixed `local` takes the socket bound there,
@@ -436,7 +471,8 @@ impl DataPlane {
     fn plan_sockets(&self, wanted: &[WantedSocket]) -> Result<Vec<SocketPlan>, StartError> {
         let mut taken = vec![false; self.sockets.len()];
         let mut plan = Vec::with_capacity(wanted.len());
-        for (name, local, remote) in wanted {
+        for w in wanted {
+            let (name, local, remote) = (&w.name, &w.local, &w.remote);
             let reuse = self.sockets.iter().enumerate().position(|(j, s)| {
                 !taken[j]
                     && s.as_ref().is_some_and(|s| match local {
@@ -463,19 +499,32 @@ impl DataPlane {
                 bind,
                 fixed: local.is_some(),
                 name: name.clone(),
+                receiver: Receiver::Port(bind),
                 gso: true,
             }));
         }
         Ok(plan)
     }
 
-    /// Makes `plan` the socket table (index = tunnel id): kept sockets move to their new index,
-    /// new ones join the epoll set, the rest are closed.
-    fn install_sockets(&mut self, plan: Vec<SocketPlan>) -> Result<(), StartError> {
+    /// Makes `plan` (one entry per `wanted` socket) the socket table: kept sockets move to their
+    /// new slot, new ones join the epoll set, the rest are closed.
+    fn install_sockets(
+        &mut self,
+        plan: Vec<SocketPlan>,
+        wanted: &[WantedSocket],
+    ) -> Result<(), StartError> {
         let mut old = std::mem::take(&mut self.sockets);
         let mut table: Vec<Option<TunnelSocket>> = Vec::with_capacity(plan.len());
-        for (i, p) in plan.into_iter().enumerate() {
-            let s = match p {
+        let mut tunnel_socket = Vec::new();
+        for (i, (p, w)) in plan.into_iter().zip(wanted).enumerate() {
+            for t in &w.tunnels {
+                let t = usize::from(t.0);
+                if tunnel_socket.len() <= t {
+                    tunnel_socket.resize(t + 1, u16::MAX);
+                }
+                tunnel_socket[t] = i as u16;
+            }
+            let mut s = match p {
                 SocketPlan::Keep(j) => {
                     let s = old[j].take();
                     if let Some(s) = &s {
@@ -489,7 +538,13 @@ impl DataPlane {
                     Some(s)
                 }
             };
-            if let Some(s) = &s {
+            if let Some(s) = &mut s {
+                // A fixed local port is the engine's shared port (even with one tunnel on it);
+                // an ephemeral socket belongs to its one tunnel.
+                s.receiver = match w.local {
+                    Some(local) => Receiver::Port(local),
+                    None => Receiver::Tunnel(w.tunnels[0]),
+                };
                 self.epoll
                     .add(s.sock.as_fd(), TOKEN_SOCKET_BASE + i as u64)?;
             }
@@ -500,6 +555,7 @@ impl DataPlane {
             tracing::info!(tunnel = %s.name, local = %s.bind, "tunnel socket closed");
         }
         self.sockets = table;
+        self.tunnel_socket = tunnel_socket;
         Ok(())
     }
 
@@ -650,7 +706,14 @@ impl DataPlane {
             let now = Instant::now();
             self.last_packet = now;
             let _ = seal_batch(&mut self.engine, &mut self.tx, now);
-            flush_batch(&self.tun, self.vnet, None, &mut self.sockets, &mut self.tx);
+            flush_batch(
+                &self.tun,
+                self.vnet,
+                None,
+                &mut self.sockets,
+                &self.tunnel_socket,
+                &mut self.tx,
+            );
             if !more {
                 return;
             }
@@ -720,11 +783,12 @@ impl DataPlane {
     }
 
     /// recvmmsg -> open -> TUN, up to [`BATCHES_PER_WAKE`] batches.
-    fn on_socket_readable(&mut self, id: u16) {
-        let Some(Some(s)) = self.sockets.get(usize::from(id)) else {
+    fn on_socket_readable(&mut self, slot: u16) {
+        let Some(Some(s)) = self.sockets.get(usize::from(slot)) else {
             return;
         };
         let fd = s.sock.as_raw_fd();
+        let receiver = s.receiver;
         for _ in 0..BATCHES_PER_WAKE {
             let n = match sys::recv_mmsg(fd, &mut self.rx.slots, tandem_engine::HEADROOM) {
                 Ok(n) => n,
@@ -740,9 +804,16 @@ impl DataPlane {
             self.rx.filled = n;
             let now = Instant::now();
             self.last_packet = now;
-            let out = open_batch(&mut self.engine, TunnelId(id), &mut self.rx, now);
+            let out = open_batch_on(&mut self.engine, receiver, &mut self.rx, now);
             let gro = self.vnet.then_some(&mut self.gro);
-            flush_batch(&self.tun, self.vnet, gro, &mut self.sockets, &mut self.rx);
+            flush_batch(
+                &self.tun,
+                self.vnet,
+                gro,
+                &mut self.sockets,
+                &self.tunnel_socket,
+                &mut self.rx,
+            );
             if out.consumed > 0 {
                 self.flush_control();
             }
@@ -752,10 +823,16 @@ impl DataPlane {
         }
     }
 
+    /// The socket table entry of `tunnel`'s socket.
+    fn socket_of(&self, tunnel: TunnelId) -> Option<&Option<TunnelSocket>> {
+        let slot = *self.tunnel_socket.get(usize::from(tunnel.0))?;
+        self.sockets.get(usize::from(slot))
+    }
+
     /// Send every control datagram the engine has queued.
     fn flush_control(&mut self) {
         while let Some(t) = self.engine.poll_transmit(&mut self.control_buf) {
-            if let Some(Some(s)) = self.sockets.get(usize::from(t.tunnel.0)) {
+            if let Some(Some(s)) = self.socket_of(t.tunnel) {
                 // Never block the data plane on a control datagram: a cookie reply to an
                 // address whose neighbour never resolves would otherwise fill the send buffer
                 // (queued skbs are charged to it) and stall every tunnel. A refused one is lost,
@@ -853,8 +930,7 @@ impl DataPlane {
     ) {
         use std::io::Write as _;
         let local = self
-            .sockets
-            .get(usize::from(tunnel.0))
+            .socket_of(tunnel)
             .and_then(|s| s.as_ref())
             .and_then(|s| s.sock.local_addr().ok())
             .map(|a| a.ip());
@@ -1025,15 +1101,11 @@ impl DataPlane {
         }
         // Bind what the new configuration needs before anything is committed: a socket that
         // cannot be bound refuses the reload and the running configuration stays as it was.
-        let wanted: Vec<WantedSocket> = cfg
-            .connections
-            .iter()
-            .flat_map(|c| {
-                c.tunnels
-                    .iter()
-                    .map(move |t| (format!("{}/{}", c.name, t.name), t.local, t.remote))
-            })
-            .collect();
+        let wanted = wanted_sockets(cfg.connections.iter().flat_map(|c| {
+            c.tunnels
+                .iter()
+                .map(move |t| (format!("{}/{}", c.name, t.name), t.local, t.remote))
+        }));
         let plan = match self.plan_sockets(&wanted) {
             Ok(p) => p,
             Err(e) => {
@@ -1055,7 +1127,7 @@ impl DataPlane {
                 Err(e) => tracing::error!(error = %e, "reload: cannot set the TUN MTU"),
             }
         }
-        if let Err(e) = self.install_sockets(plan) {
+        if let Err(e) = self.install_sockets(plan, &wanted) {
             tracing::error!(error = %e, "reload: socket setup failed");
             return Reply::error(ErrorKind::Internal, e.to_string());
         }
@@ -1147,6 +1219,7 @@ fn flush_batch(
     vnet: bool,
     mut gro: Option<&mut TunGro>,
     sockets: &mut [Option<TunnelSocket>],
+    tunnel_socket: &[u16],
     batch: &mut Batch,
 ) {
     let mut write = |b: &[u8]| {
@@ -1159,7 +1232,8 @@ fn flush_batch(
     while i < filled {
         match batch.slots[i].dest {
             SlotDest::Socket(s) => {
-                if let Some(Some(sock)) = sockets.get_mut(usize::from(s)) {
+                let slot_of = tunnel_socket.get(usize::from(s)).copied();
+                if let Some(Some(sock)) = slot_of.and_then(|k| sockets.get_mut(usize::from(k))) {
                     let slots = &batch.slots[..filled];
                     let which = (i..filled).filter(|&j| slots[j].dest == SlotDest::Socket(s));
                     let was = sock.gso;
