@@ -246,6 +246,8 @@ struct AwaitAuth {
 }
 
 struct Up {
+    // Read by CREATE_CHILD_SA and INFORMATIONAL, which arrive in a later landing.
+    #[allow(dead_code)]
     keys: IkeKeys,
 }
 

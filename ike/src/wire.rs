@@ -107,6 +107,15 @@ pub enum ProtocolId {
 }
 
 impl ProtocolId {
+    /// The SPI size in a Delete payload (§3.11): none for IKE (the SA the message travels in),
+    /// 4 for AH and ESP.
+    pub fn delete_spi_len(self) -> usize {
+        match self {
+            Self::Ike => 0,
+            Self::Ah | Self::Esp => 4,
+        }
+    }
+
     fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::Ike,
@@ -649,7 +658,7 @@ impl Payload {
             }
             Self::Delete(d) => {
                 out.push(d.protocol as u8);
-                out.push(d.spis.first().map_or(0, |s| s.len() as u8));
+                out.push(d.protocol.delete_spi_len() as u8);
                 out.extend_from_slice(&(d.spis.len() as u16).to_be_bytes());
                 for s in &d.spis {
                     out.extend_from_slice(s);
@@ -905,11 +914,7 @@ fn parse_body(ty: u8, critical: bool, body: &[u8]) -> Result<Payload, ParseError
                 .ok_or(ParseError::Invalid("delete protocol ID"))?;
             let spi_size = r.u8("delete SPI size")? as usize;
             let n = r.u16("delete SPI count")? as usize;
-            let expected = match protocol {
-                ProtocolId::Ike => 0,
-                ProtocolId::Ah | ProtocolId::Esp => 4,
-            };
-            if spi_size != expected || (protocol == ProtocolId::Ike && n != 0) {
+            if spi_size != protocol.delete_spi_len() || (protocol == ProtocolId::Ike && n != 0) {
                 return Err(ParseError::Invalid("delete SPI size"));
             }
             let mut spis = Vec::new();

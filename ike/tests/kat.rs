@@ -1,5 +1,6 @@
 //! The key schedule, the DH groups, the PSK AUTH and the SK payload against vectors made by an
 //! independent implementation (Python `cryptography`, see `vectors/gen_ike_kat.py`).
+#![allow(clippy::unwrap_used)]
 
 use serde_json::Value;
 use tandem_ike::NotifyType;
