@@ -1,0 +1,573 @@
+//! IKE_SA_INIT + IKE_AUTH between two in-memory IKE SAs, with a virtual clock: success both
+//! ways and for every default proposal, wrong PSK, NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD,
+//! lost responses and retransmitted requests, expiry.
+// Tests: panics are the failure report; the virtual clock starts at one real `Instant`.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tandem_ike::sa::{HALF_OPEN_TIMEOUT, RETRANSMIT_INITIAL};
+use tandem_ike::ts::ipv4_prefix;
+use tandem_ike::wire::{
+    self, Attribute, ExchangeType, FLAG_INITIATOR, Header, Message, Payload, Proposal, ProtocolId,
+    Transform, transform_type,
+};
+use tandem_ike::{
+    Config, DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, DhGroup, Dropped, Established, Event,
+    Failure, FirstChild, Identity, IkeProposal, IkeSa, NotifyType, Prf, Psk, Role,
+};
+
+const GW_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const GW_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn rng(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed)
+}
+
+/// Gateway A (office 10.10.0.0/16) and gateway B (VPC 10.20.0.0/16).
+fn config_a(psk: &str) -> Config {
+    Config {
+        psk: Psk::new(psk.as_bytes()),
+        local_id: Identity::Ipv4(GW_A),
+        remote_id: Identity::Ipv4(GW_B),
+        ike_proposals: DEFAULT_IKE_PROPOSALS.to_vec(),
+        esp_proposals: DEFAULT_ESP_PROPOSALS.to_vec(),
+        local_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 10, 0, 0), 16)],
+        remote_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 20, 0, 0), 16)],
+    }
+}
+
+fn config_b(psk: &str) -> Config {
+    Config {
+        psk: Psk::new(psk.as_bytes()),
+        local_id: Identity::Fqdn("vpn.example.net".into()),
+        remote_id: Identity::Ipv4(GW_A),
+        ike_proposals: DEFAULT_IKE_PROPOSALS.to_vec(),
+        esp_proposals: DEFAULT_ESP_PROPOSALS.to_vec(),
+        local_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 20, 0, 0), 16)],
+        remote_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 10, 0, 0), 16)],
+    }
+}
+
+/// A's view of B uses B's FQDN identity.
+fn a_towards_b(psk: &str) -> Config {
+    let mut c = config_a(psk);
+    c.remote_id = Identity::Fqdn("vpn.example.net".into());
+    c
+}
+
+fn drain(sa: &mut IkeSa) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| sa.poll_transmit()).collect()
+}
+
+fn events(sa: &mut IkeSa) -> Vec<Event> {
+    std::iter::from_fn(|| sa.poll_event()).collect()
+}
+
+/// Delivers every pending datagram both ways until both are quiet; returns how many moved.
+fn pump(a: &mut IkeSa, b: &mut IkeSa, now: Instant, rng: &mut ChaCha20Rng) -> usize {
+    let mut moved = 0;
+    loop {
+        let from_a = drain(a);
+        let from_b = drain(b);
+        if from_a.is_empty() && from_b.is_empty() {
+            return moved;
+        }
+        for d in from_a {
+            moved += 1;
+            let _ = b.handle_datagram(now, &d, rng);
+        }
+        for d in from_b {
+            moved += 1;
+            let _ = a.handle_datagram(now, &d, rng);
+        }
+    }
+}
+
+fn established(evs: Vec<Event>) -> Established {
+    match evs.as_slice() {
+        [Event::Established(e)] => (**e).clone(),
+        other => panic!("expected one Established event, got {other:?}"),
+    }
+}
+
+fn failed(evs: Vec<Event>) -> Failure {
+    match evs.as_slice() {
+        [Event::Failed(f)] => f.clone(),
+        other => panic!("expected one Failed event, got {other:?}"),
+    }
+}
+
+fn assert_pair(i: &Established, r: &Established) {
+    assert_eq!(i.role, Role::Initiator);
+    assert_eq!(r.role, Role::Responder);
+    assert_eq!((i.spi_i, i.spi_r), (r.spi_i, r.spi_r));
+    assert_ne!(i.spi_r, 0);
+    assert_eq!(i.proposal, r.proposal);
+    assert_eq!(i.keys.sk_ei.key, r.keys.sk_ei.key);
+    assert_eq!(i.keys.sk_er.key, r.keys.sk_er.key);
+    assert_ne!(i.keys.sk_ei.key, i.keys.sk_er.key);
+    let (FirstChild::Created(ci), FirstChild::Created(cr)) = (&i.child, &r.child) else {
+        panic!("child not created: {:?} / {:?}", i.child, r.child);
+    };
+    assert_eq!(ci.outbound_spi, cr.inbound_spi);
+    assert_eq!(ci.inbound_spi, cr.outbound_spi);
+    assert_eq!(ci.outbound.key, cr.inbound.key);
+    assert_eq!(ci.outbound.salt, cr.inbound.salt);
+    assert_eq!(ci.inbound.key, cr.outbound.key);
+    assert_ne!(ci.inbound.key, ci.outbound.key);
+    assert_eq!(ci.local_ts, cr.remote_ts);
+    assert_eq!(ci.remote_ts, cr.local_ts);
+}
+
+/// Seals a packet with one side's outbound Child SA and opens it with the other's inbound one,
+/// through tandem-crypto's ESP SA: the negotiated keys and SPIs really line up.
+fn esp_round_trip(from: &tandem_ike::ChildSa, to: &tandem_ike::ChildSa) {
+    use tandem_crypto::{HEADROOM, InboundSa, OutboundSa, Spi, TAILROOM};
+    let mut out = OutboundSa::new(Spi::new(from.outbound_spi).unwrap(), from.outbound.clone());
+    let mut inb = InboundSa::new(Spi::new(to.inbound_spi).unwrap(), to.inbound.clone());
+    let packet = [0x45u8; 40];
+    let mut buf = vec![0u8; HEADROOM + packet.len() + TAILROOM];
+    buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
+    let sealed = out
+        .seal(
+            &mut buf,
+            HEADROOM..HEADROOM + packet.len(),
+            tandem_crypto::esp::NEXT_HEADER_IPV4,
+        )
+        .unwrap();
+    let mut datagram = buf[sealed.datagram.clone()].to_vec();
+    let len = datagram.len();
+    let opened = inb.open(&mut datagram, 0..len).unwrap();
+    assert_eq!(&datagram[opened.payload.clone()], &packet[..]);
+}
+
+#[test]
+fn initiator_and_responder_establish_an_ike_sa_and_a_child_sa_with_each_default_proposal() {
+    let t0 = Instant::now();
+    for (n, proposal) in DEFAULT_IKE_PROPOSALS.iter().enumerate() {
+        let mut rng = rng(n as u64);
+        let mut ca = a_towards_b("correct horse");
+        ca.ike_proposals = vec![*proposal];
+        let mut a = IkeSa::initiate(ca, t0, &mut rng);
+        let mut b = IkeSa::respond(config_b("correct horse"));
+        assert_eq!(
+            pump(&mut a, &mut b, t0 + ms(1), &mut rng),
+            4,
+            "two exchanges, two messages each"
+        );
+        assert!(a.is_established() && b.is_established());
+        let ea = established(events(&mut a));
+        let eb = established(events(&mut b));
+        assert_eq!(ea.proposal, *proposal);
+        assert_pair(&ea, &eb);
+        let (FirstChild::Created(ca), FirstChild::Created(cb)) = (&ea.child, &eb.child) else {
+            unreachable!()
+        };
+        esp_round_trip(ca, cb);
+        esp_round_trip(cb, ca);
+        // Nothing left to do: no retransmission pending, no expiry.
+        assert_eq!(a.poll_timeout(), None);
+        assert_eq!(b.poll_timeout(), None);
+    }
+}
+
+#[test]
+fn either_gateway_can_initiate() {
+    let t0 = Instant::now();
+    let mut rng = rng(7);
+    // B initiates towards A this time.
+    let mut cb = config_b("pw");
+    cb.remote_id = Identity::Ipv4(GW_A);
+    let mut ca = config_a("pw");
+    ca.local_id = Identity::Ipv4(GW_A);
+    ca.remote_id = Identity::Fqdn("vpn.example.net".into());
+    let mut b = IkeSa::initiate(cb, t0, &mut rng);
+    let mut a = IkeSa::respond(ca);
+    pump(&mut b, &mut a, t0, &mut rng);
+    let eb = established(events(&mut b));
+    let ea = established(events(&mut a));
+    assert_pair(&eb, &ea);
+    // The first default proposal wins: the initiator lists it first.
+    assert_eq!(eb.proposal, DEFAULT_IKE_PROPOSALS[0]);
+}
+
+#[test]
+fn responder_narrows_traffic_selectors_to_its_policy() {
+    let t0 = Instant::now();
+    let mut rng = rng(8);
+    let mut ca = a_towards_b("pw");
+    // A offers the whole 10/8 on the far side; B only serves 10.20.5.0/24.
+    ca.remote_ts = vec![ipv4_prefix(Ipv4Addr::new(10, 0, 0, 0), 8)];
+    let mut cb = config_b("pw");
+    cb.local_ts = vec![ipv4_prefix(Ipv4Addr::new(10, 20, 5, 0), 24)];
+    let mut a = IkeSa::initiate(ca, t0, &mut rng);
+    let mut b = IkeSa::respond(cb);
+    pump(&mut a, &mut b, t0, &mut rng);
+    let ea = established(events(&mut a));
+    let FirstChild::Created(child) = ea.child else {
+        panic!("no child")
+    };
+    assert_eq!(
+        child.remote_ts,
+        vec![ipv4_prefix(Ipv4Addr::new(10, 20, 5, 0), 24)]
+    );
+    assert_eq!(
+        child.local_ts,
+        vec![ipv4_prefix(Ipv4Addr::new(10, 10, 0, 0), 16)]
+    );
+}
+
+#[test]
+fn disjoint_traffic_selectors_refuse_the_child_sa_but_not_the_ike_sa() {
+    let t0 = Instant::now();
+    let mut rng = rng(9);
+    let mut cb = config_b("pw");
+    cb.local_ts = vec![ipv4_prefix(Ipv4Addr::new(172, 16, 0, 0), 12)];
+    let mut a = IkeSa::initiate(a_towards_b("pw"), t0, &mut rng);
+    let mut b = IkeSa::respond(cb);
+    pump(&mut a, &mut b, t0, &mut rng);
+    let ea = established(events(&mut a));
+    let eb = established(events(&mut b));
+    assert!(
+        matches!(ea.child, FirstChild::Refused(NotifyType::TS_UNACCEPTABLE)),
+        "{:?}",
+        ea.child
+    );
+    assert!(
+        matches!(eb.child, FirstChild::Refused(NotifyType::TS_UNACCEPTABLE)),
+        "{:?}",
+        eb.child
+    );
+}
+
+#[test]
+fn wrong_psk_fails_cleanly_on_both_ends() {
+    let t0 = Instant::now();
+    let mut rng = rng(10);
+    let mut a = IkeSa::initiate(a_towards_b("the right one"), t0, &mut rng);
+    let mut b = IkeSa::respond(config_b("the wrong one"));
+    pump(&mut a, &mut b, t0, &mut rng);
+    assert_eq!(
+        failed(events(&mut b)),
+        Failure::AuthenticationFailed {
+            reason: "the initiator's AUTH does not verify with our PSK"
+        }
+    );
+    assert_eq!(
+        failed(events(&mut a)),
+        Failure::PeerNotify(NotifyType::AUTHENTICATION_FAILED)
+    );
+    assert!(!a.is_established() && !b.is_established());
+    assert_eq!((a.state_name(), b.state_name()), ("failed", "failed"));
+    // Nothing is retransmitted or kept alive afterwards.
+    assert_eq!(a.poll_timeout(), None);
+    assert_eq!(b.poll_timeout(), None);
+}
+
+#[test]
+fn an_unexpected_peer_identity_fails_authentication() {
+    let t0 = Instant::now();
+    let mut rng = rng(11);
+    let mut cb = config_b("pw");
+    cb.remote_id = Identity::Ipv4(Ipv4Addr::new(203, 0, 113, 9));
+    let mut a = IkeSa::initiate(a_towards_b("pw"), t0, &mut rng);
+    let mut b = IkeSa::respond(cb);
+    pump(&mut a, &mut b, t0, &mut rng);
+    assert!(matches!(
+        failed(events(&mut b)),
+        Failure::AuthenticationFailed { .. }
+    ));
+    assert_eq!(
+        failed(events(&mut a)),
+        Failure::PeerNotify(NotifyType::AUTHENTICATION_FAILED)
+    );
+}
+
+fn weak_initiation() -> Vec<u8> {
+    let kl = |bits| {
+        vec![Attribute::Tv {
+            ty: wire::ATTR_KEY_LENGTH,
+            value: bits,
+        }]
+    };
+    let proposal = Proposal {
+        number: 1,
+        protocol: ProtocolId::Ike,
+        spi: Vec::new(),
+        transforms: vec![
+            Transform {
+                ty: transform_type::ENCR,
+                id: 12,
+                attributes: kl(128),
+            },
+            Transform::new(transform_type::PRF, 2),
+            Transform::new(transform_type::INTEG, 2),
+            Transform::new(transform_type::DH, 2),
+        ],
+    };
+    Message {
+        header: Header {
+            spi_i: 0x1122_3344_5566_7788,
+            spi_r: 0,
+            exchange: ExchangeType::IkeSaInit,
+            flags: FLAG_INITIATOR,
+            message_id: 0,
+        },
+        payloads: vec![
+            Payload::Sa(vec![proposal]),
+            Payload::Ke {
+                group: 2,
+                data: vec![0x5a; 128],
+            },
+            Payload::Nonce(vec![7; 32]),
+        ],
+    }
+    .to_bytes()
+}
+
+#[test]
+fn a_peer_offering_only_aes_cbc_sha1_modp1024_gets_no_proposal_chosen_naming_its_offer() {
+    let mut rng = rng(12);
+    let mut b = IkeSa::respond(config_b("pw"));
+    let req = weak_initiation();
+    b.handle_datagram(Instant::now(), &req, &mut rng).unwrap();
+    let out = drain(&mut b);
+    assert_eq!(out.len(), 1);
+    let reply = Message::parse(&out[0]).unwrap();
+    assert!(reply.header.is_response());
+    assert_eq!(reply.header.spi_r, 0, "no state: no responder SPI");
+    assert!(reply.notify(NotifyType::NO_PROPOSAL_CHOSEN).is_some());
+    let Failure::NoProposalChosen { offered } = failed(events(&mut b)) else {
+        panic!("wrong failure")
+    };
+    assert_eq!(
+        offered,
+        "#1 IKE: AES_CBC_128/PRF_HMAC_SHA1/HMAC_SHA1_96/MODP_1024"
+    );
+    // The retransmitted offer gets the same answer, and no second event.
+    b.handle_datagram(Instant::now(), &req, &mut rng).unwrap();
+    assert_eq!(drain(&mut b), out);
+    assert!(events(&mut b).is_empty());
+}
+
+#[test]
+fn an_initiator_told_no_proposal_chosen_fails_with_that_notify() {
+    let t0 = Instant::now();
+    let mut rng = rng(13);
+    let mut cb = config_b("pw");
+    cb.ike_proposals = vec![IkeProposal {
+        prf: Prf::HmacSha512,
+        group: DhGroup::Ecp256,
+    }];
+    let mut a = IkeSa::initiate(a_towards_b("pw"), t0, &mut rng);
+    let mut b = IkeSa::respond(cb);
+    pump(&mut a, &mut b, t0, &mut rng);
+    assert_eq!(
+        failed(events(&mut a)),
+        Failure::PeerNotify(NotifyType::NO_PROPOSAL_CHOSEN)
+    );
+    let Failure::NoProposalChosen { offered } = failed(events(&mut b)) else {
+        panic!("wrong failure")
+    };
+    assert!(
+        offered.contains("AES_GCM_16_256/PRF_HMAC_SHA2_384/ECP_384"),
+        "{offered}"
+    );
+}
+
+#[test]
+fn invalid_ke_payload_makes_the_initiator_retry_with_the_requested_group() {
+    let t0 = Instant::now();
+    let mut rng = rng(14);
+    // A guesses ecp384 (its first proposal); B takes only x25519.
+    let mut cb = config_b("pw");
+    cb.ike_proposals = vec![IkeProposal {
+        prf: Prf::HmacSha256,
+        group: DhGroup::Curve25519,
+    }];
+    let mut a = IkeSa::initiate(a_towards_b("pw"), t0, &mut rng);
+    let mut b = IkeSa::respond(cb);
+
+    let first = drain(&mut a);
+    let m = Message::parse(&first[0]).unwrap();
+    assert!(
+        m.payloads
+            .iter()
+            .any(|p| matches!(p, Payload::Ke { group: 20, .. }))
+    );
+    b.handle_datagram(t0, &first[0], &mut rng).unwrap();
+    let answer = drain(&mut b);
+    let n = Message::parse(&answer[0]).unwrap();
+    assert_eq!(
+        n.notify(NotifyType::INVALID_KE_PAYLOAD).unwrap().data,
+        31u16.to_be_bytes()
+    );
+    assert!(
+        events(&mut b).is_empty(),
+        "asking for another group is not a failure"
+    );
+    assert_eq!(b.state_name(), "awaiting-ike-sa-init");
+
+    a.handle_datagram(t0, &answer[0], &mut rng).unwrap();
+    let retry = drain(&mut a);
+    let m2 = Message::parse(&retry[0]).unwrap();
+    assert_eq!(m2.header.spi_i, m.header.spi_i);
+    assert_eq!(m2.header.message_id, 0);
+    assert!(
+        m2.payloads
+            .iter()
+            .any(|p| matches!(p, Payload::Ke { group: 31, .. }))
+    );
+    b.handle_datagram(t0, &retry[0], &mut rng).unwrap();
+    pump(&mut a, &mut b, t0, &mut rng);
+    let ea = established(events(&mut a));
+    let eb = established(events(&mut b));
+    assert_pair(&ea, &eb);
+    assert_eq!(ea.proposal.group, DhGroup::Curve25519);
+}
+
+#[test]
+fn lost_responses_are_recovered_by_retransmission_and_the_duplicate_request_is_answered_from_cache()
+{
+    let t0 = Instant::now();
+    let mut rng = rng(15);
+    let mut a = IkeSa::initiate(a_towards_b("pw"), t0, &mut rng);
+    let mut b = IkeSa::respond(config_b("pw"));
+
+    // IKE_SA_INIT: the response is lost.
+    let init = drain(&mut a);
+    b.handle_datagram(t0, &init[0], &mut rng).unwrap();
+    let lost = drain(&mut b);
+    assert_eq!(lost.len(), 1);
+    assert_eq!(a.poll_timeout(), Some(t0 + RETRANSMIT_INITIAL));
+    a.handle_timeout(t0 + ms(999));
+    assert!(drain(&mut a).is_empty(), "not before the deadline");
+    a.handle_timeout(t0 + RETRANSMIT_INITIAL);
+    let again = drain(&mut a);
+    assert_eq!(again, init, "retransmission is the same bytes");
+    assert_eq!(
+        a.poll_timeout(),
+        Some(t0 + RETRANSMIT_INITIAL + 2 * RETRANSMIT_INITIAL)
+    );
+    let t1 = t0 + RETRANSMIT_INITIAL;
+    b.handle_datagram(t1, &again[0], &mut rng).unwrap();
+    let cached = drain(&mut b);
+    assert_eq!(
+        cached, lost,
+        "the duplicate request gets the cached response"
+    );
+    assert!(events(&mut b).is_empty());
+
+    // IKE_AUTH: the response is lost too.
+    a.handle_datagram(t1, &cached[0], &mut rng).unwrap();
+    let auth = drain(&mut a);
+    b.handle_datagram(t1, &auth[0], &mut rng).unwrap();
+    let lost_auth = drain(&mut b);
+    let eb = established(events(&mut b));
+    let deadline = a.poll_timeout().unwrap();
+    assert_eq!(deadline, t1 + RETRANSMIT_INITIAL);
+    a.handle_timeout(deadline);
+    let auth_again = drain(&mut a);
+    assert_eq!(auth_again, auth);
+    b.handle_datagram(deadline, &auth_again[0], &mut rng)
+        .unwrap();
+    let cached_auth = drain(&mut b);
+    assert_eq!(cached_auth, lost_auth);
+    assert!(
+        events(&mut b).is_empty(),
+        "the duplicate is not processed twice"
+    );
+    a.handle_datagram(deadline, &cached_auth[0], &mut rng)
+        .unwrap();
+    let ea = established(events(&mut a));
+    assert_pair(&ea, &eb);
+    // A late second copy of the response is ignored.
+    assert_eq!(
+        a.handle_datagram(deadline, &cached_auth[0], &mut rng),
+        Err(Dropped::UnexpectedResponse)
+    );
+}
+
+#[test]
+fn initiator_gives_up_after_its_retransmissions() {
+    let t0 = Instant::now();
+    let mut rng = rng(16);
+    let mut a = IkeSa::initiate(a_towards_b("pw"), t0, &mut rng);
+    let first = drain(&mut a);
+    let mut sent = 1;
+    while let Some(t) = a.poll_timeout() {
+        a.handle_timeout(t);
+        let out = drain(&mut a);
+        if let Some(d) = out.first() {
+            assert_eq!(d, &first[0]);
+        }
+        sent += out.len();
+        if !events(&mut a).is_empty() {
+            assert_eq!(t, t0 + Duration::from_secs(63));
+            break;
+        }
+    }
+    assert_eq!(sent, 6, "the request and 5 retransmissions");
+    assert_eq!(a.state_name(), "failed");
+    assert_eq!(a.poll_timeout(), None);
+}
+
+#[test]
+fn responder_forgets_a_half_open_sa() {
+    let t0 = Instant::now();
+    let mut rng = rng(17);
+    let mut a = IkeSa::initiate(a_towards_b("pw"), t0, &mut rng);
+    let mut b = IkeSa::respond(config_b("pw"));
+    b.handle_datagram(t0, &drain(&mut a)[0], &mut rng).unwrap();
+    let _ = drain(&mut b);
+    assert_eq!(b.poll_timeout(), Some(t0 + HALF_OPEN_TIMEOUT));
+    b.handle_timeout(t0 + HALF_OPEN_TIMEOUT);
+    assert_eq!(failed(events(&mut b)), Failure::HalfOpenExpired);
+}
+
+#[test]
+fn tampered_or_misaddressed_messages_are_dropped_and_the_exchange_goes_on() {
+    let t0 = Instant::now();
+    let mut rng = rng(18);
+    let mut a = IkeSa::initiate(a_towards_b("pw"), t0, &mut rng);
+    let mut b = IkeSa::respond(config_b("pw"));
+    b.handle_datagram(t0, &drain(&mut a)[0], &mut rng).unwrap();
+    a.handle_datagram(t0, &drain(&mut b)[0], &mut rng).unwrap();
+    let auth = drain(&mut a).remove(0);
+
+    // A flipped ciphertext bit: the SK payload does not authenticate.
+    let mut bad = auth.clone();
+    let at = bad.len() - 20;
+    bad[at] ^= 0x01;
+    assert_eq!(
+        b.handle_datagram(t0, &bad, &mut rng),
+        Err(Dropped::DecryptFailed)
+    );
+    // Another responder SPI.
+    let mut other = auth.clone();
+    other[8] ^= 0xff;
+    assert_eq!(
+        b.handle_datagram(t0, &other, &mut rng),
+        Err(Dropped::UnexpectedRequest)
+    );
+    // Truncated.
+    assert!(matches!(
+        b.handle_datagram(t0, &auth[..auth.len() - 1], &mut rng),
+        Err(Dropped::Malformed(_))
+    ));
+    assert!(events(&mut b).is_empty() && drain(&mut b).is_empty());
+    assert_eq!(b.state_name(), "awaiting-ike-auth");
+
+    // The genuine message still completes the exchange.
+    b.handle_datagram(t0, &auth, &mut rng).unwrap();
+    pump(&mut a, &mut b, t0, &mut rng);
+    assert_pair(&established(events(&mut a)), &established(events(&mut b)));
+}
