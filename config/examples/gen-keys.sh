@@ -1,7 +1,8 @@
 #!/bin/sh
-# Generates the key files that cgw.toml and vpcgw.toml name, into DIR (default: this script's
-# directory): cgw.key, vpcgw.key (private, 0600), cgw.pub, vpcgw.pub (public), tunnel1.psk,
-# tunnel2.psk (shared by both sides, 0600). Existing private keys and PSKs are kept, so running it
+# Generates the key files that cgw.toml, vpcgw.toml and hub.toml name, into DIR (default: this
+# script's directory): cgw.key, vpcgw.key (private, 0600), cgw.pub, vpcgw.pub (public), tunnel1.psk,
+# tunnel2.psk (shared by both sides, 0600), and for hub.toml branchN.key/.pub and one PSK per
+# branch tunnel (branchN-isp1.psk, branchN-isp2.psk). Existing private keys and PSKs are kept, so running it
 # again does not break a running lab; the public keys are always re-derived.
 #
 #   sh config/examples/gen-keys.sh [DIR]
@@ -27,4 +28,13 @@ done
 for t in tunnel1 tunnel2; do
   [ -s "$dir/$t.psk" ] || "$tandem" genpsk > "$dir/$t.psk"
 done
-echo "keys in $dir: cgw.key vpcgw.key cgw.pub vpcgw.pub tunnel1.psk tunnel2.psk"
+# hub.toml: the branches' public keys and one PSK per branch tunnel.
+for b in branch1 branch2 branch3; do
+  [ -s "$dir/$b.key" ] || "$tandem" genkey > "$dir/$b.key"
+  "$tandem" pubkey < "$dir/$b.key" > "$dir/$b.pub"
+  chmod 644 "$dir/$b.pub"
+  for t in isp1 isp2; do
+    [ -s "$dir/$b-$t.psk" ] || "$tandem" genpsk > "$dir/$b-$t.psk"
+  done
+done
+echo "keys in $dir: cgw.key vpcgw.key cgw.pub vpcgw.pub tunnel1.psk tunnel2.psk, branch1..3 keys and PSKs"

@@ -14,7 +14,7 @@ fn examples() -> &'static Path {
 
 fn lab_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["cgw.toml", "vpcgw.toml", "gen-keys.sh"] {
+    for f in ["cgw.toml", "vpcgw.toml", "hub.toml", "gen-keys.sh"] {
         std::fs::copy(examples().join(f), dir.path().join(f)).unwrap();
     }
     let out = Command::new("sh")
@@ -41,6 +41,10 @@ fn tandem_check_accepts_both_lab_configs_after_gen_keys() {
         (
             "vpcgw.toml",
             "vpcgw.toml: OK (1 connection, 2 tunnels; tun tandem0 mtu 1415)\n",
+        ),
+        (
+            "hub.toml",
+            "hub.toml: OK (3 connections, 6 tunnels; tun tandem0 mtu 1415)\n",
         ),
     ] {
         let out = Command::new(TANDEM)
