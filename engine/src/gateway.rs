@@ -23,6 +23,7 @@ use crate::failover::{PinError, Selector, Switch};
 use crate::inner::{self, IcmpError, InnerHeader};
 use crate::port::SharedPort;
 use crate::router::{ConnectionId, PrefixSet, Router};
+use crate::schedule::Schedule;
 use crate::tunnel::{Ctx, Received, Tunnel, handshake_drop};
 use crate::types::{
     AdminError, ConnectionStatus, Event, FailoverTarget, NetAction, ReloadSummary, Silence, Status,
@@ -52,7 +53,11 @@ pub struct Engine {
     epoch: Instant,
     unix_epoch: Duration,
     keylog: bool,
-    tx_cursor: usize,
+    /// Deadlines and tunnels with output: O(log n) per event.
+    schedule: Schedule,
+    /// `handle_timeout` calls, and the timer owners (tunnels, connections) they handled.
+    timer_calls: u64,
+    timer_visits: u64,
     /// The latest `now` seen (poll_transmit takes no time but checks SA ages).
     last_now: Instant,
     /// Start of the current one-second ICMP rate-limit window, and errors sent in it.
@@ -163,7 +168,7 @@ impl Engine {
         let (conns, tunnels, infos, router) = build(&cfg, &secret, now, now, |_, _| None);
         let (ports, port_of_local) = shared_ports(&infos, &secret);
         let own_mac1_key = mac1_key_for(&secret.public_key());
-        Engine {
+        let mut engine = Engine {
             secret,
             mtu: cfg.mtu,
             conns,
@@ -176,7 +181,9 @@ impl Engine {
             epoch: now,
             unix_epoch: unix_now,
             keylog: false,
-            tx_cursor: 0,
+            schedule: Schedule::default(),
+            timer_calls: 0,
+            timer_visits: 0,
             last_now: now,
             icmp_window: now,
             icmp_sent: 0,
@@ -185,7 +192,34 @@ impl Engine {
             port_of_local,
             own_mac1_key,
             scratch: [0; tandem_crypto::handshake::MAX_MESSAGE_LEN],
+        };
+        engine.reschedule_all();
+        engine
+    }
+
+    /// Rebuilds the schedule from every tunnel and connection (start, reload).
+    fn reschedule_all(&mut self) {
+        self.schedule = Schedule::new(self.tunnels.len(), self.conns.len());
+        for i in 0..self.tunnels.len() {
+            self.touch(i);
         }
+        for c in 0..self.conns.len() {
+            self.touch_conn(c);
+        }
+    }
+
+    /// Tunnel `i` was handed work: its deadline may have moved and it may have output.
+    fn touch(&mut self, i: usize) {
+        let at = self.tunnels[i].poll_timeout();
+        self.schedule.set(Schedule::tunnel_key(i), at);
+        self.schedule.mark_ready(i);
+    }
+
+    /// Connection `c`'s selector may have a new failback deadline.
+    fn touch_conn(&mut self, c: usize) {
+        let at = self.conns[c].selector.next_deadline();
+        let key = self.schedule.conn_key(c);
+        self.schedule.set(key, at);
     }
 
     /// Emit [`Event::SaInstalled`] with key material for the debugging key log (docs/protocol.md).
@@ -265,10 +299,12 @@ impl Engine {
     /// Recomputes a tunnel's state and feeds the change to its connection's selector.
     fn refresh(&mut self, idx: usize, now: Instant) {
         let (mut ctx, tunnels) = self.ctx();
-        let t = &mut tunnels[idx];
-        let Some((from, to, cause)) = t.refresh(now, &mut ctx) else {
+        let change = tunnels[idx].refresh(now, &mut ctx);
+        self.touch(idx);
+        let Some((from, to, cause)) = change else {
             return;
         };
+        let t = &self.tunnels[idx];
         let (tid, cid) = (t.id(), t.conn());
         self.events.push_back(Event::TunnelState {
             connection: cid,
@@ -283,6 +319,7 @@ impl Engine {
         };
         let sw = conn.selector.set_up(member, to == TunnelState::Up, now);
         self.apply_switch(cid, sw);
+        self.touch_conn(usize::from(cid.0));
     }
 
     fn apply_switch(&mut self, cid: ConnectionId, sw: Option<Switch>) {
@@ -368,7 +405,12 @@ impl Engine {
         } else {
             tandem_crypto::esp::NEXT_HEADER_IPV6
         };
-        let (dst, datagram) = t.seal_data(buf, packet, nh, now)?;
+        let sealed = t.seal_data(buf, packet, nh, now);
+        // Sealing may ask for a rekey (a timer due now).
+        if t.poll_timeout().is_some_and(|at| at <= now) {
+            self.touch(usize::from(tid.0));
+        }
+        let (dst, datagram) = sealed?;
         Ok(TunAction::Send {
             tunnel: tid,
             dst,
@@ -612,13 +654,13 @@ impl Engine {
                 });
             }
         }
-        let n = self.tunnels.len();
         // The tunnels seal with a time only for the reject-after check; use the latest we saw.
         let now = self.last_now;
-        for k in 0..n {
-            let i = (self.tx_cursor + k) % n;
+        while let Some(i) = self.schedule.pop_ready() {
             if let Some((dst, len)) = self.tunnels[i].poll_transmit(buf, now) {
-                self.tx_cursor = (i + 1) % n;
+                // It may have more: back in the queue, after the others (round robin). Sealing
+                // may have asked for a rekey: its deadline may have moved.
+                self.touch(i);
                 return Some(Transmit {
                     tunnel: TunnelId(i as u16),
                     dst,
@@ -638,29 +680,32 @@ impl Engine {
     /// The next instant at which `handle_timeout` must be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let t = self.tunnels.iter().filter_map(Tunnel::poll_timeout);
-        let c = self.conns.iter().filter_map(|c| c.selector.next_deadline());
-        t.chain(c).min()
+        self.schedule.next()
     }
 
     /// Acts on every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
-        for i in 0..self.tunnels.len() {
-            if self.tunnels[i].poll_timeout().is_some_and(|t| t <= now) {
-                let (mut ctx, tunnels) = self.ctx();
-                tunnels[i].handle_timeout(now, &mut ctx);
-            }
-            self.refresh(i, now);
-        }
-        for ci in 0..self.conns.len() {
-            if self.conns[ci]
-                .selector
-                .next_deadline()
-                .is_some_and(|t| t <= now)
-            {
-                let sw = self.conns[ci].selector.evaluate(now);
-                self.apply_switch(ConnectionId(ci as u16), sw);
+        // Each owner due now is handled once per call: a timer it re-arms at or before `now`
+        // is for the next call (the caller loops on `poll_timeout`).
+        self.timer_calls += 1;
+        let mut budget = self.tunnels.len() + self.conns.len();
+        while budget > 0
+            && let Some(key) = self.schedule.pop_due(now)
+        {
+            budget -= 1;
+            self.timer_visits += 1;
+            match self.schedule.owner(key) {
+                Ok(i) => {
+                    let (mut ctx, tunnels) = self.ctx();
+                    tunnels[i].handle_timeout(now, &mut ctx);
+                    self.refresh(i, now);
+                }
+                Err(ci) => {
+                    let sw = self.conns[ci].selector.evaluate(now);
+                    self.apply_switch(ConnectionId(ci as u16), sw);
+                    self.touch_conn(ci);
+                }
             }
         }
     }
@@ -740,9 +785,11 @@ impl Engine {
             }
             FailoverTarget::Auto => Ok(self.conns[ci].selector.unpin(now)),
         };
+        self.touch_conn(ci);
         match r {
             Ok(sw) => {
                 self.apply_switch(ConnectionId(ci as u16), sw);
+                self.touch_conn(ci);
                 Ok(())
             }
             Err(PinError::NotUp) => Err(AdminError::NotUp(match target {
@@ -861,6 +908,7 @@ impl Engine {
             let sw = self.conns[ci].selector.restore(want, pinned, now);
             self.apply_switch(ConnectionId(ci as u16), sw);
         }
+        self.reschedule_all();
         Ok(summary)
     }
 
@@ -894,6 +942,7 @@ impl Engine {
         let idx = usize::from(conn.members[m].0);
         let ts = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         self.tunnels[idx].queue_echo(id, ts, true);
+        self.schedule.mark_ready(idx);
         Ok(())
     }
 
@@ -903,7 +952,16 @@ impl Engine {
     pub fn set_send_counter_for_testing(&mut self, tunnel: TunnelId, seq: u64) {
         if let Some(t) = self.tunnels.get_mut(usize::from(tunnel.0)) {
             t.set_send_counter_for_testing(seq);
+            self.touch(usize::from(tunnel.0));
         }
+    }
+
+    /// Test hook: (`handle_timeout` calls, timer owners handled by them). The cost of a timer
+    /// event is a few owners, whatever the number of tunnels (a heap, not a scan).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn timer_work_for_testing(&self) -> (u64, u64) {
+        (self.timer_calls, self.timer_visits)
     }
 
     /// Wall-clock seconds at `now` (for status).

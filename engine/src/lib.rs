@@ -17,6 +17,7 @@ pub mod inner;
 pub mod liveness;
 mod port;
 pub mod router;
+mod schedule;
 mod tunnel;
 mod types;
 

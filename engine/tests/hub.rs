@@ -374,3 +374,23 @@ fn a_branch_that_roams_to_a_new_source_keeps_its_tunnel() {
         "the hub follows the branch to its new source"
     );
 }
+
+#[test]
+fn a_timer_event_handles_a_few_tunnels_not_all_of_them() {
+    let mut hub = Hub::new(N, None);
+    hub.run_until(ms(5_000));
+    assert!(hub.hub_states().values().all(|s| s.0 == TunnelState::Up));
+    let (calls0, visits0) = hub.engines[0].timer_work_for_testing();
+    hub.run_until(ms(15_000));
+    let (calls, visits) = hub.engines[0].timer_work_for_testing();
+    let (calls, visits) = (calls - calls0, visits - visits0);
+    let per_call = visits as f64 / calls as f64;
+    eprintln!(
+        "hub with {} tunnels, 10 s idle: {calls} timer events, {per_call:.2} owners handled each",
+        2 * N
+    );
+    // 100 tunnels each with keepalives at 8/s: ~8000 events in 10 s; a scan would visit all
+    // 100 tunnels (and 50 connections) per event.
+    assert!(calls > 1000, "{calls}");
+    assert!(per_call < 3.0, "{per_call:.2} owners per timer event");
+}
