@@ -10,7 +10,7 @@
 //!    collected, each naming its field path (`connection[0].tunnel[1].psk_file`) and pointing at
 //!    the line that holds the offending value. Cross-field rules ([`validate`]) follow: duplicate
 //!    names and endpoint pairs, overlapping subnets, tied priorities, `dpd_timeout` vs
-//!    `dpd_interval`; a duplicate or an overlap points at its second occurrence.
+//!    `dpd_interval` (each defaulting to its `timers` profile's); a duplicate or an overlap points at its second occurrence.
 //! 3. Key and PSK files are read through a [`KeyFiles`] source ([`FsKeyFiles`] for real files:
 //!    owner, mode and directory checks like ssh's, done on the opened descriptors; symlinks,
 //!    FIFOs and devices refused; relative paths resolved against the config file's directory,
@@ -71,6 +71,13 @@ pub use tandem_engine::config::{
 pub const REJECT_AFTER: Duration = tandem_engine::REJECT_AFTER_TIME;
 /// Shortest accepted `rekey_after`: one handshake a second is already far more than needed.
 pub const MIN_REKEY_AFTER: Duration = Duration::from_secs(1);
+/// Shortest accepted `dpd_interval`. Keepalives go out twice per interval, so at 5 ms each tunnel
+/// already sends 400 a second (plus echo replies) each way; and below it the keepalive interval
+/// (2.5 ms) nears what the data-plane loop can promise on a busy host: its timers fire within
+/// ~0.1 ms of the deadline (`epoll_pwait2`), but one turn of the loop under full load (4 batches
+/// of 128 packets per ready socket) and the scheduler's delays on a loaded machine take
+/// milliseconds, so a late keepalive would look like a dead path (docs/configuration.md).
+pub const MIN_DPD_INTERVAL: Duration = Duration::from_millis(5);
 /// Longest accepted `dpd_interval`: a keepalive a minute already means a dead path keeps its
 /// traffic for minutes; more is a typo (and the engine's timers must stay far from overflow).
 pub const MAX_DPD_INTERVAL: Duration = Duration::from_secs(60);
@@ -79,6 +86,52 @@ pub const MAX_DPD_INTERVAL: Duration = Duration::from_secs(60);
 pub const MAX_DPD_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest accepted `failback` hold-down (use "never" to stay on the standby).
 pub const MAX_FAILBACK: Duration = Duration::from_secs(24 * 3600);
+
+/// `timers`: a named pair of `dpd_interval` / `dpd_timeout`, each overridden by an explicit key
+/// (docs/configuration.md, timer profiles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimerProfile {
+    /// 250 ms / 1 s: failover in about a second; for lossy or shared uplinks.
+    #[default]
+    Default,
+    /// 10 ms / 30 ms: failover in tens of milliseconds; for good links between two tandem
+    /// gateways, at ~240 keepalives a second per tunnel each way.
+    Fast,
+}
+
+/// `dpd_interval` of [`TimerProfile::Fast`].
+pub const FAST_DPD_INTERVAL: Duration = Duration::from_millis(10);
+/// `dpd_timeout` of [`TimerProfile::Fast`]: three intervals, six keepalives.
+pub const FAST_DPD_TIMEOUT: Duration = Duration::from_millis(30);
+
+impl TimerProfile {
+    /// The docs/configuration.md spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimerProfile::Default => "default",
+            TimerProfile::Fast => "fast",
+        }
+    }
+
+    /// The profile's `dpd_interval`.
+    #[must_use]
+    pub fn dpd_interval(self) -> Duration {
+        match self {
+            TimerProfile::Default => DEFAULT_DPD_INTERVAL,
+            TimerProfile::Fast => FAST_DPD_INTERVAL,
+        }
+    }
+
+    /// The profile's `dpd_timeout`.
+    #[must_use]
+    pub fn dpd_timeout(self) -> Duration {
+        match self {
+            TimerProfile::Default => DEFAULT_DPD_TIMEOUT,
+            TimerProfile::Fast => FAST_DPD_TIMEOUT,
+        }
+    }
+}
 
 /// A validated configuration with its keys loaded.
 #[derive(Debug, Clone)]
@@ -132,9 +185,12 @@ pub struct Connection {
     pub mode: Mode,
     /// Stable time before returning to a better tunnel; `None` = "never". Default 10 s.
     pub failback: Option<Duration>,
-    /// Keepalive / DPD interval (default 250 ms, > 0).
+    /// The `timers` profile the two DPD timers default to.
+    pub timers: TimerProfile,
+    /// Keepalive / DPD interval (default: the profile's, 250 ms; at least [`MIN_DPD_INTERVAL`]).
     pub dpd_interval: Duration,
-    /// No authenticated packet for this long => Down (default 1 s, > `dpd_interval`).
+    /// No authenticated packet for this long => Down (default: the profile's, 1 s;
+    /// > `dpd_interval`).
     pub dpd_timeout: Duration,
     /// Clamp TCP MSS of SYNs to fit the inner MTU (default true).
     pub mss_clamp: bool,

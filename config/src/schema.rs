@@ -21,10 +21,10 @@ use crate::values::{
     parse_subnet,
 };
 use crate::{
-    Config, Connection, Control, DEFAULT_CONTROL_SOCKET, DEFAULT_DPD_INTERVAL, DEFAULT_DPD_TIMEOUT,
-    DEFAULT_FAILBACK, DEFAULT_MTU, DEFAULT_REKEY_AFTER, DEFAULT_TUN_NAME, Gateway,
-    MAX_DPD_INTERVAL, MAX_DPD_TIMEOUT, MAX_FAILBACK, MAX_MTU, MIN_MTU, MIN_REKEY_AFTER, Mode,
-    REJECT_AFTER, SecretKey, Tunnel,
+    Config, Connection, Control, DEFAULT_CONTROL_SOCKET, DEFAULT_FAILBACK, DEFAULT_MTU,
+    DEFAULT_REKEY_AFTER, DEFAULT_TUN_NAME, Gateway, MAX_DPD_INTERVAL, MAX_DPD_TIMEOUT,
+    MAX_FAILBACK, MAX_MTU, MIN_DPD_INTERVAL, MIN_MTU, MIN_REKEY_AFTER, Mode, REJECT_AFTER,
+    SecretKey, TimerProfile, Tunnel,
 };
 
 /// A value with where it came from.
@@ -51,6 +51,7 @@ const CONNECTION_KEYS: &[&str] = &[
     "remote_subnets",
     "mode",
     "failback",
+    "timers",
     "dpd_interval",
     "dpd_timeout",
     "mss_clamp",
@@ -92,6 +93,7 @@ pub(crate) struct RawConnection {
     pub(crate) remote_subnets: Vec<At<IpNet>>,
     pub(crate) mode: Mode,
     pub(crate) failback: Option<Duration>,
+    pub(crate) timers: TimerProfile,
     pub(crate) dpd_interval: Option<At<Duration>>,
     pub(crate) dpd_timeout: Option<At<Duration>>,
     pub(crate) mss_clamp: bool,
@@ -258,8 +260,9 @@ fn assemble(
             remote_subnets: c.remote_subnets.into_iter().map(|a| a.value).collect(),
             mode: c.mode,
             failback: c.failback,
-            dpd_interval: c.dpd_interval.map_or(DEFAULT_DPD_INTERVAL, |a| a.value),
-            dpd_timeout: c.dpd_timeout.map_or(DEFAULT_DPD_TIMEOUT, |a| a.value),
+            timers: c.timers,
+            dpd_interval: c.dpd_interval.map_or(c.timers.dpd_interval(), |a| a.value),
+            dpd_timeout: c.dpd_timeout.map_or(c.timers.dpd_timeout(), |a| a.value),
             mss_clamp: c.mss_clamp,
             rekey_after: c.rekey_after,
             tunnels,
@@ -696,11 +699,27 @@ impl Walker<'_, '_, '_> {
             Some(a) => a.value,
             None => Some(DEFAULT_FAILBACK),
         };
+        let timers = self
+            .parsed(tab, "timers", |s| match s {
+                "default" => Ok(TimerProfile::Default),
+                "fast" => Ok(TimerProfile::Fast),
+                _ => Err(format!(
+                    "unknown timers profile \"{s}\": expected \"default\" or \"fast\""
+                )),
+            })
+            .map_or(TimerProfile::Default, |a| a.value);
         let dpd_interval = self.parsed(tab, "dpd_interval", |s| {
+            let d = parse_duration(s)?;
+            if d < MIN_DPD_INTERVAL {
+                return Err(format!(
+                    "dpd_interval \"{s}\" is too short: at least {} (keepalives go out twice per interval; faster ones would be due sooner than a busy gateway can reliably send them, and a late one looks like a dead path)",
+                    format_duration(MIN_DPD_INTERVAL)
+                ));
+            }
             at_most(
                 "dpd_interval",
                 s,
-                parse_duration(s)?,
+                d,
                 MAX_DPD_INTERVAL,
                 "keepalives are sent twice per interval",
             )
@@ -759,6 +778,7 @@ impl Walker<'_, '_, '_> {
             remote_subnets,
             mode,
             failback,
+            timers,
             dpd_interval,
             dpd_timeout,
             mss_clamp,

@@ -12,16 +12,17 @@
 //!   of the same address family;
 //! - active-standby priorities are distinct within a connection (the active tunnel must be
 //!   unambiguous);
-//! - `dpd_interval` > 0, `dpd_timeout` > `dpd_interval`, 1 s <= `rekey_after` < reject-after
-//!   (the upper bounds of single durations are checked as they parse, in schema.rs).
+//! - `dpd_timeout` > `dpd_interval`, each the explicit value or its `timers` profile's;
+//!   1 s <= `rekey_after` < reject-after (the bounds of single durations, such as the
+//!   `dpd_interval` floor, are checked as they parse, in schema.rs).
 
 use ipnet::IpNet;
 use std::collections::HashMap;
 
+use crate::Mode;
 use crate::diag::Sink;
 use crate::schema::{At, RawConnection};
 use crate::values::{format_duration, overlaps};
-use crate::{DEFAULT_DPD_INTERVAL, DEFAULT_DPD_TIMEOUT, Mode};
 
 pub(crate) fn check(sink: &mut Sink<'_>, connections: &[RawConnection]) {
     connection_names(sink, connections);
@@ -267,20 +268,16 @@ fn priorities(sink: &mut Sink<'_>, c: &RawConnection) {
 }
 
 fn timers(sink: &mut Sink<'_>, c: &RawConnection) {
+    // A key not given takes its `timers` profile's value (the floor on `dpd_interval` is checked
+    // as it parses, in schema.rs).
     let interval = c
         .dpd_interval
         .as_ref()
-        .map_or(DEFAULT_DPD_INTERVAL, |a| a.value);
+        .map_or(c.timers.dpd_interval(), |a| a.value);
     let timeout = c
         .dpd_timeout
         .as_ref()
-        .map_or(DEFAULT_DPD_TIMEOUT, |a| a.value);
-    if let Some(i) = &c.dpd_interval {
-        if i.value.is_zero() {
-            sink.error(&i.span, &i.path, "dpd_interval must be greater than 0");
-            return;
-        }
-    }
+        .map_or(c.timers.dpd_timeout(), |a| a.value);
     if timeout <= interval {
         // Point at the value the operator wrote: the timeout if given, else the interval.
         let at = c.dpd_timeout.as_ref().or(c.dpd_interval.as_ref());

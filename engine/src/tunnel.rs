@@ -87,6 +87,12 @@ fn responder_rekey_delay(rekey_after: Duration) -> Duration {
 /// for 4 more ~60-byte datagrams per second per tunnel. Detection time is unchanged: it runs
 /// from the last packet heard, and a change of view is sent at once.
 pub const KEEPALIVES_PER_INTERVAL: u32 = 2;
+/// Tuning: each keepalive comes up to this percentage of the keepalive interval early (uniform,
+/// from the engine's seeded RNG), so that tunnels and gateways started together do not send in
+/// lockstep. Early only, as BFD does (RFC 5880 §6.8.7 reduces the interval by 0 to 25 %): the gap
+/// between two keepalives never exceeds the interval, so the detection bound (`dpd_timeout` + one
+/// `dpd_interval`) is unchanged; the cost is on average half this percentage more keepalives.
+pub const KEEPALIVE_JITTER_PCT: u32 = 10;
 /// Tuning: every n-th keepalive is sent as a DPD echo request, which measures the RTT (about
 /// once per second at default timers).
 const ECHO_EVERY: u32 = 4 * KEEPALIVES_PER_INTERVAL;
@@ -530,6 +536,16 @@ impl Tunnel {
         self.dpd_interval / KEEPALIVES_PER_INTERVAL
     }
 
+    /// The delay to the next keepalive: the interval less up to [`KEEPALIVE_JITTER_PCT`] of it.
+    fn keepalive_delay(&self, rng: &mut ChaCha20Rng) -> Duration {
+        let base = self.keepalive_interval();
+        let span = (base * KEEPALIVE_JITTER_PCT / 100).as_nanos() as u64;
+        if span == 0 {
+            return base;
+        }
+        base - Duration::from_nanos(rng.next_u64() % span)
+    }
+
     fn hears(&self, now: Instant) -> bool {
         self.liveness.hears(now, self.dpd_timeout)
     }
@@ -627,8 +643,8 @@ impl Tunnel {
         }
         if self.timers.due(Timer::Keepalive, now) {
             self.want_keepalive = true;
-            self.timers
-                .set(Timer::Keepalive, now.checked_add(self.keepalive_interval()));
+            let delay = self.keepalive_delay(ctx.rng);
+            self.timers.set(Timer::Keepalive, now.checked_add(delay));
         }
         if self.timers.due(Timer::Dpd, now) {
             self.timers.set(Timer::Dpd, None); // refresh() re-arms it from last_rx
@@ -768,8 +784,8 @@ impl Tunnel {
             self.want_keepalive = true;
         }
         if self.timers.get(Timer::Keepalive).is_none() {
-            self.timers
-                .set(Timer::Keepalive, now.checked_add(self.keepalive_interval()));
+            let delay = self.keepalive_delay(ctx.rng);
+            self.timers.set(Timer::Keepalive, now.checked_add(delay));
         }
         self.attempt = 0;
         if !self.initiation_in_flight() {

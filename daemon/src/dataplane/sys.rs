@@ -1,14 +1,16 @@
 //! The syscall layer: the only `unsafe` in tandem.
 //!
-//! Thin, allocation-free wrappers over epoll, eventfd, `recvmmsg`/`sendmmsg` and the rtnetlink
-//! route messages. Every `unsafe` block states why it is sound. Everything above this module is
-//! safe Rust working on [`Slot`]s.
+//! Thin, allocation-free wrappers over epoll (`epoll_pwait2`: timeouts to the nanosecond),
+//! eventfd, `recvmmsg`/`sendmmsg` and the rtnetlink route messages. Every `unsafe` block states
+//! why it is sound. Everything above this module is safe Rust working on [`Slot`]s.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use super::batch::Slot;
 
@@ -22,7 +24,35 @@ pub const MAX_MMSG: usize = 128;
 
 /// An epoll instance; tokens are caller-chosen `u64`s.
 #[derive(Debug)]
-pub struct Epoll(OwnedFd);
+pub struct Epoll {
+    fd: OwnedFd,
+    /// `epoll_pwait2` works here (cleared for good at its first `ENOSYS`: Linux < 5.11, or a
+    /// seccomp filter that does not know it).
+    pwait2: AtomicBool,
+}
+
+/// The kernel's `struct __kernel_timespec` (64-bit fields on every architecture), which
+/// `epoll_pwait2` takes; `libc::timespec` has a 32-bit `tv_sec` on some 32-bit targets.
+#[repr(C)]
+struct KernelTimespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+impl KernelTimespec {
+    fn of(d: Duration) -> Self {
+        KernelTimespec {
+            tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(d.subsec_nanos()),
+        }
+    }
+}
+
+/// A timeout in whole milliseconds for `epoll_wait`, rounded up (waking early would spin) and
+/// capped at `i32::MAX`.
+pub fn timeout_ms_ceil(d: Duration) -> i32 {
+    i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+}
 
 impl Epoll {
     /// A new close-on-exec epoll instance.
@@ -33,7 +63,11 @@ impl Epoll {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self {
+            fd,
+            pwait2: AtomicBool::new(true),
+        })
     }
 
     /// Watch `fd` for readability (level-triggered), reported with `token`.
@@ -46,7 +80,7 @@ impl Epoll {
         // epoll_event that the kernel only reads.
         let rc = unsafe {
             libc::epoll_ctl(
-                self.0.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 libc::EPOLL_CTL_ADD,
                 fd.as_raw_fd(),
                 &mut ev,
@@ -66,7 +100,7 @@ impl Epoll {
         // on old kernels.
         let rc = unsafe {
             libc::epoll_ctl(
-                self.0.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 libc::EPOLL_CTL_DEL,
                 fd.as_raw_fd(),
                 &mut ev,
@@ -85,7 +119,7 @@ impl Epoll {
         let max = i32::try_from(events.len()).unwrap_or(i32::MAX);
         // SAFETY: `events` is a valid, writable array of `max` epoll_event structs.
         let n =
-            unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
+            unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -94,6 +128,56 @@ impl Epoll {
             return Err(err);
         }
         Ok(n as usize)
+    }
+
+    /// Wait up to `timeout`, to the nanosecond: `epoll_pwait2` (Linux >= 5.11) takes a timespec,
+    /// so the wake-up comes at the deadline plus the thread's timer slack (50 µs by default),
+    /// where `epoll_wait`'s whole milliseconds, rounded up, add up to 1 ms more (docs/protocol.md,
+    /// timers). Where the kernel lacks it (`ENOSYS`) this falls back to [`Self::wait`] with the
+    /// timeout rounded up to the millisecond, once and for good. EINTR returns 0 events.
+    pub fn wait_timeout(
+        &self,
+        events: &mut [libc::epoll_event],
+        timeout: Duration,
+    ) -> io::Result<usize> {
+        if self.pwait2.load(Ordering::Relaxed) {
+            let max = i32::try_from(events.len()).unwrap_or(i32::MAX);
+            let ts = KernelTimespec::of(timeout);
+            // SAFETY: `events` is a valid, writable array of `max` epoll_event structs; `ts` is a
+            // valid __kernel_timespec the kernel only reads during the call; a null sigmask (with
+            // size 0) leaves the signal mask alone, as epoll_wait does.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    self.fd.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    max,
+                    &ts as *const KernelTimespec,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => return Ok(0),
+                Some(libc::ENOSYS) => {
+                    self.pwait2.store(false, Ordering::Relaxed);
+                    tracing::info!(
+                        "epoll_pwait2 unavailable (Linux < 5.11?): timers wake up to 1 ms late"
+                    );
+                }
+                _ => return Err(err),
+            }
+        }
+        self.wait(events, timeout_ms_ceil(timeout))
+    }
+
+    /// Whether [`Self::wait_timeout`] still uses `epoll_pwait2` (false after an `ENOSYS`).
+    pub fn precise(&self) -> bool {
+        self.pwait2.load(Ordering::Relaxed)
     }
 }
 

@@ -60,6 +60,24 @@ const BUSY_POLL: Duration = Duration::from_micros(100);
 /// not ask for one, and how stale a sleeping loop's view of time can get.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
+/// How long the loop may sleep at `now`: until `deadline` (the engine's or the drill's next
+/// timer), at most [`MAX_SLEEP`] and one watchdog period. Not rounded: the wait takes it to the
+/// nanosecond ([`Epoll::wait_timeout`]), so a timer fires within the timer slack of its deadline
+/// whatever its setting (docs/protocol.md, timers).
+pub fn sleep_budget(
+    deadline: Option<Instant>,
+    watchdog: Option<Duration>,
+    now: Instant,
+) -> Duration {
+    let d = deadline.map_or(MAX_SLEEP, |t| {
+        t.saturating_duration_since(now).min(MAX_SLEEP)
+    });
+    match watchdog {
+        Some(w) => d.min(w.max(Duration::from_millis(1))),
+        None => d,
+    }
+}
+
 /// A command from the control plane, answered on its channel.
 #[derive(Debug)]
 pub enum Command {
@@ -616,20 +634,11 @@ impl DataPlane {
             .into_iter()
             .flatten()
             .min();
-            let timeout_ms = match deadline {
-                Some(t) => {
-                    let d = t.saturating_duration_since(Instant::now()).min(MAX_SLEEP);
-                    // Round up: waking early would spin.
-                    d.as_micros().div_ceil(1000) as i32
-                }
-                None => MAX_SLEEP.as_millis() as i32,
-            };
-            let timeout_ms = match self.watchdog {
-                Some(w) => timeout_ms.min(w.as_millis().max(1) as i32),
-                None => timeout_ms,
-            };
             let n = match self.busy_poll(&mut events).and_then(|n| match n {
-                0 => self.epoll.wait(&mut events, timeout_ms),
+                0 => {
+                    let timeout = sleep_budget(deadline, self.watchdog, Instant::now());
+                    self.epoll.wait_timeout(&mut events, timeout)
+                }
                 n => Ok(n),
             }) {
                 Ok(n) => n,

@@ -9,6 +9,13 @@
 //!   `boringtun` runs with one thread (the reference figure); `boringtun-tN` with N;
 //!   `tandem:K=V;K2=V2` runs tandem with that environment (same-run A/B of a tuning knob).
 //!   `--pings N` sets the ping count (50); `--ping-only` skips iperf3 (latency A/B).
+//! - `lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT]
+//!   [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE]` — the false-failover budget,
+//!   per timer profile, on a fresh lab whose two ISPs run the WAN emulator (delay, jitter and
+//!   random loss, both ways): the daemons' idle CPU per tunnel; then `--duration` seconds of
+//!   saturating TCP both ways, counting false Down events; then `--cuts` silent blackholes of
+//!   isp1 under the same load, each giving the detection time (cut -> cgw's log says it
+//!   switched) and the 1 ms probe stream's largest gap; min/median/p99/max of both.
 //!
 //! Needs root. Finds `tandem` next to itself (build both with
 //! `cargo build --release -p tandem -p tandem-netns-tests`) or in `$TANDEM_BIN`.
@@ -34,7 +41,7 @@ use tandem_netns_tests::{Error, can_run_as_root};
 /// a capped stream keeps the queue empty, so a lost probe is the move's fault.
 const PLANNED_MOVE_TCP_MBPS: u32 = 50;
 
-const USAGE: &str = "usage: lab demo | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only]";
+const USAGE: &str = "usage: lab demo | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,6 +54,7 @@ fn main() -> ExitCode {
         }
         Some("demo") => demo().map_err(|e| e.to_string()),
         Some("bench") => bench(&args[1..]).map_err(|e| e.to_string()),
+        Some("budget") => budget::run(&args[1..]).map_err(|e| e.to_string()),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -762,5 +770,344 @@ mod wg {
             ns.ip(["route", "replace", remote_net, "dev", ifc])?;
         }
         Ok(Some(peers))
+    }
+}
+
+/// `lab budget`: false Downs and detection times per timer profile, under load and impairment.
+mod budget {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::time::SystemTime;
+    use tandem_netns_tests::impair::NftImpairment;
+    use tandem_netns_tests::probe::{ProbeStream, REFLECT_PORT, Reflector};
+    use tandem_netns_tests::tandem::Side;
+    use tandem_netns_tests::traffic::Iperf3Client;
+    use tandem_netns_tests::wanem::{Impair, WanEmulator};
+
+    /// iperf3 ports: one server per direction (an iperf3 server runs one test at a time).
+    const PORT_UP: u16 = 5221;
+    const PORT_DOWN: u16 = 5222;
+    /// Long enough for any phase; the clients are killed when the phase ends.
+    const FOREVER_SECS: u32 = 1_000_000;
+
+    #[derive(Debug, Clone, Copy)]
+    struct Opts {
+        duration: u32,
+        cuts: u32,
+        loss: u8,
+        delay: Duration,
+        jitter: Duration,
+        idle: u32,
+    }
+
+    /// A profile's name and DPD timers (interval, timeout); `drill` is the lab's drill timers.
+    fn profile(name: &str) -> Result<(Duration, Duration), Error> {
+        match name {
+            "default" => Ok((ms(250), ms(1000))),
+            "drill" => Ok((ms(100), ms(300))),
+            "fast" => Ok((ms(10), ms(30))),
+            _ => Err(Error::Tandem(format!(
+                "unknown profile {name}: default, drill or fast"
+            ))),
+        }
+    }
+
+    #[derive(Debug, Clone, Default, serde::Serialize)]
+    struct Row {
+        profile: String,
+        dpd_interval_ms: u64,
+        dpd_timeout_ms: u64,
+        idle_cpu_pct_per_tunnel: f64,
+        load_secs: u32,
+        false_downs_under_load: u64,
+        false_downs_during_cuts: u64,
+        tcp_up: Option<IperfResult>,
+        tcp_down: Option<IperfResult>,
+        detection_ms: Vec<f64>,
+        gap_ms: Vec<f64>,
+        failed_cuts: u32,
+    }
+
+    fn arg<T: std::str::FromStr>(v: &str) -> Result<T, Error> {
+        v.parse().map_err(|_| Error::Tandem(USAGE.into()))
+    }
+
+    pub fn run(args: &[String]) -> Result<(), Error> {
+        let mut profiles = vec!["default".to_string(), "drill".into(), "fast".into()];
+        let mut o = Opts {
+            duration: 60,
+            cuts: 50,
+            loss: 1,
+            delay: ms(5),
+            jitter: ms(4),
+            idle: 10,
+        };
+        let mut json = PathBuf::from("lab-budget.json");
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let v = it.next().ok_or_else(|| Error::Tandem(USAGE.into()))?;
+            match a.as_str() {
+                "--profiles" => profiles = v.split(',').map(str::to_string).collect(),
+                "--duration" => o.duration = arg(v)?,
+                "--cuts" => o.cuts = arg(v)?,
+                "--loss" => o.loss = arg(v)?,
+                "--delay-ms" => o.delay = ms(arg(v)?),
+                "--jitter-ms" => o.jitter = ms(arg(v)?),
+                "--idle-secs" => o.idle = arg(v)?,
+                "--json" => json = PathBuf::from(v),
+                _ => return Err(Error::Tandem(USAGE.into())),
+            }
+        }
+        for p in &profiles {
+            profile(p)?;
+        }
+        preflight()?;
+        println!(
+            "tandem false-failover budget: {} s of TCP both ways, {} cuts, {} % loss and {:?} ± {:?} on both ISPs, both ways\n",
+            o.duration, o.cuts, o.loss, o.delay, o.jitter
+        );
+        let mut rows = Vec::new();
+        for p in &profiles {
+            rows.push(one_profile(p, o)?);
+        }
+        let mut t = Table::new(
+            &format!(
+                "False-failover budget ({} s under load, {} cuts per profile)",
+                o.duration, o.cuts
+            ),
+            &[
+                "profile",
+                "timers",
+                "idle CPU/tunnel",
+                "false Downs (load / cuts)",
+                "detection min/med/p99/max (ms)",
+                "gap min/med/p99/max (ms)",
+                "TCP up/down (Mbit/s)",
+            ],
+        );
+        for r in &rows {
+            let mbps = |x: &Option<IperfResult>| {
+                x.map_or("-".into(), |x| format!("{:.0}", x.bits_per_second / 1e6))
+            };
+            t.row(&[
+                r.profile.clone(),
+                format!("{} / {} ms", r.dpd_interval_ms, r.dpd_timeout_ms),
+                format!("{:.2} %", r.idle_cpu_pct_per_tunnel),
+                format!(
+                    "{} / {}",
+                    r.false_downs_under_load, r.false_downs_during_cuts
+                ),
+                spread(&r.detection_ms),
+                spread(&r.gap_ms),
+                format!("{} / {}", mbps(&r.tcp_up), mbps(&r.tcp_down)),
+            ]);
+        }
+        println!("\n{}", t.render());
+        let doc = serde_json::json!({ "opts": {
+            "duration_secs": o.duration, "cuts": o.cuts, "loss_pct": o.loss,
+            "delay_ms": o.delay.as_millis() as u64, "jitter_ms": o.jitter.as_millis() as u64,
+            "idle_secs": o.idle }, "rows": rows });
+        std::fs::write(
+            &json,
+            serde_json::to_string_pretty(&doc).unwrap_or_default(),
+        )
+        .map_err(|e| Error::Io(json.display().to_string(), e))?;
+        println!("JSON written to {}", json.display());
+        Ok(())
+    }
+
+    /// `min / median / p99 / max` of `v`.
+    fn spread(v: &[f64]) -> String {
+        if v.is_empty() {
+            return "-".into();
+        }
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        let at = |p: f64| s[((s.len() - 1) as f64 * p).round() as usize];
+        format!(
+            "{:.0} / {:.0} / {:.0} / {:.0}",
+            s[0],
+            at(0.5),
+            at(0.99),
+            s[s.len() - 1]
+        )
+    }
+
+    /// Seconds since midnight UTC (the daemons' log timestamps are UTC RFC 3339).
+    fn day_secs(t: SystemTime) -> f64 {
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_nanos()) * 1e-9
+    }
+
+    /// `2026-01-01T12:34:56.123456Z ...` -> seconds since midnight.
+    fn log_day_secs(line: &str) -> Option<f64> {
+        let t = line.split_whitespace().next()?.split_once('T')?.1;
+        let t = t.strip_suffix('Z')?;
+        let mut it = t.split(':');
+        let h: f64 = it.next()?.parse().ok()?;
+        let m: f64 = it.next()?.parse().ok()?;
+        let s: f64 = it.next()?.parse().ok()?;
+        Some(h * 3600.0 + m * 60.0 + s)
+    }
+
+    /// Down transitions in a daemon's log, optionally of one tunnel only.
+    fn downs(d: &Daemon, tunnel: Option<&str>) -> u64 {
+        d.log_text()
+            .lines()
+            .filter(|l| l.contains("tunnel state changed") && l.contains("to=\"down\""))
+            .filter(|l| tunnel.is_none_or(|t| l.contains(&format!("tunnel={t} "))))
+            .count() as u64
+    }
+
+    fn tcp_both_ways(lab: &Lab, secs: u32) -> Result<(Iperf3Client, Iperf3Client), Error> {
+        let dst = vpc_ip(Family::V4);
+        let o = IperfOpts {
+            secs,
+            ..IperfOpts::default()
+        };
+        Ok((
+            Iperf3Client::spawn(&lab.office, dst, PORT_UP, o)?,
+            Iperf3Client::spawn(
+                &lab.office,
+                dst,
+                PORT_DOWN,
+                IperfOpts { reverse: true, ..o },
+            )?,
+        ))
+    }
+
+    fn one_profile(name: &str, o: Opts) -> Result<Row, Error> {
+        let (interval, timeout) = profile(name)?;
+        println!("== profile {name}: dpd_interval {interval:?}, dpd_timeout {timeout:?}");
+        let lab = Progress::run("build the lab", Lab::new)?;
+        let imp = Impair {
+            delay: o.delay,
+            jitter: o.jitter,
+            loss_pct: o.loss,
+            ..Impair::default()
+        };
+        let _emu1 = WanEmulator::start(&lab.isp1, &["cgw", "vpcgw"], imp)?;
+        let _emu2 = WanEmulator::start(&lab.isp2, &["cgw", "vpcgw"], imp)?;
+        let _up = Iperf3Server::start(&lab.vpc, PORT_UP)?;
+        let _down = Iperf3Server::start(&lab.vpc, PORT_DOWN)?;
+        let _reflector = Reflector::start(&lab.vpc, REFLECT_PORT)?;
+        let pair = Progress::run("start tandem on both gateways", || {
+            TandemPair::start(
+                &lab,
+                TandemOpts {
+                    dpd_interval: interval,
+                    dpd_timeout: timeout,
+                    failback: Some(Duration::from_secs(1)),
+                    log: "info",
+                    ..TandemOpts::default()
+                },
+            )
+        })?;
+        let mut row = Row {
+            profile: name.to_string(),
+            dpd_interval_ms: interval.as_millis() as u64,
+            dpd_timeout_ms: timeout.as_millis() as u64,
+            load_secs: o.duration,
+            ..Row::default()
+        };
+        let daemons = [&pair.cgw, &pair.vpcgw];
+        let pids: Vec<u32> = daemons.iter().map(|d| d.process().pid()).collect();
+
+        // 1) Idle: keepalives only. CPU of both daemons, per tunnel (2 tunnels each).
+        let (c0, t0) = (cpu_of(&pids), Instant::now());
+        Progress::run(&format!("idle CPU, {} s", o.idle), || {
+            std::thread::sleep(Duration::from_secs(u64::from(o.idle)));
+        });
+        let cpu = (cpu_of(&pids) - c0) / t0.elapsed().as_secs_f64();
+        row.idle_cpu_pct_per_tunnel = cpu * 100.0 / 4.0;
+
+        // 2) Saturating TCP both ways for `duration`: every Down is a false one.
+        let d0: u64 = daemons.iter().map(|d| downs(d, None)).sum();
+        let (up, down) = tcp_both_ways(&lab, o.duration)?;
+        Progress::run(&format!("TCP both ways, {} s", o.duration), || {
+            std::thread::sleep(Duration::from_secs(u64::from(o.duration)));
+        });
+        row.tcp_up = up.finish().ok();
+        row.tcp_down = down.finish().ok();
+        row.false_downs_under_load = daemons.iter().map(|d| downs(d, None)).sum::<u64>() - d0;
+        println!(
+            "  false Downs under load: {} (TCP up {:?} Mbit/s, down {:?} Mbit/s)",
+            row.false_downs_under_load,
+            row.tcp_up.map(|r| (r.bits_per_second / 1e6).round()),
+            row.tcp_down.map(|r| (r.bits_per_second / 1e6).round())
+        );
+
+        // 3) Silent cuts of isp1 under the same load. The standby (tunnel2) must never go Down.
+        let hold = (2 * (timeout + interval)).max(ms(300));
+        let s0: u64 = daemons.iter().map(|d| downs(d, Some("tunnel2"))).sum();
+        let (up, down) = tcp_both_ways(&lab, FOREVER_SECS)?;
+        let target = SocketAddr::new(vpc_ip(Family::V4), REFLECT_PORT);
+        for i in 0..o.cuts {
+            let on_tunnel1 = pair.wait_until(Duration::from_secs(10), "back on tunnel1", |a, b| {
+                a.active().as_deref() == Some("tunnel1")
+                    && b.active().as_deref() == Some("tunnel1")
+                    && a.all_up()
+                    && b.all_up()
+            });
+            if on_tunnel1.is_err() {
+                row.failed_cuts += 1;
+                continue;
+            }
+            let probe = ProbeStream::start(&lab.office, target)?;
+            std::thread::sleep(ms(200));
+            // From before `nft` starts: the rule commits somewhere within the call, so the
+            // detection time is an upper bound by at most the call's length.
+            let cut_at = SystemTime::now();
+            let cut_t = Instant::now();
+            let bh = NftImpairment::blackhole(&lab.isp1, "cgw", Direction::Both)?;
+            let moved = pair.wait_until(Duration::from_secs(5), "cgw on tunnel2", |a, _| {
+                a.active().as_deref() == Some("tunnel2")
+            });
+            if let Some(rest) = hold.checked_sub(cut_t.elapsed()) {
+                std::thread::sleep(rest);
+            }
+            bh.heal()?;
+            let _ = pair.wait_until(Duration::from_secs(10), "failback", |a, b| {
+                a.active().as_deref() == Some("tunnel1") && b.active().as_deref() == Some("tunnel1")
+            });
+            let report = probe.stop()?;
+            let cut = day_secs(cut_at);
+            let detected = pair
+                .daemon(Side::Cgw)
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("active tunnel switched") && l.contains("to=tunnel2"))
+                .filter_map(log_day_secs)
+                .find(|t| *t >= cut);
+            match (moved, detected) {
+                (Ok(_), Some(t)) => {
+                    let det = (t - cut) * 1e3;
+                    row.detection_ms.push(det);
+                    row.gap_ms.push(report.largest_gap_ms);
+                    println!(
+                        "  cut {i:>3}: detected after {det:.1} ms, largest probe gap {:.1} ms, {} probes lost",
+                        report.largest_gap_ms, report.lost
+                    );
+                }
+                _ => {
+                    row.failed_cuts += 1;
+                    println!("  cut {i:>3}: no switch to tunnel2 seen");
+                }
+            }
+        }
+        drop((up, down));
+        row.false_downs_during_cuts = daemons
+            .iter()
+            .map(|d| downs(d, Some("tunnel2")))
+            .sum::<u64>()
+            - s0;
+        println!(
+            "  detection (ms) min/median/p99/max {}; gap {}; standby Downs during cuts {}",
+            spread(&row.detection_ms),
+            spread(&row.gap_ms),
+            row.false_downs_during_cuts
+        );
+        drop(pair);
+        Ok(row)
     }
 }
