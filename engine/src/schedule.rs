@@ -127,6 +127,7 @@ impl Schedule {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a base instant for the tests; the engine itself takes time as input
 mod tests {
     use super::*;
     use std::time::Duration;
