@@ -31,6 +31,8 @@ pub struct TunnelMetric {
     pub handshakes: u64,
     /// Switches away from this tunnel.
     pub failovers: u64,
+    /// Configured priority (lower is preferred): lets alerts tell the primary from a standby.
+    pub priority: u32,
 }
 
 /// Everything one scrape shows.
@@ -52,7 +54,7 @@ fn escape(v: &str) -> String {
 pub fn render(s: &MetricsSnapshot) -> String {
     let mut out = String::new();
     type Get = fn(&TunnelMetric) -> Option<f64>;
-    let series: [(&str, &str, &str, Get); 10] = [
+    let series: [(&str, &str, &str, Get); 11] = [
         ("tandem_tunnel_up", "gauge", "1 if the tunnel is up", |t| {
             Some(f64::from(u8::from(t.up)))
         }),
@@ -103,6 +105,12 @@ pub fn render(s: &MetricsSnapshot) -> String {
             "counter",
             "Switches of traffic away from the tunnel",
             |t| Some(t.failovers as f64),
+        ),
+        (
+            "tandem_tunnel_priority",
+            "gauge",
+            "Configured priority, lower is preferred (active-standby: the lowest Up one is active)",
+            |t| Some(f64::from(t.priority)),
         ),
         (
             "tandem_tunnel_info",
@@ -157,6 +165,7 @@ mod tests {
                 rtt_seconds: Some(0.0005),
                 handshakes: 3,
                 failovers: 4,
+                priority: 2,
             }],
             drops: vec![("replay", 7), ("no_route", 0)],
         };
@@ -169,6 +178,7 @@ mod tests {
             "tandem_tunnel_rtt_seconds{connection=\"prod\",tunnel=\"t\\\"1\"} 0.0005",
             "tandem_handshakes_total{connection=\"prod\",tunnel=\"t\\\"1\"} 3",
             "tandem_failovers_total{connection=\"prod\",tunnel=\"t\\\"1\"} 4",
+            "tandem_tunnel_priority{connection=\"prod\",tunnel=\"t\\\"1\"} 2",
             "tandem_dropped_packets_total{reason=\"replay\"} 7",
             "tandem_dropped_packets_total{reason=\"no_route\"} 0",
         ] {

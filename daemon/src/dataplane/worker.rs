@@ -1209,6 +1209,7 @@ impl DataPlane {
                 rtt_seconds: rtt_ms.map(|ms| ms / 1000.0),
                 handshakes: c.handshakes,
                 failovers: c.failovers,
+                priority: info.priority,
             });
         }
         let drops = self

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Build the Debian package, lint it, and install / check / remove / purge it in a throwaway root.
+#
+#   bash packaging/test-deb.sh                   # package the debug build (what `cargo test` built)
+#   bash packaging/test-deb.sh --profile release # or any build-deb.sh arguments
+#
+# The throwaway root: a private mount namespace (unshare) in which an overlay puts a tmpfs over
+# this host's root file system, and a chroot into it. dpkg, the maintainer scripts,
+# systemd-sysusers and everything they write (/usr/sbin, /etc/passwd, the dpkg database) land in
+# the tmpfs and vanish when the namespace does; the host's own /usr and /var/lib/dpkg are never
+# written. Checked afterwards. Needs root (CI runs as root), unshare and overlayfs; lintian.
+#
+# Fails on: any lintian error, a file missing from the package, `tandem --version` or
+# `tandem check` failing on the installed example configs, a conffile overwritten by a
+# reinstall, keys gone after `dpkg -r`, anything left in /etc/tandem after `dpkg --purge`.
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+say() { printf 'test-deb.sh: %s\n' "$*"; }
+die() { printf 'test-deb.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root (a mount namespace and a chroot)"
+for tool in lintian unshare chroot dpkg-deb; do
+    command -v "$tool" >/dev/null || die "$tool not found (apt-get install lintian util-linux dpkg-dev)"
+done
+[ $# -gt 0 ] || set -- --profile dev
+
+deb=$(bash "$top/packaging/build-deb.sh" "$@" | tail -n 1)
+[ -f "$deb" ] || die "build-deb.sh made no package"
+say "built $deb"
+upstream=$(dpkg-deb -f "$deb" Version | sed 's/-[^-]*$//')
+
+# --- contents --------------------------------------------------------------------------------
+listing=$(dpkg-deb -c "$deb")
+printf '%s\n' "$listing"
+for path in ./usr/sbin/tandem ./usr/lib/systemd/system/tandem.service \
+    ./usr/lib/systemd/system/tandem@.service ./usr/lib/sysusers.d/tandem.conf \
+    ./usr/lib/tmpfiles.d/tandem.conf ./etc/tandem/ ./usr/share/doc/tandem/copyright \
+    ./usr/share/doc/tandem/changelog.Debian.gz ./usr/share/man/man8/tandem.8.gz \
+    ./usr/share/tandem/prometheus/tandem-alerts.yml ./usr/share/tandem/grafana/tandem-dashboard.json; do
+    grep -q " $path\$" <<<"$listing" || die "$path is not in the package"
+done
+grep -q '^drwx------ root/root .* ./etc/tandem/$' <<<"$listing" || die "/etc/tandem is not 0700 root"
+[ "$(dpkg-deb -f "$deb" Package)" = tandem ] || die "not the tandem package"
+dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/tandem/cgw.toml.example ||
+    die "the example configs are not conffiles"
+
+# --- lintian: zero errors, warnings listed -------------------------------------------------------
+say "lintian:"
+lint=$(lintian --show-overrides "$deb" 2>&1 | grep -v '^running with root privileges' || true)
+printf '%s\n' "${lint:-(no tags)}"
+if grep -q '^E:' <<<"$lint"; then die "lintian reports errors"; fi
+say "lintian: $(grep -c '^E:' <<<"$lint" || true) errors, $(grep -c '^W:' <<<"$lint" || true) warnings, $(grep -c '^O:' <<<"$lint" || true) overridden (packaging/lintian-overrides)"
+
+# --- the throwaway root --------------------------------------------------------------------
+host_sbin_before=$(ls -l /usr/sbin/tandem 2>&1 || true)
+host_dpkg_before=$(dpkg-query -W -f='${Status}' tandem 2>&1 || true)
+
+# Runs inside the chroot, as the operator would on a fresh router.
+inside=$(cat <<'EOF'
+set -eu
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive
+step() { printf '\n-- %s\n' "$*"; }
+fail() { printf 'inside: FAILED: %s\n' "$*" >&2; exit 1; }
+upstream=$1
+
+step "dpkg -i"
+dpkg -i /tmp/tandem.deb
+step "tandem --version"
+v=$(/usr/sbin/tandem --version)
+echo "$v"
+[ "$v" = "tandem $upstream" ] || fail "version '$v', expected 'tandem $upstream'"
+step "user, config directory, /run/tandem"
+id tandem
+[ "$(stat -c '%a %U:%G' /etc/tandem)" = "700 tandem:tandem" ] || fail "/etc/tandem is $(stat -c '%a %U:%G' /etc/tandem)"
+[ "$(stat -c '%a %U:%G' /run/tandem)" = "700 tandem:tandem" ] || fail "/run/tandem is $(stat -c '%a %U:%G' /run/tandem)"
+grep -q '^ExecStart=/usr/sbin/tandem run -c /etc/tandem/tandem.toml$' /usr/lib/systemd/system/tandem.service ||
+    fail "tandem.service does not run /usr/sbin/tandem"
+step "systemd-analyze verify (the units as installed)"
+systemd-analyze verify /usr/lib/systemd/system/tandem.service /usr/lib/systemd/system/tandem@.service 2>&1 |
+    grep -v 'Failed to .* cgroup\|Cannot find unit\|network-online.target' || true
+step "keys with the shipped helper, handed to tandem, then tandem check on every example config"
+# As docs/operations.md says: the keys belong to the service user, and the check runs as that
+# user (the daemon's view: as root it refuses a key directory owned by another uid).
+TANDEM=/usr/sbin/tandem sh /usr/share/doc/tandem/examples/gen-keys.sh /etc/tandem
+chown tandem:tandem /etc/tandem/*.key /etc/tandem/*.psk /etc/tandem/*.pub
+n=0
+for example in /etc/tandem/*.toml.example; do
+    runuser -u tandem -- /usr/sbin/tandem check -c "$example" || fail "tandem check -c $example"
+    n=$((n + 1))
+done
+[ "$n" -ge 2 ] || fail "only $n example configs"
+step "man page"
+zcat /usr/share/man/man8/tandem.8.gz | grep -q '^\.TH tandem 8' || fail "tandem.8.gz is not a man page"
+step "reinstall keeps an edited conffile"
+echo "# edited by the operator" >> /etc/tandem/cgw.toml.example
+dpkg -i /tmp/tandem.deb
+grep -q '^# edited by the operator$' /etc/tandem/cgw.toml.example || fail "reinstall overwrote the edited conffile"
+[ "$(stat -c '%a %U:%G' /etc/tandem)" = "700 tandem:tandem" ] || fail "reinstall changed /etc/tandem"
+step "dpkg -r: binary gone, keys and configs stay"
+dpkg -r tandem
+[ ! -e /usr/sbin/tandem ] || fail "/usr/sbin/tandem survived dpkg -r"
+for f in cgw.key vpcgw.key tunnel1.psk tunnel2.psk cgw.toml.example; do
+    [ -f "/etc/tandem/$f" ] || fail "dpkg -r removed /etc/tandem/$f"
+done
+ls -la /etc/tandem
+step "dpkg --purge: /etc/tandem and the keys gone, without a question"
+dpkg --purge tandem </dev/null
+[ ! -e /etc/tandem ] || fail "/etc/tandem survived the purge: $(ls -A /etc/tandem)"
+dpkg-statoverride --list /etc/tandem >/dev/null && fail "the stat override survived the purge"
+case $(dpkg-query -W -f='${db:Status-Abbrev}' tandem 2>/dev/null || true) in
+    "" | "un "* | "pn "*) ;;
+    *) fail "dpkg still knows tandem: $(dpkg-query -W -f='${Status}' tandem)" ;;
+esac
+echo "inside: all checks passed"
+EOF
+)
+
+say "installing into a throwaway root (overlay on tmpfs, private mount namespace)"
+cp "$deb" /tmp/tandem-test-deb.$$.deb
+trap 'rm -f /tmp/tandem-test-deb.$$.deb' EXIT
+unshare --mount --propagation private bash -euo pipefail -c '
+    scratch=$(mktemp -d)
+    mount -t tmpfs tmpfs "$scratch"
+    mkdir "$scratch/upper" "$scratch/work" "$scratch/root"
+    mount -t overlay overlay -o "lowerdir=/,upperdir=$scratch/upper,workdir=$scratch/work" "$scratch/root"
+    root=$scratch/root
+    # A fresh /run and /tmp (no host sockets, no systemd: the maintainer scripts see no running
+    # init, as in an image build), the host /proc and /dev for the tools.
+    mount -t tmpfs tmpfs "$root/run"
+    mount -t tmpfs tmpfs "$root/tmp"
+    mount -t proc proc "$root/proc"
+    mount --rbind /dev "$root/dev"
+    cp "$1" "$root/tmp/tandem.deb"
+    [ -x "$root/usr/bin/dpkg" ] || { echo "no dpkg in the overlay: / spans several file systems?" >&2; exit 1; }
+    chroot "$root" /bin/sh -c "$2" inside "$3"
+' throwaway "/tmp/tandem-test-deb.$$.deb" "$inside" "$upstream"
+
+# The host is as it was.
+[ "$(ls -l /usr/sbin/tandem 2>&1 || true)" = "$host_sbin_before" ] || die "the host's /usr/sbin/tandem changed"
+[ "$(dpkg-query -W -f='${Status}' tandem 2>&1 || true)" = "$host_dpkg_before" ] ||
+    die "the host's dpkg database changed"
+say "PASSED: $deb builds, lints without errors, installs, checks, removes and purges"
