@@ -39,6 +39,7 @@ pub fn engine_config(cfg: &tandem_config::Config) -> EngineConfig {
                 local_subnets: c.local_subnets.clone(),
                 remote_subnets: c.remote_subnets.clone(),
                 mode: c.mode,
+                routing: tandem_engine::Routing::Static,
                 failback: c.failback,
                 dpd_interval: c.dpd_interval,
                 dpd_timeout: c.dpd_timeout,
