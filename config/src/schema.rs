@@ -883,7 +883,10 @@ impl Walker<'_, '_, '_> {
             }
         });
         let inside_span = self.value(tab, "inside").map(Spanned::span);
-        let inside = match self.value(tab, "inside").map(|v| v.get_ref().as_str().is_some()) {
+        let inside = match self
+            .value(tab, "inside")
+            .map(|v| v.get_ref().as_str().is_some())
+        {
             Some(true) => self
                 .parsed(tab, "inside", parse_interface_address)
                 .into_iter()

@@ -79,7 +79,11 @@ fn a_long_default_name_is_cut_to_15_bytes_and_a_collision_asks_for_ifname() {
     let fixed = config("production-vpc", "interfaces", "", r#"ifname = "prod-t2""#);
     let c = parse_str("c.toml", &fixed, &keys()).unwrap();
     assert_eq!(
-        c.connections[0].tunnels[0].interface.as_ref().unwrap().ifname,
+        c.connections[0].tunnels[0]
+            .interface
+            .as_ref()
+            .unwrap()
+            .ifname,
         "production-vpc-"
     );
 }
@@ -110,7 +114,12 @@ inside = ["169.254.45.2/29", "fd00::1/126", "fd00::5/126"]"#,
 
 #[test]
 fn ifname_and_inside_belong_to_interface_mode_and_static_mode_keeps_its_overlap_rules() {
-    let text = config("aws", "static", r#"ifname = "x""#, r#"inside = "169.254.45.2/30""#);
+    let text = config(
+        "aws",
+        "static",
+        r#"ifname = "x""#,
+        r#"inside = "169.254.45.2/30""#,
+    );
     let e = errors(&text);
     assert!(
         e.contains("c.toml:15:10: connection[0].tunnel[0].ifname: ifname applies only to a connection with routing = \"interfaces\""),

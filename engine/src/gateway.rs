@@ -666,7 +666,10 @@ impl Engine {
                 if conn.cfg.mss_clamp {
                     inner::clamp_mss(&mut buf[packet.clone()], &hdr, self.mtu);
                 }
-                Ok(NetAction::Deliver { packet })
+                Ok(NetAction::Deliver {
+                    tunnel: TunnelId(idx as u16),
+                    packet,
+                })
             }
         }
     }

@@ -61,7 +61,12 @@ fn send_on(sim: &mut Sim, tunnel: u16, dst: [u8; 4]) -> (TunAction, Option<NetAc
             ..
         } => {
             let bytes = buf[datagram.clone()].to_vec();
-            Some(sim.inject(Side::B, usize::from(t.0), addr(Side::A, usize::from(t.0)), bytes))
+            Some(sim.inject(
+                Side::B,
+                usize::from(t.0),
+                addr(Side::A, usize::from(t.0)),
+                bytes,
+            ))
         }
         _ => None,
     };
@@ -96,7 +101,10 @@ fn selectors_still_apply_and_the_router_no_longer_knows_the_connection() {
     let now = sim.now;
     let r = sim.engine(Side::A).handle_tun_packet(&mut buf, range, now);
     assert!(!matches!(r, TunAction::Send { .. }), "{r:?}");
-    assert_eq!(sim.engine(Side::A).drop_counters().get(DropReason::NoRoute), 1);
+    assert_eq!(
+        sim.engine(Side::A).drop_counters().get(DropReason::NoRoute),
+        1
+    );
 }
 
 #[test]
