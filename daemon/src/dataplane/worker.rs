@@ -1306,9 +1306,10 @@ fn read_offload(
         let slots = &mut batch.slots[filled..];
         match dev.recv_multiple(tun_super, slots, &mut sizes[filled..], head) {
             Ok(n) => {
-                for i in filled..filled + n {
-                    batch.slots[i].start = head;
-                    batch.slots[i].len = sizes[i];
+                let fresh = batch.slots[filled..filled + n].iter_mut();
+                for (slot, &len) in fresh.zip(&sizes[filled..filled + n]) {
+                    slot.start = head;
+                    slot.len = len;
                 }
                 filled += n;
             }
