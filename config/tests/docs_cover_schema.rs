@@ -103,8 +103,9 @@ fn the_complete_example_in_the_reference_is_a_valid_config() {
     // and the keys of `routing = "interfaces"`, which the route-based example shows.
     let route_based = doc
         .split("```toml\n")
-        .nth(2)
-        .and_then(|rest| rest.split("```").next())
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .find(|block| block.contains("routing = \"interfaces\""))
         .expect("docs/configuration.md has a route-based ```toml example");
     for key in INTERFACE_KEYS {
         assert!(
