@@ -170,6 +170,8 @@ pub struct Control {
 
 /// How a connection spreads traffic over its tunnels: the engine's type (one definition).
 pub use tandem_engine::Mode;
+/// Shared TUN with routes, or one interface per tunnel: the engine's type (one definition).
+pub use tandem_engine::Routing;
 
 /// `[[connection]]`: one site-to-site link carried by redundant tunnels.
 #[derive(Debug, Clone)]
@@ -183,6 +185,10 @@ pub struct Connection {
     pub remote_subnets: Vec<IpNet>,
     /// Default [`Mode::ActiveStandby`].
     pub mode: Mode,
+    /// Default [`Routing::Static`]; with [`Routing::Interfaces`] every tunnel has an
+    /// [`Tunnel::interface`] and `remote_subnets` may overlap other connections' and
+    /// `local_subnets`.
+    pub routing: Routing,
     /// Stable time before returning to a better tunnel; `None` = "never". Default 10 s.
     pub failback: Option<Duration>,
     /// The `timers` profile the two DPD timers default to.
@@ -218,6 +224,18 @@ pub struct Tunnel {
     /// Lower is preferred; default: the tunnel's 1-based position in its connection. Unique
     /// within an active-standby connection.
     pub priority: u32,
+    /// The tunnel's own interface: `Some` exactly when its connection has
+    /// `routing = "interfaces"`.
+    pub interface: Option<TunnelInterface>,
+}
+
+/// A tunnel's own TUN interface (`routing = "interfaces"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelInterface {
+    /// `ifname`, or `<connection>-<tunnel>` cut to 15 bytes; unique over the gateway.
+    pub ifname: String,
+    /// `inside` addresses: at most one IPv4 /30 and one IPv6 /126.
+    pub inside: Vec<IpNet>,
 }
 
 /// What `Debug` prints instead of secret bytes.
@@ -245,6 +263,7 @@ impl std::fmt::Debug for Tunnel {
             .field("psk", &format_args!("{REDACTED}"))
             .field("psk_file", &self.psk_file)
             .field("priority", &self.priority)
+            .field("interface", &self.interface)
             .finish()
     }
 }

@@ -23,8 +23,8 @@ use crate::values::{
 use crate::{
     Config, Connection, Control, DEFAULT_CONTROL_SOCKET, DEFAULT_FAILBACK, DEFAULT_MTU,
     DEFAULT_REKEY_AFTER, DEFAULT_TUN_NAME, Gateway, MAX_DPD_INTERVAL, MAX_DPD_TIMEOUT,
-    MAX_FAILBACK, MAX_MTU, MIN_DPD_INTERVAL, MIN_MTU, MIN_REKEY_AFTER, Mode, REJECT_AFTER,
-    SecretKey, TimerProfile, Tunnel,
+    MAX_FAILBACK, MAX_MTU, MIN_DPD_INTERVAL, MIN_MTU, MIN_REKEY_AFTER, Mode, REJECT_AFTER, Routing,
+    SecretKey, TimerProfile, Tunnel, TunnelInterface,
 };
 
 /// A value with where it came from.
@@ -50,6 +50,7 @@ const CONNECTION_KEYS: &[&str] = &[
     "local_subnets",
     "remote_subnets",
     "mode",
+    "routing",
     "failback",
     "timers",
     "dpd_interval",
@@ -66,6 +67,8 @@ const TUNNEL_KEYS: &[&str] = &[
     "peer_public_key_file",
     "psk_file",
     "priority",
+    "ifname",
+    "inside",
 ];
 
 /// Every key the walk accepts, by table (`""` is the top level), in the order of the reference
@@ -92,6 +95,7 @@ pub(crate) struct RawConnection {
     pub(crate) local_subnets: Vec<At<IpNet>>,
     pub(crate) remote_subnets: Vec<At<IpNet>>,
     pub(crate) mode: Mode,
+    pub(crate) routing: Routing,
     pub(crate) failback: Option<Duration>,
     pub(crate) timers: TimerProfile,
     pub(crate) dpd_interval: Option<At<Duration>>,
@@ -115,6 +119,12 @@ pub(crate) struct RawTunnel {
     /// Explicit priority with its span, or the default (1-based position) with the span of the
     /// tunnel's name; `None` if the value was invalid (already reported).
     pub(crate) priority: Option<At<u32>>,
+    /// `ifname` as written (checked as an interface name), if any.
+    pub(crate) ifname: Option<At<String>>,
+    /// `inside` addresses that parsed (a string or an array of strings).
+    pub(crate) inside: Vec<At<IpNet>>,
+    /// Where `inside` was given (for the error when the connection is not in interface mode).
+    pub(crate) inside_span: Option<Range<usize>>,
 }
 
 /// Parse, walk, validate, assemble.
@@ -177,7 +187,8 @@ pub(crate) fn parse(name: &str, text: &str, keys: &dyn KeyFiles) -> Result<Confi
             Vec::new()
         }
     };
-    crate::validate::check(&mut sink, &connections);
+    let tun_name = gateway.as_ref().map(|g| g.tun_name.as_str());
+    crate::validate::check(&mut sink, &connections, tun_name);
     if !sink.is_empty() {
         return Err(sink.into_error());
     }
@@ -242,7 +253,18 @@ fn assemble(
     let mut out = Vec::with_capacity(connections.len());
     for c in connections {
         let mut tunnels = Vec::with_capacity(c.tunnels.len());
+        let conn_name = c.name.as_ref()?.value.clone();
         for t in c.tunnels {
+            let interface = match c.routing {
+                Routing::Static => None,
+                Routing::Interfaces => Some(TunnelInterface {
+                    ifname: match &t.ifname {
+                        Some(n) => n.value.clone(),
+                        None => default_ifname(&conn_name, &t.name.as_ref()?.value),
+                    },
+                    inside: t.inside.iter().map(|a| a.value).collect(),
+                }),
+            };
             let (psk, psk_file) = t.psk?;
             tunnels.push(Tunnel {
                 name: t.name?.value,
@@ -252,6 +274,7 @@ fn assemble(
                 psk,
                 psk_file,
                 priority: t.priority?.value,
+                interface,
             });
         }
         out.push(Connection {
@@ -259,6 +282,7 @@ fn assemble(
             local_subnets: c.local_subnets.into_iter().map(|a| a.value).collect(),
             remote_subnets: c.remote_subnets.into_iter().map(|a| a.value).collect(),
             mode: c.mode,
+            routing: c.routing,
             failback: c.failback,
             timers: c.timers,
             dpd_interval: c.dpd_interval.map_or(c.timers.dpd_interval(), |a| a.value),
@@ -681,6 +705,15 @@ impl Walker<'_, '_, '_> {
                 )),
             })
             .map_or(Mode::ActiveStandby, |a| a.value);
+        let routing = self
+            .parsed(tab, "routing", |s| match s {
+                "static" => Ok(Routing::Static),
+                "interfaces" => Ok(Routing::Interfaces),
+                _ => Err(format!(
+                    "unknown routing \"{s}\": expected \"static\" or \"interfaces\""
+                )),
+            })
+            .map_or(Routing::Static, |a| a.value);
         let failback = match self.parsed(tab, "failback", |s| match s {
             "never" => Ok(None),
             _ => parse_duration(s)
@@ -777,6 +810,7 @@ impl Walker<'_, '_, '_> {
             local_subnets,
             remote_subnets,
             mode,
+            routing,
             failback,
             timers,
             dpd_interval,
@@ -849,6 +883,39 @@ impl Walker<'_, '_, '_> {
                 path: join(&tab.path, "priority"),
             }),
         };
+        let ifname = self.string(tab, "ifname").and_then(|s| {
+            if valid_name(s.value, MAX_IFNAME_LEN) {
+                Some(At {
+                    value: s.value.to_owned(),
+                    span: s.span,
+                    path: s.path,
+                })
+            } else {
+                self.sink.error(
+                    &s.span,
+                    &s.path,
+                    format!(
+                        "invalid interface name \"{}\": use 1 to {MAX_IFNAME_LEN} letters, digits, '-', '_' or '.'",
+                        s.value
+                    ),
+                );
+                None
+            }
+        });
+        let inside_span = self.value(tab, "inside").map(Spanned::span);
+        let inside = match self
+            .value(tab, "inside")
+            .map(|v| v.get_ref().as_str().is_some())
+        {
+            Some(true) => self
+                .parsed(tab, "inside", parse_interface_address)
+                .into_iter()
+                .collect(),
+            Some(false) => self
+                .parsed_list(tab, "inside", parse_interface_address)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         RawTunnel {
             span: tab.span.clone(),
             path: tab.path.clone(),
@@ -859,8 +926,19 @@ impl Walker<'_, '_, '_> {
             peer_public_key,
             psk,
             priority,
+            ifname,
+            inside,
+            inside_span,
         }
     }
+}
+
+/// The interface name of a tunnel without `ifname`: `<connection>-<tunnel>`, cut to
+/// `IFNAMSIZ` - 1 bytes (names are ASCII, so any cut is a valid name).
+pub(crate) fn default_ifname(connection: &str, tunnel: &str) -> String {
+    let mut n = format!("{connection}-{tunnel}");
+    n.truncate(MAX_IFNAME_LEN);
+    n
 }
 
 fn valid_name(s: &str, max: usize) -> bool {

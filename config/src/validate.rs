@@ -12,6 +12,10 @@
 //!   of the same address family;
 //! - active-standby priorities are distinct within a connection (the active tunnel must be
 //!   unambiguous);
+//! - `routing = "interfaces"`: `ifname` and `inside` only there; interface names (given or
+//!   defaulted) unique over the gateway and not the shared TUN's; `inside` is at most one IPv4
+//!   /30 (not its network or broadcast address) and one IPv6 /126; such a connection is left out
+//!   of the two overlap rules above (the kernel's routing table, not ours, picks its tunnel);
 //! - `dpd_timeout` > `dpd_interval`, each the explicit value or its `timers` profile's;
 //!   1 s <= `rekey_after` < reject-after (the bounds of single durations, such as the
 //!   `dpd_interval` floor, are checked as they parse, in schema.rs).
@@ -20,19 +24,28 @@ use ipnet::IpNet;
 use std::collections::HashMap;
 
 use crate::Mode;
+use crate::Routing;
 use crate::diag::Sink;
 use crate::schema::{At, RawConnection};
 use crate::values::{format_duration, overlaps};
 
-pub(crate) fn check(sink: &mut Sink<'_>, connections: &[RawConnection]) {
+/// Prefix length of a tunnel's IPv4 inside network: two hosts, as AWS assigns them.
+const INSIDE_V4_PREFIX: u8 = 30;
+/// Prefix length of a tunnel's IPv6 inside network (AWS's IPv6 inside CIDRs).
+const INSIDE_V6_PREFIX: u8 = 126;
+
+pub(crate) fn check(sink: &mut Sink<'_>, connections: &[RawConnection], tun_name: Option<&str>) {
     connection_names(sink, connections);
+    interfaces(sink, connections, tun_name);
     remote_subnets_between_connections(sink, connections);
     endpoint_pairs(sink, connections);
     for c in connections {
         tunnel_names(sink, c);
         subnets_within(sink, &c.local_subnets);
         subnets_within(sink, &c.remote_subnets);
-        local_vs_remote(sink, c);
+        if c.routing == Routing::Static {
+            local_vs_remote(sink, c);
+        }
         priorities(sink, c);
         timers(sink, c);
         addresses(sink, c);
@@ -79,9 +92,13 @@ fn tunnel_names(sink: &mut Sink<'_>, c: &RawConnection) {
 
 fn remote_subnets_between_connections(sink: &mut Sink<'_>, connections: &[RawConnection]) {
     for (j, later) in connections.iter().enumerate() {
+        if later.routing != Routing::Static {
+            continue;
+        }
         for b in &later.remote_subnets {
             let earlier = connections[..j]
                 .iter()
+                .filter(|c| c.routing == Routing::Static)
                 .flat_map(|c| c.remote_subnets.iter().map(move |a| (c, a)))
                 .find(|(_, a)| overlaps(&a.value, &b.value));
             if let Some((c, a)) = earlier {
@@ -291,6 +308,107 @@ fn timers(sink: &mut Sink<'_>, c: &RawConnection) {
                     format_duration(interval)
                 ),
             );
+        }
+    }
+}
+
+fn interfaces(sink: &mut Sink<'_>, connections: &[RawConnection], tun_name: Option<&str>) {
+    // Interface name -> (who has it, offset of the value or the tunnel name that set it).
+    let mut seen: HashMap<String, (String, usize)> = HashMap::new();
+    if let Some(t) = tun_name {
+        seen.insert(t.to_owned(), ("[gateway] tun_name".to_owned(), usize::MAX));
+    }
+    for c in connections {
+        for t in &c.tunnels {
+            if c.routing == Routing::Static {
+                if let Some(n) = &t.ifname {
+                    sink.error(
+                        &n.span,
+                        &n.path,
+                        "ifname applies only to a connection with routing = \"interfaces\"",
+                    );
+                }
+                if let Some(span) = &t.inside_span {
+                    sink.error(
+                        span,
+                        &format!("{}.inside", t.path),
+                        "inside applies only to a connection with routing = \"interfaces\"",
+                    );
+                }
+                continue;
+            }
+            inside(sink, &t.inside);
+            let (Some(conn), Some(name)) = (&c.name, &t.name) else {
+                continue;
+            };
+            let (ifname, span, path, defaulted) = match &t.ifname {
+                Some(n) => (n.value.clone(), n.span.clone(), n.path.clone(), false),
+                None => (
+                    crate::schema::default_ifname(&conn.value, &name.value),
+                    name.span.clone(),
+                    format!("{}.ifname", t.path),
+                    true,
+                ),
+            };
+            let who = format!("tunnel \"{}\" of connection \"{}\"", name.value, conn.value);
+            if let Some((first, offset)) = seen.get(&ifname) {
+                let whose = if *offset == usize::MAX {
+                    first.clone()
+                } else {
+                    format!("{first} (line {})", sink.line_of(*offset))
+                };
+                let what = if defaulted {
+                    format!(
+                        "the default interface name \"{ifname}\" (\"<connection>-<tunnel>\" cut to 15 bytes) is already used by {whose}: set ifname"
+                    )
+                } else {
+                    format!("interface name \"{ifname}\" is already used by {whose}")
+                };
+                sink.error(&span, &path, what);
+            } else {
+                seen.insert(ifname, (who, span.start));
+            }
+        }
+    }
+}
+
+fn inside(sink: &mut Sink<'_>, list: &[At<IpNet>]) {
+    let (mut v4, mut v6) = (None::<&At<IpNet>>, None::<&At<IpNet>>);
+    for a in list {
+        let (want, family, first) = match a.value {
+            IpNet::V4(_) => (INSIDE_V4_PREFIX, "IPv4", &mut v4),
+            IpNet::V6(_) => (INSIDE_V6_PREFIX, "IPv6", &mut v6),
+        };
+        if let Some(f) = first {
+            let line = sink.line_of(f.span.start);
+            sink.error(
+                &a.span,
+                &a.path,
+                format!("a second {family} inside address (the first is {} on line {line}): at most one per family", f.value),
+            );
+            continue;
+        }
+        *first = Some(a);
+        if a.value.prefix_len() != want {
+            sink.error(
+                &a.span,
+                &a.path,
+                format!(
+                    "inside address {} is not a /{want}: a tunnel's {family} inside network is a /{want} (its two hosts are the tunnel's ends)",
+                    a.value
+                ),
+            );
+        } else if let IpNet::V4(n) = a.value {
+            if n.addr() == n.network() || n.addr() == n.broadcast() {
+                sink.error(
+                    &a.span,
+                    &a.path,
+                    format!(
+                        "inside address {} is the network or broadcast address of its /30: use one of its two hosts",
+                        a.value
+                    ),
+                );
+            }
         }
     }
 }

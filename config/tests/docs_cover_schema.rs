@@ -77,6 +77,9 @@ fn the_reference_documents_no_key_the_parser_would_refuse() {
     );
 }
 
+/// Tunnel keys that only a `routing = "interfaces"` connection may have.
+const INTERFACE_KEYS: [&str; 2] = ["ifname", "inside"];
+
 #[test]
 fn the_complete_example_in_the_reference_is_a_valid_config() {
     let doc = reference();
@@ -96,11 +99,25 @@ fn the_complete_example_in_the_reference_is_a_valid_config() {
     }
     let cfg = tandem_config::parse_str("configuration.md", example, &keys)
         .unwrap_or_else(|e| panic!("the example does not parse:\n{e}"));
-    // Every key of the schema appears in the example except the alternatives to `peer_public_key`.
+    // Every key of the schema appears in the example except the alternatives to `peer_public_key`
+    // and the keys of `routing = "interfaces"`, which the route-based example shows.
+    let route_based = doc
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .find(|block| block.contains("routing = \"interfaces\""))
+        .expect("docs/configuration.md has a route-based ```toml example");
+    for key in INTERFACE_KEYS {
+        assert!(
+            route_based.contains(&format!("{key} =")),
+            "the route-based example does not show connection.tunnel.{key}"
+        );
+    }
     for (table, list) in tandem_config::SCHEMA {
         for key in *list {
             if *key == "peer_public_key_file"
                 || (*table == "connection.tunnel" && *key == "peer_public_key")
+                || (*table == "connection.tunnel" && INTERFACE_KEYS.contains(key))
             {
                 continue;
             }

@@ -21,6 +21,10 @@
 //!                  shutdown), answered over oneshot channels
 //! ```
 //!
+//! Per-tunnel interfaces (`routing = "interfaces"`, [`ifaces`]) join the same loop: a read from
+//! one goes through `path::seal_batch_on` (that tunnel only), and what a tunnel with an
+//! interface decrypts is written to that interface; carriers follow the tunnels' states.
+//!
 //! Between batches the loop drains `engine.poll_event()` into `tracing` events (one per state
 //! change / switch / handshake) and sd_notify `STATUS=`, and feeds the systemd watchdog.
 //!
@@ -67,6 +71,7 @@
 pub mod batch;
 pub mod drill;
 pub mod gro;
+pub mod ifaces;
 pub mod loopback;
 pub mod path;
 pub mod sys;

@@ -22,6 +22,7 @@ use tandem_engine::{ConnectionConfig, Engine, EngineConfig, FailoverTarget, Tunn
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::control::{ErrorKind, MAX_MESSAGE, Reply, Request};
+use crate::dataplane::ifaces::IfaceSpec;
 use crate::dataplane::worker::{Command, DataPlane, Handle, TunSettings};
 use crate::listeners::{Gate, REPLY_TIMEOUT, REQUEST_TIMEOUT};
 use crate::notify::Notifier;
@@ -39,6 +40,7 @@ pub fn engine_config(cfg: &tandem_config::Config) -> EngineConfig {
                 local_subnets: c.local_subnets.clone(),
                 remote_subnets: c.remote_subnets.clone(),
                 mode: c.mode,
+                routing: c.routing,
                 failback: c.failback,
                 dpd_interval: c.dpd_interval,
                 dpd_timeout: c.dpd_timeout,
@@ -61,16 +63,31 @@ pub fn engine_config(cfg: &tandem_config::Config) -> EngineConfig {
     }
 }
 
-/// Every connection's `remote_subnets`: the routes the TUN carries.
+/// Every `routing = "static"` connection's `remote_subnets`: the routes the TUN carries.
 pub fn routes_of(cfg: &tandem_config::Config) -> Vec<IpNet> {
     let mut routes: Vec<IpNet> = cfg
         .connections
         .iter()
+        .filter(|c| c.routing == tandem_engine::Routing::Static)
         .flat_map(|c| c.remote_subnets.iter().map(IpNet::trunc))
         .collect();
     routes.sort();
     routes.dedup();
     routes
+}
+
+/// Each tunnel's own interface, in tunnel-id order (the engine numbers tunnels in config order).
+pub fn ifaces_of(cfg: &tandem_config::Config) -> Vec<Option<IfaceSpec>> {
+    cfg.connections
+        .iter()
+        .flat_map(|c| c.tunnels.iter())
+        .map(|t| {
+            t.interface.as_ref().map(|i| IfaceSpec {
+                ifname: i.ifname.clone(),
+                inside: i.inside.clone(),
+            })
+        })
+        .collect()
 }
 
 fn failbacks_of(cfg: &EngineConfig) -> Vec<Option<Duration>> {
@@ -136,13 +153,14 @@ pub fn run(config_path: &Path) -> u8 {
         // hatch on kernels whose offloads misbehave).
         offload: std::env::var_os("TANDEM_TUN_OFFLOAD").is_none_or(|v| v != "0"),
     };
-    let (dp, handle) = match DataPlane::start(engine, &tun, routes_of(&cfg), failback) {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::error!("{e}");
-            return 1;
-        }
-    };
+    let (dp, handle) =
+        match DataPlane::start(engine, &tun, routes_of(&cfg), ifaces_of(&cfg), failback) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!("{e}");
+                return 1;
+            }
+        };
     tracing::info!(tun = %dp.tun_name(), mtu = tun.mtu, connections = cfg.connections.len(), "tandem started");
     let socket_path = control_socket_path(config_path, &cfg);
     let listener = match bind_control_socket(&socket_path) {
@@ -351,10 +369,12 @@ async fn reload(ctx: &Ctx) -> Reply {
                 );
             }
             let routes = routes_of(&cfg);
+            let ifaces = ifaces_of(&cfg);
             let ecfg = Box::new(engine_config(&cfg));
             ask(ctx, |reply| Command::Reload {
                 cfg: ecfg,
                 routes,
+                ifaces,
                 reply,
             })
             .await

@@ -31,6 +31,31 @@ impl Mode {
     }
 }
 
+/// Who picks the tunnel for a packet from the TUN (docs/configuration.md, `routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    /// One shared TUN: the router sends a packet to the connection whose `remote_subnets` hold
+    /// its destination, and the failover selector picks the tunnel.
+    #[default]
+    Static,
+    /// Every tunnel has its own interface and the kernel's FIB picks it: the connection is not
+    /// in the router, and the daemon hands each packet over with the tunnel it arrived on
+    /// ([`crate::Engine::handle_tun_packet_on`]).
+    Interfaces,
+}
+
+impl Routing {
+    /// The docs/configuration.md spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Static => "static",
+            Routing::Interfaces => "interfaces",
+        }
+    }
+}
+
 /// The whole engine configuration.
 #[derive(Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -53,6 +78,8 @@ pub struct ConnectionConfig {
     pub remote_subnets: Vec<IpNet>,
     /// Active-standby or active-active.
     pub mode: Mode,
+    /// Shared TUN and router, or one interface per tunnel.
+    pub routing: Routing,
     /// Stable time before returning to a better tunnel; `None` = never.
     pub failback: Option<Duration>,
     /// Keepalive interval.
@@ -125,6 +152,7 @@ impl ConnectionConfig {
             local_subnets: Vec::new(),
             remote_subnets: Vec::new(),
             mode: Mode::ActiveStandby,
+            routing: Routing::Static,
             failback: Some(DEFAULT_FAILBACK),
             dpd_interval: DEFAULT_DPD_INTERVAL,
             dpd_timeout: DEFAULT_DPD_TIMEOUT,

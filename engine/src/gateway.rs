@@ -17,7 +17,7 @@ use rand_core::SeedableRng;
 use tandem_crypto::StaticSecret;
 use tandem_crypto::handshake::{CheckedInitiation, CookieJar, MessageType, mac1_key_for};
 
-use crate::config::{ConnectionConfig, EngineConfig, Mode};
+use crate::config::{ConnectionConfig, EngineConfig, Mode, Routing};
 use crate::drop::{DropCounters, DropReason};
 use crate::failover::{PinError, Selector, Switch};
 use crate::inner::{self, IcmpError, InnerHeader};
@@ -151,10 +151,12 @@ fn build(
             cfg: c.clone(),
         });
     }
+    // Connections with an interface per tunnel are routed by the kernel, not by us.
     let router = Router::new(
         cfg.connections
             .iter()
             .enumerate()
+            .filter(|(_, c)| c.routing == Routing::Static)
             .map(|(i, c)| (ConnectionId(i as u16), c.remote_subnets.as_slice())),
     );
     (conns, tunnels, infos, router)
@@ -418,6 +420,80 @@ impl Engine {
         })
     }
 
+    /// A packet read from `tunnel`'s own interface (`routing = "interfaces"`) sits at
+    /// `buf[packet]`, with the same headroom and tailroom as for [`Self::handle_tun_packet`].
+    /// The kernel's FIB already chose the tunnel, so there is no route lookup and no failover
+    /// selector: traffic selectors (both ends), MTU and MSS clamping apply, and the packet is
+    /// sealed on that tunnel if it is Up, else dropped as `no_tunnel`. A tunnel of a
+    /// `routing = "static"` connection takes nothing this way (`no_tunnel`).
+    pub fn handle_tun_packet_on(
+        &mut self,
+        tunnel: TunnelId,
+        buf: &mut [u8],
+        packet: Range<usize>,
+        now: Instant,
+    ) -> TunAction {
+        match self.tun_packet_on(tunnel, buf, packet, now) {
+            Ok(a) => a,
+            Err(r) => {
+                self.drops.add(r);
+                TunAction::Drop(r)
+            }
+        }
+    }
+
+    fn tun_packet_on(
+        &mut self,
+        tunnel: TunnelId,
+        buf: &mut [u8],
+        packet: Range<usize>,
+        now: Instant,
+    ) -> Result<TunAction, DropReason> {
+        self.last_now = self.last_now.max(now);
+        let idx = usize::from(tunnel.0);
+        let cid = self.tunnels.get(idx).ok_or(DropReason::NoTunnel)?.conn();
+        let pkt = buf.get(packet.clone()).ok_or(DropReason::Malformed)?;
+        let hdr = InnerHeader::parse(pkt)?;
+        let packet = packet.start..packet.start + hdr.len;
+        let conn = &self.conns[usize::from(cid.0)];
+        if conn.cfg.routing != Routing::Interfaces {
+            return Err(DropReason::NoTunnel);
+        }
+        // No router in this mode, so the destination is checked here: both selectors hold.
+        if !conn.local.contains(hdr.src) || !conn.remote.contains(hdr.dst) {
+            return Err(DropReason::Selector);
+        }
+        if hdr.len > usize::from(self.mtu) && hdr.dont_fragment {
+            let kind = IcmpError::TooBig { mtu: self.mtu };
+            return self.icmp_reply(buf, packet, kind, DropReason::TooBig, now);
+        }
+        if conn.cfg.mss_clamp {
+            inner::clamp_mss(&mut buf[packet.clone()], &hdr, self.mtu);
+        }
+        let t = &mut self.tunnels[idx];
+        if t.state() != TunnelState::Up {
+            return Err(DropReason::NoTunnel);
+        }
+        let nh = if hdr.src.is_ipv4() {
+            tandem_crypto::esp::NEXT_HEADER_IPV4
+        } else {
+            tandem_crypto::esp::NEXT_HEADER_IPV6
+        };
+        let (dst, datagram) = t.seal_data(buf, packet, nh, now)?;
+        Ok(TunAction::Send {
+            tunnel,
+            dst,
+            datagram,
+        })
+    }
+
+    /// Whether `connection` currently has a pinned active tunnel (`tandem failover`), and which.
+    #[must_use]
+    pub fn pinned_tunnel(&self, connection: ConnectionId) -> Option<TunnelId> {
+        let c = self.conns.get(usize::from(connection.0))?;
+        c.selector.pinned().map(|m| c.members[m])
+    }
+
     /// The packet at `buf[packet]` is dropped for `reason`; answer it with an ICMP error written
     /// in place, as a router would, within the RFC 1812 §4.3.2.8 rate limit.
     fn icmp_reply(
@@ -632,7 +708,10 @@ impl Engine {
                 if conn.cfg.mss_clamp {
                     inner::clamp_mss(&mut buf[packet.clone()], &hdr, self.mtu);
                 }
-                Ok(NetAction::Deliver { packet })
+                Ok(NetAction::Deliver {
+                    tunnel: TunnelId(idx as u16),
+                    packet,
+                })
             }
         }
     }

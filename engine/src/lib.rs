@@ -21,7 +21,7 @@ mod schedule;
 mod tunnel;
 mod types;
 
-pub use config::{ConnectionConfig, EngineConfig, Mode, TunnelConfig};
+pub use config::{ConnectionConfig, EngineConfig, Mode, Routing, TunnelConfig};
 pub use drop::{DropCounters, DropReason};
 pub use failover::SwitchReason;
 pub use gateway::{Engine, ICMP_ERRORS_PER_SECOND};

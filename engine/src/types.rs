@@ -121,8 +121,11 @@ pub enum TunAction {
 /// What to do with a datagram received on a tunnel's socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetAction {
-    /// Write the decrypted inner packet `buf[packet]` into the TUN.
+    /// Write the decrypted inner packet `buf[packet]` into the TUN (or, with
+    /// `routing = "interfaces"`, into `tunnel`'s own interface).
     Deliver {
+        /// The tunnel it arrived on (a shared port's datagrams may belong to several).
+        tunnel: TunnelId,
         /// The inner packet.
         packet: Range<usize>,
     },

@@ -125,7 +125,7 @@ fn a_decrypted_packet_outside_the_selectors_is_dropped_and_a_syn_arrives_with_it
     else {
         panic!()
     };
-    let NetAction::Deliver { packet } =
+    let NetAction::Deliver { packet, .. } =
         sim.engine(Side::A)
             .handle_datagram(tunnel, from, &mut buf, datagram.clone(), now)
     else {
@@ -244,7 +244,7 @@ fn ipv6_packets_cross_the_tunnel_and_an_oversized_one_gets_packet_too_big() {
         panic!()
     };
     let from = addr(Side::A, usize::from(tunnel.0));
-    let NetAction::Deliver { packet } = sim
+    let NetAction::Deliver { packet, .. } = sim
         .engine(Side::B)
         .handle_datagram(tunnel, from, &mut buf, datagram, now)
     else {

@@ -25,6 +25,8 @@ pub enum SlotDest {
     Socket(u16),
     /// A packet for the TUN (decrypted inner packet, or an ICMP error the engine wrote).
     Tun,
+    /// A decrypted inner packet for this tunnel's own interface (`routing = "interfaces"`).
+    Iface(u16),
 }
 
 /// One packet buffer and the metadata of the packet in it.

@@ -28,10 +28,34 @@ pub struct BatchOutcome {
 /// tagged `Socket(tunnel id)` (one socket per tunnel, indexed by tunnel id) with its destination
 /// address; an ICMP error the engine wrote is tagged `Tun`.
 pub fn seal_batch(engine: &mut Engine, batch: &mut Batch, now: Instant) -> BatchOutcome {
+    seal(engine, None, batch, now)
+}
+
+/// As [`seal_batch`] for a batch read from `tunnel`'s own interface (`routing = "interfaces"`):
+/// every packet goes to that tunnel or is dropped.
+pub fn seal_batch_on(
+    engine: &mut Engine,
+    tunnel: TunnelId,
+    batch: &mut Batch,
+    now: Instant,
+) -> BatchOutcome {
+    seal(engine, Some(tunnel), batch, now)
+}
+
+fn seal(
+    engine: &mut Engine,
+    tunnel: Option<TunnelId>,
+    batch: &mut Batch,
+    now: Instant,
+) -> BatchOutcome {
     let mut out = BatchOutcome::default();
     for slot in &mut batch.slots[..batch.filled] {
         let packet = slot.start..slot.start + slot.len;
-        match engine.handle_tun_packet(&mut slot.buf, packet, now) {
+        let action = match tunnel {
+            None => engine.handle_tun_packet(&mut slot.buf, packet, now),
+            Some(t) => engine.handle_tun_packet_on(t, &mut slot.buf, packet, now),
+        };
+        match action {
             TunAction::Send {
                 tunnel,
                 dst,
@@ -86,6 +110,18 @@ pub fn open_batch_on(
     batch: &mut Batch,
     now: Instant,
 ) -> BatchOutcome {
+    open_batch_routed(engine, rx, batch, |_| false, now)
+}
+
+/// As [`open_batch_on`], with the inner packets of tunnels for which `has_iface` holds tagged
+/// `Iface(tunnel)` (their own interface, `routing = "interfaces"`) instead of `Tun`.
+pub fn open_batch_routed(
+    engine: &mut Engine,
+    rx: Receiver,
+    batch: &mut Batch,
+    has_iface: impl Fn(TunnelId) -> bool,
+    now: Instant,
+) -> BatchOutcome {
     let mut out = BatchOutcome::default();
     for slot in &mut batch.slots[..batch.filled] {
         let datagram = slot.start..slot.start + slot.len;
@@ -98,10 +134,14 @@ pub fn open_batch_on(
             }
         };
         match action {
-            NetAction::Deliver { packet } => {
+            NetAction::Deliver { tunnel, packet } => {
                 slot.start = packet.start;
                 slot.len = packet.len();
-                slot.dest = SlotDest::Tun;
+                slot.dest = if has_iface(tunnel) {
+                    SlotDest::Iface(tunnel.0)
+                } else {
+                    SlotDest::Tun
+                };
                 out.to_tun += 1;
             }
             NetAction::Consumed => {

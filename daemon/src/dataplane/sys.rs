@@ -1,8 +1,9 @@
 //! The syscall layer: the only `unsafe` in tandem.
 //!
 //! Thin, allocation-free wrappers over epoll (`epoll_pwait2`: timeouts to the nanosecond),
-//! eventfd, `recvmmsg`/`sendmmsg` and the rtnetlink route messages. Every `unsafe` block states
-//! why it is sound. Everything above this module is safe Rust working on [`Slot`]s.
+//! eventfd, `recvmmsg`/`sendmmsg`, the rtnetlink route messages and the TUN carrier ioctl. Every
+//! `unsafe` block states why it is sound. Everything above this module is safe Rust working on
+//! [`Slot`]s.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -654,4 +655,28 @@ pub fn enter_netns(path: &std::path::Path) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TUN carrier
+
+/// `TUNSETCARRIER` = `_IOW('T', 226, int)` (linux/if_tun.h, Linux 4.17+): turns the carrier of
+/// the TUN behind the fd on or off, as a cable would.
+const TUNSETCARRIER: libc::c_ulong = (1 << 30)
+    | ((mem::size_of::<libc::c_int>() as libc::c_ulong) << 16)
+    | ((b'T' as libc::c_ulong) << 8)
+    | 226;
+const _: () = assert!(TUNSETCARRIER == 0x4004_54e2);
+
+/// Sets the carrier of the TUN whose queue `fd` is: the kernel reports the link as down
+/// (`NO-CARRIER`, `/sys/class/net/IF/carrier` = 0) while it is off.
+pub fn set_tun_carrier(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let value: libc::c_int = on.into();
+    // SAFETY: TUNSETCARRIER reads one `int` through the pointer, which points at a live local;
+    // the fd is borrowed, so it stays open for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETCARRIER as _, &value) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -17,7 +17,8 @@ use tun_rs::VIRTIO_NET_HDR_LEN;
 use super::batch::{BATCH, Batch, SlotDest};
 use super::drill::Drill;
 use super::gro::TunGro;
-use super::path::{Receiver, open_batch_on, seal_batch};
+use super::ifaces::{IfaceSpec, Ifaces, TOKEN_IFACE_BASE};
+use super::path::{Receiver, open_batch_routed, seal_batch, seal_batch_on};
 use super::sys::{self, EMPTY_EVENT, Epoll, EventFd, RouteOp};
 use crate::control::{ErrorKind, Reply};
 use crate::metrics::{MetricsSnapshot, TunnelMetric};
@@ -100,6 +101,8 @@ pub enum Command {
         cfg: Box<EngineConfig>,
         /// The routes the TUN must carry afterwards.
         routes: Vec<IpNet>,
+        /// Each tunnel's own interface, by tunnel id (`routing = "interfaces"`).
+        ifaces: Vec<Option<IfaceSpec>>,
         /// Answer.
         reply: tokio::sync::oneshot::Sender<Reply>,
     },
@@ -209,6 +212,10 @@ pub struct DataPlane {
     /// The socket table; a tunnel's socket is `sockets[tunnel_socket[tunnel id]]`.
     sockets: Vec<Option<TunnelSocket>>,
     tunnel_socket: Vec<u16>,
+    /// Per-tunnel interfaces (`routing = "interfaces"`), indexed by `TunnelId.0`.
+    ifaces: Ifaces,
+    /// Open new per-tunnel interfaces with offloads (as the shared TUN was asked to).
+    offload: bool,
     routes: Vec<IpNet>,
     /// Per connection (by `ConnectionId.0`): failback hold-down, for drills.
     failback: Vec<Option<Duration>>,
@@ -263,7 +270,7 @@ pub struct TunSettings {
     pub offload: bool,
 }
 
-fn build_tun(t: &TunSettings, offload: bool) -> io::Result<tun_rs::SyncDevice> {
+pub(super) fn build_tun(t: &TunSettings, offload: bool) -> io::Result<tun_rs::SyncDevice> {
     let mut b = tun_rs::DeviceBuilder::new()
         .name(&t.name)
         .mtu(t.mtu)
@@ -281,7 +288,7 @@ fn build_tun(t: &TunSettings, offload: bool) -> io::Result<tun_rs::SyncDevice> {
 
 /// Open the TUN, with `IFF_VNET_HDR` + TSO/USO offloads when asked and the kernel allows, else
 /// plain. Returns the device and whether reads/writes carry a virtio-net header.
-fn open_tun(t: &TunSettings) -> io::Result<(tun_rs::SyncDevice, bool, bool)> {
+pub(super) fn open_tun(t: &TunSettings) -> io::Result<(tun_rs::SyncDevice, bool, bool)> {
     if t.offload {
         match build_tun(t, true) {
             Ok(dev) => {
@@ -374,12 +381,14 @@ pub enum StartError {
 }
 
 impl DataPlane {
-    /// Open the TUN, bind every tunnel's socket, install the routes. On success the gateway is
-    /// ready to move packets (READY=1 may be sent).
+    /// Open the TUN, bind every tunnel's socket, open the per-tunnel interfaces (`ifaces`, by
+    /// tunnel id), install the routes. On success the gateway is ready to move packets (READY=1
+    /// may be sent).
     pub fn start(
         engine: Engine,
         tun: &TunSettings,
         routes: Vec<IpNet>,
+        ifaces: Vec<Option<IfaceSpec>>,
         failback: Vec<Option<Duration>>,
     ) -> Result<(Self, Handle), StartError> {
         let (dev, vnet, uso) = open_tun(tun).map_err(|source| StartError::Tun {
@@ -414,6 +423,8 @@ impl DataPlane {
             slot_mtu: tun.mtu.max(1500),
             sockets: Vec::new(),
             tunnel_socket: Vec::new(),
+            ifaces: Ifaces::default(),
+            offload: tun.offload,
             routes: Vec::new(),
             failback,
             epoll,
@@ -438,7 +449,8 @@ impl DataPlane {
             vnet,
             tun_super: vec![
                 0u8;
-                if vnet {
+                // Per-tunnel interfaces share it, and are opened with offloads when the TUN was.
+                if vnet || tun.offload {
                     VIRTIO_NET_HDR_LEN + usize::from(u16::MAX)
                 } else {
                     0
@@ -452,6 +464,11 @@ impl DataPlane {
             dp.engine.set_keylog(true);
         }
         dp.sync_sockets()?;
+        let plan = dp
+            .ifaces
+            .plan(&ifaces, tun.mtu, dp.offload)
+            .map_err(|(name, source)| StartError::Tun { name, source })?;
+        dp.ifaces.install(plan, &dp.epoll)?;
         dp.sync_routes(routes)
             .map_err(|(route, source)| StartError::Route {
                 route,
@@ -656,6 +673,9 @@ impl DataPlane {
                             return;
                         }
                     }
+                    t if t >= TOKEN_IFACE_BASE => {
+                        self.on_iface_readable((t - TOKEN_IFACE_BASE) as u16);
+                    }
                     t => self.on_socket_readable((t - TOKEN_SOCKET_BASE) as u16),
                 }
             }
@@ -719,6 +739,46 @@ impl DataPlane {
                 &self.tun,
                 self.vnet,
                 None,
+                None,
+                &mut self.sockets,
+                &self.tunnel_socket,
+                &mut self.tx,
+            );
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// TUN -> seal on tunnel `id` -> sendmmsg for a tunnel's own interface, up to
+    /// [`BATCHES_PER_WAKE`] batches.
+    fn on_iface_readable(&mut self, id: u16) {
+        for _ in 0..BATCHES_PER_WAKE {
+            let Some(iface) = self.ifaces.get(id) else {
+                return;
+            };
+            let (filled, more) = if iface.vnet {
+                read_offload(
+                    &iface.dev,
+                    &mut self.tx,
+                    &mut self.tun_super,
+                    &mut self.sizes,
+                )
+            } else {
+                read_plain(&iface.dev, &mut self.tx)
+            };
+            if filled == 0 {
+                return;
+            }
+            self.tx.filled = filled;
+            let now = Instant::now();
+            self.last_packet = now;
+            let _ = seal_batch_on(&mut self.engine, TunnelId(id), &mut self.tx, now);
+            flush_batch(
+                &iface.dev,
+                iface.vnet,
+                None,
+                None,
                 &mut self.sockets,
                 &self.tunnel_socket,
                 &mut self.tx,
@@ -731,66 +791,20 @@ impl DataPlane {
 
     /// One packet per read. Returns (slots filled, whether the TUN may have more).
     fn read_tun_plain(&mut self) -> (usize, bool) {
-        let head = tandem_engine::HEADROOM;
-        let tail = tandem_engine::TAILROOM;
-        let mut filled = 0;
-        while filled < BATCH {
-            let slot = &mut self.tx.slots[filled];
-            let end = slot.buf.len() - tail;
-            match self.tun.recv(&mut slot.buf[head..end]) {
-                Ok(0) => break,
-                Ok(len) => {
-                    slot.start = head;
-                    slot.len = len;
-                    filled += 1;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (filled, false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "TUN read failed");
-                    return (filled, false);
-                }
-            }
-        }
-        (filled, true)
+        read_plain(&self.tun, &mut self.tx)
     }
 
     /// With offloads: each read is one (super-)packet, split into MTU-size segments straight
     /// into the slots (checksums completed). Reads stop while fewer than
     /// [`SEGMENT_RESERVE`] slots are free, so a split always finds room.
     fn read_tun_offload(&mut self) -> (usize, bool) {
-        let head = tandem_engine::HEADROOM;
-        let mut filled = 0;
-        let mut reads = 0;
-        while BATCH - filled >= SEGMENT_RESERVE && reads < BATCH {
-            reads += 1;
-            let slots = &mut self.tx.slots[filled..];
-            match self.tun.recv_multiple(
-                &mut self.tun_super,
-                slots,
-                &mut self.sizes[filled..],
-                head,
-            ) {
-                Ok(n) => {
-                    for i in filled..filled + n {
-                        self.tx.slots[i].start = head;
-                        self.tx.slots[i].len = self.sizes[i];
-                    }
-                    filled += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (filled, false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error().is_some() => {
-                    tracing::warn!(error = %e, "TUN read failed");
-                    return (filled, false);
-                }
-                // A malformed super-packet (bad header, no room to split): that packet is lost.
-                Err(e) => tracing::debug!(error = %e, "TUN super-packet dropped"),
-            }
-        }
-        (filled, true)
+        read_offload(
+            &self.tun,
+            &mut self.tx,
+            &mut self.tun_super,
+            &mut self.sizes,
+        )
     }
-
     /// recvmmsg -> open -> TUN, up to [`BATCHES_PER_WAKE`] batches.
     fn on_socket_readable(&mut self, slot: u16) {
         let Some(Some(s)) = self.sockets.get(usize::from(slot)) else {
@@ -813,12 +827,20 @@ impl DataPlane {
             self.rx.filled = n;
             let now = Instant::now();
             self.last_packet = now;
-            let out = open_batch_on(&mut self.engine, receiver, &mut self.rx, now);
+            let ifaces = &self.ifaces;
+            let out = open_batch_routed(
+                &mut self.engine,
+                receiver,
+                &mut self.rx,
+                |t| ifaces.get(t.0).is_some(),
+                now,
+            );
             let gro = self.vnet.then_some(&mut self.gro);
             flush_batch(
                 &self.tun,
                 self.vnet,
                 gro,
+                Some(&mut self.ifaces),
                 &mut self.sockets,
                 &self.tunnel_socket,
                 &mut self.rx,
@@ -917,6 +939,8 @@ impl DataPlane {
                 other => tracing::debug!(event = ?other, "engine event"),
             }
         }
+        // Cheap when nothing changed (no syscall): carriers follow states and pins.
+        self.ifaces.sync_carrier(&self.engine);
         if self.status_dirty {
             self.status_dirty = false;
             // ---- systemd notify hook: STATUS=<one-line summary> on every change. ----
@@ -1044,8 +1068,13 @@ impl DataPlane {
                     };
                     let _ = reply.send(r);
                 }
-                Command::Reload { cfg, routes, reply } => {
-                    let r = self.reload(*cfg, routes, now);
+                Command::Reload {
+                    cfg,
+                    routes,
+                    ifaces,
+                    reply,
+                } => {
+                    let r = self.reload(*cfg, routes, &ifaces, now);
                     let _ = reply.send(r);
                 }
                 Command::Drill {
@@ -1096,7 +1125,13 @@ impl DataPlane {
             })
     }
 
-    fn reload(&mut self, cfg: EngineConfig, routes: Vec<IpNet>, now: Instant) -> Reply {
+    fn reload(
+        &mut self,
+        cfg: EngineConfig,
+        routes: Vec<IpNet>,
+        ifaces: &[Option<IfaceSpec>],
+        now: Instant,
+    ) -> Reply {
         let failback: Vec<Option<Duration>> = cfg.connections.iter().map(|c| c.failback).collect();
         let new_mtu = cfg.mtu;
         if new_mtu > self.slot_mtu {
@@ -1122,6 +1157,16 @@ impl DataPlane {
                 return Reply::error(ErrorKind::User, format!("reload refused: {e}"));
             }
         };
+        let iface_plan = match self.ifaces.plan(ifaces, self.mtu, self.offload) {
+            Ok(p) => p,
+            Err((name, e)) => {
+                tracing::error!(ifname = %name, error = %e, "reload refused: cannot create a tunnel interface");
+                return Reply::error(
+                    ErrorKind::User,
+                    format!("reload refused: cannot create interface {name}: {e}"),
+                );
+            }
+        };
         let summary = match self.engine.reconfigure(cfg, now) {
             Ok(s) => s,
             Err(e) => return Reply::error(ErrorKind::User, e.to_string()),
@@ -1132,12 +1177,17 @@ impl DataPlane {
                 Ok(()) => {
                     tracing::info!(from = self.mtu, to = new_mtu, "TUN MTU changed");
                     self.mtu = new_mtu;
+                    self.ifaces.set_mtu(new_mtu);
                 }
                 Err(e) => tracing::error!(error = %e, "reload: cannot set the TUN MTU"),
             }
         }
         if let Err(e) = self.install_sockets(plan, &wanted) {
             tracing::error!(error = %e, "reload: socket setup failed");
+            return Reply::error(ErrorKind::Internal, e.to_string());
+        }
+        if let Err(e) = self.ifaces.install(iface_plan, &self.epoll) {
+            tracing::error!(error = %e, "reload: tunnel interface setup failed");
             return Reply::error(ErrorKind::Internal, e.to_string());
         }
         // The tunnel set may have changed: systemd's STATUS= line says so at the next turn.
@@ -1222,12 +1272,94 @@ impl DataPlane {
     }
 }
 
+/// One packet per read from `dev` into `batch`'s slots. Returns (slots filled, whether the TUN
+/// may have more).
+fn read_plain(dev: &tun_rs::SyncDevice, batch: &mut Batch) -> (usize, bool) {
+    let head = tandem_engine::HEADROOM;
+    let tail = tandem_engine::TAILROOM;
+    let mut filled = 0;
+    while filled < BATCH {
+        let slot = &mut batch.slots[filled];
+        let end = slot.buf.len() - tail;
+        match dev.recv(&mut slot.buf[head..end]) {
+            Ok(0) => break,
+            Ok(len) => {
+                slot.start = head;
+                slot.len = len;
+                filled += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (filled, false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "TUN read failed");
+                return (filled, false);
+            }
+        }
+    }
+    (filled, true)
+}
+
+/// With offloads: each read from `dev` is one (super-)packet, split into MTU-size segments
+/// straight into `batch`'s slots (checksums completed), through `tun_super` and `sizes`. Reads
+/// stop while fewer than [`SEGMENT_RESERVE`] slots are free, so a split always finds room.
+fn read_offload(
+    dev: &tun_rs::SyncDevice,
+    batch: &mut Batch,
+    tun_super: &mut [u8],
+    sizes: &mut [usize],
+) -> (usize, bool) {
+    let head = tandem_engine::HEADROOM;
+    let mut filled = 0;
+    let mut reads = 0;
+    while BATCH - filled >= SEGMENT_RESERVE && reads < BATCH {
+        reads += 1;
+        let slots = &mut batch.slots[filled..];
+        match dev.recv_multiple(tun_super, slots, &mut sizes[filled..], head) {
+            Ok(n) => {
+                let fresh = batch.slots[filled..filled + n].iter_mut();
+                for (slot, &len) in fresh.zip(&sizes[filled..filled + n]) {
+                    slot.start = head;
+                    slot.len = len;
+                }
+                filled += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (filled, false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error().is_some() => {
+                tracing::warn!(error = %e, "TUN read failed");
+                return (filled, false);
+            }
+            // A malformed super-packet (bad header, no room to split): that packet is lost.
+            Err(e) => tracing::debug!(error = %e, "TUN super-packet dropped"),
+        }
+    }
+    (filled, true)
+}
+
+/// Writes one inner packet (`slot`) with `write`: with IFF_VNET_HDR every write starts with a
+/// virtio-net header, an all-zero one (no GSO, checksums complete) written into the bytes just
+/// before the packet.
+fn write_inner(slot: &mut super::batch::Slot, vnet: bool, write: &mut impl FnMut(&[u8])) {
+    let start = if vnet {
+        slot.start.checked_sub(VIRTIO_NET_HDR_LEN)
+    } else {
+        Some(slot.start)
+    };
+    if let Some(start) = start {
+        if vnet {
+            slot.buf[start..slot.start].fill(0);
+        }
+        write(&slot.buf[start..slot.start + slot.len]);
+    }
+}
+
 /// Write every slot tagged `Socket` to its socket (one `sendmmsg` per socket, in slot order, so
 /// per-tunnel order is kept) and every slot tagged `Tun` to the TUN (in order).
 fn flush_batch(
     tun: &tun_rs::SyncDevice,
     vnet: bool,
     mut gro: Option<&mut TunGro>,
+    mut ifaces: Option<&mut Ifaces>,
     sockets: &mut [Option<TunnelSocket>],
     tunnel_socket: &[u16],
     batch: &mut Batch,
@@ -1270,18 +1402,23 @@ fn flush_batch(
                         continue;
                     }
                 }
-                // With IFF_VNET_HDR every write starts with a virtio-net header: an all-zero one
-                // (no GSO, checksums complete) written into the bytes just before the packet.
-                let start = if vnet {
-                    slot.start.checked_sub(VIRTIO_NET_HDR_LEN)
-                } else {
-                    Some(slot.start)
-                };
-                if let Some(start) = start {
-                    if vnet {
-                        slot.buf[start..slot.start].fill(0);
+                write_inner(slot, vnet, &mut write);
+            }
+            SlotDest::Iface(t) => {
+                let slot = &mut batch.slots[i];
+                slot.dest = SlotDest::None;
+                if let Some(f) = ifaces.as_deref_mut().and_then(|x| x.get_mut(t)) {
+                    let dev = &f.dev;
+                    let mut write = |b: &[u8]| {
+                        if let Err(e) = dev.send(b) {
+                            tracing::trace!(error = %e, "TUN write failed");
+                        }
+                    };
+                    // Each interface coalesces its own flows (flushed below).
+                    let pkt = &slot.buf[slot.start..slot.start + slot.len];
+                    if !(f.vnet && f.gro.push(pkt, &mut write)) {
+                        write_inner(slot, f.vnet, &mut write);
                     }
-                    write(&slot.buf[start..slot.start + slot.len]);
                 }
             }
             SlotDest::None => {}
@@ -1290,6 +1427,9 @@ fn flush_batch(
     }
     if let Some(g) = gro {
         g.flush(&mut write);
+    }
+    if let Some(x) = ifaces {
+        x.flush_gro();
     }
     batch.filled = 0;
 }

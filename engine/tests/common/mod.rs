@@ -478,7 +478,7 @@ impl Sim {
             0..p.bytes.len(),
             now,
         );
-        if let NetAction::Deliver { packet } = r {
+        if let NetAction::Deliver { packet, .. } = r {
             let pkt = &buf[packet];
             assert!(pkt.len() >= 44);
             let flow = u32::from_be_bytes(pkt[28..32].try_into().unwrap());
