@@ -39,6 +39,7 @@ use crate::keys::{
     AUTH_METHOD_PSK, DhGroup, IkeKeys, KeyShare, Psk, auth_eq, derive_child_keys, derive_ike_keys,
     psk_auth,
 };
+use crate::nat::{self, NatT};
 use crate::proposal::{
     self, EspProposal, IkeProposal, IkeSelectError, match_esp_response, match_ike_response,
     select_esp_ike_auth, select_ike,
@@ -91,6 +92,9 @@ pub struct Config {
     pub local_ts: Vec<TrafficSelector>,
     /// The peer's side's traffic.
     pub remote_ts: Vec<TrafficSelector>,
+    /// NAT traversal (RFC 7296 §2.23): NAT-D notifies in IKE_SA_INIT, and whether to force
+    /// UDP encapsulation. `None`: no NAT-D is sent and IKE stays on port 500.
+    pub nat_t: Option<NatT>,
 }
 
 /// Which end of the IKE SA we are (the original initiator keeps its role through rekeys).
@@ -272,6 +276,9 @@ pub struct IkeSa {
     pending: Option<Pending>,
     cached: Option<CachedResponse>,
     expires: Option<Instant>,
+    /// Whether NAT-D showed a NAT (or we or the peer forced one): IKE moves to the NAT-T port
+    /// after IKE_SA_INIT and ESP goes in UDP.
+    encapsulate: bool,
     /// Counter for the explicit IV of our SK payloads: unique per key (RFC 5282 §3.1).
     next_iv: u64,
     transmit: VecDeque<Vec<u8>>,
@@ -343,6 +350,37 @@ fn first_error(payloads: &[Payload]) -> Option<NotifyType> {
     })
 }
 
+/// The peer's NAT_DETECTION_SOURCE_IP hashes (there may be several) and its
+/// NAT_DETECTION_DESTINATION_IP hash.
+fn nat_d_of(payloads: &[Payload]) -> (Vec<&[u8]>, Option<&[u8]>) {
+    let sources = payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Notify(n) if n.ty == NotifyType::NAT_DETECTION_SOURCE_IP => {
+                Some(n.data.as_slice())
+            }
+            _ => None,
+        })
+        .collect();
+    let destination =
+        find_notify(payloads, NotifyType::NAT_DETECTION_DESTINATION_IP).map(|n| n.data.as_slice());
+    (sources, destination)
+}
+
+/// Our NAT-D notifies for the given SPIs (RFC 7296 §2.23).
+fn nat_d_payloads(nat: &NatT, spi_i: u64, spi_r: u64) -> [Payload; 2] {
+    [
+        Payload::Notify(Notify::new(
+            NotifyType::NAT_DETECTION_SOURCE_IP,
+            nat::source_hash(nat, spi_i, spi_r).to_vec(),
+        )),
+        Payload::Notify(Notify::new(
+            NotifyType::NAT_DETECTION_DESTINATION_IP,
+            nat::nat_hash(spi_i, spi_r, nat.remote).to_vec(),
+        )),
+    ]
+}
+
 fn nonce_ok(n: &[u8]) -> bool {
     (MIN_PEER_NONCE..=MAX_PEER_NONCE).contains(&n.len())
 }
@@ -386,6 +424,7 @@ impl IkeSa {
             pending: None,
             cached: None,
             expires: None,
+            encapsulate: false,
             next_iv: 0,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -417,6 +456,12 @@ impl IkeSa {
             State::Established(_) => "established",
             State::Failed => "failed",
         }
+    }
+
+    /// Whether IKE messages after IKE_SA_INIT go to the NAT-T port (with the non-ESP marker)
+    /// and ESP is carried in UDP: NAT-D showed a NAT, or one end forced it (RFC 7296 §2.23).
+    pub fn udp_encapsulation(&self) -> bool {
+        self.encapsulate
     }
 
     /// Whether IKE_AUTH completed.
@@ -542,6 +587,9 @@ impl IkeSa {
             data: init.ke.public().to_vec(),
         });
         payloads.push(Payload::Nonce(init.ni.clone()));
+        if let Some(nat) = &self.config.nat_t {
+            payloads.extend(nat_d_payloads(nat, self.spi_i, 0));
+        }
         let msg = Message {
             header: self.header(ExchangeType::IkeSaInit, 0, false),
             payloads,
@@ -682,6 +730,11 @@ impl IkeSa {
             return Ok(());
         };
         self.spi_r = msg.header.spi_r;
+        if let Some(nat) = &self.config.nat_t {
+            let (sources, destination) = nat_d_of(payloads);
+            self.encapsulate =
+                nat::detect(nat, self.spi_i, self.spi_r, &sources, destination).unwrap_or(false);
+        }
         let keys = derive_ike_keys(
             chosen.prf,
             &init.ni,
@@ -950,16 +1003,25 @@ impl IkeSa {
         };
         self.spi_r = random_ike_spi(rng);
         let nr = random_nonce(rng);
+        let mut out = vec![
+            Payload::Sa(vec![proposal.to_wire(number)]),
+            Payload::Ke {
+                group: proposal.group.id(),
+                data: share.public().to_vec(),
+            },
+            Payload::Nonce(nr.clone()),
+        ];
+        if let Some(nat) = &self.config.nat_t {
+            // The request's hashes were made with SPIr = 0; ours carry both SPIs.
+            let (sources, destination) = nat_d_of(payloads);
+            if let Some(found) = nat::detect(nat, self.spi_i, 0, &sources, destination) {
+                self.encapsulate = found;
+                out.extend(nat_d_payloads(nat, self.spi_i, self.spi_r));
+            }
+        }
         let response = Message {
             header: self.header(ExchangeType::IkeSaInit, 0, true),
-            payloads: vec![
-                Payload::Sa(vec![proposal.to_wire(number)]),
-                Payload::Ke {
-                    group: proposal.group.id(),
-                    data: share.public().to_vec(),
-                },
-                Payload::Nonce(nr.clone()),
-            ],
+            payloads: out,
         }
         .to_bytes();
         let keys = derive_ike_keys(

@@ -41,6 +41,7 @@ fn config_a(psk: &str) -> Config {
         esp_proposals: DEFAULT_ESP_PROPOSALS.to_vec(),
         local_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 10, 0, 0), 16)],
         remote_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 20, 0, 0), 16)],
+        nat_t: None,
     }
 }
 
@@ -53,6 +54,7 @@ fn config_b(psk: &str) -> Config {
         esp_proposals: DEFAULT_ESP_PROPOSALS.to_vec(),
         local_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 20, 0, 0), 16)],
         remote_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 10, 0, 0), 16)],
+        nat_t: None,
     }
 }
 
@@ -570,4 +572,62 @@ fn tampered_or_misaddressed_messages_are_dropped_and_the_exchange_goes_on() {
     b.handle_datagram(t0, &auth, &mut rng).unwrap();
     pump(&mut a, &mut b, t0, &mut rng);
     assert_pair(&established(events(&mut a)), &established(events(&mut b)));
+}
+
+fn nat_t(local: &str, remote: &str, force: bool) -> Option<tandem_ike::NatT> {
+    Some(tandem_ike::NatT {
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        force,
+    })
+}
+
+/// Runs IKE_SA_INIT + IKE_AUTH with the given NAT-T settings; returns whether each side
+/// encapsulates.
+fn encapsulation(a_nat: Option<tandem_ike::NatT>, b_nat: Option<tandem_ike::NatT>) -> (bool, bool) {
+    let t0 = Instant::now();
+    let mut rng = rng(77);
+    let mut ca = a_towards_b("correct horse");
+    ca.nat_t = a_nat;
+    let mut cb = config_b("correct horse");
+    cb.nat_t = b_nat;
+    let mut a = IkeSa::initiate(ca, t0, &mut rng);
+    let mut b = IkeSa::respond(cb);
+    pump(&mut a, &mut b, t0 + ms(1), &mut rng);
+    assert!(a.is_established() && b.is_established());
+    (a.udp_encapsulation(), b.udp_encapsulation())
+}
+
+#[test]
+fn nat_detection_finds_no_nat_on_a_clean_path_and_a_nat_when_an_address_is_rewritten() {
+    let (a, b) = (GW_A.to_string(), GW_B.to_string());
+    let a500 = format!("{a}:500");
+    let b500 = format!("{b}:500");
+    // Both see the same addresses: no NAT, IKE stays on 500.
+    assert_eq!(
+        encapsulation(nat_t(&a500, &b500, false), nat_t(&b500, &a500, false)),
+        (false, false)
+    );
+    // A NAT rewrote A's source port: B sees another port than A hashed.
+    assert_eq!(
+        encapsulation(
+            nat_t(&a500, &b500, false),
+            nat_t(&b500, &format!("{a}:61000"), false)
+        ),
+        (true, true)
+    );
+    // Forced by either side (like strongSwan's encap = yes).
+    assert_eq!(
+        encapsulation(nat_t(&a500, &b500, true), nat_t(&b500, &a500, false)),
+        (true, true)
+    );
+    assert_eq!(
+        encapsulation(nat_t(&a500, &b500, false), nat_t(&b500, &a500, true)),
+        (true, true)
+    );
+    // A peer without NAT-T support: nothing to detect, no encapsulation.
+    assert_eq!(
+        encapsulation(nat_t(&a500, &b500, true), None),
+        (false, false)
+    );
 }
