@@ -631,3 +631,244 @@ fn nat_detection_finds_no_nat_on_a_clean_path_and_a_nat_when_an_address_is_rewri
         (false, false)
     );
 }
+
+/// An established pair (A initiated) with their Established events drained.
+fn established_pair(seed: u64) -> (IkeSa, IkeSa, Instant, ChaCha20Rng) {
+    let t0 = Instant::now();
+    let mut rng = rng(seed);
+    let mut a = IkeSa::initiate(a_towards_b("correct horse"), t0, &mut rng);
+    let mut b = IkeSa::respond(config_b("correct horse"));
+    pump(&mut a, &mut b, t0, &mut rng);
+    let ea = established(events(&mut a));
+    let eb = established(events(&mut b));
+    assert_pair(&ea, &eb);
+    (a, b, t0, rng)
+}
+
+/// Both ends hold the same Child SAs, mirrored.
+fn assert_children_mirror(a: &IkeSa, b: &IkeSa) {
+    assert_eq!(a.children().len(), b.children().len());
+    for ca in a.children() {
+        let cb = b
+            .children()
+            .iter()
+            .find(|c| c.inbound_spi == ca.outbound_spi)
+            .unwrap_or_else(|| panic!("B has no Child SA for {:08x}", ca.outbound_spi));
+        assert_eq!(cb.outbound_spi, ca.inbound_spi);
+        assert_eq!(
+            (ca.outbound.key, ca.outbound.salt),
+            (cb.inbound.key, cb.inbound.salt)
+        );
+        assert_eq!(
+            (ca.inbound.key, ca.inbound.salt),
+            (cb.outbound.key, cb.outbound.salt)
+        );
+        esp_round_trip(ca, cb);
+        esp_round_trip(cb, ca);
+    }
+}
+
+#[test]
+fn an_empty_informational_is_answered_both_ways_as_liveness() {
+    let (mut a, mut b, t0, mut rng) = established_pair(20);
+    a.send_liveness(t0 + ms(10));
+    assert_eq!(pump(&mut a, &mut b, t0 + ms(10), &mut rng), 2);
+    assert!(matches!(events(&mut a).as_slice(), [Event::Alive]));
+    assert!(events(&mut b).is_empty());
+    b.send_liveness(t0 + ms(20));
+    assert_eq!(pump(&mut a, &mut b, t0 + ms(20), &mut rng), 2);
+    assert!(matches!(events(&mut b).as_slice(), [Event::Alive]));
+    // A lost answer: the request is retransmitted and answered from the cache.
+    a.send_liveness(t0 + ms(30));
+    let req = drain(&mut a);
+    b.handle_datagram(t0 + ms(30), &req[0], &mut rng).unwrap();
+    let _lost = drain(&mut b);
+    a.handle_timeout(t0 + ms(30) + RETRANSMIT_INITIAL);
+    assert_eq!(pump(&mut a, &mut b, t0 + ms(1100), &mut rng), 2);
+    assert!(matches!(events(&mut a).as_slice(), [Event::Alive]));
+    assert!(events(&mut b).is_empty(), "processed once");
+}
+
+fn child_rekey_by(initiator_rekeys: bool, seed: u64) {
+    let (mut a, mut b, t0, mut rng) = established_pair(seed);
+    let (x, y) = if initiator_rekeys {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let old = x.children()[0].clone();
+    assert!(x.rekey_child(t0 + ms(5), old.inbound_spi, &mut rng));
+    // CREATE_CHILD_SA, then the Delete of the old Child SA: four messages.
+    assert_eq!(pump(x, y, t0 + ms(5), &mut rng), 4);
+    for (side, evs) in [("rekeying", events(x)), ("other", events(y))] {
+        let [
+            Event::ChildRekeyed {
+                old_inbound_spi,
+                new,
+            },
+            Event::ChildDeleted { inbound_spi },
+        ] = evs.as_slice()
+        else {
+            panic!("{side}: {evs:?}");
+        };
+        assert_eq!(
+            old_inbound_spi, inbound_spi,
+            "{side}: the old one is deleted"
+        );
+        assert_ne!(new.inbound_spi, *inbound_spi);
+        assert_eq!(new.proposal.pfs, Some(DhGroup::Ecp384), "{side}: PFS group");
+    }
+    assert_eq!(x.children().len(), 1);
+    assert_ne!(x.children()[0].outbound.key, old.outbound.key, "new keys");
+    assert_ne!(x.children()[0].inbound_spi, old.inbound_spi);
+    assert_children_mirror(x, y);
+}
+
+#[test]
+fn the_initiator_rekeys_the_child_sa_with_pfs_and_deletes_the_old_one() {
+    child_rekey_by(true, 21);
+}
+
+#[test]
+fn the_responder_rekeys_the_child_sa_with_pfs_and_deletes_the_old_one() {
+    child_rekey_by(false, 22);
+}
+
+#[test]
+fn simultaneous_child_rekeys_keep_one_new_child_sa_on_both_ends() {
+    for seed in 30..40 {
+        let (mut a, mut b, t0, mut rng) = established_pair(seed);
+        let old_a = a.children()[0].inbound_spi;
+        let old_b = b.children()[0].inbound_spi;
+        assert!(a.rekey_child(t0 + ms(5), old_a, &mut rng));
+        assert!(b.rekey_child(t0 + ms(5), old_b, &mut rng));
+        pump(&mut a, &mut b, t0 + ms(5), &mut rng);
+        // Each end saw two new Child SAs and then two deletes: the old one and the redundant
+        // one (RFC 7296 §2.8.1).
+        for (side, sa) in [("A", &mut a), ("B", &mut b)] {
+            let evs = events(sa);
+            let rekeyed = evs
+                .iter()
+                .filter(|e| matches!(e, Event::ChildRekeyed { .. }))
+                .count();
+            let deleted = evs
+                .iter()
+                .filter(|e| matches!(e, Event::ChildDeleted { .. }))
+                .count();
+            assert_eq!((rekeyed, deleted), (2, 2), "{side} seed {seed}: {evs:?}");
+        }
+        assert_eq!(a.children().len(), 1, "seed {seed}");
+        assert_ne!(a.children()[0].inbound_spi, old_a);
+        assert_children_mirror(&a, &b);
+    }
+}
+
+fn ike_rekey_by(initiator_rekeys: bool, seed: u64) {
+    let (mut a, mut b, t0, mut rng) = established_pair(seed);
+    let (x, y) = if initiator_rekeys {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let (old_i, old_r) = (x.spi_i(), x.spi_r());
+    let child = x.children()[0].clone();
+    x.rekey_ike(t0 + ms(5), &mut rng);
+    // CREATE_CHILD_SA, then the Delete of the old IKE SA on its old SPIs.
+    assert_eq!(pump(x, y, t0 + ms(5), &mut rng), 4);
+    let (ex, ey) = (events(x), events(y));
+    let (
+        [
+            Event::IkeRekeyed {
+                spi_i, spi_r, keys, ..
+            },
+        ],
+        [
+            Event::IkeRekeyed {
+                spi_i: yi,
+                spi_r: yr,
+                keys: ykeys,
+                ..
+            },
+        ],
+    ) = (ex.as_slice(), ey.as_slice())
+    else {
+        panic!("{ex:?} / {ey:?}");
+    };
+    assert_eq!((spi_i, spi_r), (yi, yr));
+    assert_ne!((*spi_i, *spi_r), (old_i, old_r));
+    assert_eq!(keys.sk_ei.key, ykeys.sk_ei.key);
+    assert_eq!(keys.sk_er.key, ykeys.sk_er.key);
+    // The rekey's initiator is the new SA's initiator (RFC 7296 §2.18).
+    assert_eq!(x.role(), Role::Initiator);
+    assert_eq!(y.role(), Role::Responder);
+    assert_eq!((x.spi_i(), x.spi_r()), (*spi_i, *spi_r));
+    // The Child SA carries over; the new SA works for liveness and Child SA rekeys.
+    assert_eq!(x.children()[0].inbound_spi, child.inbound_spi);
+    y.send_liveness(t0 + ms(10));
+    assert_eq!(pump(x, y, t0 + ms(10), &mut rng), 2);
+    assert!(matches!(events(y).as_slice(), [Event::Alive]));
+    let spi = y.children()[0].inbound_spi;
+    assert!(y.rekey_child(t0 + ms(20), spi, &mut rng));
+    assert_eq!(pump(x, y, t0 + ms(20), &mut rng), 4);
+    assert_children_mirror(x, y);
+}
+
+#[test]
+fn the_initiator_rekeys_the_ike_sa_and_the_child_sa_carries_over() {
+    ike_rekey_by(true, 40);
+}
+
+#[test]
+fn the_responder_rekeys_the_ike_sa_and_becomes_the_new_initiator() {
+    ike_rekey_by(false, 41);
+}
+
+#[test]
+fn a_deleted_ike_sa_is_closed_on_both_ends() {
+    let (mut a, mut b, t0, mut rng) = established_pair(50);
+    b.close(t0 + ms(5));
+    assert_eq!(pump(&mut a, &mut b, t0 + ms(5), &mut rng), 2);
+    assert!(matches!(events(&mut a).as_slice(), [Event::Closed]));
+    assert!(matches!(events(&mut b).as_slice(), [Event::Closed]));
+    assert_eq!((a.state_name(), b.state_name()), ("closed", "closed"));
+    assert_eq!(a.poll_timeout(), None);
+}
+
+#[test]
+fn an_initiator_that_refuses_the_responders_auth_tells_it_with_authentication_failed() {
+    let t0 = Instant::now();
+    let mut rng = rng(60);
+    let mut a = IkeSa::initiate(a_towards_b("pw"), t0, &mut rng);
+    let mut b = IkeSa::respond(config_b("pw"));
+    let init = drain(&mut a);
+    b.handle_datagram(t0, &init[0], &mut rng).unwrap();
+    a.handle_datagram(t0, &drain(&mut b)[0], &mut rng).unwrap();
+    b.handle_datagram(t0, &drain(&mut a)[0], &mut rng).unwrap();
+    let eb = established(events(&mut b));
+    // Forge the responder's AUTH inside its (genuine) IKE_AUTH response.
+    let response = drain(&mut b).remove(0);
+    let msg = Message::parse(&response).unwrap();
+    let mut inner = wire::open_sk(&response, &msg, &eb.keys.sk_er).unwrap();
+    for p in &mut inner {
+        if let Payload::Auth { data, .. } = p {
+            data[0] ^= 1;
+        }
+    }
+    let forged = wire::seal_message(&msg.header, &inner, &eb.keys.sk_er, 1000);
+    a.handle_datagram(t0, &forged, &mut rng).unwrap();
+    assert!(matches!(
+        failed(events(&mut a)),
+        Failure::AuthenticationFailed { .. }
+    ));
+    // The INFORMATIONAL with AUTHENTICATION_FAILED (RFC 7296 §2.21.2) ends B's SA.
+    let notice = drain(&mut a);
+    assert_eq!(notice.len(), 1);
+    let h = Message::parse(&notice[0]).unwrap().header;
+    assert_eq!((h.exchange, h.message_id), (ExchangeType::Informational, 2));
+    b.handle_datagram(t0, &notice[0], &mut rng).unwrap();
+    assert_eq!(
+        failed(events(&mut b)),
+        Failure::PeerNotify(NotifyType::AUTHENTICATION_FAILED)
+    );
+    assert!(!b.is_established());
+}
