@@ -22,8 +22,8 @@ use tandem_crypto::rand_core::SeedableRng;
 use tandem_ike::nat::{IKE_PORT, NAT_T_PORT, NON_ESP_MARKER};
 use tandem_ike::ts::ipv4_prefix;
 use tandem_ike::{
-    Config, DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, EspProposal, Established, Event, Failure,
-    FirstChild, Identity, IkeProposal, IkeSa, NatT, NotifyType, Psk, Role,
+    ChildSa, Config, DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, EspProposal, Established, Event,
+    Failure, FirstChild, Identity, IkeProposal, IkeSa, NatT, NotifyType, Psk, Role,
 };
 use tandem_netns_tests::charon::{AwsLikeConn, Charon};
 use tandem_netns_tests::topo::{Family, Isp, Lab, cgw_wan, vpcgw_wan};
@@ -167,40 +167,83 @@ impl Driver {
         None
     }
 
+    /// One turn: send what `sa` queued, collect its events, act on its timer, take at most one
+    /// datagram (waiting up to the sockets' 2 ms read timeout).
+    fn step(&mut self, sa: &mut IkeSa, events: &mut Vec<Event>) {
+        while let Some(d) = sa.poll_transmit() {
+            self.send(sa, &d);
+        }
+        while let Some(e) = sa.poll_event() {
+            events.push(e);
+        }
+        // The error notify a failure may have queued goes out too.
+        while let Some(d) = sa.poll_transmit() {
+            self.send(sa, &d);
+        }
+        if sa.poll_timeout().is_some_and(|t| t <= Instant::now()) {
+            sa.handle_timeout(Instant::now());
+        }
+        if let Some(d) = self.recv()
+            && let Err(e) = sa.handle_datagram(Instant::now(), &d, &mut self.rng)
+        {
+            eprintln!("dropped: {e}");
+        }
+    }
+
     /// Drives `sa` (or, with `None`, the responder made for the first datagram) until it is
     /// established or fails.
-    fn run(&mut self, mut sa: Option<IkeSa>, responder: Config, start: Instant) -> Outcome {
+    fn run(
+        &mut self,
+        sa: Option<IkeSa>,
+        responder: Config,
+        start: Instant,
+    ) -> (Outcome, Option<IkeSa>) {
         let deadline = start + HANDSHAKE_TIMEOUT;
-        let mut responder = Some(responder);
+        let mut sa = match sa {
+            Some(sa) => sa,
+            None => loop {
+                if Instant::now() >= deadline {
+                    return (Outcome::Timeout, None);
+                }
+                if let Some(d) = self.recv() {
+                    let mut sa = IkeSa::respond(responder);
+                    if let Err(e) = sa.handle_datagram(Instant::now(), &d, &mut self.rng) {
+                        eprintln!("dropped: {e}");
+                    }
+                    break sa;
+                }
+            },
+        };
+        let mut events = Vec::new();
         while Instant::now() < deadline {
-            if let Some(s) = sa.as_mut() {
-                while let Some(d) = s.poll_transmit() {
-                    self.send(s, &d);
-                }
-                if let Some(e) = s.poll_event() {
-                    return match e {
-                        Event::Established(est) => Outcome::Established(est, start.elapsed()),
-                        Event::Failed(f) => {
-                            // Let the error notify we may have queued go out.
-                            while let Some(d) = s.poll_transmit() {
-                                self.send(s, &d);
-                            }
-                            Outcome::Failed(f)
-                        }
-                    };
-                }
-                if s.poll_timeout().is_some_and(|t| t <= Instant::now()) {
-                    s.handle_timeout(Instant::now());
-                }
-            }
-            if let Some(d) = self.recv() {
-                let s = sa.get_or_insert_with(|| IkeSa::respond(responder.take().unwrap()));
-                if let Err(e) = s.handle_datagram(Instant::now(), &d, &mut self.rng) {
-                    eprintln!("dropped: {e}");
+            self.step(&mut sa, &mut events);
+            for e in events.drain(..) {
+                match e {
+                    Event::Established(est) => {
+                        return (Outcome::Established(est, start.elapsed()), Some(sa));
+                    }
+                    Event::Failed(f) => return (Outcome::Failed(f), Some(sa)),
+                    other => eprintln!("event before IKE_AUTH completed: {other:?}"),
                 }
             }
         }
-        Outcome::Timeout
+        (Outcome::Timeout, Some(sa))
+    }
+
+    /// Keeps `sa` going until `done` holds for the events seen so far (or a timeout); returns
+    /// them.
+    fn serve_until(
+        &mut self,
+        sa: &mut IkeSa,
+        timeout: Duration,
+        mut done: impl FnMut(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut events = Vec::new();
+        while Instant::now() < deadline && !done(&events) {
+            self.step(sa, &mut events);
+        }
+        events
     }
 }
 
@@ -330,7 +373,7 @@ fn tandem_initiates_to_charon_for_every_proposal() {
             let mut rng = rng();
             let start = Instant::now();
             let sa = IkeSa::initiate(config.clone(), start, &mut rng);
-            let out = d.run(Some(sa), config, start);
+            let (out, _) = d.run(Some(sa), config, start);
             (out, d.sent, d.received)
         })
         .join()
@@ -361,7 +404,7 @@ fn charon_initiates_to_tandem_for_every_proposal() {
         let config = tandem_config(PSK, offer, DEFAULT_ESP_PROPOSALS.to_vec());
         let tandem = spawn_in_netns(&lab.cgw, move || {
             let mut d = Driver::bind();
-            d.run(None, config, Instant::now())
+            d.run(None, config, Instant::now()).0
         });
         // The driver's sockets are bound within a few ms; charon retransmits anyway.
         std::thread::sleep(Duration::from_millis(50));
@@ -404,7 +447,7 @@ fn a_wrong_psk_is_authentication_failed_on_both_sides_in_both_roles() {
         let mut rng = rng();
         let start = Instant::now();
         let sa = IkeSa::initiate(config.clone(), start, &mut rng);
-        d.run(Some(sa), config, start)
+        d.run(Some(sa), config, start).0
     })
     .join()
     .unwrap();
@@ -428,7 +471,7 @@ fn a_wrong_psk_is_authentication_failed_on_both_sides_in_both_roles() {
     let config = tandem_config("not-the-psk", offer, DEFAULT_ESP_PROPOSALS.to_vec());
     let tandem = spawn_in_netns(&lab.cgw, move || {
         let mut d = Driver::bind();
-        d.run(None, config, Instant::now())
+        d.run(None, config, Instant::now()).0
     });
     std::thread::sleep(Duration::from_millis(50));
     let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
@@ -451,4 +494,228 @@ fn a_wrong_psk_is_authentication_failed_on_both_sides_in_both_roles() {
     );
     let raw = charon.list_sas().unwrap();
     assert!(!raw.contains("ESTABLISHED"), "{raw}");
+}
+
+/// The keys charon logged for its `index`th Child SA equal `child`'s; `we_initiated` says who
+/// initiated the exchange that made it (KEYMAT is initiator-to-responder first, RFC 7296 §2.17).
+fn assert_logged_child_keys(charon: &Charon, child: &ChildSa, we_initiated: bool, index: usize) {
+    let logged = charon.child_keys();
+    let logged = logged
+        .get(index)
+        .unwrap_or_else(|| panic!("charon logged {} Child SAs", logged.len()));
+    let (i2r, r2i) = if we_initiated {
+        (&child.outbound, &child.inbound)
+    } else {
+        (&child.inbound, &child.outbound)
+    };
+    assert_eq!(logged.i2r, key_bytes(i2r), "initiator-to-responder key");
+    assert_eq!(logged.r2i, key_bytes(r2i), "responder-to-initiator key");
+}
+
+/// The `key=value` words of each Child SA block in a `--list-sas --raw` reply.
+fn child_blocks(raw: &str) -> Vec<&str> {
+    raw.match_indices("name=net ")
+        .map(|(i, _)| {
+            let rest = &raw[i..];
+            &rest[..rest.find('}').unwrap_or(rest.len())]
+        })
+        .collect()
+}
+
+/// charon lists an IKE SA with these SPIs, and exactly this Child SA installed (SPIs swapped).
+/// A rekeyed Child SA stays listed as DELETED for a while (charon keeps its inbound side for
+/// late packets), so only INSTALLED ones count.
+fn assert_charon_lists(charon: &Charon, spi_i: u64, spi_r: u64, child: &ChildSa) {
+    let deadline = Instant::now() + CHARON_SETTLE;
+    let want_ike = format!("initiator-spi={spi_i:016x} responder-spi={spi_r:016x}");
+    let want_child = (
+        format!("{:08x}", child.outbound_spi),
+        format!("{:08x}", child.inbound_spi),
+    );
+    loop {
+        let raw = charon.list_sas().unwrap();
+        let installed: Vec<(String, String)> = child_blocks(&raw)
+            .into_iter()
+            .filter(|b| raw_values(b, "state") == ["INSTALLED"])
+            .map(|b| {
+                (
+                    raw_values(b, "spi-in").concat(),
+                    raw_values(b, "spi-out").concat(),
+                )
+            })
+            .collect();
+        if raw.contains(&want_ike) && installed == [want_child.clone()] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "charon does not list IKE SA {spi_i:016x}/{spi_r:016x} with Child SA {:08x}/{:08x}: {raw}\n{}",
+            child.inbound_spi,
+            child.outbound_spi,
+            charon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Steps of the rekey test, from the driver thread to the test thread.
+#[derive(Debug)]
+enum Step {
+    Established(Box<Established>),
+    ChildRekeyed(Box<ChildSa>),
+    IkeRekeyed(u64, u64, Box<tandem_ike::IkeKeys>),
+}
+
+fn rekeyed_and_deleted(evs: &[Event]) -> bool {
+    evs.iter().any(|e| matches!(e, Event::ChildRekeyed { .. }))
+        && evs.iter().any(|e| matches!(e, Event::ChildDeleted { .. }))
+}
+
+fn new_child(evs: &[Event]) -> Box<ChildSa> {
+    evs.iter()
+        .find_map(|e| match e {
+            Event::ChildRekeyed { new, .. } => Some(new.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no ChildRekeyed: {evs:?}"))
+}
+
+fn ike_rekeyed(evs: &[Event]) -> Step {
+    evs.iter()
+        .find_map(|e| match e {
+            Event::IkeRekeyed {
+                spi_i, spi_r, keys, ..
+            } => Some(Step::IkeRekeyed(*spi_i, *spi_r, keys.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no IkeRekeyed: {evs:?}"))
+}
+
+#[test]
+fn child_and_ike_sa_rekeys_from_either_side_agree_with_charon() {
+    let Some((lab, charon)) = lab_with_charon() else {
+        return;
+    };
+    let aws = "aes256gcm16-prfsha256-ecp384";
+    charon
+        .load(&charon_conn(PSK, aws, "aes256gcm16-ecp384"))
+        .unwrap();
+    let config = tandem_config(
+        PSK,
+        vec![aws.parse().unwrap()],
+        DEFAULT_ESP_PROPOSALS.to_vec(),
+    );
+    let (steps, step_rx) = std::sync::mpsc::channel::<Step>();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let serve = Duration::from_secs(10);
+    let driver = spawn_in_netns(&lab.cgw, move || {
+        let mut d = Driver::bind();
+        let start = Instant::now();
+        let sa = IkeSa::initiate(config.clone(), start, &mut d.rng);
+        let (Outcome::Established(est, _), Some(mut sa)) = d.run(Some(sa), config, start) else {
+            panic!("no IKE SA");
+        };
+        steps.send(Step::Established(est)).unwrap();
+        // charon rekeys the Child SA, then the IKE SA.
+        let evs = d.serve_until(&mut sa, serve, rekeyed_and_deleted);
+        steps.send(Step::ChildRekeyed(new_child(&evs))).unwrap();
+        let evs = d.serve_until(&mut sa, serve, |e| {
+            e.iter().any(|e| matches!(e, Event::IkeRekeyed { .. }))
+        });
+        steps.send(ike_rekeyed(&evs)).unwrap();
+        // Now we do: the Child SA, then the IKE SA.
+        go_rx.recv().unwrap();
+        let spi = sa.children()[0].inbound_spi;
+        let t = Instant::now();
+        assert!(sa.rekey_child(t, spi, &mut d.rng));
+        let evs = d.serve_until(&mut sa, serve, rekeyed_and_deleted);
+        eprintln!(
+            "tandem's Child SA rekey + delete: {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        steps.send(Step::ChildRekeyed(new_child(&evs))).unwrap();
+        go_rx.recv().unwrap();
+        let t = Instant::now();
+        sa.rekey_ike(t, &mut d.rng);
+        let evs = d.serve_until(&mut sa, serve, |e| {
+            e.iter().any(|e| matches!(e, Event::IkeRekeyed { .. }))
+        });
+        eprintln!(
+            "tandem's IKE SA rekey: {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        steps.send(ike_rekeyed(&evs)).unwrap();
+        // Let charon's answer to the Delete of the old IKE SA arrive.
+        d.serve_until(&mut sa, Duration::from_millis(300), |_| false);
+        sa
+    });
+    let recv = || step_rx.recv_timeout(serve).unwrap();
+    let Step::Established(est) = recv() else {
+        panic!("expected Established");
+    };
+    let FirstChild::Created(first) = &est.child else {
+        panic!("{:?}", est.child);
+    };
+    assert_charon_lists(&charon, est.spi_i, est.spi_r, first);
+
+    // charon rekeys the Child SA (PFS, ecp384) and deletes the old one.
+    charon.swanctl(["--rekey", "--child", "net"]).unwrap();
+    let Step::ChildRekeyed(child) = recv() else {
+        panic!("expected ChildRekeyed");
+    };
+    assert_ne!(child.inbound_spi, first.inbound_spi);
+    assert_charon_lists(&charon, est.spi_i, est.spi_r, &child);
+    assert_logged_child_keys(&charon, &child, false, 1);
+
+    // charon rekeys the IKE SA: new SPIs, new keys, the Child SA carries over.
+    charon.swanctl(["--rekey", "--ike", "aws"]).unwrap();
+    let Step::IkeRekeyed(spi_i, spi_r, keys) = recv() else {
+        panic!("expected IkeRekeyed");
+    };
+    assert_ne!((spi_i, spi_r), (est.spi_i, est.spi_r));
+    assert_charon_lists(&charon, spi_i, spi_r, &child);
+    let (sk_ei, sk_er) = charon.ike_keys().last().cloned().unwrap();
+    assert_eq!(
+        sk_ei,
+        key_bytes(&keys.sk_ei),
+        "SK_ei after charon's IKE rekey"
+    );
+    assert_eq!(
+        sk_er,
+        key_bytes(&keys.sk_er),
+        "SK_er after charon's IKE rekey"
+    );
+
+    // tandem rekeys the Child SA, then the IKE SA.
+    go.send(()).unwrap();
+    let Step::ChildRekeyed(child2) = recv() else {
+        panic!("expected ChildRekeyed");
+    };
+    assert_charon_lists(&charon, spi_i, spi_r, &child2);
+    assert_logged_child_keys(&charon, &child2, true, 2);
+    go.send(()).unwrap();
+    let Step::IkeRekeyed(spi_i2, spi_r2, keys2) = recv() else {
+        panic!("expected IkeRekeyed");
+    };
+    assert_charon_lists(&charon, spi_i2, spi_r2, &child2);
+    let (sk_ei, sk_er) = charon.ike_keys().last().cloned().unwrap();
+    assert_eq!(
+        sk_ei,
+        key_bytes(&keys2.sk_ei),
+        "SK_ei after tandem's IKE rekey"
+    );
+    assert_eq!(
+        sk_er,
+        key_bytes(&keys2.sk_er),
+        "SK_er after tandem's IKE rekey"
+    );
+    let sa = driver.join().unwrap();
+    assert!(sa.is_established());
+    // The replaced IKE SAs are gone from charon: only the newest is listed.
+    let raw = charon.list_sas().unwrap();
+    assert_eq!(
+        raw_values(&raw, "initiator-spi"),
+        [format!("{spi_i2:016x}")],
+        "{raw}"
+    );
 }
