@@ -415,6 +415,33 @@ pub fn derive_ike_keys(
     spi_r: u64,
 ) -> IkeKeys {
     let seed_key = skeyseed(prf, ni, nr, g_ir);
+    keys_from_skeyseed(prf, &seed_key, ni, nr, spi_i, spi_r)
+}
+
+/// The keys of the IKE SA that replaces one in a CREATE_CHILD_SA rekey (RFC 7296 §2.18):
+/// `SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr)` with the old SA's PRF, then prf+ of the
+/// new PRF over `Ni | Nr | SPIi | SPIr` with the new SPIs, as for a fresh SA.
+pub fn derive_rekeyed_ike_keys(
+    old: &IkeKeys,
+    prf: Prf,
+    g_ir: &[u8],
+    ni: &[u8],
+    nr: &[u8],
+    spi_i: u64,
+    spi_r: u64,
+) -> IkeKeys {
+    let seed_key = old.prf.prf(old.sk_d.as_bytes(), &[g_ir, ni, nr]);
+    keys_from_skeyseed(prf, &seed_key, ni, nr, spi_i, spi_r)
+}
+
+fn keys_from_skeyseed(
+    prf: Prf,
+    seed_key: &[u8],
+    ni: &[u8],
+    nr: &[u8],
+    spi_i: u64,
+    spi_r: u64,
+) -> IkeKeys {
     let mut seed = Vec::with_capacity(ni.len() + nr.len() + 16);
     seed.extend_from_slice(ni);
     seed.extend_from_slice(nr);
@@ -425,7 +452,7 @@ pub fn derive_ike_keys(
     // 3 * 64 + 72 bytes is far below 255 blocks of any of our PRFs.
     #[allow(clippy::expect_used)]
     let km = prf
-        .prf_plus(&seed_key, &seed, len)
+        .prf_plus(seed_key, &seed, len)
         .expect("IKE SA keys fit in prf+");
     let e = p + AEAD_KEYMAT_LEN;
     IkeKeys {

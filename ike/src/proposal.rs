@@ -208,7 +208,28 @@ impl IkeProposal {
     }
 }
 
+impl IkeProposal {
+    /// The wire form for an IKE SA rekey in CREATE_CHILD_SA (RFC 7296 §1.3.2): with the new
+    /// SA's 8-byte SPI.
+    pub fn to_wire_rekey(&self, number: u8, spi: u64) -> Proposal {
+        let mut p = self.to_wire(number);
+        p.spi = spi.to_be_bytes().to_vec();
+        p
+    }
+}
+
 impl EspProposal {
+    /// The wire form for CREATE_CHILD_SA (RFC 7296 §1.3.1): like IKE_AUTH's, plus the PFS group
+    /// as a DH transform when there is one.
+    pub fn to_wire_create_child(&self, number: u8, spi: u32) -> Proposal {
+        let mut p = self.to_wire_ike_auth(number, spi);
+        if let Some(g) = self.pfs {
+            p.transforms
+                .insert(1, Transform::new(transform_type::DH, g.id()));
+        }
+        p
+    }
+
     /// The wire form for IKE_AUTH (no DH transform: RFC 7296 §1.2), numbered `number`, with our
     /// inbound SPI.
     pub fn to_wire_ike_auth(&self, number: u8, spi: u32) -> Proposal {
@@ -437,4 +458,141 @@ pub fn match_esp_response(chosen: &Proposal) -> Option<u32> {
     }
     let spi = u32::from_be_bytes(<[u8; 4]>::try_from(chosen.spi.as_slice()).ok()?);
     (spi >= 256).then_some(spi)
+}
+
+/// What a CREATE_CHILD_SA responder picked, or why it cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RekeySelect<T> {
+    /// The offer's number, the peer's SPI (4 bytes for ESP, 8 for IKE, as a u64) and ours.
+    Chosen(u8, u64, T),
+    /// An offer matches, but the KE payload is for another group: ask for this one.
+    InvalidKe(DhGroup),
+    /// Nothing matches.
+    NoProposalChosen,
+}
+
+fn peer_spi(p: &Proposal, len: usize) -> Option<u64> {
+    if p.spi.len() != len {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    b[8 - len..].copy_from_slice(&p.spi);
+    let v = u64::from_be_bytes(b);
+    // ESP SPIs 1..=255 are reserved (RFC 4303 §2.1); an IKE SPI is never zero.
+    (v >= 256 || (len == 8 && v != 0)).then_some(v)
+}
+
+/// Picks an ESP proposal for a CREATE_CHILD_SA (new or rekeyed Child SA) with a KE payload of
+/// `ke_group` (`None`: no KE, so only proposals without PFS match). A DH transform in the offer
+/// must be our PFS group; NONE or no DH transform matches a proposal without PFS.
+pub fn select_esp_create_child(
+    ours: &[EspProposal],
+    offered: &[Proposal],
+    ke_group: Option<u16>,
+) -> RekeySelect<EspProposal> {
+    let mut fallback = None;
+    for p in offered {
+        if p.protocol != ProtocolId::Esp
+            || !has_aes256gcm16(p)
+            || !integ_ok(p)
+            || !has(p, transform_type::ESN, ESN_NONE)
+            || !only_types(
+                p,
+                &[
+                    transform_type::ENCR,
+                    transform_type::INTEG,
+                    transform_type::DH,
+                    transform_type::ESN,
+                ],
+            )
+        {
+            continue;
+        }
+        let Some(spi) = peer_spi(p, 4) else { continue };
+        let no_dh = p
+            .transforms
+            .iter()
+            .all(|t| t.ty != transform_type::DH || t.id == 0);
+        for o in ours {
+            match o.pfs {
+                Some(g) if has(p, transform_type::DH, g.id()) => {
+                    if ke_group == Some(g.id()) {
+                        return RekeySelect::Chosen(p.number, spi, *o);
+                    }
+                    fallback.get_or_insert(g);
+                }
+                None if no_dh && ke_group.is_none() => {
+                    return RekeySelect::Chosen(p.number, spi, *o);
+                }
+                _ => {}
+            }
+        }
+    }
+    match fallback {
+        Some(g) => RekeySelect::InvalidKe(g),
+        None => RekeySelect::NoProposalChosen,
+    }
+}
+
+/// Picks an IKE proposal for an IKE SA rekey (CREATE_CHILD_SA with an IKE proposal carrying
+/// the new initiator SPI) with a KE payload of `ke_group`.
+pub fn select_ike_rekey(
+    ours: &[IkeProposal],
+    offered: &[Proposal],
+    ke_group: u16,
+) -> RekeySelect<IkeProposal> {
+    let mut without_spi: Vec<Proposal> = Vec::with_capacity(offered.len());
+    let mut spis = Vec::with_capacity(offered.len());
+    for p in offered {
+        if let Some(spi) = peer_spi(p, 8) {
+            let mut q = p.clone();
+            q.spi.clear();
+            spis.push((q.number, spi));
+            without_spi.push(q);
+        }
+    }
+    match select_ike(ours, &without_spi, ke_group) {
+        Ok((number, o)) => {
+            let spi = spis
+                .iter()
+                .find(|(n, _)| *n == number)
+                .map_or(0, |(_, s)| *s);
+            RekeySelect::Chosen(number, spi, o)
+        }
+        Err(IkeSelectError::InvalidKe(g)) => RekeySelect::InvalidKe(g),
+        Err(IkeSelectError::NoProposalChosen) => RekeySelect::NoProposalChosen,
+    }
+}
+
+/// Which of our ESP proposals a CREATE_CHILD_SA responder chose, and its SPI: the DH transform
+/// must be the group we sent KE for (or absent when we sent none).
+pub fn match_esp_create_child_response(
+    ours: &[EspProposal],
+    chosen: &Proposal,
+    ke_group: Option<DhGroup>,
+) -> Option<(u32, EspProposal)> {
+    if chosen.protocol != ProtocolId::Esp
+        || !has_aes256gcm16(chosen)
+        || !integ_ok(chosen)
+        || !has(chosen, transform_type::ESN, ESN_NONE)
+    {
+        return None;
+    }
+    let dh: Vec<u16> = chosen
+        .transforms
+        .iter()
+        .filter(|t| t.ty == transform_type::DH && t.id != 0)
+        .map(|t| t.id)
+        .collect();
+    let group = match dh.as_slice() {
+        [] => None,
+        [g] => Some(DhGroup::from_id(*g)?),
+        _ => return None,
+    };
+    if group != ke_group {
+        return None;
+    }
+    let spi = u32::try_from(peer_spi(chosen, 4)?).ok()?;
+    let o = ours.iter().find(|o| o.pfs == group)?;
+    Some((spi, *o))
 }

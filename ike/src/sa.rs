@@ -23,10 +23,15 @@
 //! on a doubling timer; a responder answers a retransmitted request (the same message ID and the
 //! same bytes) with its cached response and processes nothing twice.
 //!
+//! After IKE_AUTH, INFORMATIONAL (liveness, DELETE) and CREATE_CHILD_SA (Child SA and IKE SA
+//! rekeys) are in the `up` module.
+//!
 //! Unauthenticated input never destroys state: a datagram that fails to parse, has the wrong
 //! SPIs or message ID, or does not decrypt is dropped with a [`Dropped`] reason and the exchange
 //! goes on. Error notifies answering IKE_SA_INIT are the exception the RFC makes (they cannot be
 //! authenticated), and they end the attempt.
+
+mod up;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -39,6 +44,7 @@ use crate::keys::{
     AUTH_METHOD_PSK, DhGroup, IkeKeys, KeyShare, Psk, auth_eq, derive_child_keys, derive_ike_keys,
     psk_auth,
 };
+use crate::nat::{self, NatT};
 use crate::proposal::{
     self, EspProposal, IkeProposal, IkeSelectError, match_esp_response, match_ike_response,
     select_esp_ike_auth, select_ike,
@@ -48,6 +54,7 @@ use crate::wire::{
     ExchangeType, FLAG_INITIATOR, FLAG_RESPONSE, Header, Identity, Message, Notify, NotifyType,
     ParseError, Payload, TrafficSelector, find_notify, open_sk, seal_message,
 };
+use up::Up;
 
 /// Our nonce length: 32 bytes, at least half the key size of every PRF we negotiate
 /// (RFC 7296 §2.10).
@@ -91,6 +98,9 @@ pub struct Config {
     pub local_ts: Vec<TrafficSelector>,
     /// The peer's side's traffic.
     pub remote_ts: Vec<TrafficSelector>,
+    /// NAT traversal (RFC 7296 §2.23): NAT-D notifies in IKE_SA_INIT, and whether to force
+    /// UDP encapsulation. `None`: no NAT-D is sent and IKE stays on port 500.
+    pub nat_t: Option<NatT>,
 }
 
 /// Which end of the IKE SA we are (the original initiator keeps its role through rekeys).
@@ -176,8 +186,37 @@ pub enum Failure {
 pub enum Event {
     /// IKE_AUTH completed.
     Established(Box<Established>),
-    /// The attempt ended; the SA is spent.
+    /// The attempt ended, or the established SA failed (no answer after the retransmissions,
+    /// the peer refused our AUTH); the SA is spent.
     Failed(Failure),
+    /// The peer answered our liveness request (an authenticated, empty INFORMATIONAL).
+    Alive,
+    /// A Child SA was rekeyed: install `new`; the old one (`old_inbound_spi`) keeps receiving
+    /// until [`Event::ChildDeleted`].
+    ChildRekeyed {
+        /// The inbound SPI of the Child SA it replaces.
+        old_inbound_spi: u32,
+        /// The new Child SA.
+        new: Box<ChildSa>,
+    },
+    /// A Child SA is deleted (by either end): remove it.
+    ChildDeleted {
+        /// Its inbound SPI.
+        inbound_spi: u32,
+    },
+    /// The IKE SA was rekeyed (RFC 7296 §2.18): new SPIs and keys; the Child SAs carry over.
+    IkeRekeyed {
+        /// The new initiator SPI.
+        spi_i: u64,
+        /// The new responder SPI.
+        spi_r: u64,
+        /// The new SA's proposal.
+        proposal: IkeProposal,
+        /// The new SA's keys (for the key log).
+        keys: Box<IkeKeys>,
+    },
+    /// The IKE SA was deleted, by the peer or by [`IkeSa::close`]: every Child SA is gone.
+    Closed,
 }
 
 /// Why a datagram was dropped without effect. A `Copy` enum: it can double as a metric label.
@@ -245,20 +284,14 @@ struct AwaitAuth {
     init_response: Vec<u8>,
 }
 
-struct Up {
-    // Read by CREATE_CHILD_SA and INFORMATIONAL, which arrive in a later landing.
-    #[allow(dead_code)]
-    keys: IkeKeys,
-}
-
 enum State {
     InitSent(Box<InitSent>),
     AuthSent(Box<AuthSent>),
     AwaitInit,
     AwaitAuth(Box<AwaitAuth>),
-    // The keys are kept for CREATE_CHILD_SA and INFORMATIONAL, which arrive in a later landing.
-    #[allow(dead_code)]
     Established(Box<Up>),
+    /// Deleted by either end (an INFORMATIONAL with Delete(IKE)).
+    Closed,
     Failed,
 }
 
@@ -272,6 +305,9 @@ pub struct IkeSa {
     pending: Option<Pending>,
     cached: Option<CachedResponse>,
     expires: Option<Instant>,
+    /// Whether NAT-D showed a NAT (or we or the peer forced one): IKE moves to the NAT-T port
+    /// after IKE_SA_INIT and ESP goes in UDP.
+    encapsulate: bool,
     /// Counter for the explicit IV of our SK payloads: unique per key (RFC 5282 §3.1).
     next_iv: u64,
     transmit: VecDeque<Vec<u8>>,
@@ -343,6 +379,37 @@ fn first_error(payloads: &[Payload]) -> Option<NotifyType> {
     })
 }
 
+/// The peer's NAT_DETECTION_SOURCE_IP hashes (there may be several) and its
+/// NAT_DETECTION_DESTINATION_IP hash.
+fn nat_d_of(payloads: &[Payload]) -> (Vec<&[u8]>, Option<&[u8]>) {
+    let sources = payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Notify(n) if n.ty == NotifyType::NAT_DETECTION_SOURCE_IP => {
+                Some(n.data.as_slice())
+            }
+            _ => None,
+        })
+        .collect();
+    let destination =
+        find_notify(payloads, NotifyType::NAT_DETECTION_DESTINATION_IP).map(|n| n.data.as_slice());
+    (sources, destination)
+}
+
+/// Our NAT-D notifies for the given SPIs (RFC 7296 §2.23).
+fn nat_d_payloads(nat: &NatT, spi_i: u64, spi_r: u64) -> [Payload; 2] {
+    [
+        Payload::Notify(Notify::new(
+            NotifyType::NAT_DETECTION_SOURCE_IP,
+            nat::source_hash(nat, spi_i, spi_r).to_vec(),
+        )),
+        Payload::Notify(Notify::new(
+            NotifyType::NAT_DETECTION_DESTINATION_IP,
+            nat::nat_hash(spi_i, spi_r, nat.remote).to_vec(),
+        )),
+    ]
+}
+
 fn nonce_ok(n: &[u8]) -> bool {
     (MIN_PEER_NONCE..=MAX_PEER_NONCE).contains(&n.len())
 }
@@ -386,6 +453,7 @@ impl IkeSa {
             pending: None,
             cached: None,
             expires: None,
+            encapsulate: false,
             next_iv: 0,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -415,8 +483,15 @@ impl IkeSa {
             State::AwaitInit => "awaiting-ike-sa-init",
             State::AwaitAuth(_) => "awaiting-ike-auth",
             State::Established(_) => "established",
+            State::Closed => "closed",
             State::Failed => "failed",
         }
+    }
+
+    /// Whether IKE messages after IKE_SA_INIT go to the NAT-T port (with the non-ESP marker)
+    /// and ESP is carried in UDP: NAT-D showed a NAT, or one end forced it (RFC 7296 §2.23).
+    pub fn udp_encapsulation(&self) -> bool {
+        self.encapsulate
     }
 
     /// Whether IKE_AUTH completed.
@@ -523,6 +598,24 @@ impl IkeSa {
         });
     }
 
+    /// RFC 7296 §2.21.2: an initiator that does not accept the responder's AUTH says so in a
+    /// separate INFORMATIONAL request (message ID 2). Sent once: the SA is over either way, and
+    /// the responder's own checks expire its SA if this is lost.
+    fn send_auth_failed(&mut self, sk_ei: &SaKeys) {
+        let header = self.header(ExchangeType::Informational, 2, false);
+        let iv = self.take_iv();
+        let bytes = seal_message(
+            &header,
+            &[Payload::Notify(Notify::new(
+                NotifyType::AUTHENTICATION_FAILED,
+                Vec::new(),
+            ))],
+            sk_ei,
+            iv,
+        );
+        self.transmit.push_back(bytes);
+    }
+
     fn send_init(&mut self, mut init: InitSent, now: Instant) {
         let mut payloads = Vec::new();
         if let Some(c) = &init.cookie {
@@ -542,6 +635,9 @@ impl IkeSa {
             data: init.ke.public().to_vec(),
         });
         payloads.push(Payload::Nonce(init.ni.clone()));
+        if let Some(nat) = &self.config.nat_t {
+            payloads.extend(nat_d_payloads(nat, self.spi_i, 0));
+        }
         let msg = Message {
             header: self.header(ExchangeType::IkeSaInit, 0, false),
             payloads,
@@ -560,6 +656,9 @@ impl IkeSa {
     ) -> Result<(), Dropped> {
         let msg = Message::parse(datagram).map_err(Dropped::Malformed)?;
         let h = msg.header;
+        if self.is_old_sa(&h) {
+            return self.handle_old_sa(datagram, &msg);
+        }
         if h.is_response() {
             self.handle_response(now, datagram, msg, rng)
         } else {
@@ -594,6 +693,9 @@ impl IkeSa {
                     return Err(Dropped::WrongSpi);
                 }
                 self.on_auth_response(datagram, &msg, auth)
+            }
+            State::Established(up) if h.spi_r == self.spi_r => {
+                self.on_up_response(now, datagram, &msg, up, rng)
             }
             other => {
                 self.state = other;
@@ -682,6 +784,11 @@ impl IkeSa {
             return Ok(());
         };
         self.spi_r = msg.header.spi_r;
+        if let Some(nat) = &self.config.nat_t {
+            let (sources, destination) = nat_d_of(payloads);
+            self.encapsulate =
+                nat::detect(nat, self.spi_i, self.spi_r, &sources, destination).unwrap_or(false);
+        }
         let keys = derive_ike_keys(
             chosen.prf,
             &init.ni,
@@ -761,6 +868,7 @@ impl IkeSa {
         };
         if *idr != self.config.remote_id {
             warn!(got = %idr, want = %self.config.remote_id, "IKE_AUTH: peer identity is not the configured one");
+            self.send_auth_failed(&auth.keys.sk_ei);
             self.fail(Failure::AuthenticationFailed {
                 reason: "the responder's identity is not the configured remote_id",
             });
@@ -777,6 +885,8 @@ impl IkeSa {
         );
         if method != AUTH_METHOD_PSK || !auth_eq(&expected, data) {
             warn!("IKE_AUTH: the responder's AUTH does not verify (PSK mismatch?)");
+            let sk_ei = k.sk_ei.clone();
+            self.send_auth_failed(&sk_ei);
             self.fail(Failure::AuthenticationFailed {
                 reason: "the responder's AUTH does not verify with our PSK",
             });
@@ -832,6 +942,10 @@ impl IkeSa {
         };
         self.pending = None;
         let auth = *auth;
+        let children = match &child {
+            FirstChild::Created(c) => vec![c.clone()],
+            FirstChild::Refused(_) => Vec::new(),
+        };
         self.events
             .push_back(Event::Established(Box::new(Established {
                 role: self.role,
@@ -841,7 +955,8 @@ impl IkeSa {
                 keys: auth.keys.clone(),
                 child,
             })));
-        self.state = State::Established(Box::new(Up { keys: auth.keys }));
+        self.state = State::Established(Box::new(Up::new(auth.keys, auth.proposal, children)));
+        self.set_ids_after_auth();
         Ok(())
     }
 
@@ -880,6 +995,9 @@ impl IkeSa {
                     && h.spi_r == self.spi_r =>
             {
                 self.on_auth_request(datagram, &msg, a, rng)
+            }
+            State::Established(up) if h.spi_r == self.spi_r => {
+                self.on_up_request(now, datagram, &msg, up, rng)
             }
             other => {
                 self.state = other;
@@ -950,16 +1068,25 @@ impl IkeSa {
         };
         self.spi_r = random_ike_spi(rng);
         let nr = random_nonce(rng);
+        let mut out = vec![
+            Payload::Sa(vec![proposal.to_wire(number)]),
+            Payload::Ke {
+                group: proposal.group.id(),
+                data: share.public().to_vec(),
+            },
+            Payload::Nonce(nr.clone()),
+        ];
+        if let Some(nat) = &self.config.nat_t {
+            // The request's hashes were made with SPIr = 0; ours carry both SPIs.
+            let (sources, destination) = nat_d_of(payloads);
+            if let Some(found) = nat::detect(nat, self.spi_i, 0, &sources, destination) {
+                self.encapsulate = found;
+                out.extend(nat_d_payloads(nat, self.spi_i, self.spi_r));
+            }
+        }
         let response = Message {
             header: self.header(ExchangeType::IkeSaInit, 0, true),
-            payloads: vec![
-                Payload::Sa(vec![proposal.to_wire(number)]),
-                Payload::Ke {
-                    group: proposal.group.id(),
-                    data: share.public().to_vec(),
-                },
-                Payload::Nonce(nr.clone()),
-            ],
+            payloads: out,
         }
         .to_bytes();
         let keys = derive_ike_keys(
@@ -1114,6 +1241,10 @@ impl IkeSa {
         self.send_response(1, datagram, reply);
         self.expires = None;
         let a = *a;
+        let children = match &child {
+            FirstChild::Created(c) => vec![c.clone()],
+            FirstChild::Refused(_) => Vec::new(),
+        };
         self.events
             .push_back(Event::Established(Box::new(Established {
                 role: self.role,
@@ -1123,7 +1254,8 @@ impl IkeSa {
                 keys: a.keys.clone(),
                 child,
             })));
-        self.state = State::Established(Box::new(Up { keys: a.keys }));
+        self.state = State::Established(Box::new(Up::new(a.keys, a.proposal, children)));
+        self.set_ids_after_auth();
         Ok(())
     }
 }

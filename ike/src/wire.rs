@@ -169,8 +169,12 @@ impl NotifyType {
     pub const AUTHENTICATION_FAILED: Self = Self(24);
     /// The traffic selectors are not acceptable.
     pub const TS_UNACCEPTABLE: Self = Self(38);
+    /// NO_ADDITIONAL_SAS (35): CREATE_CHILD_SA for a Child SA we do not make.
+    pub const NO_ADDITIONAL_SAS: Self = Self(35);
     /// Do not retry this exchange now.
     pub const TEMPORARY_FAILURE: Self = Self(43);
+    /// CHILD_SA_NOT_FOUND (44): a rekey or delete names a Child SA we do not have.
+    pub const CHILD_SA_NOT_FOUND: Self = Self(44);
     /// The first IKE SA between these peers: delete the old ones.
     pub const INITIAL_CONTACT: Self = Self(16384);
     /// The responder is under load: repeat the request with this cookie (§2.6).
@@ -205,10 +209,12 @@ impl NotifyType {
             Self::AUTHENTICATION_FAILED => "AUTHENTICATION_FAILED",
             Self::TS_UNACCEPTABLE => "TS_UNACCEPTABLE",
             Self::TEMPORARY_FAILURE => "TEMPORARY_FAILURE",
+            Self::NO_ADDITIONAL_SAS => "NO_ADDITIONAL_SAS",
             Self::INITIAL_CONTACT => "INITIAL_CONTACT",
             Self::COOKIE => "COOKIE",
             Self::USE_TRANSPORT_MODE => "USE_TRANSPORT_MODE",
             Self::REKEY_SA => "REKEY_SA",
+            Self::CHILD_SA_NOT_FOUND => "CHILD_SA_NOT_FOUND",
             Self::NAT_DETECTION_SOURCE_IP => "NAT_DETECTION_SOURCE_IP",
             Self::NAT_DETECTION_DESTINATION_IP => "NAT_DETECTION_DESTINATION_IP",
             Self::IKEV2_FRAGMENTATION_SUPPORTED => "IKEV2_FRAGMENTATION_SUPPORTED",

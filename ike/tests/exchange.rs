@@ -41,6 +41,7 @@ fn config_a(psk: &str) -> Config {
         esp_proposals: DEFAULT_ESP_PROPOSALS.to_vec(),
         local_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 10, 0, 0), 16)],
         remote_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 20, 0, 0), 16)],
+        nat_t: None,
     }
 }
 
@@ -53,6 +54,7 @@ fn config_b(psk: &str) -> Config {
         esp_proposals: DEFAULT_ESP_PROPOSALS.to_vec(),
         local_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 20, 0, 0), 16)],
         remote_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 10, 0, 0), 16)],
+        nat_t: None,
     }
 }
 
@@ -570,4 +572,303 @@ fn tampered_or_misaddressed_messages_are_dropped_and_the_exchange_goes_on() {
     b.handle_datagram(t0, &auth, &mut rng).unwrap();
     pump(&mut a, &mut b, t0, &mut rng);
     assert_pair(&established(events(&mut a)), &established(events(&mut b)));
+}
+
+fn nat_t(local: &str, remote: &str, force: bool) -> Option<tandem_ike::NatT> {
+    Some(tandem_ike::NatT {
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        force,
+    })
+}
+
+/// Runs IKE_SA_INIT + IKE_AUTH with the given NAT-T settings; returns whether each side
+/// encapsulates.
+fn encapsulation(a_nat: Option<tandem_ike::NatT>, b_nat: Option<tandem_ike::NatT>) -> (bool, bool) {
+    let t0 = Instant::now();
+    let mut rng = rng(77);
+    let mut ca = a_towards_b("correct horse");
+    ca.nat_t = a_nat;
+    let mut cb = config_b("correct horse");
+    cb.nat_t = b_nat;
+    let mut a = IkeSa::initiate(ca, t0, &mut rng);
+    let mut b = IkeSa::respond(cb);
+    pump(&mut a, &mut b, t0 + ms(1), &mut rng);
+    assert!(a.is_established() && b.is_established());
+    (a.udp_encapsulation(), b.udp_encapsulation())
+}
+
+#[test]
+fn nat_detection_finds_no_nat_on_a_clean_path_and_a_nat_when_an_address_is_rewritten() {
+    let (a, b) = (GW_A.to_string(), GW_B.to_string());
+    let a500 = format!("{a}:500");
+    let b500 = format!("{b}:500");
+    // Both see the same addresses: no NAT, IKE stays on 500.
+    assert_eq!(
+        encapsulation(nat_t(&a500, &b500, false), nat_t(&b500, &a500, false)),
+        (false, false)
+    );
+    // A NAT rewrote A's source port: B sees another port than A hashed.
+    assert_eq!(
+        encapsulation(
+            nat_t(&a500, &b500, false),
+            nat_t(&b500, &format!("{a}:61000"), false)
+        ),
+        (true, true)
+    );
+    // Forced by either side (like strongSwan's encap = yes).
+    assert_eq!(
+        encapsulation(nat_t(&a500, &b500, true), nat_t(&b500, &a500, false)),
+        (true, true)
+    );
+    assert_eq!(
+        encapsulation(nat_t(&a500, &b500, false), nat_t(&b500, &a500, true)),
+        (true, true)
+    );
+    // A peer without NAT-T support: nothing to detect, no encapsulation.
+    assert_eq!(
+        encapsulation(nat_t(&a500, &b500, true), None),
+        (false, false)
+    );
+}
+
+/// An established pair (A initiated) with their Established events drained.
+fn established_pair(seed: u64) -> (IkeSa, IkeSa, Instant, ChaCha20Rng) {
+    let t0 = Instant::now();
+    let mut rng = rng(seed);
+    let mut a = IkeSa::initiate(a_towards_b("correct horse"), t0, &mut rng);
+    let mut b = IkeSa::respond(config_b("correct horse"));
+    pump(&mut a, &mut b, t0, &mut rng);
+    let ea = established(events(&mut a));
+    let eb = established(events(&mut b));
+    assert_pair(&ea, &eb);
+    (a, b, t0, rng)
+}
+
+/// Both ends hold the same Child SAs, mirrored.
+fn assert_children_mirror(a: &IkeSa, b: &IkeSa) {
+    assert_eq!(a.children().len(), b.children().len());
+    for ca in a.children() {
+        let cb = b
+            .children()
+            .iter()
+            .find(|c| c.inbound_spi == ca.outbound_spi)
+            .unwrap_or_else(|| panic!("B has no Child SA for {:08x}", ca.outbound_spi));
+        assert_eq!(cb.outbound_spi, ca.inbound_spi);
+        assert_eq!(
+            (ca.outbound.key, ca.outbound.salt),
+            (cb.inbound.key, cb.inbound.salt)
+        );
+        assert_eq!(
+            (ca.inbound.key, ca.inbound.salt),
+            (cb.outbound.key, cb.outbound.salt)
+        );
+        esp_round_trip(ca, cb);
+        esp_round_trip(cb, ca);
+    }
+}
+
+#[test]
+fn an_empty_informational_is_answered_both_ways_as_liveness() {
+    let (mut a, mut b, t0, mut rng) = established_pair(20);
+    a.send_liveness(t0 + ms(10));
+    assert_eq!(pump(&mut a, &mut b, t0 + ms(10), &mut rng), 2);
+    assert!(matches!(events(&mut a).as_slice(), [Event::Alive]));
+    assert!(events(&mut b).is_empty());
+    b.send_liveness(t0 + ms(20));
+    assert_eq!(pump(&mut a, &mut b, t0 + ms(20), &mut rng), 2);
+    assert!(matches!(events(&mut b).as_slice(), [Event::Alive]));
+    // A lost answer: the request is retransmitted and answered from the cache.
+    a.send_liveness(t0 + ms(30));
+    let req = drain(&mut a);
+    b.handle_datagram(t0 + ms(30), &req[0], &mut rng).unwrap();
+    let _lost = drain(&mut b);
+    a.handle_timeout(t0 + ms(30) + RETRANSMIT_INITIAL);
+    assert_eq!(pump(&mut a, &mut b, t0 + ms(1100), &mut rng), 2);
+    assert!(matches!(events(&mut a).as_slice(), [Event::Alive]));
+    assert!(events(&mut b).is_empty(), "processed once");
+}
+
+fn child_rekey_by(initiator_rekeys: bool, seed: u64) {
+    let (mut a, mut b, t0, mut rng) = established_pair(seed);
+    let (x, y) = if initiator_rekeys {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let old = x.children()[0].clone();
+    assert!(x.rekey_child(t0 + ms(5), old.inbound_spi, &mut rng));
+    // CREATE_CHILD_SA, then the Delete of the old Child SA: four messages.
+    assert_eq!(pump(x, y, t0 + ms(5), &mut rng), 4);
+    for (side, evs) in [("rekeying", events(x)), ("other", events(y))] {
+        let [
+            Event::ChildRekeyed {
+                old_inbound_spi,
+                new,
+            },
+            Event::ChildDeleted { inbound_spi },
+        ] = evs.as_slice()
+        else {
+            panic!("{side}: {evs:?}");
+        };
+        assert_eq!(
+            old_inbound_spi, inbound_spi,
+            "{side}: the old one is deleted"
+        );
+        assert_ne!(new.inbound_spi, *inbound_spi);
+        assert_eq!(new.proposal.pfs, Some(DhGroup::Ecp384), "{side}: PFS group");
+    }
+    assert_eq!(x.children().len(), 1);
+    assert_ne!(x.children()[0].outbound.key, old.outbound.key, "new keys");
+    assert_ne!(x.children()[0].inbound_spi, old.inbound_spi);
+    assert_children_mirror(x, y);
+}
+
+#[test]
+fn the_initiator_rekeys_the_child_sa_with_pfs_and_deletes_the_old_one() {
+    child_rekey_by(true, 21);
+}
+
+#[test]
+fn the_responder_rekeys_the_child_sa_with_pfs_and_deletes_the_old_one() {
+    child_rekey_by(false, 22);
+}
+
+#[test]
+fn simultaneous_child_rekeys_keep_one_new_child_sa_on_both_ends() {
+    for seed in 30..40 {
+        let (mut a, mut b, t0, mut rng) = established_pair(seed);
+        let old_a = a.children()[0].inbound_spi;
+        let old_b = b.children()[0].inbound_spi;
+        assert!(a.rekey_child(t0 + ms(5), old_a, &mut rng));
+        assert!(b.rekey_child(t0 + ms(5), old_b, &mut rng));
+        pump(&mut a, &mut b, t0 + ms(5), &mut rng);
+        // Each end saw two new Child SAs and then two deletes: the old one and the redundant
+        // one (RFC 7296 §2.8.1).
+        for (side, sa) in [("A", &mut a), ("B", &mut b)] {
+            let evs = events(sa);
+            let rekeyed = evs
+                .iter()
+                .filter(|e| matches!(e, Event::ChildRekeyed { .. }))
+                .count();
+            let deleted = evs
+                .iter()
+                .filter(|e| matches!(e, Event::ChildDeleted { .. }))
+                .count();
+            assert_eq!((rekeyed, deleted), (2, 2), "{side} seed {seed}: {evs:?}");
+        }
+        assert_eq!(a.children().len(), 1, "seed {seed}");
+        assert_ne!(a.children()[0].inbound_spi, old_a);
+        assert_children_mirror(&a, &b);
+    }
+}
+
+fn ike_rekey_by(initiator_rekeys: bool, seed: u64) {
+    let (mut a, mut b, t0, mut rng) = established_pair(seed);
+    let (x, y) = if initiator_rekeys {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let (old_i, old_r) = (x.spi_i(), x.spi_r());
+    let child = x.children()[0].clone();
+    x.rekey_ike(t0 + ms(5), &mut rng);
+    // CREATE_CHILD_SA, then the Delete of the old IKE SA on its old SPIs.
+    assert_eq!(pump(x, y, t0 + ms(5), &mut rng), 4);
+    let (ex, ey) = (events(x), events(y));
+    let (
+        [
+            Event::IkeRekeyed {
+                spi_i, spi_r, keys, ..
+            },
+        ],
+        [
+            Event::IkeRekeyed {
+                spi_i: yi,
+                spi_r: yr,
+                keys: ykeys,
+                ..
+            },
+        ],
+    ) = (ex.as_slice(), ey.as_slice())
+    else {
+        panic!("{ex:?} / {ey:?}");
+    };
+    assert_eq!((spi_i, spi_r), (yi, yr));
+    assert_ne!((*spi_i, *spi_r), (old_i, old_r));
+    assert_eq!(keys.sk_ei.key, ykeys.sk_ei.key);
+    assert_eq!(keys.sk_er.key, ykeys.sk_er.key);
+    // The rekey's initiator is the new SA's initiator (RFC 7296 §2.18).
+    assert_eq!(x.role(), Role::Initiator);
+    assert_eq!(y.role(), Role::Responder);
+    assert_eq!((x.spi_i(), x.spi_r()), (*spi_i, *spi_r));
+    // The Child SA carries over; the new SA works for liveness and Child SA rekeys.
+    assert_eq!(x.children()[0].inbound_spi, child.inbound_spi);
+    y.send_liveness(t0 + ms(10));
+    assert_eq!(pump(x, y, t0 + ms(10), &mut rng), 2);
+    assert!(matches!(events(y).as_slice(), [Event::Alive]));
+    let spi = y.children()[0].inbound_spi;
+    assert!(y.rekey_child(t0 + ms(20), spi, &mut rng));
+    assert_eq!(pump(x, y, t0 + ms(20), &mut rng), 4);
+    assert_children_mirror(x, y);
+}
+
+#[test]
+fn the_initiator_rekeys_the_ike_sa_and_the_child_sa_carries_over() {
+    ike_rekey_by(true, 40);
+}
+
+#[test]
+fn the_responder_rekeys_the_ike_sa_and_becomes_the_new_initiator() {
+    ike_rekey_by(false, 41);
+}
+
+#[test]
+fn a_deleted_ike_sa_is_closed_on_both_ends() {
+    let (mut a, mut b, t0, mut rng) = established_pair(50);
+    b.close(t0 + ms(5));
+    assert_eq!(pump(&mut a, &mut b, t0 + ms(5), &mut rng), 2);
+    assert!(matches!(events(&mut a).as_slice(), [Event::Closed]));
+    assert!(matches!(events(&mut b).as_slice(), [Event::Closed]));
+    assert_eq!((a.state_name(), b.state_name()), ("closed", "closed"));
+    assert_eq!(a.poll_timeout(), None);
+}
+
+#[test]
+fn an_initiator_that_refuses_the_responders_auth_tells_it_with_authentication_failed() {
+    let t0 = Instant::now();
+    let mut rng = rng(60);
+    let mut a = IkeSa::initiate(a_towards_b("pw"), t0, &mut rng);
+    let mut b = IkeSa::respond(config_b("pw"));
+    let init = drain(&mut a);
+    b.handle_datagram(t0, &init[0], &mut rng).unwrap();
+    a.handle_datagram(t0, &drain(&mut b)[0], &mut rng).unwrap();
+    b.handle_datagram(t0, &drain(&mut a)[0], &mut rng).unwrap();
+    let eb = established(events(&mut b));
+    // Forge the responder's AUTH inside its (genuine) IKE_AUTH response.
+    let response = drain(&mut b).remove(0);
+    let msg = Message::parse(&response).unwrap();
+    let mut inner = wire::open_sk(&response, &msg, &eb.keys.sk_er).unwrap();
+    for p in &mut inner {
+        if let Payload::Auth { data, .. } = p {
+            data[0] ^= 1;
+        }
+    }
+    let forged = wire::seal_message(&msg.header, &inner, &eb.keys.sk_er, 1000);
+    a.handle_datagram(t0, &forged, &mut rng).unwrap();
+    assert!(matches!(
+        failed(events(&mut a)),
+        Failure::AuthenticationFailed { .. }
+    ));
+    // The INFORMATIONAL with AUTHENTICATION_FAILED (RFC 7296 §2.21.2) ends B's SA.
+    let notice = drain(&mut a);
+    assert_eq!(notice.len(), 1);
+    let h = Message::parse(&notice[0]).unwrap().header;
+    assert_eq!((h.exchange, h.message_id), (ExchangeType::Informational, 2));
+    b.handle_datagram(t0, &notice[0], &mut rng).unwrap();
+    assert_eq!(
+        failed(events(&mut b)),
+        Failure::PeerNotify(NotifyType::AUTHENTICATION_FAILED)
+    );
+    assert!(!b.is_established());
 }

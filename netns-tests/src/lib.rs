@@ -3,12 +3,13 @@
 //! benchmark. Everything it creates has a unique name and is torn down on `Drop`.
 //!
 //! Modules, bottom up: [`netns`] (RAII namespaces, veths, commands inside), [`process`] (RAII
-//! background processes, CPU/RSS), [`topo`] (the [`topo::Lab`] builder), [`impair`] (nftables
+//! background processes, CPU/RSS), [`charon`] (strongSwan as an AWS-like IKEv2 peer), [`topo`] (the [`topo::Lab`] builder), [`impair`] (nftables
 //! blackholes and random loss), [`wanem`] (the userspace WAN emulator), [`probe`] (the 1 ms probe
 //! stream), [`traffic`] (iperf3 and ping), [`tandem`] (keys, configs, daemons, status),
 //! [`report`] (aligned tables).
 
 pub mod capture;
+pub mod charon;
 pub mod drill;
 pub mod helper;
 pub mod impair;

@@ -1,0 +1,721 @@
+//! `tandem-ike` against strongSwan's charon over real UDP in the lab: charon on `vpcgw`,
+//! configured as AWS configures its endpoints (IKEv2, PSK, AES-256-GCM-16, PFS, no ESN,
+//! `encap = yes`), and a small driver on `cgw` that runs the sans-IO `IkeSa` on sockets bound to
+//! 192.0.2.1 ports 500 and 4500 (IKE_SA_INIT on 500, then 4500 with the non-ESP marker, RFC 7296
+//! §2.23 / RFC 3948 §2.2).
+//!
+//! Proven both ways (tandem initiates; charon initiates with `swanctl --initiate`), for the AWS
+//! proposal `aes256gcm16-prfsha256-ecp384` and for each IKE proposal tandem offers by default:
+//! the IKE SA is ESTABLISHED on charon with our SPIs, the first Child SA is INSTALLED with our
+//! SPIs swapped, and the Child SA keys we derived are byte for byte the keys charon logged. A
+//! wrong PSK gives AUTHENTICATION_FAILED on both sides, in both roles.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod reliability_common;
+
+use rand_chacha::ChaCha20Rng;
+use reliability_common::spawn_in_netns;
+use tandem_crypto::rand_core::SeedableRng;
+use tandem_ike::nat::{IKE_PORT, NAT_T_PORT, NON_ESP_MARKER};
+use tandem_ike::ts::ipv4_prefix;
+use tandem_ike::{
+    ChildSa, Config, DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, EspProposal, Established, Event,
+    Failure, FirstChild, Identity, IkeProposal, IkeSa, NatT, NotifyType, Psk, Role,
+};
+use tandem_netns_tests::charon::{AwsLikeConn, Charon};
+use tandem_netns_tests::topo::{Family, Isp, Lab, cgw_wan, vpcgw_wan};
+
+const PSK: &str = "tandem-aws-like-psk-0123456789";
+/// How long one handshake may take on the lab (measured: ~20 ms; charon's retransmission
+/// starts at 4 s, so anything slower is a lost message, not a slow machine).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long charon may take to show an SA after our side finished.
+const CHARON_SETTLE: Duration = Duration::from_secs(3);
+
+fn cgw_addr() -> IpAddr {
+    cgw_wan(Isp::One, Family::V4)
+}
+
+fn vpcgw_addr() -> IpAddr {
+    vpcgw_wan(Isp::One, Family::V4)
+}
+
+fn ipv4(a: IpAddr) -> Ipv4Addr {
+    match a {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => unreachable!("the interop lab runs on IPv4"),
+    }
+}
+
+/// Our side: the office gateway, 10.10.0.0/16 behind it, the VPC 10.20.0.0/16 behind charon.
+fn tandem_config(psk: &str, ike: Vec<IkeProposal>, esp: Vec<EspProposal>) -> Config {
+    Config {
+        psk: Psk::new(psk.as_bytes()),
+        local_id: Identity::Ipv4(ipv4(cgw_addr())),
+        remote_id: Identity::Ipv4(ipv4(vpcgw_addr())),
+        ike_proposals: ike,
+        esp_proposals: esp,
+        local_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 10, 0, 0), 16)],
+        remote_ts: vec![ipv4_prefix(Ipv4Addr::new(10, 20, 0, 0), 16)],
+        nat_t: Some(NatT {
+            local: SocketAddr::new(cgw_addr(), IKE_PORT),
+            remote: SocketAddr::new(vpcgw_addr(), IKE_PORT),
+            force: true,
+        }),
+    }
+}
+
+fn charon_conn(psk: &str, ike: &str, esp: &str) -> AwsLikeConn {
+    AwsLikeConn {
+        local: vpcgw_addr(),
+        remote: cgw_addr(),
+        psk: psk.into(),
+        ike_proposal: ike.into(),
+        esp_proposal: esp.into(),
+        local_ts: "10.20.0.0/16".into(),
+        remote_ts: "10.10.0.0/16".into(),
+    }
+}
+
+fn rng() -> ChaCha20Rng {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    ChaCha20Rng::seed_from_u64(t.as_nanos() as u64 ^ u64::from(std::process::id()))
+}
+
+/// The driver: one IKE SA on the two IKE sockets of `cgw`.
+struct Driver {
+    s500: UdpSocket,
+    s4500: UdpSocket,
+    peer: IpAddr,
+    /// The port the last datagram came from: a responder answers there (RFC 7296 §2.23).
+    last_rx_port: u16,
+    rng: ChaCha20Rng,
+    /// IKE datagrams sent and received, for the report.
+    sent: usize,
+    received: usize,
+}
+
+/// What a driver run ended with.
+#[derive(Debug)]
+enum Outcome {
+    Established(Box<Established>, Duration),
+    Failed(Failure),
+    Timeout,
+}
+
+impl Driver {
+    /// Binds 500 and 4500 on our WAN address. Must run on a thread inside `cgw`.
+    fn bind() -> Self {
+        let s500 = UdpSocket::bind((cgw_addr(), IKE_PORT)).unwrap();
+        let s4500 = UdpSocket::bind((cgw_addr(), NAT_T_PORT)).unwrap();
+        for s in [&s500, &s4500] {
+            s.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
+        }
+        Driver {
+            s500,
+            s4500,
+            peer: vpcgw_addr(),
+            last_rx_port: IKE_PORT,
+            rng: rng(),
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    fn send(&mut self, sa: &IkeSa, bytes: &[u8]) {
+        let port = match sa.role() {
+            Role::Responder => self.last_rx_port,
+            Role::Initiator if sa.udp_encapsulation() => NAT_T_PORT,
+            Role::Initiator => IKE_PORT,
+        };
+        if port == NAT_T_PORT {
+            let mut d = NON_ESP_MARKER.to_vec();
+            d.extend_from_slice(bytes);
+            self.s4500.send_to(&d, (self.peer, port)).unwrap();
+        } else {
+            self.s500.send_to(bytes, (self.peer, port)).unwrap();
+        }
+        self.sent += 1;
+    }
+
+    /// One IKE message from either socket (the marker stripped; ESP on 4500 is skipped).
+    fn recv(&mut self) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 65_536];
+        for (s, port) in [(&self.s500, IKE_PORT), (&self.s4500, NAT_T_PORT)] {
+            let Ok((n, from)) = s.recv_from(&mut buf) else {
+                continue;
+            };
+            if from.ip() != self.peer {
+                continue;
+            }
+            let d = &buf[..n];
+            let d = if port == NAT_T_PORT {
+                match d.strip_prefix(&NON_ESP_MARKER[..]) {
+                    Some(ike) => ike,
+                    None => continue, // ESP, or a NAT-keepalive
+                }
+            } else {
+                d
+            };
+            self.last_rx_port = from.port();
+            self.received += 1;
+            return Some(d.to_vec());
+        }
+        None
+    }
+
+    /// One turn: send what `sa` queued, collect its events, act on its timer, take at most one
+    /// datagram (waiting up to the sockets' 2 ms read timeout).
+    fn step(&mut self, sa: &mut IkeSa, events: &mut Vec<Event>) {
+        while let Some(d) = sa.poll_transmit() {
+            self.send(sa, &d);
+        }
+        while let Some(e) = sa.poll_event() {
+            events.push(e);
+        }
+        // The error notify a failure may have queued goes out too.
+        while let Some(d) = sa.poll_transmit() {
+            self.send(sa, &d);
+        }
+        if sa.poll_timeout().is_some_and(|t| t <= Instant::now()) {
+            sa.handle_timeout(Instant::now());
+        }
+        if let Some(d) = self.recv()
+            && let Err(e) = sa.handle_datagram(Instant::now(), &d, &mut self.rng)
+        {
+            eprintln!("dropped: {e}");
+        }
+    }
+
+    /// Drives `sa` (or, with `None`, the responder made for the first datagram) until it is
+    /// established or fails.
+    fn run(
+        &mut self,
+        sa: Option<IkeSa>,
+        responder: Config,
+        start: Instant,
+    ) -> (Outcome, Option<IkeSa>) {
+        let deadline = start + HANDSHAKE_TIMEOUT;
+        let mut sa = match sa {
+            Some(sa) => sa,
+            None => loop {
+                if Instant::now() >= deadline {
+                    return (Outcome::Timeout, None);
+                }
+                if let Some(d) = self.recv() {
+                    let mut sa = IkeSa::respond(responder);
+                    if let Err(e) = sa.handle_datagram(Instant::now(), &d, &mut self.rng) {
+                        eprintln!("dropped: {e}");
+                    }
+                    break sa;
+                }
+            },
+        };
+        let mut events = Vec::new();
+        while Instant::now() < deadline {
+            self.step(&mut sa, &mut events);
+            for e in events.drain(..) {
+                match e {
+                    Event::Established(est) => {
+                        return (Outcome::Established(est, start.elapsed()), Some(sa));
+                    }
+                    Event::Failed(f) => return (Outcome::Failed(f), Some(sa)),
+                    other => eprintln!("event before IKE_AUTH completed: {other:?}"),
+                }
+            }
+        }
+        (Outcome::Timeout, Some(sa))
+    }
+
+    /// Keeps `sa` going until `done` holds for the events seen so far (or a timeout); returns
+    /// them.
+    fn serve_until(
+        &mut self,
+        sa: &mut IkeSa,
+        timeout: Duration,
+        mut done: impl FnMut(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut events = Vec::new();
+        while Instant::now() < deadline && !done(&events) {
+            self.step(sa, &mut events);
+        }
+        events
+    }
+}
+
+/// `key=value` pairs of a `swanctl --list-sas --raw` line, flattened.
+fn raw_values<'a>(raw: &'a str, key: &str) -> Vec<&'a str> {
+    let needle = format!("{key}=");
+    raw.split(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        .filter_map(|w| w.strip_prefix(needle.as_str()))
+        .collect()
+}
+
+fn key_bytes(k: &tandem_crypto::SaKeys) -> Vec<u8> {
+    [k.key.as_slice(), k.salt.as_slice()].concat()
+}
+
+/// charon shows our IKE SA established and our first Child SA installed, with the SPIs swapped
+/// and the keys it logged equal to ours. Returns the child for further checks.
+fn assert_charon_agrees(charon: &Charon, est: &Established, keys_before: usize) {
+    let deadline = Instant::now() + CHARON_SETTLE;
+    let raw = loop {
+        let raw = charon.list_sas().unwrap();
+        if raw_values(&raw, "state").contains(&"INSTALLED") || Instant::now() > deadline {
+            break raw;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        raw_values(&raw, "state").contains(&"ESTABLISHED"),
+        "charon has no established IKE SA: {raw}\n{}",
+        charon.log()
+    );
+    assert_eq!(
+        raw_values(&raw, "initiator-spi"),
+        [format!("{:016x}", est.spi_i)],
+        "{raw}"
+    );
+    assert_eq!(
+        raw_values(&raw, "responder-spi"),
+        [format!("{:016x}", est.spi_r)],
+        "{raw}"
+    );
+    assert_eq!(
+        raw_values(&raw, "encr-alg"),
+        ["AES_GCM_16", "AES_GCM_16"],
+        "{raw}"
+    );
+    assert_eq!(raw_values(&raw, "encr-keysize"), ["256", "256"], "{raw}");
+    let FirstChild::Created(child) = &est.child else {
+        panic!("first Child SA refused: {:?}", est.child);
+    };
+    assert!(
+        raw_values(&raw, "state").contains(&"INSTALLED"),
+        "charon has no installed Child SA: {raw}"
+    );
+    assert_eq!(raw_values(&raw, "encap"), ["yes"], "{raw}");
+    assert_eq!(
+        raw_values(&raw, "spi-in"),
+        [format!("{:08x}", child.outbound_spi)],
+        "charon's inbound SPI is our outbound one: {raw}"
+    );
+    assert_eq!(
+        raw_values(&raw, "spi-out"),
+        [format!("{:08x}", child.inbound_spi)],
+        "{raw}"
+    );
+    let logged = charon.child_keys();
+    assert_eq!(
+        logged.len(),
+        keys_before + 1,
+        "charon logged one new Child SA"
+    );
+    let logged = &logged[keys_before];
+    let (i2r, r2i) = match est.role {
+        Role::Initiator => (&child.outbound, &child.inbound),
+        Role::Responder => (&child.inbound, &child.outbound),
+    };
+    assert_eq!(logged.i2r, key_bytes(i2r), "initiator-to-responder key");
+    assert_eq!(logged.r2i, key_bytes(r2i), "responder-to-initiator key");
+    let ike = charon.ike_keys();
+    let (sk_ei, sk_er) = ike.last().unwrap();
+    assert_eq!(*sk_ei, key_bytes(&est.keys.sk_ei), "SK_ei");
+    assert_eq!(*sk_er, key_bytes(&est.keys.sk_er), "SK_er");
+}
+
+/// One lab and one charon on `vpcgw` for a test.
+fn lab_with_charon() -> Option<(Lab, Charon)> {
+    if !tandem_netns_tests::can_run_as_root("ike_interop") {
+        return None;
+    }
+    let lab = Lab::new().unwrap();
+    let charon = Charon::start(&lab.vpcgw).unwrap();
+    Some((lab, charon))
+}
+
+/// The proposal cases: (charon's IKE proposal, charon's ESP proposal, what tandem offers).
+fn cases() -> Vec<(String, String, Vec<IkeProposal>)> {
+    let aws = "aes256gcm16-prfsha256-ecp384";
+    let mut out = vec![(
+        aws.to_string(),
+        "aes256gcm16-ecp384".to_string(),
+        vec![aws.parse().unwrap()],
+    )];
+    for p in DEFAULT_IKE_PROPOSALS {
+        let group = p.to_string().rsplit('-').next().unwrap().to_string();
+        // tandem offers its whole default list; charon accepts only this one, so the later
+        // ones also prove INVALID_KE_PAYLOAD and the retry with charon's group.
+        out.push((
+            p.to_string(),
+            format!("aes256gcm16-{group}"),
+            DEFAULT_IKE_PROPOSALS.to_vec(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn tandem_initiates_to_charon_for_every_proposal() {
+    let Some((lab, charon)) = lab_with_charon() else {
+        return;
+    };
+    for (ike, esp, offer) in cases() {
+        charon.load(&charon_conn(PSK, &ike, &esp)).unwrap();
+        let keys_before = charon.child_keys().len();
+        let config = tandem_config(PSK, offer, DEFAULT_ESP_PROPOSALS.to_vec());
+        let (outcome, sent, received) = spawn_in_netns(&lab.cgw, move || {
+            let mut d = Driver::bind();
+            let mut rng = rng();
+            let start = Instant::now();
+            let sa = IkeSa::initiate(config.clone(), start, &mut rng);
+            let (out, _) = d.run(Some(sa), config, start);
+            (out, d.sent, d.received)
+        })
+        .join()
+        .unwrap();
+        let Outcome::Established(est, took) = outcome else {
+            panic!("{ike}: {outcome:?}\n{}", charon.log());
+        };
+        eprintln!(
+            "tandem -> charon {ike}: established in {:.1} ms ({sent} sent, {received} received)",
+            took.as_secs_f64() * 1e3
+        );
+        assert_eq!(est.proposal.to_string(), ike);
+        assert_charon_agrees(&charon, &est, keys_before);
+        charon
+            .swanctl(["--terminate", "--ike", "aws", "--force"])
+            .unwrap();
+    }
+}
+
+#[test]
+fn charon_initiates_to_tandem_for_every_proposal() {
+    let Some((lab, charon)) = lab_with_charon() else {
+        return;
+    };
+    for (ike, esp, offer) in cases() {
+        charon.load(&charon_conn(PSK, &ike, &esp)).unwrap();
+        let keys_before = charon.child_keys().len();
+        let config = tandem_config(PSK, offer, DEFAULT_ESP_PROPOSALS.to_vec());
+        let tandem = spawn_in_netns(&lab.cgw, move || {
+            let mut d = Driver::bind();
+            d.run(None, config, Instant::now()).0
+        });
+        // The driver's sockets are bound within a few ms; charon retransmits anyway.
+        std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
+        let swanctl_took = start.elapsed();
+        let outcome = tandem.join().unwrap();
+        let Outcome::Established(est, _) = outcome else {
+            panic!("{ike}: {outcome:?}\n{initiate:?}\n{}", charon.log());
+        };
+        initiate.unwrap();
+        eprintln!(
+            "charon -> tandem {ike}: swanctl --initiate returned after {:.1} ms",
+            swanctl_took.as_secs_f64() * 1e3
+        );
+        assert_eq!(est.role, Role::Responder);
+        assert_eq!(est.proposal.to_string(), ike);
+        assert_charon_agrees(&charon, &est, keys_before);
+        charon
+            .swanctl(["--terminate", "--ike", "aws", "--force"])
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_wrong_psk_is_authentication_failed_on_both_sides_in_both_roles() {
+    let Some((lab, charon)) = lab_with_charon() else {
+        return;
+    };
+    let aws = "aes256gcm16-prfsha256-ecp384";
+    charon
+        .load(&charon_conn(PSK, aws, "aes256gcm16-ecp384"))
+        .unwrap();
+    let offer = vec![aws.parse().unwrap()];
+
+    // tandem initiates with the wrong PSK: charon refuses our AUTH.
+    let config = tandem_config("not-the-psk", offer.clone(), DEFAULT_ESP_PROPOSALS.to_vec());
+    let outcome = spawn_in_netns(&lab.cgw, move || {
+        let mut d = Driver::bind();
+        let mut rng = rng();
+        let start = Instant::now();
+        let sa = IkeSa::initiate(config.clone(), start, &mut rng);
+        d.run(Some(sa), config, start).0
+    })
+    .join()
+    .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Failed(Failure::PeerNotify(NotifyType::AUTHENTICATION_FAILED))
+        ),
+        "{outcome:?}"
+    );
+    let log = charon.log();
+    assert!(log.contains("MAC mismatched"), "{log}");
+    assert!(
+        log.contains("generating IKE_AUTH response 1 [ N(AUTH_FAILED) ]"),
+        "{log}"
+    );
+    let raw = charon.list_sas().unwrap();
+    assert!(!raw.contains("ESTABLISHED"), "{raw}");
+
+    // charon initiates, we hold the wrong PSK: we refuse charon's AUTH.
+    let config = tandem_config("not-the-psk", offer, DEFAULT_ESP_PROPOSALS.to_vec());
+    let tandem = spawn_in_netns(&lab.cgw, move || {
+        let mut d = Driver::bind();
+        d.run(None, config, Instant::now()).0
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
+    let outcome = tandem.join().unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Failed(Failure::AuthenticationFailed { .. })
+        ),
+        "{outcome:?}"
+    );
+    assert!(
+        initiate.is_err(),
+        "swanctl --initiate succeeded: {initiate:?}"
+    );
+    let log = charon.log();
+    assert!(
+        log.contains("received AUTHENTICATION_FAILED notify error"),
+        "{log}"
+    );
+    let raw = charon.list_sas().unwrap();
+    assert!(!raw.contains("ESTABLISHED"), "{raw}");
+}
+
+/// The keys charon logged for its `index`th Child SA equal `child`'s; `we_initiated` says who
+/// initiated the exchange that made it (KEYMAT is initiator-to-responder first, RFC 7296 §2.17).
+fn assert_logged_child_keys(charon: &Charon, child: &ChildSa, we_initiated: bool, index: usize) {
+    let logged = charon.child_keys();
+    let logged = logged
+        .get(index)
+        .unwrap_or_else(|| panic!("charon logged {} Child SAs", logged.len()));
+    let (i2r, r2i) = if we_initiated {
+        (&child.outbound, &child.inbound)
+    } else {
+        (&child.inbound, &child.outbound)
+    };
+    assert_eq!(logged.i2r, key_bytes(i2r), "initiator-to-responder key");
+    assert_eq!(logged.r2i, key_bytes(r2i), "responder-to-initiator key");
+}
+
+/// The `key=value` words of each Child SA block in a `--list-sas --raw` reply.
+fn child_blocks(raw: &str) -> Vec<&str> {
+    raw.match_indices("name=net ")
+        .map(|(i, _)| {
+            let rest = &raw[i..];
+            &rest[..rest.find('}').unwrap_or(rest.len())]
+        })
+        .collect()
+}
+
+/// charon lists an IKE SA with these SPIs, and exactly this Child SA installed (SPIs swapped).
+/// A rekeyed Child SA stays listed as DELETED for a while (charon keeps its inbound side for
+/// late packets), so only INSTALLED ones count.
+fn assert_charon_lists(charon: &Charon, spi_i: u64, spi_r: u64, child: &ChildSa) {
+    let deadline = Instant::now() + CHARON_SETTLE;
+    let want_ike = format!("initiator-spi={spi_i:016x} responder-spi={spi_r:016x}");
+    let want_child = (
+        format!("{:08x}", child.outbound_spi),
+        format!("{:08x}", child.inbound_spi),
+    );
+    loop {
+        let raw = charon.list_sas().unwrap();
+        let installed: Vec<(String, String)> = child_blocks(&raw)
+            .into_iter()
+            .filter(|b| raw_values(b, "state") == ["INSTALLED"])
+            .map(|b| {
+                (
+                    raw_values(b, "spi-in").concat(),
+                    raw_values(b, "spi-out").concat(),
+                )
+            })
+            .collect();
+        if raw.contains(&want_ike) && installed == [want_child.clone()] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "charon does not list IKE SA {spi_i:016x}/{spi_r:016x} with Child SA {:08x}/{:08x}: {raw}\n{}",
+            child.inbound_spi,
+            child.outbound_spi,
+            charon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Steps of the rekey test, from the driver thread to the test thread.
+#[derive(Debug)]
+enum Step {
+    Established(Box<Established>),
+    ChildRekeyed(Box<ChildSa>),
+    IkeRekeyed(u64, u64, Box<tandem_ike::IkeKeys>),
+}
+
+fn rekeyed_and_deleted(evs: &[Event]) -> bool {
+    evs.iter().any(|e| matches!(e, Event::ChildRekeyed { .. }))
+        && evs.iter().any(|e| matches!(e, Event::ChildDeleted { .. }))
+}
+
+fn new_child(evs: &[Event]) -> Box<ChildSa> {
+    evs.iter()
+        .find_map(|e| match e {
+            Event::ChildRekeyed { new, .. } => Some(new.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no ChildRekeyed: {evs:?}"))
+}
+
+fn ike_rekeyed(evs: &[Event]) -> Step {
+    evs.iter()
+        .find_map(|e| match e {
+            Event::IkeRekeyed {
+                spi_i, spi_r, keys, ..
+            } => Some(Step::IkeRekeyed(*spi_i, *spi_r, keys.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no IkeRekeyed: {evs:?}"))
+}
+
+#[test]
+fn child_and_ike_sa_rekeys_from_either_side_agree_with_charon() {
+    let Some((lab, charon)) = lab_with_charon() else {
+        return;
+    };
+    let aws = "aes256gcm16-prfsha256-ecp384";
+    charon
+        .load(&charon_conn(PSK, aws, "aes256gcm16-ecp384"))
+        .unwrap();
+    let config = tandem_config(
+        PSK,
+        vec![aws.parse().unwrap()],
+        DEFAULT_ESP_PROPOSALS.to_vec(),
+    );
+    let (steps, step_rx) = std::sync::mpsc::channel::<Step>();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let serve = Duration::from_secs(10);
+    let driver = spawn_in_netns(&lab.cgw, move || {
+        let mut d = Driver::bind();
+        let start = Instant::now();
+        let sa = IkeSa::initiate(config.clone(), start, &mut d.rng);
+        let (Outcome::Established(est, _), Some(mut sa)) = d.run(Some(sa), config, start) else {
+            panic!("no IKE SA");
+        };
+        steps.send(Step::Established(est)).unwrap();
+        // charon rekeys the Child SA, then the IKE SA.
+        let evs = d.serve_until(&mut sa, serve, rekeyed_and_deleted);
+        steps.send(Step::ChildRekeyed(new_child(&evs))).unwrap();
+        let evs = d.serve_until(&mut sa, serve, |e| {
+            e.iter().any(|e| matches!(e, Event::IkeRekeyed { .. }))
+        });
+        steps.send(ike_rekeyed(&evs)).unwrap();
+        // Now we do: the Child SA, then the IKE SA.
+        go_rx.recv().unwrap();
+        let spi = sa.children()[0].inbound_spi;
+        let t = Instant::now();
+        assert!(sa.rekey_child(t, spi, &mut d.rng));
+        let evs = d.serve_until(&mut sa, serve, rekeyed_and_deleted);
+        eprintln!(
+            "tandem's Child SA rekey + delete: {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        steps.send(Step::ChildRekeyed(new_child(&evs))).unwrap();
+        go_rx.recv().unwrap();
+        let t = Instant::now();
+        sa.rekey_ike(t, &mut d.rng);
+        let evs = d.serve_until(&mut sa, serve, |e| {
+            e.iter().any(|e| matches!(e, Event::IkeRekeyed { .. }))
+        });
+        eprintln!(
+            "tandem's IKE SA rekey: {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        steps.send(ike_rekeyed(&evs)).unwrap();
+        // Let charon's answer to the Delete of the old IKE SA arrive.
+        d.serve_until(&mut sa, Duration::from_millis(300), |_| false);
+        sa
+    });
+    let recv = || step_rx.recv_timeout(serve).unwrap();
+    let Step::Established(est) = recv() else {
+        panic!("expected Established");
+    };
+    let FirstChild::Created(first) = &est.child else {
+        panic!("{:?}", est.child);
+    };
+    assert_charon_lists(&charon, est.spi_i, est.spi_r, first);
+
+    // charon rekeys the Child SA (PFS, ecp384) and deletes the old one.
+    charon.swanctl(["--rekey", "--child", "net"]).unwrap();
+    let Step::ChildRekeyed(child) = recv() else {
+        panic!("expected ChildRekeyed");
+    };
+    assert_ne!(child.inbound_spi, first.inbound_spi);
+    assert_charon_lists(&charon, est.spi_i, est.spi_r, &child);
+    assert_logged_child_keys(&charon, &child, false, 1);
+
+    // charon rekeys the IKE SA: new SPIs, new keys, the Child SA carries over.
+    charon.swanctl(["--rekey", "--ike", "aws"]).unwrap();
+    let Step::IkeRekeyed(spi_i, spi_r, keys) = recv() else {
+        panic!("expected IkeRekeyed");
+    };
+    assert_ne!((spi_i, spi_r), (est.spi_i, est.spi_r));
+    assert_charon_lists(&charon, spi_i, spi_r, &child);
+    let (sk_ei, sk_er) = charon.ike_keys().last().cloned().unwrap();
+    assert_eq!(
+        sk_ei,
+        key_bytes(&keys.sk_ei),
+        "SK_ei after charon's IKE rekey"
+    );
+    assert_eq!(
+        sk_er,
+        key_bytes(&keys.sk_er),
+        "SK_er after charon's IKE rekey"
+    );
+
+    // tandem rekeys the Child SA, then the IKE SA.
+    go.send(()).unwrap();
+    let Step::ChildRekeyed(child2) = recv() else {
+        panic!("expected ChildRekeyed");
+    };
+    assert_charon_lists(&charon, spi_i, spi_r, &child2);
+    assert_logged_child_keys(&charon, &child2, true, 2);
+    go.send(()).unwrap();
+    let Step::IkeRekeyed(spi_i2, spi_r2, keys2) = recv() else {
+        panic!("expected IkeRekeyed");
+    };
+    assert_charon_lists(&charon, spi_i2, spi_r2, &child2);
+    let (sk_ei, sk_er) = charon.ike_keys().last().cloned().unwrap();
+    assert_eq!(
+        sk_ei,
+        key_bytes(&keys2.sk_ei),
+        "SK_ei after tandem's IKE rekey"
+    );
+    assert_eq!(
+        sk_er,
+        key_bytes(&keys2.sk_er),
+        "SK_er after tandem's IKE rekey"
+    );
+    let sa = driver.join().unwrap();
+    assert!(sa.is_established());
+    // The replaced IKE SAs are gone from charon: only the newest is listed.
+    let raw = charon.list_sas().unwrap();
+    assert_eq!(
+        raw_values(&raw, "initiator-spi"),
+        [format!("{spi_i2:016x}")],
+        "{raw}"
+    );
+}
