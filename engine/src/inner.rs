@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
-use crate::checksum::{finish, pseudo_header, sum, update};
+use crate::checksum::{finish, pseudo_header, sum, update, verifies};
 use crate::drop::DropReason;
 
 /// IPv4 header without options (RFC 791).
@@ -288,6 +288,59 @@ pub fn clamp_mss(pkt: &mut [u8], hdr: &InnerHeader, mtu: u16) -> bool {
         }
     }
     false
+}
+
+/// Writes all ones into the zero checksum field of a UDP datagram whose checksum computes to
+/// zero, as RFC 768 says a sender must (RFC 8200 §8.1: over IPv6 a zero field is invalid, and
+/// the receiver drops the datagram). Returns whether it did.
+///
+/// For packets read from a TUN with checksum offload, whose checksum the reader completes: the
+/// TUN library's completion of a packet that is not a GSO super-packet writes a computed zero as
+/// zero, about one datagram in 65 536, which costs IPv6 that datagram (the far host counts it in
+/// `Udp6InCsumErrors`) and IPv4 its checksum (zero means "none"). A zero that an IPv4 sender
+/// meant as "none" is left alone, unless the datagram happens to sum to zero, when all ones is
+/// its correct checksum anyway. Only a zero field costs a sum.
+pub fn udp_zero_checksum_to_ones(pkt: &mut [u8]) -> bool {
+    let (l4, end, addrs) = match pkt.first().map(|b| b >> 4) {
+        Some(4) if pkt.len() >= IPV4_HEADER_SZ => {
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            let first_fragment = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff == 0;
+            if pkt[9] != PROTO_UDP || !first_fragment {
+                return false;
+            }
+            (
+                ihl,
+                usize::from(u16::from_be_bytes([pkt[2], pkt[3]])),
+                12..20,
+            )
+        }
+        Some(6) if pkt.len() >= IPV6_HEADER_SZ => {
+            let end = IPV6_HEADER_SZ + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+            let upper = ipv6_upper(pkt.get(..end).unwrap_or(pkt));
+            // Past a Routing header the pseudo-header names another destination: not ours to
+            // judge (and not what the TUN library completes wrongly).
+            let (PROTO_UDP, Some(l4), true) = (upper.proto, upper.offset, upper.options_only)
+            else {
+                return false;
+            };
+            (l4, end, 8..40)
+        }
+        _ => return false,
+    };
+    let Some(udp) = pkt.get(l4..end) else {
+        return false;
+    };
+    if udp.len() < UDP_HEADER_SZ || udp[6..8] != [0, 0] {
+        return false;
+    }
+    if !verifies(sum(
+        pseudo_header(&pkt[addrs], PROTO_UDP, udp.len() as u32),
+        udp,
+    )) {
+        return false;
+    }
+    pkt[l4 + 6..l4 + 8].copy_from_slice(&[0xff, 0xff]);
+    true
 }
 
 /// Whether the packet is itself an ICMP error (never answered with another, RFC 1122 §3.2.2).
@@ -624,6 +677,64 @@ mod tests {
         // An informational message (echo request) behind it is answered.
         buf[head + l4] = 128;
         assert!(write_icmp_error(&mut buf, packet, IcmpError::Unreachable).is_some());
+    }
+
+    /// An IPv6 UDP datagram whose checksum computes to zero, its checksum field `field`.
+    fn ipv6_udp_summing_to_zero(field: u16) -> Vec<u8> {
+        let (mut p, _) = ipv6_tcp_syn(1440, &[]);
+        p.truncate(40);
+        p[6] = PROTO_UDP;
+        p.extend_from_slice(&[
+            0x9c, 0x40, 0x14, 0x51, 0, 14, 0, 0, 0xab, 0xcd, 0x12, 0x34, 0, 0,
+        ]);
+        p[4..6].copy_from_slice(&14u16.to_be_bytes());
+        // The last payload word makes the sum all ones, so the checksum computes to zero.
+        let s = crate::checksum::fold(sum(pseudo_header(&p[8..40], PROTO_UDP, 14), &p[40..]));
+        p[52..54].copy_from_slice(&(0xffff - s).to_be_bytes());
+        p[46..48].copy_from_slice(&field.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn a_udp_checksum_that_computes_to_zero_is_sent_as_all_ones() {
+        let mut p = ipv6_udp_summing_to_zero(0);
+        assert!(udp_zero_checksum_to_ones(&mut p));
+        assert_eq!(&p[46..48], &[0xff, 0xff]);
+        let acc = pseudo_header(&p[8..40], PROTO_UDP, 14);
+        assert!(verifies(sum(acc, &p[40..])), "all ones verifies");
+        assert!(
+            !udp_zero_checksum_to_ones(&mut p),
+            "only a zero field changes"
+        );
+        // Behind a Hop-by-Hop header too.
+        let mut h = ipv6_udp_summing_to_zero(0);
+        h.splice(40..40, [PROTO_UDP, 0, 1, 4, 0, 0, 0, 0]);
+        h[6] = NEXT_HEADER_HOP_BY_HOP;
+        h[4..6].copy_from_slice(&22u16.to_be_bytes());
+        assert!(udp_zero_checksum_to_ones(&mut h));
+        assert_eq!(&h[54..56], &[0xff, 0xff]);
+    }
+
+    #[test]
+    fn a_zero_udp_checksum_meant_as_none_or_a_wrong_one_is_left_alone() {
+        // IPv4 "no checksum" (RFC 768) over a datagram that does not sum to zero.
+        let mut p = vec![0u8; 28 + 6];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&34u16.to_be_bytes());
+        p[9] = PROTO_UDP;
+        p[12..16].copy_from_slice(&[10, 10, 0, 10]);
+        p[16..20].copy_from_slice(&[10, 20, 0, 10]);
+        p[24..26].copy_from_slice(&14u16.to_be_bytes());
+        p[28..].copy_from_slice(b"tandem");
+        let before = p.clone();
+        assert!(!udp_zero_checksum_to_ones(&mut p));
+        assert_eq!(p, before);
+        // An IPv6 datagram with zero and a payload bit flipped: still wrong, not made right.
+        let mut q = ipv6_udp_summing_to_zero(0);
+        q[50] ^= 0x01;
+        let before = q.clone();
+        assert!(!udp_zero_checksum_to_ones(&mut q));
+        assert_eq!(q, before);
     }
 
     #[test]

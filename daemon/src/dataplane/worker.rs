@@ -773,8 +773,14 @@ impl DataPlane {
             ) {
                 Ok(n) => {
                     for i in filled..filled + n {
-                        self.tx.slots[i].start = head;
-                        self.tx.slots[i].len = self.sizes[i];
+                        let slot = &mut self.tx.slots[i];
+                        slot.start = head;
+                        slot.len = self.sizes[i];
+                        // tun-rs completes a checksum-offloaded packet's checksum, and writes a
+                        // UDP one that computes to zero as zero (IPv6 receivers drop it).
+                        if let Some(pkt) = slot.buf.get_mut(head..head + slot.len) {
+                            tandem_engine::inner::udp_zero_checksum_to_ones(pkt);
+                        }
                     }
                     filled += n;
                 }
