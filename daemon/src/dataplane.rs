@@ -37,10 +37,10 @@
 //! - TUN: opened with `IFF_VNET_HDR` and TSO4/TSO6 (+ USO when the kernel has it) through
 //!   `tun-rs`; one read may be a 64 KiB super-packet, split (checksums completed) into MTU-size
 //!   segments straight into the slots before sealing. On the way back, decrypted TCP segments
-//!   (and UDP datagrams with USO) of one flow are coalesced by [`gro::TunGro`] into one
-//!   `GSO_TCPV4`/`GSO_UDP_L4` write; other packets go out one per write with an all-zero
-//!   virtio-net header. If the kernel refuses the offloads, or `TANDEM_TUN_OFFLOAD=0`, the TUN is
-//!   plain (one packet per read and write).
+//!   (and UDP datagrams with USO) of one flow, IPv4 or IPv6, are coalesced by [`gro::TunGro`]
+//!   into one `GSO_TCPV4`/`GSO_TCPV6`/`GSO_UDP_L4` write; other packets go out one per write
+//!   with an all-zero virtio-net header. If the kernel refuses the offloads, or
+//!   `TANDEM_TUN_OFFLOAD=0`, the TUN is plain (one packet per read and write).
 //! - UDP: runs of equal-size sealed datagrams to one peer leave as one `UDP_SEGMENT` (GSO)
 //!   message whose iovecs point at the slots (no copy); a path that refuses GSO falls back to
 //!   one datagram per `sendmmsg` entry. Receive is `recvmmsg` without GRO.
@@ -65,8 +65,7 @@
 //!
 //! # Not (yet) done
 //!
-//! `UDP_GRO` on the sockets, IPv6 in the TUN-side GRO, and multi-queue TUN / one worker per
-//! core: one data-plane thread.
+//! `UDP_GRO` on the sockets, and multi-queue TUN / one worker per core: one data-plane thread.
 
 pub mod batch;
 pub mod drill;

@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
-use crate::checksum::{finish, pseudo_header, sum, update};
+use crate::checksum::{finish, pseudo_header, sum, update, verifies};
 use crate::drop::DropReason;
 
 /// IPv4 header without options (RFC 791).
@@ -47,6 +47,95 @@ pub const PROTO_ICMPV6: u8 = 58;
 /// TTL / hop limit of generated errors (Linux default).
 const DEFAULT_TTL: u8 = 64;
 
+// IPv6 extension headers that may stand between the fixed header and the upper-layer header
+// (RFC 8200 §4.1; IANA "IPv6 Extension Header Types").
+
+/// Hop-by-Hop Options (RFC 8200 §4.3).
+pub const NEXT_HEADER_HOP_BY_HOP: u8 = 0;
+/// Routing (RFC 8200 §4.4).
+pub const NEXT_HEADER_ROUTING: u8 = 43;
+/// Fragment (RFC 8200 §4.5).
+pub const NEXT_HEADER_FRAGMENT: u8 = 44;
+/// Authentication Header (RFC 4302).
+pub const NEXT_HEADER_AH: u8 = 51;
+/// Destination Options (RFC 8200 §4.6).
+pub const NEXT_HEADER_DEST_OPTS: u8 = 60;
+/// The Fragment header's fixed size (RFC 8200 §4.5).
+const IPV6_FRAGMENT_SZ: usize = 8;
+
+/// Where an IPv6 packet's upper-layer header is, past its extension headers (RFC 8200 §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Upper {
+    /// The upper-layer protocol: the chain's last next header (the one that could not be
+    /// read, when the chain is cut short).
+    pub proto: u8,
+    /// Offset of its header, when this packet carries it: not in a non-first fragment, nor
+    /// when the chain runs past the packet.
+    pub offset: Option<usize>,
+    /// Nothing but Hop-by-Hop and Destination Options headers (or nothing) comes before it:
+    /// the packet is whole (no Fragment header), its upper-layer pseudo-header uses the fixed
+    /// header's destination (after a Routing header it is the final one, RFC 8200 §8.1) and no
+    /// header covers the payload (AH, RFC 4302).
+    pub options_only: bool,
+}
+
+/// Walks the extension headers of the IPv6 packet `pkt` (the fixed header and what its payload
+/// length covers) to the upper-layer header: Hop-by-Hop, Routing and Destination Options
+/// (length in 8-octet units, not counting the first, RFC 8200 §4.3-4.6), Fragment (8 octets,
+/// §4.5) and AH (4-octet units, not counting the first two, RFC 4302 §2.2), as Linux's
+/// `ipv6_skip_exthdr` does. Anything else, ESP and No Next Header included, ends the chain.
+/// Each header is at least 8 octets, so the walk is bounded by the packet's length.
+#[must_use]
+pub fn ipv6_upper(pkt: &[u8]) -> Ipv6Upper {
+    let mut proto = pkt.get(6).copied().unwrap_or(0);
+    let mut at = IPV6_HEADER_SZ;
+    let mut options_only = true;
+    loop {
+        let cut = Ipv6Upper {
+            proto,
+            offset: None,
+            options_only: false,
+        };
+        let len = match proto {
+            NEXT_HEADER_HOP_BY_HOP | NEXT_HEADER_DEST_OPTS | NEXT_HEADER_ROUTING => {
+                let Some(&n) = pkt.get(at + 1) else {
+                    return cut;
+                };
+                (usize::from(n) + 1) * 8
+            }
+            NEXT_HEADER_AH => {
+                let Some(&n) = pkt.get(at + 1) else {
+                    return cut;
+                };
+                (usize::from(n) + 2) * 4
+            }
+            NEXT_HEADER_FRAGMENT => {
+                let Some(f) = pkt.get(at..at + IPV6_FRAGMENT_SZ) else {
+                    return cut;
+                };
+                if u16::from_be_bytes([f[2], f[3]]) & 0xfff8 != 0 {
+                    // A non-first fragment: its upper-layer header is in the first one.
+                    return Ipv6Upper { proto: f[0], ..cut };
+                }
+                IPV6_FRAGMENT_SZ
+            }
+            _ => {
+                return Ipv6Upper {
+                    proto,
+                    offset: (at <= pkt.len()).then_some(at),
+                    options_only,
+                };
+            }
+        };
+        if at + len > pkt.len() {
+            return cut;
+        }
+        options_only &= matches!(proto, NEXT_HEADER_HOP_BY_HOP | NEXT_HEADER_DEST_OPTS);
+        proto = pkt[at];
+        at += len;
+    }
+}
+
 /// The fields of an inner packet the engine needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InnerHeader {
@@ -56,9 +145,10 @@ pub struct InnerHeader {
     pub dst: IpAddr,
     /// IPv4 DF bit; always true for IPv6 (routers never fragment IPv6).
     pub dont_fragment: bool,
-    /// Transport protocol (IPv6: the first next header).
+    /// Transport protocol (IPv6: the upper-layer protocol, past the extension headers).
     pub proto: u8,
-    /// Offset of the transport header, if it is present (first fragment, no IPv6 extension headers).
+    /// Offset of the transport header, if this packet carries it (IPv4: not a non-first
+    /// fragment; IPv6: see [`ipv6_upper`]).
     pub l4: Option<usize>,
     /// Length of the IP packet by its header (<= the buffer).
     pub len: usize,
@@ -101,15 +191,15 @@ impl InnerHeader {
                 s.copy_from_slice(&pkt[8..24]);
                 let mut d = [0u8; 16];
                 d.copy_from_slice(&pkt[24..40]);
-                let proto = pkt[6];
-                let l4 =
-                    matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_ICMPV6).then_some(IPV6_HEADER_SZ);
+                // Through Hop-by-Hop and the other extension headers, so that a SYN behind
+                // them has its MSS clamped and an ICMPv6 error behind them is recognised.
+                let upper = ipv6_upper(&pkt[..len]);
                 Ok(InnerHeader {
                     src: IpAddr::V6(Ipv6Addr::from(s)),
                     dst: IpAddr::V6(Ipv6Addr::from(d)),
                     dont_fragment: true,
-                    proto,
-                    l4,
+                    proto: upper.proto,
+                    l4: upper.offset,
                     len,
                 })
             }
@@ -198,6 +288,59 @@ pub fn clamp_mss(pkt: &mut [u8], hdr: &InnerHeader, mtu: u16) -> bool {
         }
     }
     false
+}
+
+/// Writes all ones into the zero checksum field of a UDP datagram whose checksum computes to
+/// zero, as RFC 768 says a sender must (RFC 8200 §8.1: over IPv6 a zero field is invalid, and
+/// the receiver drops the datagram). Returns whether it did.
+///
+/// For packets read from a TUN with checksum offload, whose checksum the reader completes: the
+/// TUN library's completion of a packet that is not a GSO super-packet writes a computed zero as
+/// zero, about one datagram in 65 536, which costs IPv6 that datagram (the far host counts it in
+/// `Udp6InCsumErrors`) and IPv4 its checksum (zero means "none"). A zero that an IPv4 sender
+/// meant as "none" is left alone, unless the datagram happens to sum to zero, when all ones is
+/// its correct checksum anyway. Only a zero field costs a sum.
+pub fn udp_zero_checksum_to_ones(pkt: &mut [u8]) -> bool {
+    let (l4, end, addrs) = match pkt.first().map(|b| b >> 4) {
+        Some(4) if pkt.len() >= IPV4_HEADER_SZ => {
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            let first_fragment = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff == 0;
+            if pkt[9] != PROTO_UDP || !first_fragment {
+                return false;
+            }
+            (
+                ihl,
+                usize::from(u16::from_be_bytes([pkt[2], pkt[3]])),
+                12..20,
+            )
+        }
+        Some(6) if pkt.len() >= IPV6_HEADER_SZ => {
+            let end = IPV6_HEADER_SZ + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+            let upper = ipv6_upper(pkt.get(..end).unwrap_or(pkt));
+            // Past a Routing header the pseudo-header names another destination: not ours to
+            // judge (and not what the TUN library completes wrongly).
+            let (PROTO_UDP, Some(l4), true) = (upper.proto, upper.offset, upper.options_only)
+            else {
+                return false;
+            };
+            (l4, end, 8..40)
+        }
+        _ => return false,
+    };
+    let Some(udp) = pkt.get(l4..end) else {
+        return false;
+    };
+    if udp.len() < UDP_HEADER_SZ || udp[6..8] != [0, 0] {
+        return false;
+    }
+    if !verifies(sum(
+        pseudo_header(&pkt[addrs], PROTO_UDP, udp.len() as u32),
+        udp,
+    )) {
+        return false;
+    }
+    pkt[l4 + 6..l4 + 8].copy_from_slice(&[0xff, 0xff]);
+    true
 }
 
 /// Whether the packet is itself an ICMP error (never answered with another, RFC 1122 §3.2.2).
@@ -390,6 +533,208 @@ mod tests {
             !clamp_mss(&mut p, &hdr, 1400),
             "a second clamp changes nothing"
         );
+    }
+
+    /// An IPv6 TCP SYN from fd00:10::10 to fd00:20::10 with one MSS option, behind the
+    /// extension headers `exts` (in order; each one's next header is filled in), checksum
+    /// valid. Returns the packet and the TCP header's offset.
+    fn ipv6_tcp_syn(mss: u16, exts: &[u8]) -> (Vec<u8>, usize) {
+        let mut p = vec![0u8; IPV6_HEADER_SZ];
+        p[0] = 0x60;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&"fd00:10::10".parse::<Ipv6Addr>().unwrap().octets());
+        p[24..40].copy_from_slice(&"fd00:20::10".parse::<Ipv6Addr>().unwrap().octets());
+        let mut next_at = 6;
+        for &e in exts {
+            p[next_at] = e;
+            next_at = p.len();
+            let ext: Vec<u8> = match e {
+                // PadN over the 6 option bytes (RFC 8200 §4.2).
+                NEXT_HEADER_HOP_BY_HOP | NEXT_HEADER_DEST_OPTS => vec![0, 0, 1, 4, 0, 0, 0, 0],
+                // A segment routing header (RFC 8754) with segments left 0 and one segment:
+                // the final destination, as in the fixed header.
+                NEXT_HEADER_ROUTING => {
+                    let mut r = vec![0, 2, 4, 0, 0, 0, 0, 0];
+                    r.extend_from_slice(&p[24..40]);
+                    r
+                }
+                // An atomic fragment (offset 0, M clear, RFC 6946).
+                NEXT_HEADER_FRAGMENT => vec![0, 0, 0, 0, 0, 0, 0x12, 0x34],
+                other => panic!("no fixture for extension header {other}"),
+            };
+            p.extend_from_slice(&ext);
+        }
+        p[next_at] = PROTO_TCP;
+        let l4 = p.len();
+        let mut t = [0u8; 24];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&443u16.to_be_bytes());
+        t[12] = 6 << 4; // 24-byte header: one MSS option
+        t[13] = 0x02;
+        t[20..22].copy_from_slice(&[2, 4]);
+        t[22..24].copy_from_slice(&mss.to_be_bytes());
+        p.extend_from_slice(&t);
+        let payload_len = (p.len() - IPV6_HEADER_SZ) as u16;
+        p[4..6].copy_from_slice(&payload_len.to_be_bytes());
+        let c = tcp6_checksum(&p, l4);
+        p[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+        (p, l4)
+    }
+
+    /// The TCP checksum over an IPv6 packet's segment at `l4` (0 = valid), RFC 8200 §8.1.
+    fn tcp6_checksum(p: &[u8], l4: usize) -> u16 {
+        let acc = pseudo_header(&p[8..40], PROTO_TCP, (p.len() - l4) as u32);
+        finish(sum(acc, &p[l4..]))
+    }
+
+    fn clamps_ipv6_syn_behind(exts: &[u8]) {
+        let (mut p, l4) = ipv6_tcp_syn(1440, exts);
+        assert_eq!(tcp6_checksum(&p, l4), 0, "fixture checksum");
+        let hdr = InnerHeader::parse(&p).unwrap();
+        assert_eq!((hdr.proto, hdr.l4), (PROTO_TCP, Some(l4)), "{exts:?}");
+        assert!(clamp_mss(&mut p, &hdr, 1400), "{exts:?}: clamped");
+        // 1400 - 40 (fixed IPv6 header) - 20 (TCP header), RFC 6691 §2.
+        assert_eq!(u16::from_be_bytes([p[l4 + 22], p[l4 + 23]]), 1340);
+        assert_eq!(
+            tcp6_checksum(&p, l4),
+            0,
+            "{exts:?}: checksum after clamping"
+        );
+        assert!(
+            !clamp_mss(&mut p, &hdr, 1400),
+            "a second clamp changes nothing"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_syn_gets_its_mss_clamped_without_extension_headers() {
+        clamps_ipv6_syn_behind(&[]);
+    }
+
+    #[test]
+    fn an_ipv6_syn_behind_a_hop_by_hop_header_gets_its_mss_clamped() {
+        clamps_ipv6_syn_behind(&[NEXT_HEADER_HOP_BY_HOP]);
+    }
+
+    #[test]
+    fn an_ipv6_syn_behind_a_chain_of_extension_headers_gets_its_mss_clamped() {
+        clamps_ipv6_syn_behind(&[
+            NEXT_HEADER_HOP_BY_HOP,
+            NEXT_HEADER_DEST_OPTS,
+            NEXT_HEADER_ROUTING,
+            NEXT_HEADER_FRAGMENT,
+            NEXT_HEADER_DEST_OPTS,
+        ]);
+    }
+
+    #[test]
+    fn the_ipv6_chain_tells_options_only_from_routing_fragments_and_cut_chains() {
+        let (p, l4) = ipv6_tcp_syn(1440, &[NEXT_HEADER_HOP_BY_HOP, NEXT_HEADER_DEST_OPTS]);
+        assert_eq!(
+            ipv6_upper(&p),
+            Ipv6Upper {
+                proto: PROTO_TCP,
+                offset: Some(l4),
+                options_only: true
+            }
+        );
+        for ext in [NEXT_HEADER_ROUTING, NEXT_HEADER_FRAGMENT] {
+            let (p, l4) = ipv6_tcp_syn(1440, &[NEXT_HEADER_HOP_BY_HOP, ext]);
+            let u = ipv6_upper(&p);
+            assert_eq!(
+                (u.proto, u.offset, u.options_only),
+                (PROTO_TCP, Some(l4), false)
+            );
+        }
+        // A non-first fragment carries no TCP header: nothing to clamp.
+        let (mut p, _) = ipv6_tcp_syn(1440, &[NEXT_HEADER_FRAGMENT]);
+        p[42..44].copy_from_slice(&(185u16 << 3).to_be_bytes());
+        let hdr = InnerHeader::parse(&p).unwrap();
+        assert_eq!((hdr.proto, hdr.l4), (PROTO_TCP, None));
+        let before = p.clone();
+        assert!(!clamp_mss(&mut p, &hdr, 1400));
+        assert_eq!(p, before);
+        // A Hop-by-Hop header that claims more than the packet holds ends the walk.
+        let (mut p, _) = ipv6_tcp_syn(1440, &[NEXT_HEADER_HOP_BY_HOP]);
+        p[41] = 200;
+        let hdr = InnerHeader::parse(&p).unwrap();
+        assert_eq!((hdr.proto, hdr.l4), (NEXT_HEADER_HOP_BY_HOP, None));
+    }
+
+    #[test]
+    fn an_icmpv6_error_behind_a_hop_by_hop_header_is_never_answered() {
+        let (mut p, l4) = ipv6_tcp_syn(1440, &[NEXT_HEADER_HOP_BY_HOP]);
+        p[40] = PROTO_ICMPV6;
+        p[l4] = 1; // destination unreachable
+        let head = 64;
+        let mut buf = vec![0u8; head + p.len()];
+        buf[head..].copy_from_slice(&p);
+        let packet = head..head + p.len();
+        assert_eq!(
+            write_icmp_error(&mut buf, packet.clone(), IcmpError::Unreachable),
+            None
+        );
+        // An informational message (echo request) behind it is answered.
+        buf[head + l4] = 128;
+        assert!(write_icmp_error(&mut buf, packet, IcmpError::Unreachable).is_some());
+    }
+
+    /// An IPv6 UDP datagram whose checksum computes to zero, its checksum field `field`.
+    fn ipv6_udp_summing_to_zero(field: u16) -> Vec<u8> {
+        let (mut p, _) = ipv6_tcp_syn(1440, &[]);
+        p.truncate(40);
+        p[6] = PROTO_UDP;
+        p.extend_from_slice(&[
+            0x9c, 0x40, 0x14, 0x51, 0, 14, 0, 0, 0xab, 0xcd, 0x12, 0x34, 0, 0,
+        ]);
+        p[4..6].copy_from_slice(&14u16.to_be_bytes());
+        // The last payload word makes the sum all ones, so the checksum computes to zero.
+        let s = crate::checksum::fold(sum(pseudo_header(&p[8..40], PROTO_UDP, 14), &p[40..]));
+        p[52..54].copy_from_slice(&(0xffff - s).to_be_bytes());
+        p[46..48].copy_from_slice(&field.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn a_udp_checksum_that_computes_to_zero_is_sent_as_all_ones() {
+        let mut p = ipv6_udp_summing_to_zero(0);
+        assert!(udp_zero_checksum_to_ones(&mut p));
+        assert_eq!(&p[46..48], &[0xff, 0xff]);
+        let acc = pseudo_header(&p[8..40], PROTO_UDP, 14);
+        assert!(verifies(sum(acc, &p[40..])), "all ones verifies");
+        assert!(
+            !udp_zero_checksum_to_ones(&mut p),
+            "only a zero field changes"
+        );
+        // Behind a Hop-by-Hop header too.
+        let mut h = ipv6_udp_summing_to_zero(0);
+        h.splice(40..40, [PROTO_UDP, 0, 1, 4, 0, 0, 0, 0]);
+        h[6] = NEXT_HEADER_HOP_BY_HOP;
+        h[4..6].copy_from_slice(&22u16.to_be_bytes());
+        assert!(udp_zero_checksum_to_ones(&mut h));
+        assert_eq!(&h[54..56], &[0xff, 0xff]);
+    }
+
+    #[test]
+    fn a_zero_udp_checksum_meant_as_none_or_a_wrong_one_is_left_alone() {
+        // IPv4 "no checksum" (RFC 768) over a datagram that does not sum to zero.
+        let mut p = vec![0u8; 28 + 6];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&34u16.to_be_bytes());
+        p[9] = PROTO_UDP;
+        p[12..16].copy_from_slice(&[10, 10, 0, 10]);
+        p[16..20].copy_from_slice(&[10, 20, 0, 10]);
+        p[24..26].copy_from_slice(&14u16.to_be_bytes());
+        p[28..].copy_from_slice(b"tandem");
+        let before = p.clone();
+        assert!(!udp_zero_checksum_to_ones(&mut p));
+        assert_eq!(p, before);
+        // An IPv6 datagram with zero and a payload bit flipped: still wrong, not made right.
+        let mut q = ipv6_udp_summing_to_zero(0);
+        q[50] ^= 0x01;
+        let before = q.clone();
+        assert!(!udp_zero_checksum_to_ones(&mut q));
+        assert_eq!(q, before);
     }
 
     #[test]

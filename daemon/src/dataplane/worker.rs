@@ -1320,6 +1320,11 @@ fn read_offload(
                 for (slot, &len) in fresh.zip(&sizes[filled..filled + n]) {
                     slot.start = head;
                     slot.len = len;
+                    // tun-rs completes a checksum-offloaded packet's checksum, and writes a UDP
+                    // one that computes to zero as zero (IPv6 receivers drop it).
+                    if let Some(pkt) = slot.buf.get_mut(head..head + len) {
+                        tandem_engine::inner::udp_zero_checksum_to_ones(pkt);
+                    }
                 }
                 filled += n;
             }

@@ -5,7 +5,9 @@
 //!   planned failover, prints a report, and tears everything down.
 //! - `lab bench [--secs N] [--json FILE]` — plain routing (the ceiling) vs tandem (and boringtun /
 //!   wireguard-go when installed) on the same lab: TCP 1/4 streams/reverse, UDP 1400 B and 64 B
-//!   received pps, ping RTT, daemon CPU seconds per GB, daemon RSS; a table with ratios, and JSON.
+//!   received pps, the same over IPv6 inside (TCP 1 stream/reverse, UDP in packets of the IPv4
+//!   1400 B datagram's size) with each IPv6/IPv4 ratio (setups that carry IPv6: plain routing
+//!   and tandem), ping RTT, daemon CPU seconds per GB, daemon RSS; a table with ratios, and JSON.
 //!   `boringtun` runs with one thread (the reference figure); `boringtun-tN` with N;
 //!   `tandem:K=V;K2=V2` runs tandem with that environment (same-run A/B of a tuning knob).
 //!   `--pings N` sets the ping count (50); `--ping-only` skips iperf3 (latency A/B).
@@ -337,6 +339,10 @@ struct BenchRow {
     tcp_reverse_gbps: f64,
     udp1400_kpps: f64,
     udp64_kpps: f64,
+    /// IPv6 inside: `None` for a setup that carries only IPv4 (the WireGuard peers).
+    tcp1_v6_gbps: Option<f64>,
+    tcp_reverse_v6_gbps: Option<f64>,
+    udp1380_v6_kpps: Option<f64>,
     ping_avg_ms: f64,
     daemon_cpu_s_per_gb: Option<f64>,
     daemon_rss_mib: Option<f64>,
@@ -388,7 +394,7 @@ fn bench(args: &[String]) -> Result<(), Error> {
         match s.as_str() {
             "plain" => {
                 lab.plain_routes(Isp::One)?;
-                rows.push(measure(&lab, "plain routing", bo, &[])?);
+                rows.push(measure(&lab, "plain routing", bo, &[], true)?);
                 lab.remove_plain_routes(Isp::One)?;
             }
             s if s == "tandem" || s.starts_with("tandem:") => {
@@ -422,7 +428,7 @@ fn bench(args: &[String]) -> Result<(), Error> {
                         },
                     )
                 })?;
-                rows.push(measure(&lab, &name, bo, &[&pair.cgw, &pair.vpcgw])?);
+                rows.push(measure(&lab, &name, bo, &[&pair.cgw, &pair.vpcgw], true)?);
             }
             s if s == "wggo" || s.starts_with("boringtun") => match wg::start(&lab, s) {
                 Ok(Some(peer)) => {
@@ -432,7 +438,8 @@ fn bench(args: &[String]) -> Result<(), Error> {
                         Some(n) => format!("boringtun ({n} threads)"),
                         None => "wireguard-go".to_string(),
                     };
-                    rows.push(measure_pids(&lab, &name, bo, &pids)?);
+                    // Their configuration (as peers.sh's) routes IPv4 only.
+                    rows.push(measure_pids(&lab, &name, bo, &pids, false)?);
                 }
                 Ok(None) => println!(
                     "  {s}: not installed, skipped (install it with netns-tests/peers/peers.sh --install)"
@@ -456,12 +463,34 @@ fn bench(args: &[String]) -> Result<(), Error> {
         &header_refs,
     );
     type Get = fn(&BenchRow) -> Option<f64>;
-    let figures: [(&str, Get, usize); 8] = [
+    /// An IPv6 figure over its IPv4 counterpart, same setup, same run.
+    fn per(v6: Option<f64>, v4: f64) -> Option<f64> {
+        v6.filter(|_| v4 > 0.0).map(|v| v / v4)
+    }
+    let figures: [(&str, Get, usize); 14] = [
         ("TCP 1 stream (Gbit/s)", |r| Some(r.tcp1_gbps), 2),
         ("TCP 4 streams (Gbit/s)", |r| Some(r.tcp4_gbps), 2),
         ("TCP reverse (Gbit/s)", |r| Some(r.tcp_reverse_gbps), 2),
         ("UDP 1400 B received (kpps)", |r| Some(r.udp1400_kpps), 1),
         ("UDP 64 B received (kpps)", |r| Some(r.udp64_kpps), 1),
+        ("IPv6 TCP 1 stream (Gbit/s)", |r| r.tcp1_v6_gbps, 2),
+        ("IPv6 TCP reverse (Gbit/s)", |r| r.tcp_reverse_v6_gbps, 2),
+        ("IPv6 UDP 1380 B received (kpps)", |r| r.udp1380_v6_kpps, 1),
+        (
+            "IPv6/IPv4 TCP 1 stream",
+            |r| per(r.tcp1_v6_gbps, r.tcp1_gbps),
+            2,
+        ),
+        (
+            "IPv6/IPv4 TCP reverse",
+            |r| per(r.tcp_reverse_v6_gbps, r.tcp_reverse_gbps),
+            2,
+        ),
+        (
+            "IPv6/IPv4 UDP 1428 B packets",
+            |r| per(r.udp1380_v6_kpps, r.udp1400_kpps),
+            2,
+        ),
         ("ping RTT avg (ms)", |r| Some(r.ping_avg_ms), 3),
         ("daemon CPU (s/GB)", |r| r.daemon_cpu_s_per_gb, 2),
         ("daemon RSS (MiB)", |r| r.daemon_rss_mib, 1),
@@ -524,9 +553,15 @@ struct BenchOpts {
     ping_only: bool,
 }
 
-fn measure(lab: &Lab, name: &str, bo: BenchOpts, daemons: &[&Daemon]) -> Result<BenchRow, Error> {
+fn measure(
+    lab: &Lab,
+    name: &str,
+    bo: BenchOpts,
+    daemons: &[&Daemon],
+    v6: bool,
+) -> Result<BenchRow, Error> {
     let pids: Vec<u32> = daemons.iter().map(|d| d.process().pid()).collect();
-    measure_pids(lab, name, bo, &pids)
+    measure_pids(lab, name, bo, &pids, v6)
 }
 
 fn cpu_of(pids: &[u32]) -> f64 {
@@ -535,16 +570,33 @@ fn cpu_of(pids: &[u32]) -> f64 {
         .sum()
 }
 
-fn measure_pids(lab: &Lab, name: &str, bo: BenchOpts, pids: &[u32]) -> Result<BenchRow, Error> {
+/// The UDP payload that makes an IPv6 packet as long as the IPv4 one of a 1400 B payload
+/// (1428 B: 20 B more of IP header), so both fit the bench's inner MTU unfragmented.
+const UDP_V6_LEN: u32 = 1400 + 20 - 40;
+
+/// One setup's figures; with `v6`, the IPv6-inner ones too, each run right after its IPv4
+/// counterpart so that the pair sees the same machine.
+fn measure_pids(
+    lab: &Lab,
+    name: &str,
+    bo: BenchOpts,
+    pids: &[u32],
+    v6: bool,
+) -> Result<BenchRow, Error> {
     let dst = vpc_ip(Family::V4);
     let o = IperfOpts {
         secs: bo.secs,
         ..IperfOpts::default()
     };
-    let run = |label: &str, o: IperfOpts| {
+    let run_to = |f: Family, label: &str, o: IperfOpts| {
         Progress::run(&format!("{name}: {label}"), || {
-            iperf3(&lab.office, dst, 5201, o)
+            iperf3(&lab.office, vpc_ip(f), 5201, o)
         })
+    };
+    let run = |label: &str, o: IperfOpts| run_to(Family::V4, label, o);
+    let run6 = |label: &str, o: IperfOpts| {
+        v6.then(|| run_to(Family::V6, &format!("IPv6 {label}"), o))
+            .transpose()
     };
     let pr = Progress::run(&format!("{name}: ping x{}", bo.pings), || {
         ping(&lab.office, dst, bo.pings, ms(20))
@@ -559,12 +611,21 @@ fn measure_pids(lab: &Lab, name: &str, bo: BenchOpts, pids: &[u32]) -> Result<Be
     let cpu0 = cpu_of(pids);
     let tcp1 = run("TCP 1 stream", o)?;
     let cpu1 = cpu_of(pids);
+    let tcp1_v6 = run6("TCP 1 stream", o)?;
     let tcp4 = run("TCP 4 streams", IperfOpts { parallel: 4, ..o })?;
     let rev = run("TCP reverse", IperfOpts { reverse: true, ..o })?;
+    let rev_v6 = run6("TCP reverse", IperfOpts { reverse: true, ..o })?;
     let u1400 = run(
         "UDP 1400 B full rate",
         IperfOpts {
             udp_len: Some(1400),
+            ..o
+        },
+    )?;
+    let u1380_v6 = run6(
+        &format!("UDP {UDP_V6_LEN} B full rate"),
+        IperfOpts {
+            udp_len: Some(UDP_V6_LEN),
             ..o
         },
     )?;
@@ -600,6 +661,9 @@ fn measure_pids(lab: &Lab, name: &str, bo: BenchOpts, pids: &[u32]) -> Result<Be
         tcp_reverse_gbps: rev.gbps(),
         udp1400_kpps: u1400.udp_received_pps / 1e3,
         udp64_kpps: u64b.udp_received_pps / 1e3,
+        tcp1_v6_gbps: tcp1_v6.map(|r| r.gbps()),
+        tcp_reverse_v6_gbps: rev_v6.map(|r| r.gbps()),
+        udp1380_v6_kpps: u1380_v6.map(|r| r.udp_received_pps / 1e3),
         ping_avg_ms: pr.rtt_avg_ms,
         daemon_cpu_s_per_gb: cpu,
         daemon_rss_mib: rss,
