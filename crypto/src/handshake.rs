@@ -82,6 +82,9 @@ const COOKIE_NONCE_LEN: usize = 12;
 const COOKIE_CT_OFF: usize = COOKIE_NONCE_OFF + COOKIE_NONCE_LEN;
 /// Length of a cookie reply.
 pub const COOKIE_REPLY_LEN: usize = COOKIE_CT_OFF + COOKIE_LEN + TAG_LEN;
+// A cookie reply answers an initiation from an unverified source: it must never be bigger than
+// what the sender sent, or the responder would amplify a spoofed flood.
+const _: () = assert!(COOKIE_REPLY_LEN < INITIATION_LEN);
 /// The longest handshake message: size buffers for handshake output with this.
 pub const MAX_MESSAGE_LEN: usize = INITIATION_LEN;
 

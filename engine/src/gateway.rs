@@ -202,6 +202,10 @@ impl Engine {
     /// Rebuilds the schedule from every tunnel and connection (start, reload).
     fn reschedule_all(&mut self) {
         self.schedule = Schedule::new(self.tunnels.len(), self.conns.len());
+        // Room for every SPI the tunnels can hold at once (confirmed slots, one unconfirmed, one
+        // in flight), so installing an SA never grows the table on the packet path.
+        let spis = self.tunnels.len() * (crate::tunnel::IN_SLOTS + 2);
+        self.spis.reserve(spis.saturating_sub(self.spis.len()));
         for i in 0..self.tunnels.len() {
             self.touch(i);
         }

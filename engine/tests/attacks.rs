@@ -324,3 +324,49 @@ fn absurd_timers_neither_panic_nor_spin() {
     assert_eq!(sim.state(Side::A, 1), TunnelState::Up);
     let _ = TunnelId(0);
 }
+
+/// An attacker records B's authenticated ESP (keepalives and data) on tunnel 1, then the path dies
+/// and the attacker replays the recording to A, 50 datagrams every 10 ms: the anti-replay window
+/// rejects every one, so A's tunnel 1 goes Down on its DPD timeout all the same.
+#[test]
+fn replayed_keepalives_and_data_do_not_keep_a_dead_tunnel_up() {
+    let setup = Setup::default();
+    let bound = setup.dpd_timeout + setup.dpd_interval;
+    let mut sim = Sim::new(setup);
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(10));
+    sim.record_wire = true;
+    sim.run_until(secs(12));
+    sim.record_wire = false;
+    let recorded: Vec<Vec<u8>> = sim
+        .wire
+        .iter()
+        .filter(|(_, from, t, b)| *from == Side::B && *t == 0 && b.len() > 4 && b[..4] != [0; 4])
+        .map(|w| w.3.clone())
+        .collect();
+    assert!(recorded.len() > 200, "recorded {}", recorded.len());
+    let replay0 = sim.engine(Side::A).drop_counters().get(DropReason::Replay);
+    sim.cut_both(0, true);
+    let cut_at = sim.elapsed();
+    let mut down_at = None;
+    let mut next = 0;
+    let mut t = cut_at;
+    while t < cut_at + secs(3) {
+        t += ms(10);
+        for _ in 0..50 {
+            let b = recorded[next % recorded.len()].clone();
+            next += 1;
+            let _ = sim.inject(Side::A, 0, addr(Side::B, 0), b);
+        }
+        sim.run_until(t);
+        if down_at.is_none() && sim.state(Side::A, 0) != TunnelState::Up {
+            down_at = Some(sim.elapsed() - cut_at);
+        }
+    }
+    let replays = sim.engine(Side::A).drop_counters().get(DropReason::Replay) - replay0;
+    eprintln!("replayed {next} datagrams ({replays} counted as replay); A down after {down_at:?}");
+    assert!(replays >= next as u64 * 9 / 10, "{replays} of {next}");
+    let down_at = down_at.expect("A's tunnel 1 stayed Up under replays");
+    assert!(down_at <= bound + ms(10), "{down_at:?} > {bound:?}");
+    assert_eq!(sim.active(Side::A), Some(1));
+}
