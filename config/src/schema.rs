@@ -45,6 +45,7 @@ const GATEWAY_KEYS: &[&str] = &["private_key_file", "tun_name", "mtu", "address"
 const CONTROL_KEYS: &[&str] = &["socket", "metrics_listen"];
 const CONNECTION_KEYS: &[&str] = &[
     "name",
+    "protocol",
     "peer_public_key",
     "peer_public_key_file",
     "local_subnets",
@@ -143,6 +144,9 @@ pub(crate) fn parse(name: &str, text: &str, keys: &dyn KeyFiles) -> Result<Confi
         span: 0..0,
         path: String::new(),
     };
+    if refuse_ikev2(w.sink, &root) {
+        return Err(sink.into_error());
+    }
     w.check_keys(&root, ROOT_KEYS);
     let gateway = match w.table(&root, "gateway") {
         Some(t) => w.gateway(&t),
@@ -202,6 +206,35 @@ pub(crate) fn parse(name: &str, text: &str, keys: &dyn KeyFiles) -> Result<Confi
             message: "internal error: invalid config without a diagnostic".into(),
         }])
     })
+}
+
+/// The message for `protocol = "ikev2"`: what this release speaks, and what to do.
+const IKEV2_REFUSED: &str = "protocol \"ikev2\" (standard IPsec peers such as AWS, as `tandem import aws` writes) is not available in this release of tandem, which speaks only protocol \"tandem\" (docs/configuration.md)";
+
+/// A config with an IKEv2 connection is refused as a whole, with one line per such connection:
+/// its IKEv2 keys and its missing Noise keys would otherwise bury that one fact under many errors.
+/// Returns whether anything was reported.
+fn refuse_ikev2(sink: &mut Sink<'_>, root: &Tab<'_, '_>) -> bool {
+    let Some(list) = root
+        .table
+        .get("connection")
+        .and_then(|c| c.get_ref().as_array())
+    else {
+        return false;
+    };
+    let mut refused = false;
+    for (i, c) in list.iter().enumerate() {
+        let protocol = c.get_ref().as_table().and_then(|t| t.get("protocol"));
+        if let Some(p) = protocol.filter(|p| p.get_ref().as_str() == Some("ikev2")) {
+            sink.error(
+                &p.span(),
+                &format!("connection[{i}].protocol"),
+                IKEV2_REFUSED,
+            );
+            refused = true;
+        }
+    }
+    refused
 }
 
 /// Only `[control] socket`, for control commands that need to find the daemon.
@@ -686,6 +719,11 @@ impl Walker<'_, '_, '_> {
     fn connection(&mut self, tab: &Tab<'_, '_>) -> RawConnection {
         self.check_keys(tab, CONNECTION_KEYS);
         let name = self.name(tab, "connection");
+        // "ikev2" never gets here (`refuse_ikev2`).
+        let _ = self.parsed(tab, "protocol", |s| match s {
+            "tandem" => Ok(()),
+            _ => Err(format!("unknown protocol \"{s}\": expected \"tandem\"")),
+        });
         let (has_peer_key, peer_key) = self.peer_public_key(tab);
         let subnets = |w: &mut Self, key: &str| {
             let list = w.parsed_list(tab, key, parse_subnet);

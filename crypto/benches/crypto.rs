@@ -1,5 +1,6 @@
-//! Criterion benchmarks: ESP seal and open in place at 64, 512, 1420 and 8192 bytes, and full
-//! handshakes (initiation + response + completion, both ends) per second.
+//! Criterion benchmarks: ESP seal and open in place at 64, 512, 1420 and 8192 bytes, with ESN
+//! (`esp/`) and without (`esp32/`: 32-bit sequence numbers, a 1024-packet window, any peer IV),
+//! and full handshakes (initiation + response + completion, both ends) per second.
 //!
 //! `cargo bench -p tandem-crypto --bench crypto`
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
@@ -13,8 +14,8 @@ use rand_core::SeedableRng;
 use tandem_crypto::esp::{HEADROOM, NEXT_HEADER_IPV4, TAILROOM};
 use tandem_crypto::handshake::MAX_MESSAGE_LEN;
 use tandem_crypto::{
-    InboundSa, Initiator, OutboundSa, Psk, Responder, ResponderOutcome, SaKeys, Spi, StaticSecret,
-    Tai64N,
+    InboundParams, InboundSa, Initiator, OutboundSa, PeerIv, Psk, Responder, ResponderOutcome,
+    SaKeys, SeqMode, Spi, StaticSecret, Tai64N, WindowSize,
 };
 
 const SIZES: [usize; 4] = [64, 512, 1420, 8192];
@@ -31,10 +32,20 @@ fn spi() -> Spi {
 }
 
 fn esp(c: &mut Criterion) {
-    let mut g = c.benchmark_group("esp");
+    esp_mode(c, "esp", SeqMode::Esn, InboundParams::default());
+    let ikev2 = InboundParams {
+        seq: SeqMode::Bits32,
+        window: WindowSize::new(1024).unwrap(),
+        peer_iv: PeerIv::Any,
+    };
+    esp_mode(c, "esp32", SeqMode::Bits32, ikev2);
+}
+
+fn esp_mode(c: &mut Criterion, group: &str, mode: SeqMode, params: InboundParams) {
+    let mut g = c.benchmark_group(group);
     for size in SIZES {
         g.throughput(Throughput::Bytes(size as u64));
-        let mut out = OutboundSa::new(spi(), keys());
+        let mut out = OutboundSa::with_mode(spi(), keys(), mode);
         let mut buf = vec![0x5au8; HEADROOM + size + TAILROOM];
         g.bench_function(format!("seal/{size}"), |b| {
             b.iter(|| {
@@ -50,8 +61,8 @@ fn esp(c: &mut Criterion) {
             })
         });
 
-        let mut sealer = OutboundSa::new(spi(), keys());
-        let mut inb = InboundSa::new(spi(), keys());
+        let mut sealer = OutboundSa::with_mode(spi(), keys(), mode);
+        let mut inb = InboundSa::with_params(spi(), keys(), params);
         g.bench_function(format!("open/{size}"), |b| {
             b.iter_batched_ref(
                 || {

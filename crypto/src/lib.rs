@@ -1,5 +1,6 @@
 //! tandem's protocol cryptography, sans-IO: the Noise IKpsk2 handshake, the key schedule, the ESP
-//! security association (seal/open in place) and the RFC 6479 anti-replay window.
+//! security association (seal/open in place; ESN or 32-bit sequence numbers) and the RFC 6479
+//! anti-replay window (of a configurable size).
 //! No sockets and no clocks: time and randomness are passed in.
 //!
 //! - [`keys`]: static keys, PSKs, SPIs, TAI64N timestamps.
@@ -15,8 +16,8 @@ mod noise;
 pub mod replay;
 
 pub use esp::{
-    HEADROOM, InboundSa, OpenError, Opened, OutboundSa, SaKeys, SealError, Sealed, TAILROOM,
-    peek_spi,
+    HEADROOM, InboundParams, InboundSa, OpenError, Opened, OutboundSa, PeerIv, SaKeys, SealError,
+    Sealed, SeqMode, TAILROOM, peek_spi,
 };
 pub use handshake::{
     Cookie, Established, HandshakeError, Initiator, MessageType, Responder, ResponderOutcome,
@@ -24,4 +25,4 @@ pub use handshake::{
 };
 pub use keys::{Psk, PublicKey, Spi, StaticSecret, Tai64N};
 pub use rand_core;
-pub use replay::{ReplayError, ReplayWindow};
+pub use replay::{ReplayError, ReplayWindow, WindowSize};

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use common::*;
 use proptest::prelude::*;
 use tandem_crypto::esp::{HEADROOM, REJECT_AFTER_PACKETS, TAILROOM, infer_seq};
-use tandem_crypto::replay::{RING_BITS, WINDOW};
-use tandem_crypto::{OpenError, ReplayError, ReplayWindow};
+use tandem_crypto::replay::{MIN_WINDOW, RING_BITS, WINDOW};
+use tandem_crypto::{OpenError, ReplayError, ReplayWindow, WindowSize};
 
 #[derive(Debug, Clone, Copy)]
 enum Op {
@@ -27,7 +27,11 @@ const OLD: Result<(), ReplayError> = Err(ReplayError::TooOld);
 const ZERO: Result<(), ReplayError> = Err(ReplayError::Zero);
 
 fn run(name: &str, ops: &[Op]) {
-    let mut w = ReplayWindow::new();
+    run_sized(name, WindowSize::MAX, ops);
+}
+
+fn run_sized(name: &str, size: WindowSize, ops: &[Op]) {
+    let mut w = ReplayWindow::with_size(size);
     for (i, op) in ops.iter().enumerate() {
         match *op {
             Commit(s, want) => assert_eq!(w.commit(s), want, "{name}: op {i} commit({s})"),
@@ -40,6 +44,55 @@ fn run(name: &str, ops: &[Op]) {
 fn the_window_is_8192_bits_and_accepts_8128_packets_behind_the_top() {
     assert_eq!(RING_BITS, 8192);
     assert_eq!(WINDOW, 8128);
+}
+
+#[test]
+fn window_sizes_run_from_32_to_8128_packets() {
+    assert_eq!(MIN_WINDOW, 32);
+    assert_eq!(WindowSize::new(31), None);
+    assert_eq!(WindowSize::new(32).unwrap().packets(), 32);
+    assert_eq!(WindowSize::new(1024).unwrap().packets(), 1024);
+    assert_eq!(WindowSize::new(8128), Some(WindowSize::MAX));
+    assert_eq!(WindowSize::new(8129), None);
+    assert_eq!(WindowSize::new(0), None);
+    assert_eq!(WindowSize::default(), WindowSize::MAX);
+    assert_eq!(ReplayWindow::new().size(), WindowSize::MAX);
+}
+
+#[test]
+fn a_smaller_window_refuses_at_its_own_edge() {
+    for n in [32u64, 64, 1024, 2048, 8127] {
+        let size = WindowSize::new(n).unwrap();
+        run_sized(
+            &format!("window {n}, edge - 1, edge, + 1"),
+            size,
+            &[
+                Commit(10_000, OK),
+                Check(10_000 - n, OLD),
+                Check(10_000 - n + 1, OK),
+                Commit(10_000 - n + 1, OK),
+                Commit(10_000 - n + 1, DUP),
+                Commit(10_001, OK),
+                Check(10_000 - n + 1, OLD),
+                Check(10_001 - n + 1, OK),
+            ],
+        );
+        run_sized(
+            &format!("window {n}, a slide by less than the window keeps the bits"),
+            size,
+            &[
+                Commit(500, OK),
+                Commit(499, OK),
+                Commit(498 + n, OK),
+                Check(499, DUP),
+                Check(500, DUP),
+                Check(501, OK),
+                Commit(499 + n, OK),
+                Check(499, OLD),
+                Check(500, DUP),
+            ],
+        );
+    }
 }
 
 #[test]
@@ -252,15 +305,15 @@ fn open_rejects_replays_before_the_aead_and_commits_only_after_it() {
     assert_eq!(b.inbound.highest_seq(), 5);
 }
 
-/// The model: the set of accepted numbers.
-fn model_check(set: &BTreeSet<u64>, seq: u64) -> Result<(), ReplayError> {
+/// The model: the set of accepted numbers and the window size.
+fn model_check(set: &BTreeSet<u64>, size: u64, seq: u64) -> Result<(), ReplayError> {
     if seq == 0 {
         return Err(ReplayError::Zero);
     }
     let top = set.last().copied().unwrap_or(0);
     if seq > top {
         Ok(())
-    } else if top - seq >= WINDOW {
+    } else if top - seq >= size {
         Err(ReplayError::TooOld)
     } else if set.contains(&seq) {
         Err(ReplayError::Duplicate)
@@ -274,28 +327,43 @@ fn step() -> impl Strategy<Value = (u8, u64, bool)> {
     (0u8..6, any::<u64>(), any::<bool>())
 }
 
-fn pick(kind: u8, r: u64, top: u64) -> u64 {
+fn pick(kind: u8, r: u64, top: u64, size: u64) -> u64 {
     match kind {
-        0 => top.saturating_add(1 + r % 4), // in order, small gaps
-        1 => top.saturating_sub(r % (WINDOW + 64)), // behind, around the edge
-        2 => top.saturating_sub(WINDOW - 2 + r % 4), // exactly at the edge +- 1
+        0 => top.saturating_add(1 + r % 4),        // in order, small gaps
+        1 => top.saturating_sub(r % (size + 64)),  // behind, around the edge
+        2 => top.saturating_sub(size - 2 + r % 4), // exactly at the edge +- 1
         3 => top.saturating_add(r % (3 * RING_BITS)), // jumps up to 3 rings
-        4 => r % 64,                        // the start, including 0
-        _ => top.saturating_sub(r % 64),    // recent: duplicates likely
+        4 => r % 64,                               // the start, including 0
+        _ => top.saturating_sub(r % 64),           // recent: duplicates likely
     }
+}
+
+/// The sizes peers use (IKEv2 gateways 64..2048, tandem 8128), the bounds, and any other.
+fn window_size() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(WINDOW),
+        Just(MIN_WINDOW),
+        Just(64u64),
+        Just(1024u64),
+        Just(2048u64),
+        MIN_WINDOW..=WINDOW,
+    ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_window_agrees_with_a_btreeset_model(steps in prop::collection::vec(step(), 1..48)) {
-        let mut w = ReplayWindow::new();
+    fn the_window_agrees_with_a_btreeset_model(
+        size in window_size(),
+        steps in prop::collection::vec(step(), 1..48),
+    ) {
+        let mut w = ReplayWindow::with_size(WindowSize::new(size).unwrap());
         let mut set = BTreeSet::new();
         for (kind, r, commit) in steps {
             let top = set.last().copied().unwrap_or(0);
-            let seq = pick(kind, r, top);
-            let want = model_check(&set, seq);
+            let seq = pick(kind, r, top, size);
+            let want = model_check(&set, size, seq);
             prop_assert_eq!(w.check(seq), want, "check({})", seq);
             if commit {
                 prop_assert_eq!(w.commit(seq), want, "commit({})", seq);

@@ -31,6 +31,7 @@ Examples:
   tandem status --json
   tandem failover prod-vpc --to tunnel2
   tandem drill prod-vpc --duration 10s
+  tandem import aws vpn-0a1b2c3d4e5f60718.xml --dir /etc/tandem
 
 Exit status: 0 success, 1 user error (bad config, unknown name), 2 daemon unreachable.";
 
@@ -113,6 +114,42 @@ Examples:
 
 Reports detection time, traffic gap, probes lost and failback time.")]
     Drill(DrillArgs),
+    /// Turn a cloud provider's VPN connection description into a tandem config and PSK files.
+    #[command(subcommand)]
+    Import(ImportSource),
+}
+
+/// `tandem import SOURCE`: where the description comes from.
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// AWS Site-to-Site VPN: the customer gateway configuration XML (`aws ec2
+    /// describe-vpn-connections --query 'VpnConnections[0].CustomerGatewayConfiguration'`).
+    #[command(after_help = "\
+Examples:
+  tandem import aws vpn-0a1b2c3d4e5f60718.xml --dir /etc/tandem
+  tandem import aws office.xml --name office --dir /etc/tandem
+
+Writes DIR/NAME.toml (an IKEv2 connection with two tunnels) and DIR/NAME-tunnel1.psk,
+DIR/NAME-tunnel2.psk (mode 0600); never overwrites a file. With static routing, fill in
+local_subnets and remote_subnets before use. Prints the `aws ec2 modify-vpn-tunnel-options`
+command for each tunnel that AWS set up with IKEv1, CBC, SHA-1 or a MODP group, and the FRR
+neighbour lines when the connection uses BGP; never prints a PSK.
+Exit status 1, with nothing written, if the XML is malformed or lacks an element.")]
+    Aws(ImportAwsArgs),
+}
+
+/// `tandem import aws FILE.xml [--name NAME] [--dir DIR]`.
+#[derive(Debug, Args)]
+pub struct ImportAwsArgs {
+    /// The XML file (AWS's `CustomerGatewayConfiguration`).
+    #[arg(value_name = "FILE.xml")]
+    pub file: PathBuf,
+    /// The connection name and file stem (default: the XML's `vpn_connection id`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Where to write the files (created fresh; an existing one is an error).
+    #[arg(long, value_name = "DIR", default_value = ".", visible_alias = "out")]
+    pub dir: PathBuf,
 }
 
 /// `-c FILE`, required.
@@ -287,5 +324,24 @@ mod tests {
         assert_eq!(d.duration, Duration::from_millis(250));
         assert!(!d.graceful);
         assert!(Cli::try_parse_from(["tandem", "drill", "prod", "--duration", "0s"]).is_err());
+    }
+
+    #[test]
+    fn import_aws_arguments_parse() {
+        let cli = Cli::try_parse_from(["tandem", "import", "aws", "a.xml", "--out", "/x"]).unwrap();
+        let Command::Import(ImportSource::Aws(a)) = cli.command else {
+            panic!("not import aws")
+        };
+        assert_eq!(a.file, Path::new("a.xml"));
+        assert_eq!(a.dir, Path::new("/x"));
+        assert_eq!(a.name, None);
+        let cli = Cli::try_parse_from(["tandem", "import", "aws", "a.xml", "--name", "n"]).unwrap();
+        let Command::Import(ImportSource::Aws(a)) = cli.command else {
+            panic!("not import aws")
+        };
+        assert_eq!(a.dir, Path::new("."));
+        assert_eq!(a.name.as_deref(), Some("n"));
+        assert!(Cli::try_parse_from(["tandem", "import", "aws"]).is_err());
+        assert!(Cli::try_parse_from(["tandem", "import", "gcp", "a.xml"]).is_err());
     }
 }

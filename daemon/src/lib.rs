@@ -6,6 +6,7 @@ pub mod check;
 pub mod cli;
 pub mod control;
 pub mod dataplane;
+pub mod import;
 pub mod keylog;
 pub mod keys;
 pub mod listeners;

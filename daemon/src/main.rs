@@ -9,7 +9,7 @@
 use std::io::Read as _;
 use std::process::ExitCode;
 
-use tandem::cli::{Cli, Command, EXIT_OK, EXIT_USER_ERROR};
+use tandem::cli::{Cli, Command, EXIT_OK, EXIT_USER_ERROR, ImportSource};
 use zeroize::Zeroizing;
 
 fn main() -> ExitCode {
@@ -55,6 +55,22 @@ fn dispatch(command: Command) -> u8 {
         Command::Drill(args) => with_socket(&args.control, |s| {
             tandem::control::cmd_drill(s, &args.connection, args.duration, args.graceful)
         }),
+        Command::Import(ImportSource::Aws(args)) => {
+            match tandem::import::import_aws(&args.file, args.name.as_deref(), &args.dir) {
+                Ok(report) => {
+                    print!("{report}");
+                    EXIT_OK
+                }
+                Err(e) if e.is_about_the_xml() => {
+                    eprintln!("tandem: {}: {e}", args.file.display());
+                    EXIT_USER_ERROR
+                }
+                Err(e) => {
+                    eprintln!("tandem: {e}");
+                    EXIT_USER_ERROR
+                }
+            }
+        }
     }
 }
 

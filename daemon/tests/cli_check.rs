@@ -186,6 +186,8 @@ golden_tests!(
     several_errors_each_on_its_own_line,
     failback_bad_value,
     invalid_tun_name,
+    unknown_protocol,
+    ikev2_connection_is_refused,
 );
 
 #[test]
