@@ -1,4 +1,4 @@
-//! CI checks for the systemd units and the install recipe (issue 7, SPEC §8):
+//! CI checks for the systemd units and the install recipe (docs/operations.md):
 //! - `systemd-analyze verify` accepts `tandem.service` and `tandem@.service` with no warning;
 //! - `systemd-analyze security --offline=yes` scores both at 2.0 or lower;
 //! - every directive of the `[Service]` section carries a comment saying why;

@@ -5,7 +5,7 @@
 //! non-ESP marker) and ESP is carried in UDP (RFC 3948).
 //!
 //! `force` fakes our source hash (like strongSwan's `encap = yes`), so the peer sees a NAT and
-//! both ends encapsulate: what SPEC §10's `encapsulation = "force"` asks for, and what a path
+//! both ends encapsulate: what an `encapsulation = "force"` setting (ike/README.md) asks for, and what a path
 //! that drops raw ESP (protocol 50) needs.
 //!
 //! The addresses are the UDP socket pair the driver uses for this IKE SA; the state machine

@@ -43,7 +43,7 @@ pub struct EspProposal {
     pub pfs: Option<DhGroup>,
 }
 
-/// The IKE proposals offered when the config names none (SPEC-level defaults, documented in
+/// The IKE proposals offered when the config names none (the defaults, documented in
 /// `docs/configuration.md` when the config gains the key).
 pub const DEFAULT_IKE_PROPOSALS: [IkeProposal; 3] = [
     IkeProposal {

@@ -2,7 +2,7 @@
 //! RFC 3948 `udpencap` dissector does that by default for non-zero first words — and decrypts with
 //! the SAs from tandem's key log) and the MSS of TCP SYNs.
 //!
-//! Key log (SPEC §4, written by `tandem run` when `TANDEM_KEYLOG=path` is set, mode 0600), one
+//! Key log (docs/protocol.md, written by `tandem run` when `TANDEM_KEYLOG=path` is set, mode 0600), one
 //! line per SA as it is installed:
 //! `<unix-seconds> <connection> <tunnel> <in|out> <outer-src-ip> <outer-dst-ip> 0x<SPI> aes256gcm16 <key 64 hex><salt 8 hex>`.
 //! Each line becomes one entry of tshark's `esp_sa` table:
@@ -91,7 +91,7 @@ pub struct KeyLogEntry {
     pub key_salt_hex: String,
 }
 
-/// Parses a key log (SPEC §4 format); malformed lines are errors.
+/// Parses a key log (docs/protocol.md format); malformed lines are errors.
 pub fn parse_keylog(text: &str) -> Result<Vec<KeyLogEntry>, Error> {
     let mut v = Vec::new();
     for line in text

@@ -1,5 +1,5 @@
 //! strongSwan's charon as an IKEv2 peer in a lab namespace, configured the way AWS configures its
-//! Site-to-Site VPN endpoints (SPEC §10): IKEv2, a PSK per tunnel, AES-256-GCM-16, PFS, no ESN,
+//! Site-to-Site VPN endpoints (ike/README.md): IKEv2, a PSK per tunnel, AES-256-GCM-16, PFS, no ESN,
 //! replay window 1024, UDP encapsulation forced (`encap = yes`).
 //!
 //! Each [`Charon`] is private to its test: its `strongswan.conf` (read through `STRONGSWAN_CONF`),

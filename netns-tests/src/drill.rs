@@ -17,7 +17,7 @@ use crate::traffic::{Iperf3Client, Iperf3Server, IperfOpts, IperfResult};
 /// iperf3 port used by drills.
 pub const DRILL_IPERF_PORT: u16 = 5211;
 
-/// The SPEC §5 bound on the largest probe gap for an unplanned failure:
+/// The docs/protocol.md bound on the largest probe gap for an unplanned failure:
 /// `dpd_timeout + 2 × dpd_interval + 50 ms`.
 pub fn gap_bound(pair: &TandemPair) -> Duration {
     let o = pair.setup.opts();

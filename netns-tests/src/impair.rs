@@ -1,4 +1,4 @@
-//! nftables impairments: silent blackholes and random loss (SPEC §9).
+//! nftables impairments: silent blackholes and random loss (netns-tests/README.md).
 //!
 //! A blackhole is the realistic failure: the link stays up, packets vanish. Each impairment is its
 //! own `inet` table with a `prerouting` chain at priority -300 (ingress: before routing, for

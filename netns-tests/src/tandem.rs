@@ -1,4 +1,4 @@
-//! tandem in the lab: finding the binary, keys and PSKs, SPEC §3 configs for both gateways in a
+//! tandem in the lab: finding the binary, keys and PSKs, docs/configuration.md configs for both gateways in a
 //! private temporary directory, the daemons (`tandem run` inside `cgw` and `vpcgw`), and the
 //! control commands (`status --json`, `failover`, `reload`, `drill`) over each daemon's socket.
 //!
@@ -160,7 +160,7 @@ pub struct TandemOpts {
 }
 
 impl Default for TandemOpts {
-    /// The drill timers of SPEC §5 (100 ms / 300 ms), failback after 1 s.
+    /// The drill timers of docs/protocol.md (100 ms / 300 ms), failback after 1 s.
     fn default() -> Self {
         TandemOpts {
             underlay: Family::V4,
@@ -217,7 +217,7 @@ pub struct TandemSetup {
 
 impl TandemSetup {
     /// Generates keys with `tandem genkey`/`pubkey`, PSKs with `tandem genpsk`, and writes both
-    /// gateways' configs (SPEC §3).
+    /// gateways' configs (docs/configuration.md).
     pub fn new(opts: TandemOpts) -> Result<Self, Error> {
         Self::build(opts, false)
     }
@@ -529,7 +529,7 @@ impl Daemon {
     }
 }
 
-/// A `tandem status --json` document (SPEC §7).
+/// A `tandem status --json` document (docs/cli.md).
 #[derive(Debug, Clone)]
 pub struct Status(pub Value);
 

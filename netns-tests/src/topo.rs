@@ -1,4 +1,4 @@
-//! The SPEC §9 topology, dual-stack everywhere (IPv4 and IPv6 both as underlay and inner):
+//! The netns-tests/README.md topology, dual-stack everywhere (IPv4 and IPv6 both as underlay and inner):
 //!
 //! ```text
 //!  office ── cgw ══ isp1 (192.0.2.0/24, 2001:db8:1::/64) ══ vpcgw ── vpc
@@ -7,7 +7,7 @@
 //!
 //! `isp1` and `isp2` are namespaces that route between the two gateways, so impairments (nftables
 //! drops, the WAN emulator) sit in the middle of the path, as a provider's network would, and a
-//! capture on `isp1` sees exactly the tunnel's wire. Each gateway keeps the SPEC addresses in one
+//! capture on `isp1` sees exactly the tunnel's wire. Each gateway keeps the documented addresses (netns-tests/README.md) in one
 //! /24 (/64) per ISP; the ISP owns `.254` (`::fe`) on both of its links and the gateways reach each
 //! other through it with a host route (`192.0.2.2/32 via 192.0.2.254`), so no proxy ARP/NDP is
 //! needed. Interfaces are named after their peer (`cgw` has `lan`, `isp1`, `isp2`).
@@ -55,7 +55,7 @@ pub enum Isp {
 /// One or two head-end namespaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HeadEnds {
-    /// `vpcgw` ends both tunnels (SPEC §9).
+    /// `vpcgw` ends both tunnels (netns-tests/README.md).
     #[default]
     One,
     /// `vpcgw` ends tunnel1, `vpcgw2` ends tunnel2.
@@ -178,7 +178,7 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds the SPEC §9 lab with one head-end.
+    /// Builds the netns-tests/README.md lab with one head-end.
     pub fn new() -> Result<Lab, Error> {
         Self::build(HeadEnds::One)
     }

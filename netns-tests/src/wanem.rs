@@ -1,4 +1,4 @@
-//! The userspace WAN emulator (SPEC §9): this kernel has no netem and no nfqueue, so delay,
+//! The userspace WAN emulator (netns-tests/README.md): this kernel has no netem and no nfqueue, so delay,
 //! jitter, reordering, duplication, corruption (and loss) are applied by a small program of ours.
 //!
 //! Flow: in an `isp` namespace, policy routing (`ip rule iif <link> lookup 100`, table 100:

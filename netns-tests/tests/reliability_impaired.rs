@@ -1,6 +1,6 @@
 //! Impaired networks under a 1 ms probe stream and an iperf3 TCP stream (capped at
 //! 50 Mbit/s so that any probe loss is the impairment's, not a full queue's), each impairment on
-//! tunnel1's provider (`isp1`), with the SPEC §5 default timers (dpd_interval 250 ms, dpd_timeout
+//! tunnel1's provider (`isp1`), with the docs/protocol.md default timers (dpd_interval 250 ms, dpd_timeout
 //! 1 s; `TANDEM_DRILL_TIMERS=1` uses the drill timers 100 ms / 300 ms instead, which a loaded
 //! machine can starve into a false failover that has nothing to do with the impairment):
 //!

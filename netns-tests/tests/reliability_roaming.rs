@@ -1,4 +1,4 @@
-//! A responder-only tunnel learns its peer's endpoint from authenticated packets (SPEC §3), so a
+//! A responder-only tunnel learns its peer's endpoint from authenticated packets (docs/configuration.md), so a
 //! peer that comes back from another source port (a restart behind a new NAT mapping looks the
 //! same) must get back in — even while strangers flood the head-end with valid-mac1 initiations
 //! (the head-end is then "under load" and answers with cookie replies).

@@ -1,4 +1,4 @@
-//! Secrets never leak (issue 8 §5, SPEC §7): both daemons run at `RUST_LOG=trace` with a key log
+//! Secrets never leak (docs/cli.md, SECURITY.md): both daemons run at `RUST_LOG=trace` with a key log
 //! through the first handshakes, rekeys (`rekey_after = "2s"`), an unplanned failover (isp1
 //! blackholed) with failback, and a planned one (`tandem failover`); then every private key, PSK
 //! and SA key is searched for in the logs, `tandem status` (JSON and table) and the metrics text,
@@ -120,7 +120,7 @@ fn no_private_key_psk_or_sa_key_appears_in_trace_logs_status_or_metrics() {
     );
     assert!(
         logs.to_lowercase().contains("key log"),
-        "the key log warning is missing (SPEC §4)"
+        "the key log warning is missing (docs/protocol.md)"
     );
 
     // Every secret of the run.

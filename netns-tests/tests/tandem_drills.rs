@@ -1,4 +1,4 @@
-//! Failover drills with the SPEC §5 drill timers (dpd_interval 100 ms, dpd_timeout 300 ms), each
+//! Failover drills with the docs/protocol.md drill timers (dpd_interval 100 ms, dpd_timeout 300 ms), each
 //! under a 1 ms probe stream (exact loss and largest gap) and an iperf3 TCP stream.
 //! Unplanned failures must keep the largest gap <= dpd_timeout + 2 x dpd_interval + 50 ms;
 //! planned moves (failback, `tandem failover`, reload) must lose zero probes.
@@ -295,7 +295,7 @@ fn tandem_drill_reports_time_to_move_probes_lost_and_time_back() {
     let d = DrillReport::parse(&out.action);
     eprintln!("{d:?}");
     let bound_ms = bound.as_secs_f64() * 1e3;
-    // The drill's own figures: it moved to tunnel2 through DPD, within the SPEC bound.
+    // The drill's own figures: it moved to tunnel2 through DPD, within the documented bound (dpd_timeout + one dpd_interval).
     assert_eq!(d.switched_to, "tunnel2", "{}", out.action);
     assert!(d.detection_ms <= bound_ms, "{}", out.action);
     assert!(d.gap_ms <= bound_ms, "{}", out.action);

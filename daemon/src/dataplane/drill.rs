@@ -17,7 +17,7 @@ use tandem_engine::{AdminError, Engine, Event, Silence, TunnelId};
 
 use crate::control::Reply;
 
-/// Probe period: SPEC §2 ("a 1 ms echo probe stream").
+/// Probe period: docs/cli.md ("a 1 ms echo probe stream").
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(1);
 /// Probing before the silence, so the gap measurement starts from a steady stream.
 pub const WARMUP: Duration = Duration::from_millis(200);

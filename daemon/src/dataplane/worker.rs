@@ -82,7 +82,7 @@ pub fn sleep_budget(
 /// A command from the control plane, answered on its channel.
 #[derive(Debug)]
 pub enum Command {
-    /// The SPEC §7 status document.
+    /// The docs/cli.md status document.
     Status(tokio::sync::oneshot::Sender<serde_json::Value>),
     /// Prometheus figures.
     Metrics(tokio::sync::oneshot::Sender<MetricsSnapshot>),
@@ -235,7 +235,7 @@ pub struct DataPlane {
     last_packet: Instant,
     drill: Option<Drill>,
     status_dirty: bool,
-    /// `TANDEM_KEYLOG` file (SPEC §4), debugging only.
+    /// `TANDEM_KEYLOG` file (docs/protocol.md), debugging only.
     keylog: Option<std::fs::File>,
     /// The TUN has `IFF_VNET_HDR`: reads may be TSO/USO super-packets, writes need a header.
     vnet: bool,

@@ -1,6 +1,6 @@
 //! `lab`: the namespace lab for people.
 //!
-//! - `lab demo` — builds the SPEC §9 lab, starts tandem on both gateways, runs traffic, a
+//! - `lab demo` — builds the netns-tests/README.md lab, starts tandem on both gateways, runs traffic, a
 //!   failover drill (silent blackhole of isp1 under TCP and a 1 ms probe stream), failback and a
 //!   planned failover, prints a report, and tears everything down.
 //! - `lab bench [--secs N] [--json FILE]` — plain routing (the ceiling) vs tandem (and boringtun /
