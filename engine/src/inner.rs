@@ -16,22 +16,22 @@ use crate::checksum::{finish, pseudo_header, sum, update, verifies};
 use crate::drop::DropReason;
 
 /// IPv4 header without options (RFC 791).
-pub const IPV4_HEADER_SZ: usize = 20;
+pub const IPV4_HEADER_LEN: usize = 20;
 /// IPv6 fixed header (RFC 8200).
-pub const IPV6_HEADER_SZ: usize = 40;
+pub const IPV6_HEADER_LEN: usize = 40;
 /// ICMP / ICMPv6 error header: type, code, checksum, 4 bytes of "unused"/MTU (RFC 792, RFC 4443).
-pub const ICMP_HEADER_SZ: usize = 8;
+pub const ICMP_HEADER_LEN: usize = 8;
 /// Bytes written in front of a packet for an ICMPv6 error (the larger of the two).
-pub const ICMP_HEADROOM: usize = IPV6_HEADER_SZ + ICMP_HEADER_SZ;
+pub const ICMP_HEADROOM: usize = IPV6_HEADER_LEN + ICMP_HEADER_LEN;
 /// RFC 1812 §4.3.2.3: an ICMPv4 error should not exceed 576 bytes.
-const ICMPV4_MAX_SZ: usize = 576;
+const ICMPV4_MAX_LEN: usize = 576;
 /// RFC 4443 §2.4(c): an ICMPv6 error must not exceed the minimum IPv6 MTU.
-const ICMPV6_MAX_SZ: usize = 1280;
+const ICMPV6_MAX_LEN: usize = 1280;
 /// TCP header without options (RFC 9293 §3.1); with the IP header, subtracted from the MTU for
 /// the clamped MSS.
-pub const TCP_HEADER_SZ: usize = 20;
+pub const TCP_HEADER_LEN: usize = 20;
 /// UDP header (RFC 768).
-pub const UDP_HEADER_SZ: usize = 8;
+pub const UDP_HEADER_LEN: usize = 8;
 
 // IP protocol numbers (IANA "Assigned Internet Protocol Numbers", first listed in RFC 790):
 // IPv4's protocol field, IPv6's next header.
@@ -61,7 +61,7 @@ pub const NEXT_HEADER_AH: u8 = 51;
 /// Destination Options (RFC 8200 §4.6).
 pub const NEXT_HEADER_DEST_OPTS: u8 = 60;
 /// The Fragment header's fixed size (RFC 8200 §4.5).
-const IPV6_FRAGMENT_SZ: usize = 8;
+const IPV6_FRAGMENT_LEN: usize = 8;
 
 /// Where an IPv6 packet's upper-layer header is, past its extension headers (RFC 8200 §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +88,7 @@ pub struct Ipv6Upper {
 #[must_use]
 pub fn ipv6_upper(pkt: &[u8]) -> Ipv6Upper {
     let mut proto = pkt.get(6).copied().unwrap_or(0);
-    let mut at = IPV6_HEADER_SZ;
+    let mut at = IPV6_HEADER_LEN;
     let mut options_only = true;
     loop {
         let cut = Ipv6Upper {
@@ -110,14 +110,14 @@ pub fn ipv6_upper(pkt: &[u8]) -> Ipv6Upper {
                 (usize::from(n) + 2) * 4
             }
             NEXT_HEADER_FRAGMENT => {
-                let Some(f) = pkt.get(at..at + IPV6_FRAGMENT_SZ) else {
+                let Some(f) = pkt.get(at..at + IPV6_FRAGMENT_LEN) else {
                     return cut;
                 };
                 if u16::from_be_bytes([f[2], f[3]]) & 0xfff8 != 0 {
                     // A non-first fragment: its upper-layer header is in the first one.
                     return Ipv6Upper { proto: f[0], ..cut };
                 }
-                IPV6_FRAGMENT_SZ
+                IPV6_FRAGMENT_LEN
             }
             _ => {
                 return Ipv6Upper {
@@ -159,12 +159,12 @@ impl InnerHeader {
     pub fn parse(pkt: &[u8]) -> Result<Self, DropReason> {
         match pkt.first().map(|b| b >> 4) {
             Some(4) => {
-                if pkt.len() < IPV4_HEADER_SZ {
+                if pkt.len() < IPV4_HEADER_LEN {
                     return Err(DropReason::Malformed);
                 }
                 let ihl = usize::from(pkt[0] & 0x0f) * 4;
                 let len = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
-                if ihl < IPV4_HEADER_SZ || len < ihl || len > pkt.len() {
+                if ihl < IPV4_HEADER_LEN || len < ihl || len > pkt.len() {
                     return Err(DropReason::Malformed);
                 }
                 let frag_off = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
@@ -180,10 +180,10 @@ impl InnerHeader {
                 })
             }
             Some(6) => {
-                if pkt.len() < IPV6_HEADER_SZ {
+                if pkt.len() < IPV6_HEADER_LEN {
                     return Err(DropReason::Malformed);
                 }
-                let len = usize::from(u16::from_be_bytes([pkt[4], pkt[5]])) + IPV6_HEADER_SZ;
+                let len = usize::from(u16::from_be_bytes([pkt[4], pkt[5]])) + IPV6_HEADER_LEN;
                 if len > pkt.len() {
                     return Err(DropReason::Malformed);
                 }
@@ -236,23 +236,23 @@ pub fn clamp_mss(pkt: &mut [u8], hdr: &InnerHeader, mtu: u16) -> bool {
         return false;
     };
     let ip_sz = if hdr.src.is_ipv4() {
-        IPV4_HEADER_SZ
+        IPV4_HEADER_LEN
     } else {
-        IPV6_HEADER_SZ
+        IPV6_HEADER_LEN
     };
-    let max_mss = usize::from(mtu).saturating_sub(ip_sz + TCP_HEADER_SZ) as u16;
+    let max_mss = usize::from(mtu).saturating_sub(ip_sz + TCP_HEADER_LEN) as u16;
     let end = hdr.len.min(pkt.len());
     let Some(tcp) = pkt.get_mut(l4..end) else {
         return false;
     };
-    if tcp.len() < TCP_HEADER_SZ || tcp[13] & 0x02 == 0 {
+    if tcp.len() < TCP_HEADER_LEN || tcp[13] & 0x02 == 0 {
         return false;
     }
     let doff = usize::from(tcp[12] >> 4) * 4;
-    if doff < TCP_HEADER_SZ || doff > tcp.len() {
+    if doff < TCP_HEADER_LEN || doff > tcp.len() {
         return false;
     }
-    let mut i = TCP_HEADER_SZ;
+    let mut i = TCP_HEADER_LEN;
     while i < doff {
         match tcp[i] {
             0 => return false,
@@ -302,7 +302,7 @@ pub fn clamp_mss(pkt: &mut [u8], hdr: &InnerHeader, mtu: u16) -> bool {
 /// its correct checksum anyway. Only a zero field costs a sum.
 pub fn udp_zero_checksum_to_ones(pkt: &mut [u8]) -> bool {
     let (l4, end, addrs) = match pkt.first().map(|b| b >> 4) {
-        Some(4) if pkt.len() >= IPV4_HEADER_SZ => {
+        Some(4) if pkt.len() >= IPV4_HEADER_LEN => {
             let ihl = usize::from(pkt[0] & 0x0f) * 4;
             let first_fragment = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff == 0;
             if pkt[9] != PROTO_UDP || !first_fragment {
@@ -314,8 +314,8 @@ pub fn udp_zero_checksum_to_ones(pkt: &mut [u8]) -> bool {
                 12..20,
             )
         }
-        Some(6) if pkt.len() >= IPV6_HEADER_SZ => {
-            let end = IPV6_HEADER_SZ + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+        Some(6) if pkt.len() >= IPV6_HEADER_LEN => {
+            let end = IPV6_HEADER_LEN + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
             let upper = ipv6_upper(pkt.get(..end).unwrap_or(pkt));
             // Past a Routing header the pseudo-header names another destination: not ours to
             // judge (and not what the TUN library completes wrongly).
@@ -330,7 +330,7 @@ pub fn udp_zero_checksum_to_ones(pkt: &mut [u8]) -> bool {
     let Some(udp) = pkt.get(l4..end) else {
         return false;
     };
-    if udp.len() < UDP_HEADER_SZ || udp[6..8] != [0, 0] {
+    if udp.len() < UDP_HEADER_LEN || udp[6..8] != [0, 0] {
         return false;
     }
     if !verifies(sum(
@@ -395,12 +395,12 @@ pub fn write_icmp_error(
             if src.is_broadcast() {
                 return None;
             }
-            let head = IPV4_HEADER_SZ + ICMP_HEADER_SZ;
+            let head = IPV4_HEADER_LEN + ICMP_HEADER_LEN;
             let start = packet.start.checked_sub(head)?;
-            let quoted = packet.len().min(ICMPV4_MAX_SZ - head);
+            let quoted = packet.len().min(ICMPV4_MAX_LEN - head);
             let total = head + quoted;
             let out = &mut buf[start..start + total];
-            let (ip, rest) = out.split_at_mut(IPV4_HEADER_SZ);
+            let (ip, rest) = out.split_at_mut(IPV4_HEADER_LEN);
             ip.copy_from_slice(&[
                 0x45,
                 0,
@@ -432,31 +432,31 @@ pub fn write_icmp_error(
                 IcmpError::TooBig { mtu } => (3, 4, mtu),
                 IcmpError::Unreachable => (3, 0, 0),
             };
-            rest[..ICMP_HEADER_SZ].copy_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
+            rest[..ICMP_HEADER_LEN].copy_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
             rest[6..8].copy_from_slice(&mtu.to_be_bytes());
             let c = checksum(rest);
             rest[2..4].copy_from_slice(&c.to_be_bytes());
             Some(start..start + total)
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            let head = IPV6_HEADER_SZ + ICMP_HEADER_SZ;
+            let head = IPV6_HEADER_LEN + ICMP_HEADER_LEN;
             let start = packet.start.checked_sub(head)?;
-            let quoted = packet.len().min(ICMPV6_MAX_SZ - head);
+            let quoted = packet.len().min(ICMPV6_MAX_LEN - head);
             let total = head + quoted;
             let out = &mut buf[start..start + total];
-            let (ip, rest) = out.split_at_mut(IPV6_HEADER_SZ);
+            let (ip, rest) = out.split_at_mut(IPV6_HEADER_LEN);
             ip[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, PROTO_ICMPV6, DEFAULT_TTL]);
-            ip[4..6].copy_from_slice(&((ICMP_HEADER_SZ + quoted) as u16).to_be_bytes());
+            ip[4..6].copy_from_slice(&((ICMP_HEADER_LEN + quoted) as u16).to_be_bytes());
             ip[8..24].copy_from_slice(&dst.octets());
             ip[24..40].copy_from_slice(&src.octets());
             let (ty, code, mtu) = match kind {
                 IcmpError::TooBig { mtu } => (2, 0, u32::from(mtu)),
                 IcmpError::Unreachable => (1, 0, 0),
             };
-            rest[..ICMP_HEADER_SZ].copy_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
+            rest[..ICMP_HEADER_LEN].copy_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
             rest[4..8].copy_from_slice(&mtu.to_be_bytes());
             // RFC 8200 §8.1 pseudo-header: source, destination, upper-layer length, next header.
-            let acc = pseudo_header(&ip[8..40], PROTO_ICMPV6, (ICMP_HEADER_SZ + quoted) as u32);
+            let acc = pseudo_header(&ip[8..40], PROTO_ICMPV6, (ICMP_HEADER_LEN + quoted) as u32);
             let c = finish(sum(acc, rest));
             rest[2..4].copy_from_slice(&c.to_be_bytes());
             Some(start..start + total)
@@ -539,7 +539,7 @@ mod tests {
     /// extension headers `exts` (in order; each one's next header is filled in), checksum
     /// valid. Returns the packet and the TCP header's offset.
     fn ipv6_tcp_syn(mss: u16, exts: &[u8]) -> (Vec<u8>, usize) {
-        let mut p = vec![0u8; IPV6_HEADER_SZ];
+        let mut p = vec![0u8; IPV6_HEADER_LEN];
         p[0] = 0x60;
         p[7] = 64;
         p[8..24].copy_from_slice(&"fd00:10::10".parse::<Ipv6Addr>().unwrap().octets());
@@ -574,7 +574,7 @@ mod tests {
         t[20..22].copy_from_slice(&[2, 4]);
         t[22..24].copy_from_slice(&mss.to_be_bytes());
         p.extend_from_slice(&t);
-        let payload_len = (p.len() - IPV6_HEADER_SZ) as u16;
+        let payload_len = (p.len() - IPV6_HEADER_LEN) as u16;
         p[4..6].copy_from_slice(&payload_len.to_be_bytes());
         let c = tcp6_checksum(&p, l4);
         p[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());

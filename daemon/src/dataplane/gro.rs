@@ -39,7 +39,8 @@
 
 use tandem_engine::checksum::{checksum, fold, pseudo_header, sum, verifies};
 use tandem_engine::inner::{
-    IPV4_HEADER_SZ, IPV6_HEADER_SZ, PROTO_TCP, PROTO_UDP, TCP_HEADER_SZ, UDP_HEADER_SZ, ipv6_upper,
+    IPV4_HEADER_LEN, IPV6_HEADER_LEN, PROTO_TCP, PROTO_UDP, TCP_HEADER_LEN, UDP_HEADER_LEN,
+    ipv6_upper,
 };
 use tun_rs::VIRTIO_NET_HDR_LEN;
 
@@ -147,7 +148,7 @@ enum Join {
 fn parse_ip(p: &[u8]) -> Option<(Family, usize, u8)> {
     match p.first()? >> 4 {
         4 => {
-            if p.len() < IPV4_HEADER_SZ || p[0] != 0x45 {
+            if p.len() < IPV4_HEADER_LEN || p[0] != 0x45 {
                 return None;
             }
             let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
@@ -155,12 +156,12 @@ fn parse_ip(p: &[u8]) -> Option<(Family, usize, u8)> {
             if total != p.len() || u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
                 return None;
             }
-            Some((Family::V4, IPV4_HEADER_SZ, p[9]))
+            Some((Family::V4, IPV4_HEADER_LEN, p[9]))
         }
         6 => {
             // The payload length covers the rest (a jumbogram's zero never matches).
             let payload = usize::from(u16::from_be_bytes([*p.get(4)?, *p.get(5)?]));
-            if p.len() < IPV6_HEADER_SZ || IPV6_HEADER_SZ + payload != p.len() {
+            if p.len() < IPV6_HEADER_LEN || IPV6_HEADER_LEN + payload != p.len() {
                 return None;
             }
             let upper = ipv6_upper(p);
@@ -177,7 +178,7 @@ fn parse(p: &[u8], udp: bool) -> Option<Seg> {
     let (family, l4, proto) = parse_ip(p)?;
     match proto {
         PROTO_UDP if udp => {
-            let headers = l4 + UDP_HEADER_SZ;
+            let headers = l4 + UDP_HEADER_LEN;
             if p.len() <= headers {
                 return None;
             }
@@ -196,11 +197,11 @@ fn parse(p: &[u8], udp: bool) -> Option<Seg> {
             })
         }
         PROTO_TCP => {
-            if p.len() < l4 + TCP_HEADER_SZ {
+            if p.len() < l4 + TCP_HEADER_LEN {
                 return None;
             }
             let thl = usize::from(p[l4 + 12] >> 4) * 4;
-            if thl < TCP_HEADER_SZ || l4 + thl >= p.len() {
+            if thl < TCP_HEADER_LEN || l4 + thl >= p.len() {
                 return None;
             }
             let flags = p[l4 + TCP_FLAGS_OFF];
@@ -248,7 +249,7 @@ fn same_flow(cur: &[u8], run: &Seg, pkt: &[u8], seg: &Seg) -> bool {
             cur[a..f] == pkt[a..f] // ack number and data offset
                 && cur[f] | TCP_PSH == pkt[f] | TCP_PSH // flags
                 && cur[w..w + 2] == pkt[w..w + 2] // window
-                && cur[l4 + TCP_HEADER_SZ..run.headers] == pkt[l4 + TCP_HEADER_SZ..seg.headers] // options
+                && cur[l4 + TCP_HEADER_LEN..run.headers] == pkt[l4 + TCP_HEADER_LEN..seg.headers] // options
         })
 }
 
@@ -264,7 +265,7 @@ fn addrs(p: &[u8], family: Family) -> &[u8] {
 /// segment `p` are correct (RFC 1071 §1; pseudo-header: RFC 9293 §3.1, RFC 768, RFC 8200 §8.1).
 /// A UDP checksum of zero means "none" over IPv4 (RFC 768) and is invalid over IPv6.
 fn checksums_ok(p: &[u8], seg: &Seg) -> bool {
-    if seg.family == Family::V4 && !verifies(sum(0, &p[..IPV4_HEADER_SZ])) {
+    if seg.family == Family::V4 && !verifies(sum(0, &p[..IPV4_HEADER_LEN])) {
         return false;
     }
     let l4 = &p[seg.l4..];
@@ -381,12 +382,12 @@ impl TunGro {
                 Family::V4 => {
                     pkt[2..4].copy_from_slice(&(run.len as u16).to_be_bytes());
                     pkt[10..12].fill(0);
-                    let ip_sum = checksum(&pkt[..IPV4_HEADER_SZ]);
+                    let ip_sum = checksum(&pkt[..IPV4_HEADER_LEN]);
                     pkt[10..12].copy_from_slice(&ip_sum.to_be_bytes());
                     VIRTIO_NET_HDR_GSO_TCPV4
                 }
                 Family::V6 => {
-                    let payload = (run.len - IPV6_HEADER_SZ) as u16;
+                    let payload = (run.len - IPV6_HEADER_LEN) as u16;
                     pkt[4..6].copy_from_slice(&payload.to_be_bytes());
                     VIRTIO_NET_HDR_GSO_TCPV6
                 }

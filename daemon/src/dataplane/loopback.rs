@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tandem_engine::checksum::{checksum, finish, pseudo_header, sum};
-use tandem_engine::inner::{IPV4_HEADER_SZ, PROTO_TCP, PROTO_UDP, TCP_HEADER_SZ};
+use tandem_engine::inner::{IPV4_HEADER_LEN, PROTO_TCP, PROTO_UDP, TCP_HEADER_LEN};
 use tandem_engine::{ConnectionConfig, Engine, EngineConfig, TunnelConfig, TunnelId, TunnelState};
 use zeroize::Zeroizing;
 
@@ -149,7 +149,7 @@ pub fn write_ipv4_udp(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, len: usize) 
     b[10..12].copy_from_slice(&[0, 0]);
     b[12..16].copy_from_slice(&src.octets());
     b[16..20].copy_from_slice(&dst.octets());
-    let c = checksum(&b[..IPV4_HEADER_SZ]);
+    let c = checksum(&b[..IPV4_HEADER_LEN]);
     b[10..12].copy_from_slice(&c.to_be_bytes());
     b[20..22].copy_from_slice(&40000u16.to_be_bytes());
     b[22..24].copy_from_slice(&9u16.to_be_bytes());
@@ -162,8 +162,8 @@ pub fn write_ipv4_udp(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, len: usize) 
 /// TCP header (the timestamps option, as Linux sends), sequence number `seq`, TCP `flags`, and
 /// `payload` bytes of `fill`; its IPv4 and TCP checksums are valid. For the GRO tests and bench.
 pub fn ipv4_tcp_segment(seq: u32, flags: u8, payload: usize, fill: u8) -> Vec<u8> {
-    const TCP_TIMESTAMPS_SZ: usize = TCP_HEADER_SZ + 12;
-    let headers = IPV4_HEADER_SZ + TCP_TIMESTAMPS_SZ;
+    const TCP_TIMESTAMPS_LEN: usize = TCP_HEADER_LEN + 12;
+    let headers = IPV4_HEADER_LEN + TCP_TIMESTAMPS_LEN;
     let total = headers + payload;
     let mut p = vec![0u8; total];
     p[0] = 0x45;
@@ -173,22 +173,22 @@ pub fn ipv4_tcp_segment(seq: u32, flags: u8, payload: usize, fill: u8) -> Vec<u8
     p[9] = PROTO_TCP;
     p[12..16].copy_from_slice(&[10, 1, 0, 5]);
     p[16..20].copy_from_slice(&[10, 2, 0, 7]);
-    let c = checksum(&p[..IPV4_HEADER_SZ]);
+    let c = checksum(&p[..IPV4_HEADER_LEN]);
     p[10..12].copy_from_slice(&c.to_be_bytes());
-    let t = &mut p[IPV4_HEADER_SZ..];
+    let t = &mut p[IPV4_HEADER_LEN..];
     t[0..2].copy_from_slice(&5001u16.to_be_bytes());
     t[2..4].copy_from_slice(&40000u16.to_be_bytes());
     t[4..8].copy_from_slice(&seq.to_be_bytes());
     t[8..12].copy_from_slice(&77u32.to_be_bytes()); // ack
-    t[12] = ((TCP_TIMESTAMPS_SZ / 4) as u8) << 4;
+    t[12] = ((TCP_TIMESTAMPS_LEN / 4) as u8) << 4;
     t[13] = flags;
     t[14..16].copy_from_slice(&512u16.to_be_bytes()); // window
     // NOP, NOP, timestamps (RFC 7323 §3): kind 8, length 10, TSval 1, TSecr 2.
     t[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
     t[32..].fill(fill);
-    let acc = pseudo_header(&p[12..20], PROTO_TCP, (total - IPV4_HEADER_SZ) as u32);
-    let c = finish(sum(acc, &p[IPV4_HEADER_SZ..]));
-    p[IPV4_HEADER_SZ + 16..IPV4_HEADER_SZ + 18].copy_from_slice(&c.to_be_bytes());
+    let acc = pseudo_header(&p[12..20], PROTO_TCP, (total - IPV4_HEADER_LEN) as u32);
+    let c = finish(sum(acc, &p[IPV4_HEADER_LEN..]));
+    p[IPV4_HEADER_LEN + 16..IPV4_HEADER_LEN + 18].copy_from_slice(&c.to_be_bytes());
     p
 }
 
