@@ -17,12 +17,17 @@
 //!    `$CREDENTIALS_DIRECTORY` for bare names).
 //!    A problem with a file points at the line that names it.
 //!
+//! The main file may `include` further files of `[[connection]]` blocks ([`IncludeFiles`]); they
+//! are walked after it, into the same sink, so the cross-field rules see every connection and a
+//! diagnostic names the file it is in.
+//!
 //! Why a walk over `toml`'s spanned tree instead of `#[derive(Deserialize)]` with
 //! `deny_unknown_fields`: serde stops at the first error and does not know the field path; the walk
 //! reports every error at once with its path, which is what an operator fixing a file wants.
 #![forbid(unsafe_code)]
 
 mod diag;
+mod include;
 mod keyfile;
 mod schema;
 mod validate;
@@ -36,6 +41,7 @@ use ipnet::IpNet;
 use zeroize::Zeroizing;
 
 pub use diag::{ConfigError, Diagnostic};
+pub use include::{FsIncludeFiles, IncludeFiles, IncludedFile, MemoryIncludeFiles};
 pub use keyfile::{FsKeyFiles, KeyFileError, KeyFiles, MemoryKeyFiles};
 pub use schema::SCHEMA;
 pub use values::{parse_duration, parse_key_base64};
@@ -275,19 +281,33 @@ impl Config {
     }
 }
 
-/// Reads, parses and validates the config file at `path`, and reads the key and PSK files it
-/// names from the filesystem ([`FsKeyFiles`] rooted at the config file's directory, honouring
-/// `$CREDENTIALS_DIRECTORY`). Errors are reported with `path` as given.
+/// Reads, parses and validates the config file at `path` and the files its `include` names
+/// ([`FsIncludeFiles`]: patterns relative to the config file's directory), and reads the key and
+/// PSK files they name from the filesystem ([`FsKeyFiles`] rooted at the config file's directory,
+/// honouring `$CREDENTIALS_DIRECTORY`). Errors are reported with `path` as given, and with an
+/// included file's path joined to that directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = read_config_text(path)?;
     let keys = FsKeyFiles::for_config(path);
-    parse_str(&path.display().to_string(), &text, &keys)
+    let includes = FsIncludeFiles::for_config(path);
+    parse_str_with(&path.display().to_string(), &text, &keys, &includes)
 }
 
 /// Parses and validates `text` as if it were the file `name`, reading key and PSK files through
-/// `keys` (pass a [`MemoryKeyFiles`] to stay off the filesystem, as the fuzz target does).
+/// `keys` (pass a [`MemoryKeyFiles`] to stay off the filesystem, as the fuzz target does). No
+/// included file exists: an `include` pattern matches nothing.
 pub fn parse_str(name: &str, text: &str, keys: &dyn KeyFiles) -> Result<Config, ConfigError> {
-    schema::parse(name, text, keys)
+    schema::parse(name, text, keys, &MemoryIncludeFiles::new())
+}
+
+/// [`parse_str`] with included files read through `includes`.
+pub fn parse_str_with(
+    name: &str,
+    text: &str,
+    keys: &dyn KeyFiles,
+    includes: &dyn IncludeFiles,
+) -> Result<Config, ConfigError> {
+    schema::parse(name, text, keys, includes)
 }
 
 /// The `[control] socket` of the config file at `path` (`None` when the key is absent), without

@@ -15,6 +15,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::diag::{ConfigError, Diagnostic, Sink};
+use crate::include::{IncludeFiles, IncludedFile};
 use crate::keyfile::KeyFiles;
 use crate::values::{
     format_duration, parse_duration, parse_interface_address, parse_key_base64, parse_socket_addr,
@@ -40,7 +41,9 @@ const MAX_NAME_LEN: usize = 64;
 /// Linux `IFNAMSIZ` (16) minus the terminating NUL.
 const MAX_IFNAME_LEN: usize = 15;
 
-const ROOT_KEYS: &[&str] = &["gateway", "control", "connection"];
+const ROOT_KEYS: &[&str] = &["include", "gateway", "control", "connection"];
+/// An included file holds only connections (docs/configuration.md, "Including files").
+const INCLUDED_KEYS: &[&str] = &["connection"];
 const GATEWAY_KEYS: &[&str] = &["private_key_file", "tun_name", "mtu", "address"];
 const CONTROL_KEYS: &[&str] = &["socket", "metrics_listen"];
 const CONNECTION_KEYS: &[&str] = &[
@@ -129,22 +132,55 @@ pub(crate) struct RawTunnel {
 }
 
 /// Parse, walk, validate, assemble.
-pub(crate) fn parse(name: &str, text: &str, keys: &dyn KeyFiles) -> Result<Config, ConfigError> {
-    let mut sink = Sink::new(name, text);
+pub(crate) fn parse(
+    name: &str,
+    text: &str,
+    keys: &dyn KeyFiles,
+    includes: &dyn IncludeFiles,
+) -> Result<Config, ConfigError> {
     let root = match DeTable::parse(text) {
         Ok(root) => root,
-        Err(e) => return Err(syntax_error(&sink, &e)),
+        Err(e) => {
+            let mut sink = Sink::new(name, text);
+            syntax_error(&mut sink, 0, &e);
+            return Err(sink.into_error());
+        }
     };
+    // The included files are read before the walk: the sink borrows their text.
+    let (included, include_errors) = read_includes(root.get_ref(), includes);
+    let mut sink = Sink::new(name, text);
+    for (span, path, message) in include_errors {
+        sink.error(&span, &path, message);
+    }
+    let mut included_roots = Vec::with_capacity(included.len());
+    for f in &included {
+        let base = sink.add_file(&f.name, &f.text);
+        match DeTable::parse(&f.text) {
+            Ok(t) => included_roots.push((base, t)),
+            Err(e) => syntax_error(&mut sink, base, &e),
+        }
+    }
     let mut w = Walker {
         sink: &mut sink,
         keys,
+        base: 0,
     };
     let root = Tab {
         table: root.get_ref(),
         span: 0..0,
         path: String::new(),
     };
-    if refuse_ikev2(w.sink, &root) {
+    // An IKEv2 connection anywhere, in the main file or an included one, refuses the config.
+    let mut refused = refuse_ikev2(w.sink, &root, 0);
+    for (base, table) in &included_roots {
+        let file_root = Tab {
+            table: table.get_ref(),
+            span: *base..*base,
+            path: String::new(),
+        };
+        refused |= refuse_ikev2(w.sink, &file_root, *base);
+    }
+    if refused {
         return Err(sink.into_error());
     }
     w.check_keys(&root, ROOT_KEYS);
@@ -168,29 +204,43 @@ pub(crate) fn parse(name: &str, text: &str, keys: &dyn KeyFiles) -> Result<Confi
             metrics_listen: None,
         }),
     };
-    let connections: Vec<RawConnection> = match w.table_array(&root, "connection") {
-        Some(list) if list.is_empty() => {
-            if let Some(v) = root.table.get("connection") {
-                w.sink.error(
-                    &v.span(),
-                    "connection",
-                    "no [[connection]]: a gateway needs at least one connection",
-                );
-            }
-            Vec::new()
-        }
+    let mut connections: Vec<RawConnection> = match w.table_array(&root, "connection") {
         Some(list) => list.iter().map(|t| w.connection(t)).collect(),
-        None => {
-            if root.table.get("connection").is_none() {
-                w.sink.error(
-                    &(0..0),
-                    "connection",
-                    "no [[connection]]: a gateway needs at least one connection",
-                );
-            }
-            Vec::new()
-        }
+        None => Vec::new(),
     };
+    // Main file first, then each included file in the order read: that is the connections'
+    // order, and the order in which a duplicate's "first" occurrence is judged.
+    for (base, table) in &included_roots {
+        w.base = *base;
+        let file_root = Tab {
+            table: table.get_ref(),
+            span: *base..*base,
+            path: String::new(),
+        };
+        w.included_keys(&file_root);
+        if let Some(list) = w.table_array(&file_root, "connection") {
+            connections.extend(list.iter().map(|t| w.connection(t)));
+        }
+    }
+    w.base = 0;
+    let connection_value = root.table.get("connection");
+    // "At least one connection" counts the included files' connections too; a file that failed
+    // to parse has its own error, and a missing connection is not worth a second one then.
+    if connections.is_empty() && included_roots.len() == included.len() {
+        let why = "no [[connection]]: a gateway needs at least one connection";
+        match (connection_value, root.table.get("include")) {
+            (Some(v), _) if v.get_ref().as_array().is_some_and(|a| a.is_empty()) => {
+                w.sink.error(&v.span(), "connection", why)
+            }
+            (Some(_), _) => {}
+            (None, Some(inc)) => w.sink.error(
+                &inc.span(),
+                "connection",
+                format!("{why} (none in this file, and none in the included files)"),
+            ),
+            (None, None) => w.sink.error(&(0..0), "connection", why),
+        }
+    }
     let tun_name = gateway.as_ref().map(|g| g.tun_name.as_str());
     crate::validate::check(&mut sink, &connections, tun_name);
     if !sink.is_empty() {
@@ -214,7 +264,7 @@ const IKEV2_REFUSED: &str = "protocol \"ikev2\" (standard IPsec peers such as AW
 /// A config with an IKEv2 connection is refused as a whole, with one line per such connection:
 /// its IKEv2 keys and its missing Noise keys would otherwise bury that one fact under many errors.
 /// Returns whether anything was reported.
-fn refuse_ikev2(sink: &mut Sink<'_>, root: &Tab<'_, '_>) -> bool {
+fn refuse_ikev2(sink: &mut Sink<'_>, root: &Tab<'_, '_>, base: usize) -> bool {
     let Some(list) = root
         .table
         .get("connection")
@@ -226,8 +276,9 @@ fn refuse_ikev2(sink: &mut Sink<'_>, root: &Tab<'_, '_>) -> bool {
     for (i, c) in list.iter().enumerate() {
         let protocol = c.get_ref().as_table().and_then(|t| t.get("protocol"));
         if let Some(p) = protocol.filter(|p| p.get_ref().as_str() == Some("ikev2")) {
+            let span = p.span();
             sink.error(
-                &p.span(),
+                &(base + span.start..base + span.end),
                 &format!("connection[{i}].protocol"),
                 IKEV2_REFUSED,
             );
@@ -237,10 +288,65 @@ fn refuse_ikev2(sink: &mut Sink<'_>, root: &Tab<'_, '_>) -> bool {
     refused
 }
 
+/// A problem found before the walk, in the main file: (span, field path, message).
+type Pending = (Range<usize>, String, String);
+
+/// The files named by the main file's `include` (each read once, in order), and the problems
+/// with the patterns. The value's type is checked here rather than by the walker because the
+/// files must be read before the sink that borrows them exists.
+fn read_includes(
+    root: &DeTable<'_>,
+    source: &dyn IncludeFiles,
+) -> (Vec<IncludedFile>, Vec<Pending>) {
+    let mut files: Vec<IncludedFile> = Vec::new();
+    let mut errors = Vec::new();
+    let Some(v) = root.get("include") else {
+        return (files, errors);
+    };
+    let Some(items) = v.get_ref().as_array() else {
+        let found = article(v.get_ref());
+        errors.push((
+            v.span(),
+            "include".to_owned(),
+            format!("expected an array of file names or patterns, found {found}"),
+        ));
+        return (files, errors);
+    };
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("include[{i}]");
+        let Some(pattern) = item.get_ref().as_str() else {
+            let found = article(item.get_ref());
+            errors.push((
+                item.span(),
+                path,
+                format!("expected a string, found {found}"),
+            ));
+            continue;
+        };
+        match source.expand(pattern) {
+            Ok(found) => {
+                for f in found {
+                    if !files.iter().any(|g| g.name == f.name) {
+                        files.push(f);
+                    }
+                }
+            }
+            Err(m) => errors.push((item.span(), path, m)),
+        }
+    }
+    (files, errors)
+}
+
 /// Only `[control] socket`, for control commands that need to find the daemon.
 pub(crate) fn control_socket(name: &str, text: &str) -> Result<Option<PathBuf>, ConfigError> {
-    let sink = Sink::new(name, text);
-    let root = DeTable::parse(text).map_err(|e| syntax_error(&sink, &e))?;
+    let mut sink = Sink::new(name, text);
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            syntax_error(&mut sink, 0, &e);
+            return Err(sink.into_error());
+        }
+    };
     let socket = root
         .get_ref()
         .get("control")
@@ -263,17 +369,15 @@ pub(crate) fn control_socket(name: &str, text: &str) -> Result<Option<PathBuf>, 
     }
 }
 
-fn syntax_error(sink: &Sink<'_>, e: &toml::de::Error) -> ConfigError {
+/// A TOML syntax error in the file starting at `base`: the parser's message at its position.
+fn syntax_error(sink: &mut Sink<'_>, base: usize, e: &toml::de::Error) {
     let span = e.span().unwrap_or(0..0);
-    let (line, column) = sink.position(span.start);
     let message = crate::diag::one_line(&e.message().trim_end().replace('\n', "; "));
-    ConfigError::Invalid(vec![Diagnostic {
-        file: sink.file().to_owned(),
-        line,
-        column,
-        path: String::new(),
-        message: format!("TOML syntax error: {message}"),
-    }])
+    sink.error(
+        &(base + span.start..base + span.end),
+        "",
+        format!("TOML syntax error: {message}"),
+    );
 }
 
 fn assemble(
@@ -383,9 +487,16 @@ fn article(v: &DeValue<'_>) -> String {
 struct Walker<'s, 'a, 'k> {
     sink: &'s mut Sink<'a>,
     keys: &'k dyn KeyFiles,
+    /// Where the file being walked starts in the sink's offset space (0: the main file).
+    base: usize,
 }
 
 impl Walker<'_, '_, '_> {
+    /// A span of the file being walked, in the sink's offset space.
+    fn sp(&self, span: Range<usize>) -> Range<usize> {
+        span.start + self.base..span.end + self.base
+    }
+
     fn check_keys(&mut self, tab: &Tab<'_, '_>, allowed: &[&str]) {
         for (k, _) in tab.table.iter() {
             let key: &str = k.get_ref();
@@ -396,7 +507,30 @@ impl Walker<'_, '_, '_> {
                 Some(s) => format!("unknown key (did you mean \"{s}\"?)"),
                 None => format!("unknown key (expected one of: {})", allowed.join(", ")),
             };
-            self.sink.error(&k.span(), &join(&tab.path, key), hint);
+            self.sink
+                .error(&self.sp(k.span()), &join(&tab.path, key), hint);
+        }
+    }
+
+    /// The top level of an included file: `[[connection]]` blocks only.
+    fn included_keys(&mut self, tab: &Tab<'_, '_>) {
+        for (k, _) in tab.table.iter() {
+            let key: &str = k.get_ref();
+            if INCLUDED_KEYS.contains(&key) {
+                continue;
+            }
+            let message = match key {
+                "include" => {
+                    "includes do not nest: list every pattern in the main config's include"
+                        .to_owned()
+                }
+                "gateway" | "control" => format!(
+                    "an included file holds only [[connection]] blocks: [{key}] belongs in the main config"
+                ),
+                _ => "unknown key: an included file holds only [[connection]] blocks".to_owned(),
+            };
+            let span = self.sp(k.span());
+            self.sink.error(&span, key, message);
         }
     }
 
@@ -407,7 +541,7 @@ impl Walker<'_, '_, '_> {
     fn wrong_type(&mut self, v: &Spanned<DeValue<'_>>, path: &str, expected: &str) {
         let found = article(v.get_ref());
         self.sink.error(
-            &v.span(),
+            &self.sp(v.span()),
             path,
             format!("expected {expected}, found {found}"),
         );
@@ -427,7 +561,7 @@ impl Walker<'_, '_, '_> {
         match v.get_ref().as_str() {
             Some(s) => Some(At {
                 value: s,
-                span: v.span(),
+                span: self.sp(v.span()),
                 path,
             }),
             None => {
@@ -465,11 +599,12 @@ impl Walker<'_, '_, '_> {
             Some(i) => match i128::from_str_radix(i.as_str(), i.radix()) {
                 Ok(value) => Some(At {
                     value,
-                    span: v.span(),
+                    span: self.sp(v.span()),
                     path,
                 }),
                 Err(_) => {
-                    self.sink.error(&v.span(), &path, "integer out of range");
+                    self.sink
+                        .error(&self.sp(v.span()), &path, "integer out of range");
                     None
                 }
             },
@@ -514,15 +649,18 @@ impl Walker<'_, '_, '_> {
             match parse(s) {
                 Ok(value) => out.push(At {
                     value,
-                    span: item.span(),
+                    span: self.sp(item.span()),
                     path: ipath,
                 }),
-                Err(m) => self.sink.error(&item.span(), &ipath, m),
+                Err(m) => {
+                    let span = self.sp(item.span());
+                    self.sink.error(&span, &ipath, m);
+                }
             }
         }
         if items.is_empty() {
             self.sink
-                .error(&v.span(), &path, "must list at least one prefix");
+                .error(&self.sp(v.span()), &path, "must list at least one prefix");
         }
         Some(out)
     }
@@ -533,7 +671,7 @@ impl Walker<'_, '_, '_> {
         match v.get_ref().as_table() {
             Some(t) => Some(Tab {
                 table: t,
-                span: v.span(),
+                span: self.sp(v.span()),
                 path,
             }),
             None => {
@@ -557,7 +695,7 @@ impl Walker<'_, '_, '_> {
             match item.get_ref().as_table() {
                 Some(t) => out.push(Tab {
                     table: t,
-                    span: item.span(),
+                    span: self.sp(item.span()),
                     path: ipath,
                 }),
                 None => self.wrong_type(item, &ipath, &format!("a table ({header})")),
@@ -620,7 +758,7 @@ impl Walker<'_, '_, '_> {
                 ("peer_public_key_file", b)
             };
             self.sink.error(
-                &second.1.span(),
+                &self.sp(second.1.span()),
                 &join(&tab.path, second.0),
                 "set either peer_public_key or peer_public_key_file, not both",
             );
@@ -940,7 +1078,7 @@ impl Walker<'_, '_, '_> {
                 None
             }
         });
-        let inside_span = self.value(tab, "inside").map(Spanned::span);
+        let inside_span = self.value(tab, "inside").map(|v| self.sp(v.span()));
         let inside = match self
             .value(tab, "inside")
             .map(|v| v.get_ref().as_str().is_some())

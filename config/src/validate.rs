@@ -1,5 +1,7 @@
-//! Cross-field rules, checked after the walk on the values that parsed. A duplicate or an overlap
-//! is reported at its second occurrence (later in the file) and names the first with its line.
+//! Cross-field rules, checked after the walk on the values that parsed, over the main file and
+//! its included files together. A duplicate or an overlap is reported at its second occurrence
+//! (later in the file, or in a later file) and names the first: `line N` in the same file,
+//! `FILE:LINE:COL` in another.
 //!
 //! - connection names are unique; tunnel names are unique within their connection;
 //! - `remote_subnets` of different connections do not overlap (routing is by longest-prefix
@@ -56,12 +58,12 @@ fn connection_names(sink: &mut Sink<'_>, connections: &[RawConnection]) {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for name in connections.iter().filter_map(|c| c.name.as_ref()) {
         if let Some(&first) = seen.get(name.value.as_str()) {
-            let line = sink.line_of(first);
+            let line = sink.place(first, name.span.start);
             sink.error(
                 &name.span,
                 &name.path,
                 format!(
-                    "duplicate connection name \"{}\" (first at line {line})",
+                    "duplicate connection name \"{}\" (first at {line})",
                     name.value
                 ),
             );
@@ -75,12 +77,12 @@ fn tunnel_names(sink: &mut Sink<'_>, c: &RawConnection) {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for name in c.tunnels.iter().filter_map(|t| t.name.as_ref()) {
         if let Some(&first) = seen.get(name.value.as_str()) {
-            let line = sink.line_of(first);
+            let line = sink.place(first, name.span.start);
             sink.error(
                 &name.span,
                 &name.path,
                 format!(
-                    "duplicate tunnel name \"{}\" in this connection (first at line {line})",
+                    "duplicate tunnel name \"{}\" in this connection (first at {line})",
                     name.value
                 ),
             );
@@ -102,7 +104,7 @@ fn remote_subnets_between_connections(sink: &mut Sink<'_>, connections: &[RawCon
                 .flat_map(|c| c.remote_subnets.iter().map(move |a| (c, a)))
                 .find(|(_, a)| overlaps(&a.value, &b.value));
             if let Some((c, a)) = earlier {
-                let line = sink.line_of(a.span.start);
+                let line = sink.place(a.span.start, b.span.start);
                 let who = c
                     .name
                     .as_ref()
@@ -111,7 +113,7 @@ fn remote_subnets_between_connections(sink: &mut Sink<'_>, connections: &[RawCon
                     &b.span,
                     &b.path,
                     format!(
-                        "{} overlaps {} of {who} (line {line}): remote_subnets of different connections must not overlap",
+                        "{} overlaps {} of {who} ({line}): remote_subnets of different connections must not overlap",
                         b.value, a.value
                     ),
                 );
@@ -123,14 +125,11 @@ fn remote_subnets_between_connections(sink: &mut Sink<'_>, connections: &[RawCon
 fn subnets_within(sink: &mut Sink<'_>, list: &[At<IpNet>]) {
     for (j, b) in list.iter().enumerate() {
         if let Some(a) = list[..j].iter().find(|a| overlaps(&a.value, &b.value)) {
-            let line = sink.line_of(a.span.start);
+            let line = sink.place(a.span.start, b.span.start);
             sink.error(
                 &b.span,
                 &b.path,
-                format!(
-                    "{} overlaps {} (line {line}) in the same list",
-                    b.value, a.value
-                ),
+                format!("{} overlaps {} ({line}) in the same list", b.value, a.value),
             );
         }
     }
@@ -147,12 +146,12 @@ fn local_vs_remote(sink: &mut Sink<'_>, c: &RawConnection) {
             } else {
                 (r, l)
             };
-            let line = sink.line_of(first.span.start);
+            let line = sink.place(first.span.start, second.span.start);
             sink.error(
                 &second.span,
                 &second.path,
                 format!(
-                    "{} overlaps {} (line {line}): a connection's local_subnets and remote_subnets must be disjoint",
+                    "{} overlaps {} ({line}): a connection's local_subnets and remote_subnets must be disjoint",
                     second.value, first.value
                 ),
             );
@@ -181,13 +180,13 @@ fn endpoint_pairs(sink: &mut Sink<'_>, connections: &[RawConnection]) {
                 _ => remote,
             };
             if let Some((first_path, first_offset)) = seen.get(&(local, remote.value)) {
-                let line = sink.line_of(*first_offset);
+                let line = sink.place(*first_offset, at.span.start);
                 let show = local.map_or("any".to_owned(), |a| a.to_string());
                 sink.error(
                     &at.span,
                     &at.path,
                     format!(
-                        "endpoint pair {show} -> {} is already used by {first_path} (line {line}): two tunnels of one connection on the same path are one path, failover between them means nothing",
+                        "endpoint pair {show} -> {} is already used by {first_path} ({line}): two tunnels of one connection on the same path are one path, failover between them means nothing",
                         remote.value
                     ),
                 );
@@ -215,12 +214,12 @@ fn endpoint_pairs(sink: &mut Sink<'_>, connections: &[RawConnection]) {
                     .local
                     .as_ref()
                     .map_or(first.span.start, |l| l.span.start);
-                let line = sink.line_of(at);
+                let line = sink.place(at, local.span.start);
                 sink.error(
                     &local.span,
                     &local.path,
                     format!(
-                        "local {} is shared with {} (line {line}) by a tunnel with the same peer key and the same PSK: their handshakes could not be told apart; give each tunnel its own PSK",
+                        "local {} is shared with {} ({line}) by a tunnel with the same peer key and the same PSK: their handshakes could not be told apart; give each tunnel its own PSK",
                         local.value, first.path
                     ),
                 );
@@ -269,12 +268,12 @@ fn priorities(sink: &mut Sink<'_>, c: &RawConnection) {
             .as_ref()
             .map_or_else(|| t.path.clone(), |n| format!("tunnel \"{}\"", n.value));
         if let Some((first, offset)) = seen.get(&p.value) {
-            let line = sink.line_of(*offset);
+            let line = sink.place(*offset, p.span.start);
             sink.error(
                 &p.span,
                 &p.path,
                 format!(
-                    "priority {} ties with {first} (line {line}): in active-standby mode priorities must differ",
+                    "priority {} ties with {first} ({line}): in active-standby mode priorities must differ",
                     p.value
                 ),
             );
@@ -355,7 +354,7 @@ fn interfaces(sink: &mut Sink<'_>, connections: &[RawConnection], tun_name: Opti
                 let whose = if *offset == usize::MAX {
                     first.clone()
                 } else {
-                    format!("{first} (line {})", sink.line_of(*offset))
+                    format!("{first} ({})", sink.place(*offset, span.start))
                 };
                 let what = if defaulted {
                     format!(
@@ -380,11 +379,12 @@ fn inside(sink: &mut Sink<'_>, list: &[At<IpNet>]) {
             IpNet::V6(_) => (INSIDE_V6_PREFIX, "IPv6", &mut v6),
         };
         if let Some(f) = first {
-            let line = sink.line_of(f.span.start);
+            // Both addresses are in one tunnel, so in one file: `line N`.
+            let line = sink.place(f.span.start, a.span.start);
             sink.error(
                 &a.span,
                 &a.path,
-                format!("a second {family} inside address (the first is {} on line {line}): at most one per family", f.value),
+                format!("a second {family} inside address (the first is {} on {line}): at most one per family", f.value),
             );
             continue;
         }

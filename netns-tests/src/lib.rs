@@ -6,8 +6,10 @@
 //! background processes, CPU/RSS), [`charon`] (strongSwan as an AWS-like IKEv2 peer), [`topo`] (the [`topo::Lab`] builder), [`impair`] (nftables
 //! blackholes and random loss), [`wanem`] (the userspace WAN emulator), [`probe`] (the 1 ms probe
 //! stream), [`traffic`] (iperf3 and ping), [`tandem`] (keys, configs, daemons, status),
-//! [`report`] (aligned tables).
+//! [`report`] (aligned tables); [`branches`] (N branch gateways in one process, real engines)
+//! and [`scale`] (the head-end at scale: one hub, N branches, cost against N).
 
+pub mod branches;
 pub mod capture;
 pub mod charon;
 pub mod drill;
@@ -17,6 +19,7 @@ pub mod netns;
 pub mod probe;
 pub mod process;
 pub mod report;
+pub mod scale;
 pub mod tandem;
 pub mod topo;
 pub mod traffic;

@@ -18,6 +18,11 @@
 //!   saturating TCP both ways, counting false Down events; then `--cuts` silent blackholes of
 //!   isp1 under the same load, each giving the detection time (cut -> cgw's log says it
 //!   switched) and the 1 ms probe stream's largest gap; min/median/p99/max of both.
+//! - `lab scale [--n 10,100,500] [--out DIR] [--idle-secs S]` — the head-end at scale: one
+//!   `tandem run` hub, N emulated branches (two tunnels each, real engines) on one port, one run
+//!   per N: time to all Up, handshake throughput, RSS, idle CPU, `status --json` latency and
+//!   size, detection of a silenced tunnel, a reload of ±min(100, N/2) branches under probes.
+//!   Writes `DIR/scale.txt` (table), `DIR/scale.json`, `DIR/scale.svg` (cost against N).
 //!
 //! Needs root. Finds `tandem` next to itself (build both with
 //! `cargo build --release -p tandem -p tandem-netns-tests`) or in `$TANDEM_BIN`.
@@ -43,7 +48,7 @@ use tandem_netns_tests::{Error, can_run_as_root};
 /// a capped stream keeps the queue empty, so a lost probe is the move's fault.
 const PLANNED_MOVE_TCP_MBPS: u32 = 50;
 
-const USAGE: &str = "usage: lab demo | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE]";
+const USAGE: &str = "usage: lab demo | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         Some("demo") => demo().map_err(|e| e.to_string()),
         Some("bench") => bench(&args[1..]).map_err(|e| e.to_string()),
         Some("budget") => budget::run(&args[1..]).map_err(|e| e.to_string()),
+        Some("scale") => scale(&args[1..]).map_err(|e| e.to_string()),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -1174,4 +1180,82 @@ mod budget {
         drop(pair);
         Ok(row)
     }
+}
+
+/// `lab scale`: one scale run per N, then the table, the JSON and the SVG.
+fn scale(args: &[String]) -> Result<(), Error> {
+    use tandem_netns_tests::scale::{ScaleOpts, run, svg};
+    let mut ns = vec![10u32, 100, 500];
+    let mut out = PathBuf::from("lab-scale");
+    let mut idle: Option<u64> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it.next().ok_or_else(|| Error::Tandem(USAGE.into()))?;
+        match a.as_str() {
+            "--n" => {
+                ns = v
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| Error::Tandem(USAGE.into()))?;
+            }
+            "--out" => out = PathBuf::from(v),
+            "--idle-secs" => idle = Some(v.parse().map_err(|_| Error::Tandem(USAGE.into()))?),
+            _ => return Err(Error::Tandem(USAGE.into())),
+        }
+    }
+    if !can_run_as_root("lab scale") {
+        return Err(Error::Tandem("lab scale needs root".into()));
+    }
+    tandem_bin()?;
+    std::fs::create_dir_all(&out).map_err(|e| Error::Io(out.display().to_string(), e))?;
+    let mut results = Vec::new();
+    for n in ns {
+        let mut opts = ScaleOpts::bench(n);
+        if let Some(s) = idle {
+            opts.idle = Duration::from_secs(s);
+        }
+        eprintln!("== {n} branches ({} tunnels)", 2 * n);
+        let r = run(&opts, &mut |line| eprintln!("  {line}"))?;
+        results.push(r);
+        // Written after every N, so a later failure keeps the earlier figures.
+        let json =
+            serde_json::to_string_pretty(&results).map_err(|e| Error::Parse(e.to_string()))?;
+        std::fs::write(out.join("scale.json"), json)
+            .map_err(|e| Error::Io("scale.json".into(), e))?;
+    }
+    let mut t = Table::new(
+        "head-end at scale (lab scale)",
+        &[
+            "tunnels", "all Up", "hs/s", "CPU/hs", "RSS", "budget", "idle CPU", "status", "bytes",
+            "detect", "bound", "reload", "lost",
+        ],
+    );
+    for r in &results {
+        t.row(&[
+            r.tunnels.to_string(),
+            format!("{:.0} ms", r.up_ms),
+            format!("{:.0}", r.handshakes_per_s),
+            format!("{:.2} ms", r.cpu_ms_per_handshake),
+            format!("{:.1} MiB", r.rss_kib as f64 / 1024.0),
+            format!("{:.1} MiB", r.rss_budget_kib as f64 / 1024.0),
+            format!("{:.1} %", r.idle_cpu_pct),
+            format!("{:.0} ms", r.status_ms_median),
+            r.status_bytes.to_string(),
+            r.detect_ms.map_or("never".into(), |d| format!("{d:.0} ms")),
+            format!("{:.0} ms", r.detect_bound_ms),
+            format!("-{0}/+{0} {1:.0} ms", r.reload_changed, r.reload_ms),
+            format!("{}/{}", r.reload_probes_lost, r.reload_probes_sent),
+        ]);
+    }
+    let table = t.render();
+    println!("{table}");
+    std::fs::write(out.join("scale.txt"), &table).map_err(|e| Error::Io("scale.txt".into(), e))?;
+    std::fs::write(out.join("scale.svg"), svg(&results))
+        .map_err(|e| Error::Io("scale.svg".into(), e))?;
+    println!(
+        "wrote {0}/scale.txt, {0}/scale.json, {0}/scale.svg",
+        out.display()
+    );
+    Ok(())
 }
