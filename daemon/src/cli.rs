@@ -11,12 +11,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tandem_config::ConfigError;
 
-/// Exit status: success.
-pub const EXIT_OK: u8 = 0;
-/// Exit status: user error (bad config, bad input, unknown name, bad usage).
-pub const EXIT_USER_ERROR: u8 = 1;
-/// Exit status: the daemon could not be reached on its control socket.
-pub const EXIT_UNREACHABLE: u8 = 2;
+/// Exit statuses (defined once, in the admin crate: docs/cli.md, "Exit status").
+pub use tandem_admin::exit::{
+    OK as EXIT_OK, UNREACHABLE as EXIT_UNREACHABLE, USER as EXIT_USER_ERROR,
+};
 
 /// Environment variable naming the control socket (third in the discovery order).
 pub const SOCKET_ENV: &str = "TANDEM_SOCKET";

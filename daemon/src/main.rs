@@ -46,14 +46,14 @@ fn dispatch(command: Command) -> u8 {
         },
         Command::Run(args) => tandem::run::run(&args.config),
         Command::Status(args) => {
-            with_socket(&args.control, |s| tandem::control::cmd_status(s, args.json))
+            with_socket(&args.control, |s| tandem::admin::cmd_status(s, args.json))
         }
-        Command::Reload(args) => with_socket(&args, tandem::control::cmd_reload),
+        Command::Reload(args) => with_socket(&args, tandem::admin::cmd_reload),
         Command::Failover(args) => with_socket(&args.control, |s| {
-            tandem::control::cmd_failover(s, &args.connection, args.to.as_deref(), args.auto)
+            tandem::admin::cmd_failover(s, &args.connection, args.to.as_deref(), args.auto)
         }),
         Command::Drill(args) => with_socket(&args.control, |s| {
-            tandem::control::cmd_drill(s, &args.connection, args.duration, args.graceful)
+            tandem::admin::cmd_drill(s, &args.connection, args.duration, args.graceful)
         }),
         Command::Import(ImportSource::Aws(args)) => {
             match tandem::import::import_aws(&args.file, args.name.as_deref(), &args.dir) {
@@ -75,9 +75,9 @@ fn dispatch(command: Command) -> u8 {
 }
 
 /// Find the daemon's control socket (docs/cli.md order) and run a control command against it.
-fn with_socket(args: &tandem::cli::ControlArgs, f: impl FnOnce(&std::path::Path) -> i32) -> u8 {
+fn with_socket(args: &tandem::cli::ControlArgs, f: impl FnOnce(&std::path::Path) -> u8) -> u8 {
     match tandem::cli::control_socket(args) {
-        Ok(socket) => u8::try_from(f(&socket)).unwrap_or(EXIT_USER_ERROR),
+        Ok(socket) => f(&socket),
         Err(e) => {
             eprintln!("{e}");
             EXIT_USER_ERROR

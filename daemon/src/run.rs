@@ -9,7 +9,7 @@
 //! [`Command`]s (an mpsc channel + eventfd doorbell) answered on oneshot channels.
 //!
 //! The control socket and the metrics endpoint each serve a bounded number of connections with
-//! short deadlines, and pause after a failed `accept` ([`crate::listeners`]).
+//! short deadlines, and pause after a failed `accept` ([`crate::admin::listeners`]).
 //!
 //! Signals: SIGHUP = reload (as `tandem reload`); SIGTERM / SIGINT = STOPPING=1, closing notices
 //! on every tunnel, exit 0.
@@ -19,12 +19,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use tandem_engine::{ConnectionConfig, Engine, EngineConfig, FailoverTarget, TunnelConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::control::{ErrorKind, MAX_MESSAGE, Reply, Request};
+use crate::admin::server::{serve_control_socket, serve_metrics};
+use crate::admin::{ErrorKind, Reply, Request};
+use crate::cli::{EXIT_OK, EXIT_USER_ERROR};
 use crate::dataplane::ifaces::IfaceSpec;
 use crate::dataplane::worker::{Command, DataPlane, Handle, TunSettings};
-use crate::listeners::{Gate, REPLY_TIMEOUT, REQUEST_TIMEOUT};
 use crate::notify::Notifier;
 
 /// The engine's half of a config (the daemon owns this conversion, docs/CONTRACTS.md).
@@ -122,7 +122,7 @@ pub fn run(config_path: &Path) -> u8 {
     init_logging();
     if let Err(e) = crate::caps::require_net_admin() {
         tracing::error!("{e}");
-        return 1;
+        return EXIT_USER_ERROR;
     }
     let cfg = match tandem_config::load(config_path) {
         Ok(c) => c,
@@ -131,7 +131,7 @@ pub fn run(config_path: &Path) -> u8 {
             {
                 eprintln!("{e}");
             }
-            return 1;
+            return EXIT_USER_ERROR;
         }
     };
     let ecfg = engine_config(&cfg);
@@ -139,7 +139,7 @@ pub fn run(config_path: &Path) -> u8 {
     let mut seed = [0u8; 32];
     if let Err(e) = getrandom::fill(&mut seed) {
         tracing::error!(error = %e, "no OS randomness");
-        return 1;
+        return EXIT_USER_ERROR;
     }
     let unix_now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -158,7 +158,7 @@ pub fn run(config_path: &Path) -> u8 {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!("{e}");
-                return 1;
+                return EXIT_USER_ERROR;
             }
         };
     tracing::info!(tun = %dp.tun_name(), mtu = tun.mtu, connections = cfg.connections.len(), "tandem started");
@@ -167,7 +167,7 @@ pub fn run(config_path: &Path) -> u8 {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(socket = %socket_path.display(), error = %e, "cannot bind the control socket");
-            return 1;
+            return EXIT_USER_ERROR;
         }
     };
     let metrics = match cfg.control.metrics_listen {
@@ -176,7 +176,7 @@ pub fn run(config_path: &Path) -> u8 {
             Err(e) => {
                 tracing::error!(listen = %addr, error = %e, "cannot bind the metrics endpoint");
                 let _ = std::fs::remove_file(&socket_path);
-                return 1;
+                return EXIT_USER_ERROR;
             }
         },
         None => None,
@@ -193,7 +193,7 @@ pub fn run(config_path: &Path) -> u8 {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the data-plane thread");
-            return 1;
+            return EXIT_USER_ERROR;
         }
     };
 
@@ -204,7 +204,7 @@ pub fn run(config_path: &Path) -> u8 {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the control-plane runtime");
-            return 1;
+            return EXIT_USER_ERROR;
         }
     };
     let ctx = std::rc::Rc::new(Ctx {
@@ -228,7 +228,7 @@ pub fn run(config_path: &Path) -> u8 {
     code
 }
 
-struct Ctx {
+pub(crate) struct Ctx {
     handle: Handle,
     /// The config the daemon started with (for settings a reload cannot change).
     started: StartedWith,
@@ -291,7 +291,7 @@ async fn control_plane(
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "control socket");
-            return 1;
+            return EXIT_USER_ERROR;
         }
     };
     tokio::task::spawn_local(serve_control_socket(ctx.clone(), listener));
@@ -310,7 +310,7 @@ async fn control_plane(
         signal(SignalKind::interrupt()),
     ) else {
         tracing::error!("cannot install signal handlers");
-        return 1;
+        return EXIT_USER_ERROR;
     };
     loop {
         tokio::select! {
@@ -325,7 +325,7 @@ async fn control_plane(
             _ = int.recv() => return shutdown(&ctx, &mut exited).await,
             _ = &mut exited => {
                 tracing::error!("the data plane stopped unexpectedly");
-                return 1;
+                return EXIT_USER_ERROR;
             }
         }
     }
@@ -337,13 +337,13 @@ async fn shutdown(ctx: &Ctx, exited: &mut tokio::sync::oneshot::Receiver<()>) ->
         let _ = n.stopping();
     }
     if ctx.handle.send(Command::Shutdown).is_err() {
-        return 0;
+        return EXIT_OK;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), exited).await;
-    0
+    EXIT_OK
 }
 
-async fn ask<T>(
+pub(crate) async fn ask<T>(
     ctx: &Ctx,
     make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Command,
 ) -> Option<T> {
@@ -387,7 +387,7 @@ async fn reload(ctx: &Ctx) -> Reply {
     reply
 }
 
-async fn handle_request(ctx: &Ctx, req: Request) -> Reply {
+pub(crate) async fn handle_request(ctx: &Ctx, req: Request) -> Reply {
     let gone = || Reply::error(ErrorKind::Internal, "the data plane is not running");
     match req {
         Request::Status => match ask(ctx, Command::Status).await {
@@ -434,120 +434,5 @@ async fn handle_request(ctx: &Ctx, req: Request) -> Reply {
             .await
             .unwrap_or_else(gone)
         }
-    }
-}
-
-/// The control socket's accept loop (limits: [`crate::listeners`]).
-async fn serve_control_socket(ctx: std::rc::Rc<Ctx>, listener: tokio::net::UnixListener) {
-    let mut gate = Gate::new("control socket");
-    loop {
-        let slot = gate.slot().await;
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let ctx = ctx.clone();
-                tokio::task::spawn_local(async move {
-                    serve_control(ctx, stream).await;
-                    drop(slot);
-                });
-            }
-            Err(e) => {
-                drop(slot);
-                gate.accept_failed(&e).await;
-            }
-        }
-    }
-}
-
-async fn serve_control(ctx: std::rc::Rc<Ctx>, mut stream: tokio::net::UnixStream) {
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            // One request per connection: a newline also ends it (for `socat`-style clients).
-            if buf.contains(&b'\n') || buf.len() as u64 > MAX_MESSAGE {
-                break;
-            }
-        }
-        std::io::Result::Ok(())
-    })
-    .await;
-    let reply = match (read, serde_json::from_slice::<Request>(&buf)) {
-        (Ok(Ok(())), Ok(req)) => handle_request(&ctx, req).await,
-        (Ok(Ok(())), Err(e)) => Reply::error(ErrorKind::User, format!("bad request: {e}")),
-        _ => return,
-    };
-    if let Ok(mut body) = serde_json::to_vec(&reply) {
-        body.push(b'\n');
-        let _ = tokio::time::timeout(REPLY_TIMEOUT, async {
-            stream.write_all(&body).await?;
-            stream.shutdown().await
-        })
-        .await;
-    }
-}
-
-/// The metrics endpoint's accept loop (limits: [`crate::listeners`]).
-async fn serve_metrics(ctx: std::rc::Rc<Ctx>, listener: tokio::net::TcpListener) {
-    let mut gate = Gate::new("metrics endpoint");
-    loop {
-        let slot = gate.slot().await;
-        let mut stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                drop(slot);
-                gate.accept_failed(&e).await;
-                continue;
-            }
-        };
-        let ctx = ctx.clone();
-        tokio::task::spawn_local(async move {
-            let _slot = slot;
-            let mut req = Vec::new();
-            let mut chunk = [0u8; 1024];
-            let ok = tokio::time::timeout(REQUEST_TIMEOUT, async {
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-                    let n = stream.read(&mut chunk).await.ok()?;
-                    if n == 0 {
-                        break;
-                    }
-                    req.extend_from_slice(&chunk[..n]);
-                }
-                Some(())
-            })
-            .await;
-            if !matches!(ok, Ok(Some(()))) {
-                return;
-            }
-            let line = req.split(|&b| b == b'\r').next().unwrap_or_default();
-            let line = String::from_utf8_lossy(line);
-            let mut parts = line.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let response = if method == "GET"
-                && (path == "/metrics" || path.starts_with("/metrics?"))
-            {
-                match ask(&ctx, Command::Metrics).await {
-                    Some(snap) => {
-                        let body = crate::metrics::render(&snap);
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                    }
-                    None => "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
-                }
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n".to_owned()
-            };
-            let _ = tokio::time::timeout(REPLY_TIMEOUT, async {
-                stream.write_all(response.as_bytes()).await?;
-                stream.shutdown().await
-            })
-            .await;
-        });
     }
 }

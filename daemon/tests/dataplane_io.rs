@@ -2,20 +2,13 @@
 //! network namespace (root only).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod support;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use support::is_root;
 
 use tandem::dataplane::batch::{BATCH, Batch};
 use tandem::dataplane::sys;
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 fn skip_unless_root(test: &str) -> bool {
     if is_root() {

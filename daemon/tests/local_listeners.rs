@@ -1,5 +1,5 @@
 //! End to end: the control socket and the metrics endpoint of a real `tandem run` under local
-//! abuse (limits in `daemon/src/listeners.rs`):
+//! abuse (limits in `daemon/src/admin/listeners.rs`):
 //! - far more idle connections than the cap, on both listeners at once: the daemon holds at most
 //!   the cap of them open, `tandem status` and a metrics scrape still answer within a bound, and
 //!   the daemon's CPU stays low;
@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tandem::listeners::{MAX_CONNECTIONS, REQUEST_TIMEOUT};
+use tandem::admin::listeners::{MAX_CONNECTIONS, REQUEST_TIMEOUT};
 
 const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 const METRICS: &str = "127.0.0.1:9811";

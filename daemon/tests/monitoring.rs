@@ -13,11 +13,13 @@
 //! scrape) the tests skip loudly, except under CI (`CI` set), where they fail.
 #![allow(clippy::unwrap_used, clippy::print_stderr, clippy::print_stdout)]
 
+mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::is_root;
 
 const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 
@@ -420,15 +422,6 @@ fn check_refs(what: &str, expr: &str, exported: &Exported) -> Vec<String> {
 }
 
 // --- two daemons to scrape --------------------------------------------------------------------
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 /// A scratch namespace (loopback only) with two daemons whose two tunnels run over 127.0.0.1;
 /// namespace, daemons and files are removed on drop, also when an assertion fails.

@@ -11,20 +11,15 @@
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::print_stderr)]
 
+mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
+use support::is_root;
 
 use tandem::caps::{self, CapError};
 
 const CHILD_ENV: &str = "TANDEM_CAPS_CHILD_EXPECT";
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-}
 
 /// Root is needed to switch users; skip loudly only outside CI.
 fn can_setpriv() -> bool {

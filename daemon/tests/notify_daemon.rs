@@ -20,11 +20,13 @@
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::print_stderr)]
 
+mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::is_root;
 
 use tandem::notify::monotonic_usec;
 
@@ -35,13 +37,6 @@ const TUNNEL_PORT: u16 = 14501;
 const PEER_PORT: u16 = 14601;
 /// The watchdog period handed to the daemon: pings every 150 ms.
 const WATCHDOG: Duration = Duration::from_millis(300);
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-}
 
 fn can_run() -> bool {
     if is_root() {

@@ -4,15 +4,11 @@
 //! Invariants: no panic; an accepted request serialises and parses back to the same request;
 //! rendering any JSON document does not panic.
 //!
-//! The daemon's `control.rs` is compiled in directly (it needs only std, serde and thiserror), so
-//! this target fuzzes the real wire types without building the daemon's runtime dependencies.
+//! The wire types live in the `tandem-admin` crate (std, serde and thiserror only), so this
+//! target fuzzes the real types without building the daemon's runtime dependencies.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../daemon/src/control.rs"]
-mod control;
-
-use control::{Reply, Request, render_drill, render_status};
+use tandem_admin::{Reply, Request, render_drill, render_status};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

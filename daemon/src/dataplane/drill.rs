@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tandem_engine::{AdminError, Engine, Event, Silence, TunnelId};
 
-use crate::control::Reply;
+use crate::admin::Reply;
 
 /// Probe period: docs/cli.md ("a 1 ms echo probe stream").
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(1);
@@ -217,7 +217,7 @@ impl Drill {
 
     fn finish_error(&mut self, e: AdminError) -> Option<(ReplyTx, Reply)> {
         let reply = self.reply.take()?;
-        Some((reply, Reply::from(e)))
+        Some((reply, crate::admin::refused(&e)))
     }
 
     fn report(&mut self, engine: &Engine) -> (ReplyTx, Reply) {

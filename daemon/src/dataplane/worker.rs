@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tandem_engine::{
-    AdminError, Direction, Engine, EngineConfig, Event, FailoverTarget, TunnelId, TunnelState,
+    Direction, Engine, EngineConfig, Event, FailoverTarget, TunnelId, TunnelState,
 };
 use tun_rs::VIRTIO_NET_HDR_LEN;
 
@@ -20,8 +20,8 @@ use super::gro::TunGro;
 use super::ifaces::{IfaceSpec, Ifaces, TOKEN_IFACE_BASE};
 use super::path::{Receiver, open_batch_routed, seal_batch, seal_batch_on};
 use super::sys::{self, EMPTY_EVENT, Epoll, EventFd, RouteOp};
-use crate::control::{ErrorKind, Reply};
-use crate::metrics::{MetricsSnapshot, TunnelMetric};
+use crate::admin::metrics::{MetricsSnapshot, TunnelMetric};
+use crate::admin::{ErrorKind, Reply};
 use crate::notify::Notifier;
 
 /// epoll token of the TUN.
@@ -1437,10 +1437,4 @@ fn flush_batch(
         x.flush_gro();
     }
     batch.filled = 0;
-}
-
-impl From<AdminError> for Reply {
-    fn from(e: AdminError) -> Self {
-        Reply::error(ErrorKind::User, e.to_string())
-    }
 }

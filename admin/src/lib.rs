@@ -1,10 +1,12 @@
-//! The control socket: `status`, `reload`, `failover`, `drill` requests from the CLI to the
-//! running daemon.
+//! tandem's admin plane on the wire (the local control plane, as opposed to the in-tunnel
+//! liveness messages): `status`, `reload`, `failover`, `drill` requests from the CLI to the
+//! running daemon over its Unix socket, the CLI's client, and the renderers of what the daemon
+//! answers. A crate of its own (std, serde and thiserror only) so that the fuzz target parses
+//! exactly these types without building the daemon.
 //!
 //! Protocol (docs/CONTRACTS.md): the client connects to the Unix socket (mode 0600), writes one
 //! JSON [`Request`], shuts down its write half, and reads one JSON [`Reply`]; the daemon then
-//! closes. The server side lives in [`crate::run`] (it needs the data-plane channel); this module
-//! holds the wire types and the client used by the CLI subcommands.
+//! closes. The server side is the daemon's `admin` module (it needs the data-plane channel).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -140,19 +142,19 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply,
     serde_json::from_slice(&buf).map_err(|e| ClientError::BadReply(e.to_string()))
 }
 
-/// Exit status of the CLI (docs/cli.md).
+/// Exit status of every `tandem` command (docs/cli.md, "Exit status"): the one definition.
 pub mod exit {
     /// Success.
-    pub const OK: i32 = 0;
-    /// User error: bad config, unknown name.
-    pub const USER: i32 = 1;
-    /// Daemon unreachable.
-    pub const UNREACHABLE: i32 = 2;
+    pub const OK: u8 = 0;
+    /// User error: bad config, bad input, unknown name, bad usage; or the daemon could not start.
+    pub const USER: u8 = 1;
+    /// The daemon could not be reached on its control socket.
+    pub const UNREACHABLE: u8 = 2;
 }
 
 /// Run one request and turn the outcome into an exit status, printing errors to stderr.
 /// On success the reply's payload is returned for the caller to print.
-fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Option<serde_json::Value>, i32> {
+fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Option<serde_json::Value>, u8> {
     match request(socket, req, timeout) {
         Ok(reply) if reply.ok => Ok(reply.data),
         Ok(reply) => {
@@ -177,7 +179,7 @@ fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Option<serde_
 
 /// `tandem status [--json]`.
 #[allow(clippy::print_stdout)] // CLI output
-pub fn cmd_status(socket: &Path, json: bool) -> i32 {
+pub fn cmd_status(socket: &Path, json: bool) -> u8 {
     match call(socket, &Request::Status, CLIENT_TIMEOUT) {
         Ok(data) => {
             let data = data.unwrap_or(serde_json::Value::Null);
@@ -197,7 +199,7 @@ pub fn cmd_status(socket: &Path, json: bool) -> i32 {
 
 /// `tandem reload`.
 #[allow(clippy::print_stdout)] // CLI output
-pub fn cmd_reload(socket: &Path) -> i32 {
+pub fn cmd_reload(socket: &Path) -> u8 {
     match call(socket, &Request::Reload, CLIENT_TIMEOUT) {
         Ok(data) => {
             match data {
@@ -212,7 +214,7 @@ pub fn cmd_reload(socket: &Path) -> i32 {
 
 /// `tandem failover CONNECTION [--to TUNNEL | --auto]`.
 #[allow(clippy::print_stdout)] // CLI output
-pub fn cmd_failover(socket: &Path, connection: &str, to: Option<&str>, auto: bool) -> i32 {
+pub fn cmd_failover(socket: &Path, connection: &str, to: Option<&str>, auto: bool) -> u8 {
     let req = Request::Failover {
         connection: connection.to_owned(),
         to: to.map(str::to_owned),
@@ -237,7 +239,7 @@ pub fn cmd_failover(socket: &Path, connection: &str, to: Option<&str>, auto: boo
 
 /// `tandem drill CONNECTION [--duration D] [--graceful]`.
 #[allow(clippy::print_stdout)] // CLI output
-pub fn cmd_drill(socket: &Path, connection: &str, duration: Duration, graceful: bool) -> i32 {
+pub fn cmd_drill(socket: &Path, connection: &str, duration: Duration, graceful: bool) -> u8 {
     let req = Request::Drill {
         connection: connection.to_owned(),
         duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
