@@ -14,6 +14,7 @@
 //! Needs root (namespaces, TUN). Skips loudly when not root and `CI` is unset.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -28,15 +29,7 @@ const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 const METRICS: &str = "127.0.0.1:9811";
 
 fn can_run() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run these tests as root"
-    );
-    eprintln!("SKIPPING: local listener tests need root (network namespace, TUN)");
-    false
+    support::can_run_as_root("local listener tests (network namespace, TUN)")
 }
 
 fn output(cmd: &mut Command) -> String {

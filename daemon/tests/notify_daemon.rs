@@ -26,7 +26,6 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::is_root;
 
 use tandem::notify::monotonic_usec;
 
@@ -39,15 +38,7 @@ const PEER_PORT: u16 = 14601;
 const WATCHDOG: Duration = Duration::from_millis(300);
 
 fn can_run() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run these tests as root"
-    );
-    eprintln!("SKIPPING: notify end-to-end tests need root (network namespace, TUN)");
-    false
+    support::can_run_as_root("notify end-to-end tests (network namespace, TUN)")
 }
 
 fn run(cmd: &mut Command) -> String {

@@ -11,6 +11,7 @@
 //! skips loudly when not root and `CI` is unset.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,15 +22,7 @@ const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 const PEER_PUB: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
 
 fn can_run() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run these tests as root"
-    );
-    eprintln!("SKIPPING: reload socket tests need root (network namespace, TUN)");
-    false
+    support::can_run_as_root("reload socket tests (network namespace, TUN)")
 }
 
 fn stdout(cmd: &mut Command) -> String {

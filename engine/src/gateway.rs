@@ -402,11 +402,24 @@ impl Engine {
         }
         .ok_or(DropReason::NoTunnel)?;
         let tid = conn.members[member];
-        let t = &mut self.tunnels[usize::from(tid.0)];
+        self.seal_on(tid, buf, packet, hdr.src.is_ipv4(), now)
+    }
+
+    /// Seals the inner packet at `buf[packet]` on `tunnel`, which must be Up.
+    fn seal_on(
+        &mut self,
+        tunnel: TunnelId,
+        buf: &mut [u8],
+        packet: Range<usize>,
+        ipv4: bool,
+        now: Instant,
+    ) -> Result<TunAction, DropReason> {
+        let idx = usize::from(tunnel.0);
+        let t = &mut self.tunnels[idx];
         if t.state() != TunnelState::Up {
             return Err(DropReason::NoTunnel);
         }
-        let nh = if hdr.src.is_ipv4() {
+        let nh = if ipv4 {
             tandem_crypto::esp::NEXT_HEADER_IPV4
         } else {
             tandem_crypto::esp::NEXT_HEADER_IPV6
@@ -414,11 +427,11 @@ impl Engine {
         let sealed = t.seal_data(buf, packet, nh, now);
         // Sealing may ask for a rekey (a timer due now).
         if t.poll_timeout().is_some_and(|at| at <= now) {
-            self.touch(usize::from(tid.0));
+            self.touch(idx);
         }
         let (dst, datagram) = sealed?;
         Ok(TunAction::Send {
-            tunnel: tid,
+            tunnel,
             dst,
             datagram,
         })
@@ -474,21 +487,7 @@ impl Engine {
         if conn.cfg.mss_clamp {
             inner::clamp_mss(&mut buf[packet.clone()], &hdr, self.mtu);
         }
-        let t = &mut self.tunnels[idx];
-        if t.state() != TunnelState::Up {
-            return Err(DropReason::NoTunnel);
-        }
-        let nh = if hdr.src.is_ipv4() {
-            tandem_crypto::esp::NEXT_HEADER_IPV4
-        } else {
-            tandem_crypto::esp::NEXT_HEADER_IPV6
-        };
-        let (dst, datagram) = t.seal_data(buf, packet, nh, now)?;
-        Ok(TunAction::Send {
-            tunnel,
-            dst,
-            datagram,
-        })
+        self.seal_on(tunnel, buf, packet, hdr.src.is_ipv4(), now)
     }
 
     /// Whether `connection` currently has a pinned active tunnel (`tandem failover`), and which.
