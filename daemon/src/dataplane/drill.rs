@@ -10,6 +10,10 @@
 //! - traffic gap: the longest interval between two consecutive probe replies;
 //! - probes lost: sent - replied;
 //! - failback time: restore -> the switch back to the original tunnel.
+//!
+//! The report also carries a `timeline` for the HTML picture (`tandem drill --report`): probes
+//! sent and answered per bucket of send time, every tunnel state and active-tunnel change of the
+//! connection, the phase instants and where the longest gap lies; all in ms since the drill began.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +32,10 @@ pub const FAILBACK_GRACE: Duration = Duration::from_secs(3);
 pub const DRAIN: Duration = Duration::from_millis(200);
 /// Most probes sent in one tick when the loop woke late (no burst after a stall).
 const MAX_CATCH_UP: u32 = 5;
+/// Most buckets in the report's timeline: 1 ms buckets up to this many, then 10, 100 or 1000 ms
+/// ones (a 10 s drill with its failback wait is ~14 000 ms: 1 400 buckets of 10 ms), so a long
+/// drill still makes a picture of a few thousand SVG elements at most.
+const MAX_BUCKETS: u64 = 4000;
 
 type ReplyTx = tokio::sync::oneshot::Sender<Reply>;
 
@@ -62,6 +70,34 @@ pub struct Drill {
     failover_to: Option<TunnelId>,
     failback_time: Option<Duration>,
     reply: Option<ReplyTx>,
+    timeline: Timeline,
+}
+
+/// What the picture needs, recorded as the drill runs (instants from [`Timeline::began`]).
+#[derive(Debug)]
+struct Timeline {
+    began: Instant,
+    /// The connection's tunnels, in configuration order.
+    tunnels: Vec<(TunnelId, String)>,
+    /// Per probe id: when it was sent.
+    sent_at: Vec<Duration>,
+    /// Per probe id: whether a reply came back (duplicates count once).
+    answered: Vec<bool>,
+    /// (when, tunnel name, new state), starting with each tunnel's state at the start.
+    states: Vec<(Duration, String, &'static str)>,
+    /// (when, active tunnel name), starting with the active tunnel at the start.
+    active: Vec<(Duration, Option<String>)>,
+    /// The two replies that bound the longest gap.
+    gap: Option<(Duration, Duration)>,
+}
+
+impl Timeline {
+    fn name(&self, id: TunnelId) -> Option<&str> {
+        self.tunnels
+            .iter()
+            .find(|(t, _)| *t == id)
+            .map(|(_, n)| n.as_str())
+    }
 }
 
 impl Drill {
@@ -89,6 +125,25 @@ impl Drill {
         else {
             return Err((reply, AdminError::UnknownTunnel(active)));
         };
+        let tunnels = engine
+            .tunnels()
+            .filter(|(_, i)| i.connection == connection)
+            .map(|(id, i)| (id, i.name.clone()))
+            .collect();
+        let states = c
+            .tunnels
+            .iter()
+            .map(|t| (Duration::ZERO, t.name.clone(), t.state.as_str()))
+            .collect();
+        let timeline = Timeline {
+            began: now,
+            tunnels,
+            sent_at: Vec::new(),
+            answered: Vec::new(),
+            states,
+            active: vec![(Duration::ZERO, Some(active.clone()))],
+            gap: None,
+        };
         tracing::info!(connection, tunnel = %active, ?duration, graceful, "drill started");
         Ok(Drill {
             connection: connection.to_owned(),
@@ -111,6 +166,7 @@ impl Drill {
             failover_to: None,
             failback_time: None,
             reply: Some(reply),
+            timeline,
         })
     }
 
@@ -130,6 +186,10 @@ impl Drill {
             while self.next_probe <= now && n < MAX_CATCH_UP {
                 // An error (no active tunnel during the outage) is a lost probe.
                 let _ = engine.send_probe(&self.connection, self.next_id, now);
+                self.timeline
+                    .sent_at
+                    .push(now.saturating_duration_since(self.timeline.began));
+                self.timeline.answered.push(false);
                 self.next_id += 1;
                 self.sent += 1;
                 self.next_probe += PROBE_INTERVAL;
@@ -179,7 +239,7 @@ impl Drill {
                 self.phase = Phase::Draining;
                 self.phase_end = now + DRAIN;
             }
-            Phase::Draining => return Some(self.report(engine)),
+            Phase::Draining => return Some(self.report(engine, now)),
         }
         None
     }
@@ -187,14 +247,42 @@ impl Drill {
     /// Watch the engine's events for the switch away, the switch back and probe replies.
     pub fn on_event(&mut self, ev: &Event, now: Instant) {
         match ev {
-            Event::ProbeReply { .. } => {
+            Event::ProbeReply { id, .. } => {
                 self.replied += 1;
+                if let Some(a) = usize::try_from(*id)
+                    .ok()
+                    .and_then(|i| self.timeline.answered.get_mut(i))
+                {
+                    *a = true;
+                }
+                let at = now.saturating_duration_since(self.timeline.began);
                 if let Some(last) = self.last_reply {
-                    self.max_gap = self.max_gap.max(now.saturating_duration_since(last));
+                    let gap = now.saturating_duration_since(last);
+                    if gap > self.max_gap {
+                        self.max_gap = gap;
+                        self.timeline.gap = Some((at - gap, at));
+                    }
                 }
                 self.last_reply = Some(now);
             }
+            Event::TunnelState { tunnel, to, .. } => {
+                if let Some(name) = self.timeline.name(*tunnel) {
+                    let entry = (
+                        now.saturating_duration_since(self.timeline.began),
+                        name.to_owned(),
+                        to.as_str(),
+                    );
+                    self.timeline.states.push(entry);
+                }
+            }
             Event::ActiveChanged { from, to, .. } => {
+                let ours = |t: &Option<TunnelId>| t.and_then(|t| self.timeline.name(t)).is_some();
+                if ours(from) || ours(to) {
+                    let name = to.and_then(|t| self.timeline.name(t)).map(str::to_owned);
+                    self.timeline
+                        .active
+                        .push((now.saturating_duration_since(self.timeline.began), name));
+                }
                 if let (Some(s), None) = (self.silenced_at, self.detection) {
                     if *from == Some(self.tunnel) && *to != Some(self.tunnel) {
                         self.detection = Some(now.saturating_duration_since(s));
@@ -220,8 +308,49 @@ impl Drill {
         Some((reply, crate::admin::refused(&e)))
     }
 
-    fn report(&mut self, engine: &Engine) -> (ReplyTx, Reply) {
+    fn report(&mut self, engine: &Engine, now: Instant) -> (ReplyTx, Reply) {
         let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e4).round() / 10.0);
+        let since =
+            |i: Option<Instant>| i.map(|i| i.saturating_duration_since(self.timeline.began));
+        let tl = &self.timeline;
+        let end = now.saturating_duration_since(tl.began);
+        let end_ms = u64::try_from(end.as_millis()).unwrap_or(u64::MAX) + 1;
+        let bucket_ms = [1u64, 10, 100, 1000]
+            .into_iter()
+            .find(|b| end_ms.div_ceil(*b) <= MAX_BUCKETS)
+            .unwrap_or(1000);
+        let mut probes = vec![[0u64; 2]; usize::try_from(end_ms.div_ceil(bucket_ms)).unwrap_or(0)];
+        for (at, answered) in tl.sent_at.iter().zip(&tl.answered) {
+            let b = u64::try_from(at.as_millis()).unwrap_or(u64::MAX) / bucket_ms;
+            if let Some(slot) = usize::try_from(b).ok().and_then(|b| probes.get_mut(b)) {
+                slot[0] += 1;
+                slot[1] += u64::from(*answered);
+            }
+        }
+        let switched_at = since(self.silenced_at)
+            .zip(self.detection)
+            .map(|(s, d)| s + d);
+        let failback_at = since(self.restored_at)
+            .zip(self.failback_time)
+            .map(|(r, d)| r + d);
+        let timeline = serde_json::json!({
+            "bucket_ms": bucket_ms,
+            "probes": probes,
+            "end_ms": ms(Some(end)),
+            "silenced_at_ms": ms(since(self.silenced_at)),
+            "restored_at_ms": ms(since(self.restored_at)),
+            "switched_at_ms": ms(switched_at),
+            "failback_at_ms": ms(failback_at),
+            "gap_from_ms": ms(tl.gap.map(|g| g.0)),
+            "gap_to_ms": ms(tl.gap.map(|g| g.1)),
+            "tunnels": tl.tunnels.iter().map(|(_, n)| n).collect::<Vec<_>>(),
+            "tunnel_states": tl.states.iter().map(|(at, t, s)| serde_json::json!({
+                "at_ms": ms(Some(*at)), "tunnel": t, "state": s,
+            })).collect::<Vec<_>>(),
+            "active": tl.active.iter().map(|(at, t)| serde_json::json!({
+                "at_ms": ms(Some(*at)), "tunnel": t,
+            })).collect::<Vec<_>>(),
+        });
         let to_name = self.failover_to.and_then(|t| {
             engine
                 .tunnels()
@@ -239,8 +368,22 @@ impl Drill {
             "probes_sent": self.sent,
             "probes_lost": self.sent.saturating_sub(self.replied),
             "failback_ms": ms(self.failback_time),
+            "settings": {
+                "probe_interval_ms": PROBE_INTERVAL.as_millis() as u64,
+                "warmup_ms": WARMUP.as_millis() as u64,
+                "failback_hold_ms": self.failback.map(|d| d.as_millis() as u64),
+                "failback_grace_ms": FAILBACK_GRACE.as_millis() as u64,
+                "drain_ms": DRAIN.as_millis() as u64,
+            },
+            "timeline": timeline,
         });
-        tracing::info!(report = %data, "drill finished");
+        tracing::info!(
+            connection = %self.connection,
+            detection_ms = ?data.get("detection_ms"),
+            traffic_gap_ms = ?data.get("traffic_gap_ms"),
+            probes_lost = ?data.get("probes_lost"),
+            "drill finished"
+        );
         let reply = self.reply.take();
         // `reply` is always Some here: it is only taken when the drill ends.
         (
