@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod drill_html;
+pub use drill_html::{escape_html, render_drill_html};
+
 /// Longest request or reply accepted (a status of a big hub is a few tens of KB).
 pub const MAX_MESSAGE: u64 = 1 << 20;
 
