@@ -240,9 +240,15 @@ pub fn cmd_failover(socket: &Path, connection: &str, to: Option<&str>, auto: boo
     }
 }
 
-/// `tandem drill CONNECTION [--duration D] [--graceful]`.
+/// `tandem drill CONNECTION [--duration D] [--graceful] [--report FILE.html]`.
 #[allow(clippy::print_stdout)] // CLI output
-pub fn cmd_drill(socket: &Path, connection: &str, duration: Duration, graceful: bool) -> u8 {
+pub fn cmd_drill(
+    socket: &Path,
+    connection: &str,
+    duration: Duration,
+    graceful: bool,
+    report: Option<&Path>,
+) -> u8 {
     let req = Request::Drill {
         connection: connection.to_owned(),
         duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
@@ -254,7 +260,22 @@ pub fn cmd_drill(socket: &Path, connection: &str, duration: Duration, graceful: 
         Ok(data) => {
             let data = data.unwrap_or(serde_json::Value::Null);
             print!("{}", render_drill(&data));
-            exit::OK
+            let Some(path) = report else {
+                return exit::OK;
+            };
+            match std::fs::write(path, render_drill_html(&data)) {
+                Ok(()) => {
+                    println!("  report           {}", path.display());
+                    exit::OK
+                }
+                Err(e) => {
+                    #[allow(clippy::print_stderr)] // CLI output
+                    {
+                        eprintln!("error: cannot write the report {}: {e}", path.display());
+                    }
+                    exit::USER
+                }
+            }
         }
         Err(code) => code,
     }

@@ -109,6 +109,7 @@ Examples:
   tandem drill prod-vpc
   tandem drill prod-vpc --duration 30s
   tandem drill prod-vpc --graceful          # send the closing notice instead of going silent
+  tandem drill prod-vpc --report drill.html # and write the report as a page with its timeline
 
 Reports detection time, traffic gap, probes lost and failback time.")]
     Drill(DrillArgs),
@@ -232,6 +233,9 @@ pub struct DrillArgs {
     /// Send the "closing" notice instead of going silent.
     #[arg(long)]
     pub graceful: bool,
+    /// Also write the report as one self-contained HTML page (timeline picture, figures, settings).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<std::path::PathBuf>,
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {

@@ -53,7 +53,13 @@ fn dispatch(command: Command) -> u8 {
             tandem::admin::cmd_failover(s, &args.connection, args.to.as_deref(), args.auto)
         }),
         Command::Drill(args) => with_socket(&args.control, |s| {
-            tandem::admin::cmd_drill(s, &args.connection, args.duration, args.graceful)
+            tandem::admin::cmd_drill(
+                s,
+                &args.connection,
+                args.duration,
+                args.graceful,
+                args.report.as_deref(),
+            )
         }),
         Command::Import(ImportSource::Aws(args)) => {
             match tandem::import::import_aws(&args.file, args.name.as_deref(), &args.dir) {

@@ -762,9 +762,20 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     });
     assert!(both_up(lab.status("a")), "{}", lab.logs());
 
-    // A drill: the active tunnel goes silent for 1 s; detection, gap, loss and failback come back.
+    // A drill: the active tunnel goes silent for 1 s; detection, gap, loss and failback come back,
+    // and `--report` writes the page (its content is tested in tandem-admin and in a browser).
+    let page = lab.path("drill.html");
     let out = lab.tandem(
-        &["drill", "conn", "--duration", "1s", "--socket", sock_a],
+        &[
+            "drill",
+            "conn",
+            "--duration",
+            "1s",
+            "--socket",
+            sock_a,
+            "--report",
+            page.to_str().unwrap(),
+        ],
         None,
     );
     let report = String::from_utf8_lossy(&out.stdout).to_string();
@@ -799,6 +810,11 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         figure("failback time").is_some(),
         "failback never happened:\n{report}\n{}",
         lab.logs()
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("<svg id=\"timeline\"") && html.contains("id=\"gap\" data-gap-ms=\""),
+        "{html}"
     );
     lab.wait_for(
         "both tunnels up after the drill",
