@@ -94,7 +94,7 @@ fn the_report_renders_in_chromium_with_the_gap_annotated() {
     let probe = dir.join("drill-probe.html");
     let script = "<script>\nconst svg = document.getElementById('timeline');\n\
         const gap = document.getElementById('gap');\n\
-        const box = gap && gap.getBBox();\n\
+        const box = gap && gap.getBoundingClientRect();\n\
         if (svg && svg.getBoundingClientRect().width > 0 && box && box.width > 0) {\n\
           document.body.setAttribute('data-rendered', box.width.toFixed(1));\n}\n</script>\n";
     std::fs::write(&probe, html.replace("</body>", &format!("{script}</body>"))).unwrap();
