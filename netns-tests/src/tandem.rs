@@ -500,10 +500,24 @@ impl Daemon {
 
     /// `tandem drill CONNECTION --duration D`.
     pub fn drill(&self, duration: Duration, graceful: bool) -> Result<String, Error> {
+        self.drill_with_report(duration, graceful, None)
+    }
+
+    /// `tandem drill CONNECTION --duration D [--report FILE.html]`.
+    pub fn drill_with_report(
+        &self,
+        duration: Duration,
+        graceful: bool,
+        report: Option<&Path>,
+    ) -> Result<String, Error> {
         let d = format!("{}ms", duration.as_millis());
+        let page = report.map(|p| p.display().to_string());
         let mut args = vec!["drill", CONNECTION, "--duration", &d];
         if graceful {
             args.push("--graceful");
+        }
+        if let Some(page) = &page {
+            args.extend(["--report", page]);
         }
         self.ctl(&args)
     }

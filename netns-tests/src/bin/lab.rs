@@ -2,7 +2,8 @@
 //!
 //! - `lab demo` — builds the netns-tests/README.md lab, starts tandem on both gateways, runs traffic, a
 //!   failover drill (silent blackhole of isp1 under TCP and a 1 ms probe stream), failback and a
-//!   planned failover, prints a report, and tears everything down.
+//!   planned failover, prints a report, and tears everything down. `--report FILE.html` also
+//!   writes the drill's report page (`tandem drill --report`, docs/cli.md).
 //! - `lab bench [--secs N] [--json FILE]` — plain routing (the ceiling) vs tandem (and boringtun /
 //!   wireguard-go when installed) on the same lab: TCP 1/4 streams/reverse, UDP 1400 B and 64 B
 //!   received pps, the same over IPv6 inside (TCP 1 stream/reverse, UDP in packets of the IPv4
@@ -48,7 +49,7 @@ use tandem_netns_tests::{Error, can_run_as_root};
 /// a capped stream keeps the queue empty, so a lost probe is the move's fault.
 const PLANNED_MOVE_TCP_MBPS: u32 = 50;
 
-const USAGE: &str = "usage: lab demo | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S]";
+const USAGE: &str = "usage: lab demo [--report FILE.html] | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,7 +60,7 @@ fn main() -> ExitCode {
         Some("helper") => {
             tandem_netns_tests::helper::helper_main(&args[1..]).map_err(|e| e.to_string())
         }
-        Some("demo") => demo().map_err(|e| e.to_string()),
+        Some("demo") => demo(&args[1..]).map_err(|e| e.to_string()),
         Some("bench") => bench(&args[1..]).map_err(|e| e.to_string()),
         Some("budget") => budget::run(&args[1..]).map_err(|e| e.to_string()),
         Some("scale") => scale(&args[1..]).map_err(|e| e.to_string()),
@@ -108,7 +109,14 @@ const TOPOLOGY: &str = concat!(
     "                      == isp2 (198.51.100.0/24, 2001:db8:2::/64) ==",
 );
 
-fn demo() -> Result<(), Error> {
+fn demo(args: &[String]) -> Result<(), Error> {
+    let page = match args {
+        [] => None,
+        [flag, file] if flag == "--report" => Some(
+            std::path::absolute(file).map_err(|e| Error::Parse(format!("--report {file}: {e}")))?,
+        ),
+        _ => return Err(Error::Parse(USAGE.to_string())),
+    };
     let bin = preflight()?;
     println!(
         "tandem namespace lab demo (tandem binary: {})\n",
@@ -227,7 +235,8 @@ fn demo() -> Result<(), Error> {
         },
     )?;
     let drill_out = Progress::run("[7/7] tandem drill lab-vpc --duration 2s", || {
-        pair.cgw.drill(Duration::from_secs(2), false)
+        pair.cgw
+            .drill_with_report(Duration::from_secs(2), false, page.as_deref())
     });
 
     let mut rep = Table::new(
