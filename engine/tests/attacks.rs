@@ -17,16 +17,6 @@ use tandem_engine::{
     DropReason, Event, NetAction, RESPONSE_CHECKS_PER_SECOND, TunnelId, TunnelState,
 };
 
-fn assert_no_loss(sim: &Sim, flow: u32, from: Duration, to: Duration) {
-    let (sent, delivered, dup) = sim.flow_stats(flow, sim.at(from), sim.at(to));
-    assert!(sent > 0, "flow {flow} sent nothing in {from:?}..{to:?}");
-    assert_eq!(
-        (delivered, dup),
-        (sent, 0),
-        "flow {flow} in {from:?}..{to:?}: sent {sent}, delivered {delivered}, duplicates {dup}"
-    );
-}
-
 fn is_initiation(b: &[u8]) -> bool {
     b.len() == 152 && b[..5] == [0, 0, 0, 0, 1]
 }

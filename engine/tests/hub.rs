@@ -11,10 +11,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tandem_engine::{
-    ConnectionConfig, DropReason, Engine, EngineConfig, HEADROOM, MAX_CONTROL_DATAGRAM, NetAction,
-    TAILROOM, TunAction, TunnelConfig, TunnelId, TunnelState,
+    ConnectionConfig, DropReason, Engine, EngineConfig, MAX_CONTROL_DATAGRAM, NetAction, TunAction,
+    TunnelConfig, TunnelId, TunnelState,
 };
 use zeroize::Zeroizing;
+
+mod common;
 
 const HUB: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), 4500);
 const LATENCY: Duration = Duration::from_millis(5);
@@ -219,22 +221,13 @@ impl Hub {
                 s[3] = 10;
                 (s, d)
             };
-            let len = 60;
-            let mut buf = vec![0u8; HEADROOM + len + TAILROOM];
-            let p = &mut buf[HEADROOM..HEADROOM + len];
-            p[0] = 0x45;
-            p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            p[8] = 64;
-            p[9] = 17;
-            p[12..16].copy_from_slice(&s);
-            p[16..20].copy_from_slice(&d);
-            p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+            let (mut buf, packet) = common::ipv4_udp(s, d, 60);
             let now = self.now;
             if let TunAction::Send {
                 tunnel,
                 dst,
                 datagram,
-            } = self.engines[e].handle_tun_packet(&mut buf, HEADROOM..HEADROOM + len, now)
+            } = self.engines[e].handle_tun_packet(&mut buf, packet, now)
             {
                 let src = self.local_of(e, tunnel);
                 self.put(src, dst, buf[datagram].to_vec());

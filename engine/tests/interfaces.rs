@@ -7,24 +7,8 @@ mod common;
 
 use common::*;
 use tandem_engine::{
-    DropReason, EngineConfig, HEADROOM, NetAction, Routing, TAILROOM, TunAction, TunnelId,
-    TunnelState,
+    DropReason, EngineConfig, NetAction, Routing, TunAction, TunnelId, TunnelState,
 };
-
-fn udp4(src: [u8; 4], dst: [u8; 4], len: usize) -> (Vec<u8>, std::ops::Range<usize>) {
-    let mut buf = vec![0u8; HEADROOM + len + TAILROOM];
-    let p = &mut buf[HEADROOM..HEADROOM + len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    let c = tandem_engine::inner::checksum(&p[..20]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
-    (buf, HEADROOM..HEADROOM + len)
-}
 
 fn interfaces(mut cfg: EngineConfig) -> EngineConfig {
     cfg.connections[0].routing = Routing::Interfaces;
@@ -49,7 +33,7 @@ fn up_pair() -> Sim {
 /// Sends one packet from A's LAN on `tunnel`'s interface; returns what the engine did with it and,
 /// if sealed, what B made of the datagram.
 fn send_on(sim: &mut Sim, tunnel: u16, dst: [u8; 4]) -> (TunAction, Option<NetAction>) {
-    let (mut buf, range) = udp4([10, 10, 0, 10], dst, 100);
+    let (mut buf, range) = ipv4_udp([10, 10, 0, 10], dst, 100);
     let now = sim.now;
     let r = sim
         .engine(Side::A)
@@ -97,7 +81,7 @@ fn selectors_still_apply_and_the_router_no_longer_knows_the_connection() {
     let (r, _) = send_on(&mut sim, 0, [10, 99, 0, 10]);
     assert_eq!(r, TunAction::Drop(DropReason::Selector));
     // The shared TUN's path has no route into an interface-mode connection.
-    let (mut buf, range) = udp4([10, 10, 0, 10], [10, 20, 0, 10], 100);
+    let (mut buf, range) = ipv4_udp([10, 10, 0, 10], [10, 20, 0, 10], 100);
     let now = sim.now;
     let r = sim.engine(Side::A).handle_tun_packet(&mut buf, range, now);
     assert!(!matches!(r, TunAction::Send { .. }), "{r:?}");

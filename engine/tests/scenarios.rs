@@ -63,15 +63,6 @@ fn both_tunnels_come_up_and_the_standby_stays_up_on_keepalives_alone() {
 const CONN: &str = "prod-vpc";
 
 /// Asserts that every packet of `flow` sent in [from, to) was delivered exactly once.
-fn assert_no_loss(sim: &Sim, flow: u32, from: std::time::Duration, to: std::time::Duration) {
-    let (sent, delivered, dup) = sim.flow_stats(flow, sim.at(from), sim.at(to));
-    assert!(sent > 0, "flow {flow} sent nothing in {from:?}..{to:?}");
-    assert_eq!(
-        (delivered, dup),
-        (sent, 0),
-        "flow {flow} in {from:?}..{to:?}: sent {sent}, delivered {delivered}, duplicates {dup}"
-    );
-}
 
 #[test]
 fn primary_cut_both_ways_moves_traffic_to_the_standby_within_dpd_timeout_plus_one_interval() {

@@ -85,6 +85,36 @@ impl Default for Link {
     }
 }
 
+/// An IPv4/UDP packet of `len` bytes (header checksum set, ports 4000 -> 5000) in a buffer with
+/// [`HEADROOM`] before it and [`TAILROOM`] after it, and its range: what the engine reads from a TUN.
+pub fn ipv4_udp(src: [u8; 4], dst: [u8; 4], len: usize) -> (Vec<u8>, std::ops::Range<usize>) {
+    let mut buf = vec![0u8; HEADROOM + len + TAILROOM];
+    let p = &mut buf[HEADROOM..HEADROOM + len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    let c = tandem_engine::checksum::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20..22].copy_from_slice(&4000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&5000u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+    (buf, HEADROOM..HEADROOM + len)
+}
+
+/// Every packet of `flow` sent in `[from, to)` arrived exactly once.
+pub fn assert_no_loss(sim: &Sim, flow: u32, from: Duration, to: Duration) {
+    let (sent, delivered, dup) = sim.flow_stats(flow, sim.at(from), sim.at(to));
+    assert!(sent > 0, "flow {flow} sent nothing in {from:?}..{to:?}");
+    assert_eq!(
+        (delivered, dup),
+        (sent, 0),
+        "flow {flow} in {from:?}..{to:?}: sent {sent}, delivered {delivered}, duplicates {dup}"
+    );
+}
+
 /// Decides, per datagram put on the wire (sender, tunnel, bytes), whether an attacker drops it.
 pub type DropFilter = Box<dyn Fn(Side, usize, &[u8]) -> bool>;
 
