@@ -32,16 +32,6 @@ fn can_run() -> bool {
     support::can_run_as_root("local listener tests (network namespace, TUN)")
 }
 
-fn output(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The daemon in its own network namespace, killed on drop; its files in a temp dir.
 struct Daemon {
     child: Child,
@@ -56,8 +46,14 @@ impl Daemon {
             std::fs::write(d.join(name), text).unwrap();
             std::fs::set_permissions(d.join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
         };
-        secret("gw.key", &output(Command::new(TANDEM).arg("genkey")));
-        secret("t1.psk", &output(Command::new(TANDEM).arg("genpsk")));
+        secret(
+            "gw.key",
+            &support::stdout_of(Command::new(TANDEM).arg("genkey")),
+        );
+        secret(
+            "t1.psk",
+            &support::stdout_of(Command::new(TANDEM).arg("genpsk")),
+        );
         let peer_pub = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
         let dd = d.display();
         secret(
@@ -132,7 +128,7 @@ impl Daemon {
             .take(2)
             .map(|v| v.parse().unwrap())
             .collect();
-        let hz: u64 = output(Command::new("getconf").arg("CLK_TCK"))
+        let hz: u64 = support::stdout_of(Command::new("getconf").arg("CLK_TCK"))
             .trim()
             .parse()
             .unwrap();

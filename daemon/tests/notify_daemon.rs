@@ -41,16 +41,6 @@ fn can_run() -> bool {
     support::can_run_as_root("notify end-to-end tests (network namespace, TUN)")
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn public_key(binary: &Path, private: &str) -> String {
     let mut child = Command::new(binary)
         .arg("pubkey")
@@ -65,7 +55,7 @@ fn public_key(binary: &Path, private: &str) -> String {
 }
 
 fn uid_of(user: &str) -> u32 {
-    run(Command::new("id").args(["-u", user]))
+    support::stdout_of(Command::new("id").args(["-u", user]))
         .trim()
         .parse()
         .unwrap()
@@ -191,11 +181,11 @@ impl Gateway {
         std::fs::set_permissions(d.join("tandem"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let conf = d.join("conf");
         std::fs::create_dir(&conf).unwrap();
-        let private = run(Command::new(&binary).arg("genkey"));
+        let private = support::stdout_of(Command::new(&binary).arg("genkey"));
         let own_pub = public_key(&binary, &private);
-        let peer = run(Command::new(&binary).arg("genkey"));
+        let peer = support::stdout_of(Command::new(&binary).arg("genkey"));
         let peer_pub = public_key(&binary, &peer);
-        let psk = run(Command::new(&binary).arg("genpsk"));
+        let psk = support::stdout_of(Command::new(&binary).arg("genpsk"));
         let write_secret = |name: &str, text: &str| {
             let p = conf.join(name);
             std::fs::write(&p, text).unwrap();
@@ -306,7 +296,9 @@ impl Daemon {
     }
 
     fn signal(&self, sig: &str) {
-        run(Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]));
+        support::stdout_of(
+            Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]),
+        );
     }
 
     /// The daemon's log, then each thread's name, kernel wait channel and current syscall (what
@@ -329,10 +321,12 @@ impl Daemon {
 
     /// Runs a command inside the daemon's network namespace.
     fn in_netns(&self, args: &[&str]) -> String {
-        run(Command::new("nsenter")
-            .arg(format!("--net=/proc/{}/ns/net", self.pid()))
-            .arg("--")
-            .args(args))
+        support::stdout_of(
+            Command::new("nsenter")
+                .arg(format!("--net=/proc/{}/ns/net", self.pid()))
+                .arg("--")
+                .args(args),
+        )
     }
 
     fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {

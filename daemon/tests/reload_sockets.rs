@@ -25,12 +25,6 @@ fn can_run() -> bool {
     support::can_run_as_root("reload socket tests (network namespace, TUN)")
 }
 
-fn stdout(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// A connection with one responder-only tunnel bound to `port` on loopback.
 fn connection(dir: &Path, name: &str, subnet: u8, local: &str) -> String {
     format!(
@@ -56,8 +50,14 @@ impl Daemon {
             std::fs::write(d.join(name), text).unwrap();
             std::fs::set_permissions(d.join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
         };
-        secret("gw.key", &stdout(Command::new(TANDEM).arg("genkey")));
-        secret("t.psk", &stdout(Command::new(TANDEM).arg("genpsk")));
+        secret(
+            "gw.key",
+            &support::stdout_of(Command::new(TANDEM).arg("genkey")),
+        );
+        secret(
+            "t.psk",
+            &support::stdout_of(Command::new(TANDEM).arg("genpsk")),
+        );
         write_config(d, tun, &connections(d));
         let daemon = Daemon {
             child: Command::new("unshare")

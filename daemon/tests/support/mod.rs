@@ -21,3 +21,14 @@ pub fn can_run_as_root(what: &str) -> bool {
     eprintln!("SKIPPING: {what} need root");
     false
 }
+
+/// Runs `cmd`, fails the test (with its stderr) unless it succeeds, and returns its stdout.
+pub fn stdout_of(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
