@@ -7,6 +7,8 @@
 //! Protocol (docs/CONTRACTS.md): the client connects to the Unix socket (mode 0600), writes one
 //! JSON [`Request`], shuts down its write half, and reads one JSON [`Reply`]; the daemon then
 //! closes. The server side is the daemon's `admin` module (it needs the data-plane channel).
+//! One exception: after [`Request::Events`] the daemon keeps the connection open and writes one
+//! JSON [`EventRecord`] per line until either side closes (docs/cli.md, "tandem events").
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -53,6 +55,202 @@ pub enum Request {
         #[serde(default)]
         graceful: bool,
     },
+    /// Stream events ([`EventRecord`], one JSON line each) until the client closes.
+    Events,
+}
+
+/// One line of `tandem events --json`: when, and what happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Wall-clock time of the event, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// What `tandem events` reports (docs/cli.md, "tandem events"). Names are the config's
+/// connection and tunnel names; states, causes and reasons are the `tandem status` words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// A tunnel changed state.
+    State {
+        /// Connection name.
+        connection: String,
+        /// Tunnel name.
+        tunnel: String,
+        /// Previous state.
+        from: String,
+        /// New state.
+        to: String,
+        /// Why (`liveness`, `dpd_timeout`, `admin`, ... as in the log).
+        cause: String,
+        /// The tunnel's own interface (`routing = "interfaces"` only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ifname: Option<String>,
+    },
+    /// A connection's active tunnel changed.
+    Switch {
+        /// Connection name.
+        connection: String,
+        /// Previous active tunnel (`None`: there was none).
+        from: Option<String>,
+        /// New active tunnel (`None`: there is none).
+        to: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// A handshake completed (a first one, or a rekey).
+    Handshake {
+        /// Connection name.
+        connection: String,
+        /// Tunnel name.
+        tunnel: String,
+        /// This side initiated it.
+        initiator: bool,
+        /// It replaced an SA (a rekey).
+        rekey: bool,
+    },
+    /// `tandem drill` started.
+    DrillStart {
+        /// Connection name.
+        connection: String,
+        /// The tunnel silenced.
+        tunnel: String,
+        /// Silence duration, milliseconds.
+        duration_ms: u64,
+        /// Closing notice instead of silence.
+        graceful: bool,
+    },
+    /// A drill ended.
+    DrillEnd {
+        /// Connection name.
+        connection: String,
+        /// The report (`tandem drill`'s document), absent when the drill was cut short.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        report: Option<serde_json::Value>,
+    },
+}
+
+/// The one-line human form of an event (`tandem events` without `--json`).
+pub fn render_event(rec: &EventRecord) -> String {
+    let secs = rec.unix_ms / 1000;
+    let ms = rec.unix_ms % 1000;
+    let what = match &rec.event {
+        Event::State {
+            connection,
+            tunnel,
+            from,
+            to,
+            cause,
+            ifname,
+        } => {
+            let ifname = ifname
+                .as_deref()
+                .map(|i| format!(" ({i})"))
+                .unwrap_or_default();
+            format!("{connection}/{tunnel}{ifname}: {from} -> {to} ({cause})")
+        }
+        Event::Switch {
+            connection,
+            from,
+            to,
+            reason,
+        } => format!(
+            "{connection}: active {} -> {} ({reason})",
+            from.as_deref().unwrap_or("none"),
+            to.as_deref().unwrap_or("none")
+        ),
+        Event::Handshake {
+            connection,
+            tunnel,
+            initiator,
+            rekey,
+        } => format!(
+            "{connection}/{tunnel}: {} completed{}",
+            if *rekey { "rekey" } else { "handshake" },
+            if *initiator { " (initiator)" } else { " (responder)" }
+        ),
+        Event::DrillStart {
+            connection,
+            tunnel,
+            duration_ms,
+            graceful,
+        } => format!(
+            "{connection}: drill started on {tunnel} for {duration_ms} ms{}",
+            if *graceful { ", graceful" } else { "" }
+        ),
+        Event::DrillEnd { connection, report } => match report {
+            Some(r) => format!(
+                "{connection}: drill ended (detection {} ms, gap {} ms, lost {} of {})",
+                field(r, "detection_ms"),
+                field(r, "traffic_gap_ms"),
+                field(r, "probes_lost"),
+                field(r, "probes_sent")
+            ),
+            None => format!("{connection}: drill ended"),
+        },
+    };
+    format!("{secs}.{ms:03} {what}")
+}
+
+/// `tandem events [--json]`: print events as they come until the daemon closes (exit 0) or
+/// cannot be reached (exit 2). No read timeout: a quiet gateway sends nothing for hours.
+#[allow(clippy::print_stdout)] // CLI output
+pub fn cmd_events(socket: &Path, json: bool) -> u8 {
+    use std::io::BufRead as _;
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(source) => {
+            #[allow(clippy::print_stderr)] // CLI output
+            {
+                eprintln!(
+                    "error: {}",
+                    ClientError::Unreachable {
+                        path: socket.display().to_string(),
+                        source
+                    }
+                );
+            }
+            return exit::UNREACHABLE;
+        }
+    };
+    let sent = serde_json::to_vec(&Request::Events)
+        .map_err(std::io::Error::other)
+        .and_then(|mut body| {
+            body.push(b'\n');
+            stream.write_all(&body)
+        });
+    if let Err(e) = sent {
+        #[allow(clippy::print_stderr)] // CLI output
+        {
+            eprintln!("error: cannot reach the daemon: {e}");
+        }
+        return exit::UNREACHABLE;
+    }
+    let stdout = std::io::stdout();
+    for line in std::io::BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        // A refusal is one Reply line; events are EventRecords.
+        if let Ok(rec) = serde_json::from_str::<EventRecord>(&line) {
+            let text = if json { line } else { render_event(&rec) };
+            let mut out = stdout.lock();
+            if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+                return exit::OK; // stdout closed (`| head`)
+            }
+        } else if let Ok(reply) = serde_json::from_str::<Reply>(&line) {
+            #[allow(clippy::print_stderr)] // CLI output
+            {
+                eprintln!(
+                    "error: {}",
+                    reply.error.as_deref().unwrap_or("request refused")
+                );
+            }
+            return exit::USER;
+        }
+    }
+    exit::OK
 }
 
 /// Whether a refused request was the user's fault (exit 1) or the daemon's.

@@ -146,6 +146,8 @@ pub struct Config {
     pub gateway: Gateway,
     /// `[control]`.
     pub control: Control,
+    /// `[hooks]`.
+    pub hooks: Hooks,
     /// `[[connection]]`, in file order (at least one).
     pub connections: Vec<Connection>,
 }
@@ -172,6 +174,32 @@ pub struct Control {
     pub socket: PathBuf,
     /// Optional Prometheus text endpoint.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Default `[hooks] timeout`: a hook still running after this is killed.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `[hooks] timeout`: a hook is a notification, not a job runner.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `[hooks]`: commands run when a tunnel comes Up or goes Down (docs/configuration.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hooks {
+    /// Run when a tunnel enters Up.
+    pub on_up: Option<PathBuf>,
+    /// Run when a tunnel leaves Up.
+    pub on_down: Option<PathBuf>,
+    /// Kill a hook still running after this (default [`DEFAULT_HOOK_TIMEOUT`]).
+    pub timeout: Duration,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            on_up: None,
+            on_down: None,
+            timeout: DEFAULT_HOOK_TIMEOUT,
+        }
+    }
 }
 
 /// How a connection spreads traffic over its tunnels: the engine's type (one definition).

@@ -22,7 +22,8 @@ use crate::values::{
     parse_subnet,
 };
 use crate::{
-    Config, Connection, Control, DEFAULT_CONTROL_SOCKET, DEFAULT_FAILBACK, DEFAULT_MTU,
+    Config, Connection, Control, DEFAULT_CONTROL_SOCKET, DEFAULT_FAILBACK, DEFAULT_MTU, Hooks,
+    MAX_HOOK_TIMEOUT,
     DEFAULT_REKEY_AFTER, DEFAULT_TUN_NAME, Gateway, MAX_DPD_INTERVAL, MAX_DPD_TIMEOUT,
     MAX_FAILBACK, MAX_MTU, MIN_DPD_INTERVAL, MIN_MTU, MIN_REKEY_AFTER, Mode, REJECT_AFTER, Routing,
     SecretKey, TimerProfile, Tunnel, TunnelInterface,
@@ -41,11 +42,12 @@ const MAX_NAME_LEN: usize = 64;
 /// Linux `IFNAMSIZ` (16) minus the terminating NUL.
 const MAX_IFNAME_LEN: usize = 15;
 
-const ROOT_KEYS: &[&str] = &["include", "gateway", "control", "connection"];
+const ROOT_KEYS: &[&str] = &["include", "gateway", "control", "hooks", "connection"];
 /// An included file holds only connections (docs/configuration.md, "Including files").
 const INCLUDED_KEYS: &[&str] = &["connection"];
 const GATEWAY_KEYS: &[&str] = &["private_key_file", "tun_name", "mtu", "address"];
 const CONTROL_KEYS: &[&str] = &["socket", "metrics_listen"];
+const HOOKS_KEYS: &[&str] = &["on_up", "on_down", "timeout"];
 const CONNECTION_KEYS: &[&str] = &[
     "name",
     "protocol",
@@ -82,6 +84,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     ("", ROOT_KEYS),
     ("gateway", GATEWAY_KEYS),
     ("control", CONTROL_KEYS),
+    ("hooks", HOOKS_KEYS),
     ("connection", CONNECTION_KEYS),
     ("connection.tunnel", TUNNEL_KEYS),
 ];
@@ -204,6 +207,10 @@ pub(crate) fn parse(
             metrics_listen: None,
         }),
     };
+    let hooks = match w.table(&root, "hooks") {
+        Some(t) => w.hooks(&t),
+        None => Some(Hooks::default()),
+    };
     let mut connections: Vec<RawConnection> = match w.table_array(&root, "connection") {
         Some(list) => list.iter().map(|t| w.connection(t)).collect(),
         None => Vec::new(),
@@ -246,7 +253,7 @@ pub(crate) fn parse(
     if !sink.is_empty() {
         return Err(sink.into_error());
     }
-    assemble(gateway, control, connections).ok_or_else(|| {
+    assemble(gateway, control, hooks, connections).ok_or_else(|| {
         // Every None above came with a diagnostic; reaching this is a bug, reported not hidden.
         ConfigError::Invalid(vec![Diagnostic {
             file: name.to_owned(),
@@ -383,6 +390,7 @@ fn syntax_error(sink: &mut Sink<'_>, base: usize, e: &toml::de::Error) {
 fn assemble(
     gateway: Option<RawGateway>,
     control: Option<Control>,
+    hooks: Option<Hooks>,
     connections: Vec<RawConnection>,
 ) -> Option<Config> {
     let g = gateway?;
@@ -441,6 +449,7 @@ fn assemble(
             address: g.address,
         },
         control: control?,
+        hooks: hooks?,
         connections: out,
     })
 }
@@ -524,7 +533,7 @@ impl Walker<'_, '_, '_> {
                     "includes do not nest: list every pattern in the main config's include"
                         .to_owned()
                 }
-                "gateway" | "control" => format!(
+                "gateway" | "control" | "hooks" => format!(
                     "an included file holds only [[connection]] blocks: [{key}] belongs in the main config"
                 ),
                 _ => "unknown key: an included file holds only [[connection]] blocks".to_owned(),
@@ -851,6 +860,40 @@ impl Walker<'_, '_, '_> {
         Some(Control {
             socket: socket?,
             metrics_listen,
+        })
+    }
+
+    fn hooks(&mut self, tab: &Tab<'_, '_>) -> Option<Hooks> {
+        self.check_keys(tab, HOOKS_KEYS);
+        let mut ok = true;
+        let mut command = |w: &mut Self, key: &str| match w.string(tab, key) {
+            Some(s) if !s.value.starts_with('/') => {
+                w.sink.error(
+                    &s.span,
+                    &s.path,
+                    format!("expected an absolute path, found \"{}\"", s.value),
+                );
+                ok = false;
+                None
+            }
+            Some(s) => Some(PathBuf::from(s.value)),
+            None => None,
+        };
+        let on_up = command(self, "on_up");
+        let on_down = command(self, "on_down");
+        let timeout = self
+            .parsed(tab, "timeout", |s| {
+                let d = parse_duration(s)?;
+                if d.is_zero() {
+                    return Err("expected a duration greater than 0".to_owned());
+                }
+                at_most("timeout", s, d, MAX_HOOK_TIMEOUT, "a hook is a notification")
+            })
+            .map_or(Some(crate::DEFAULT_HOOK_TIMEOUT), |a| Some(a.value));
+        ok.then_some(Hooks {
+            on_up,
+            on_down,
+            timeout: timeout?,
         })
     }
 

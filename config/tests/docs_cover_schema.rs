@@ -18,7 +18,7 @@ fn reference() -> String {
 fn heading(table: &str) -> String {
     match table {
         "" => "## Top level".to_owned(),
-        "gateway" | "control" => format!("## `[{table}]`"),
+        "gateway" | "control" | "hooks" => format!("## `[{table}]`"),
         _ => format!("## `[[{table}]]`"),
     }
 }

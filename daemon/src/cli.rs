@@ -113,6 +113,13 @@ Examples:
 
 Reports detection time, traffic gap, probes lost and failback time.")]
     Drill(DrillArgs),
+    /// Stream tunnel state changes, switches, handshakes and drills as they happen.
+    #[command(after_help = "\
+Examples:
+  tandem events
+  tandem events --json | jq -c 'select(.event == \"state\")'
+  tandem events --socket /run/tandem/cgw.sock")]
+    Events(EventsArgs),
     /// Turn a cloud provider's VPN connection description into a tandem config and PSK files.
     #[command(subcommand)]
     Import(ImportSource),
@@ -177,6 +184,17 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub control: ControlArgs,
     /// Print the status as one JSON document (fields in docs/cli.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tandem events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Finding the daemon.
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// One JSON object per line (fields in docs/cli.md) instead of one readable line per event.
     #[arg(long)]
     pub json: bool,
 }

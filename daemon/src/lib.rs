@@ -6,6 +6,7 @@ pub mod caps;
 pub mod check;
 pub mod cli;
 pub mod dataplane;
+pub mod hooks;
 pub mod import;
 pub mod keylog;
 pub mod keys;

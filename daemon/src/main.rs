@@ -61,6 +61,9 @@ fn dispatch(command: Command) -> u8 {
                 args.report.as_deref(),
             )
         }),
+        Command::Events(args) => {
+            with_socket(&args.control, |s| tandem::admin::cmd_events(s, args.json))
+        }
         Command::Import(ImportSource::Aws(args)) => {
             match tandem::import::import_aws(&args.file, args.name.as_deref(), &args.dir) {
                 Ok(report) => {

@@ -11,6 +11,10 @@
 //! The control socket and the metrics endpoint each serve a bounded number of connections with
 //! short deadlines, and pause after a failed `accept` ([`crate::admin::listeners`]).
 //!
+//! Events: the data plane publishes tunnel changes, switches, handshakes and drills into a ring
+//! it never waits on ([`Handle::subscribe`]); `tandem events` listeners
+//! ([`crate::admin::events`]) and the `[hooks]` runner ([`crate::hooks`]) read it here.
+//!
 //! Signals: SIGHUP = reload (as `tandem reload`); SIGTERM / SIGINT = STOPPING=1, closing notices
 //! on every tunnel, exit 0.
 
@@ -207,7 +211,10 @@ pub fn run(config_path: &Path) -> u8 {
             return EXIT_USER_ERROR;
         }
     };
+    let hooks = std::rc::Rc::new(std::cell::RefCell::new(cfg.hooks.clone()));
+    let hook_events = handle.subscribe();
     let ctx = std::rc::Rc::new(Ctx {
+        hooks: hooks.clone(),
         handle,
         started: StartedWith {
             gateway: GatewayView::of(&cfg),
@@ -218,6 +225,7 @@ pub fn run(config_path: &Path) -> u8 {
     });
     let code = rt.block_on(async {
         let local = tokio::task::LocalSet::new();
+        local.spawn_local(crate::hooks::run(hooks, hook_events));
         local
             .run_until(control_plane(ctx.clone(), listener, metrics, exited_rx))
             .await
@@ -230,10 +238,19 @@ pub fn run(config_path: &Path) -> u8 {
 
 pub(crate) struct Ctx {
     handle: Handle,
+    /// `[hooks]`, replaced by a reload.
+    hooks: std::rc::Rc<std::cell::RefCell<tandem_config::Hooks>>,
     /// The config the daemon started with (for settings a reload cannot change).
     started: StartedWith,
     config_path: PathBuf,
     notifier: Option<Notifier>,
+}
+
+impl Ctx {
+    /// A new `tandem events` listener ([`Handle::subscribe`]).
+    pub(crate) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::admin::EventRecord> {
+        self.handle.subscribe()
+    }
 }
 
 /// Settings fixed at start-up.
@@ -370,15 +387,20 @@ async fn reload(ctx: &Ctx) -> Reply {
             }
             let routes = routes_of(&cfg);
             let ifaces = ifaces_of(&cfg);
+            let hooks = cfg.hooks.clone();
             let ecfg = Box::new(engine_config(&cfg));
-            ask(ctx, |reply| Command::Reload {
+            let reply = ask(ctx, |reply| Command::Reload {
                 cfg: ecfg,
                 routes,
                 ifaces,
                 reply,
             })
             .await
-            .unwrap_or_else(|| Reply::error(ErrorKind::Internal, "the data plane is not running"))
+            .unwrap_or_else(|| Reply::error(ErrorKind::Internal, "the data plane is not running"));
+            if reply.ok {
+                *ctx.hooks.borrow_mut() = hooks;
+            }
+            reply
         }
     };
     if let Some(n) = &ctx.notifier {
@@ -395,6 +417,8 @@ pub(crate) async fn handle_request(ctx: &Ctx, req: Request) -> Reply {
             None => gone(),
         },
         Request::Reload => reload(ctx).await,
+        // The accept loop streams these itself (`crate::admin::server`).
+        Request::Events => Reply::error(ErrorKind::Internal, "events are a stream"),
         Request::Failover {
             connection,
             to,

@@ -1,14 +1,15 @@
 //! Control-socket requests as the daemon reads them (`serde_json::from_slice::<Request>` on the
 //! bytes of one connection, `tandem::run`), and the CLI's renderers of what the daemon answers
-//! (`render_status`, `render_drill`), on arbitrary bytes.
+//! (`render_status`, `render_drill`) and the `tandem events` line renderer (`render_event`), on
+//! arbitrary bytes.
 //! Invariants: no panic; an accepted request serialises and parses back to the same request;
-//! rendering any JSON document does not panic.
+//! rendering any JSON document or event line does not panic.
 //!
 //! The wire types live in the `tandem-admin` crate (std, serde and thiserror only), so this
 //! target fuzzes the real types without building the daemon's runtime dependencies.
 #![no_main]
 
-use tandem_admin::{Reply, Request, render_drill, render_status};
+use tandem_admin::{EventRecord, Reply, Request, render_drill, render_event, render_status};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,6 +20,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(reply) = serde_json::from_slice::<Reply>(data) {
         let _ = serde_json::to_vec(&reply).expect("a reply serialises");
+    }
+    if let Ok(rec) = serde_json::from_slice::<EventRecord>(data) {
+        let _ = render_event(&rec);
     }
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
         let _ = render_status(&v);

@@ -4,6 +4,7 @@
 //! ([`server`]), their connection limits ([`listeners`]) and the Prometheus text endpoint's
 //! rendering ([`metrics`]).
 
+pub mod events;
 pub mod listeners;
 pub mod metrics;
 pub(crate) mod server;

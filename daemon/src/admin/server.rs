@@ -1,12 +1,15 @@
 //! The daemon's side of the admin plane: the control socket's and the metrics endpoint's accept
 //! loops, each behind its connection cap ([`super::listeners`]). A control request is one JSON
 //! [`Request`] per connection, answered by the runtime (`crate::run`), which asks the data-plane
-//! thread; a scrape is one HTTP `GET /metrics`.
+//! thread; a scrape is one HTTP `GET /metrics`. A `tandem events` request keeps its connection
+//! (and its slot) and gets the event stream ([`super::events`]).
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::events::{EVENT_WRITE_TIMEOUT, End, MAX_EVENT_LISTENERS, pump};
 use super::listeners::{Gate, REPLY_TIMEOUT, REQUEST_TIMEOUT};
 use super::{ErrorKind, MAX_MESSAGE, Reply, Request};
 use crate::dataplane::worker::Command;
@@ -15,13 +18,15 @@ use crate::run::{Ctx, ask, handle_request};
 /// The control socket's accept loop (limits: [`super::listeners`]).
 pub(crate) async fn serve_control_socket(ctx: Rc<Ctx>, listener: tokio::net::UnixListener) {
     let mut gate = Gate::new("control socket");
+    let listeners = Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_LISTENERS));
     loop {
         let slot = gate.slot().await;
         match listener.accept().await {
             Ok((stream, _)) => {
                 let ctx = ctx.clone();
+                let listeners = listeners.clone();
                 tokio::task::spawn_local(async move {
-                    serve_control(ctx, stream).await;
+                    serve_control(ctx, stream, listeners).await;
                     drop(slot);
                 });
             }
@@ -33,7 +38,11 @@ pub(crate) async fn serve_control_socket(ctx: Rc<Ctx>, listener: tokio::net::Uni
     }
 }
 
-async fn serve_control(ctx: Rc<Ctx>, mut stream: tokio::net::UnixStream) {
+async fn serve_control(
+    ctx: Rc<Ctx>,
+    mut stream: tokio::net::UnixStream,
+    listeners: Arc<tokio::sync::Semaphore>,
+) {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let mut chunk = [0u8; 4096];
@@ -52,6 +61,13 @@ async fn serve_control(ctx: Rc<Ctx>, mut stream: tokio::net::UnixStream) {
     })
     .await;
     let reply = match (read, serde_json::from_slice::<Request>(&buf)) {
+        (Ok(Ok(())), Ok(Request::Events)) => match listeners.try_acquire_owned() {
+            Ok(_listener) => return serve_events(&ctx, stream).await,
+            Err(_) => Reply::error(
+                ErrorKind::Internal,
+                format!("too many event listeners (at most {MAX_EVENT_LISTENERS})"),
+            ),
+        },
         (Ok(Ok(())), Ok(req)) => handle_request(&ctx, req).await,
         (Ok(Ok(())), Err(e)) => Reply::error(ErrorKind::User, format!("bad request: {e}")),
         _ => return,
@@ -63,6 +79,23 @@ async fn serve_control(ctx: Rc<Ctx>, mut stream: tokio::net::UnixStream) {
             stream.shutdown().await
         })
         .await;
+    }
+}
+
+/// One `tandem events` listener, until it leaves or is dropped.
+async fn serve_events(ctx: &Ctx, mut stream: tokio::net::UnixStream) {
+    let mut rx = ctx.subscribe();
+    let (read, write) = stream.split();
+    match pump(&mut rx, read, write, EVENT_WRITE_TIMEOUT).await {
+        End::ClientGone | End::Closed => {}
+        End::Lagged(missed) => tracing::warn!(
+            missed,
+            "events: dropping a listener that fell a whole queue behind"
+        ),
+        End::Stalled => tracing::warn!(
+            timeout_ms = EVENT_WRITE_TIMEOUT.as_millis() as u64,
+            "events: dropping a listener that stopped reading"
+        ),
     }
 }
 

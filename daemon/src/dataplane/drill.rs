@@ -170,6 +170,16 @@ impl Drill {
         })
     }
 
+    /// The connection drilled.
+    pub fn connection(&self) -> &str {
+        &self.connection
+    }
+
+    /// The tunnel silenced.
+    pub fn tunnel_name(&self) -> &str {
+        &self.tunnel_name
+    }
+
     /// The next instant the loop must call [`Drill::on_tick`].
     pub fn next_deadline(&self) -> Instant {
         if self.phase == Phase::Draining {

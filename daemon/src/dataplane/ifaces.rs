@@ -100,6 +100,13 @@ fn open(spec: &IfaceSpec, mtu: u16, offload: bool) -> io::Result<Iface> {
     })
 }
 
+impl Iface {
+    /// The device's name (`ifname`).
+    pub fn ifname(&self) -> &str {
+        &self.spec.ifname
+    }
+}
+
 impl Ifaces {
     /// Tunnel `id`'s interface, if it has one.
     pub fn get(&self, id: u16) -> Option<&Iface> {

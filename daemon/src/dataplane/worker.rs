@@ -21,7 +21,7 @@ use super::ifaces::{IfaceSpec, Ifaces, TOKEN_IFACE_BASE};
 use super::path::{Receiver, open_batch_routed, seal_batch, seal_batch_on};
 use super::sys::{self, EMPTY_EVENT, Epoll, EventFd, RouteOp};
 use crate::admin::metrics::{MetricsSnapshot, TunnelMetric};
-use crate::admin::{ErrorKind, Reply};
+use crate::admin::{ErrorKind, Event as Notice, EventRecord, Reply};
 use crate::notify::Notifier;
 
 /// epoll token of the TUN.
@@ -56,6 +56,13 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// Idle links never poll (the window starts at the last packet); under load the loop rarely runs
 /// dry. `TANDEM_BUSY_POLL_US` overrides it (0 turns polling off).
 const BUSY_POLL: Duration = Duration::from_micros(100);
+
+/// Events the data plane has published that a `tandem events` listener (or the hook runner) has
+/// not taken yet. The data plane never waits: it pushes into a ring of this size
+/// (`tokio::sync::broadcast`), and a listener that falls this far behind is dropped by the
+/// control plane (docs/cli.md, "tandem events"). 1024 lines is minutes of a flapping gateway's
+/// events and about 200 KB per the slowest listener.
+pub const EVENT_QUEUE: usize = 1024;
 
 /// Longest the loop sleeps with no timer due: bounds the watchdog ping period when systemd does
 /// not ask for one, and how stale a sleeping loop's view of time can get.
@@ -126,6 +133,7 @@ pub enum Command {
 pub struct Handle {
     tx: mpsc::Sender<Command>,
     wake: EventFd,
+    events: tokio::sync::broadcast::Sender<EventRecord>,
 }
 
 impl Handle {
@@ -134,6 +142,11 @@ impl Handle {
         self.tx.send(cmd).map_err(|e| e.0)?;
         self.wake.notify();
         Ok(())
+    }
+
+    /// A new listener to the data plane's events (from now on; [`EVENT_QUEUE`] behind at most).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<EventRecord> {
+        self.events.subscribe()
     }
 }
 
@@ -234,6 +247,8 @@ pub struct DataPlane {
     /// When the last packet was read (from the TUN or a socket).
     last_packet: Instant,
     drill: Option<Drill>,
+    /// Where `tandem events` listeners and the hook runner take events from.
+    events: tokio::sync::broadcast::Sender<EventRecord>,
     status_dirty: bool,
     /// `TANDEM_KEYLOG` file (docs/protocol.md), debugging only.
     keylog: Option<std::fs::File>,
@@ -405,9 +420,11 @@ impl DataPlane {
         epoll.add(dev.as_fd(), TOKEN_TUN)?;
         epoll.add(wake.as_fd(), TOKEN_WAKE)?;
         let (tx, commands) = mpsc::channel();
+        let (events, _) = tokio::sync::broadcast::channel(EVENT_QUEUE);
         let handle = Handle {
             tx,
             wake: wake.try_clone()?,
+            events: events.clone(),
         };
         let slot_len = Batch::slot_len(
             tandem_engine::HEADROOM,
@@ -444,6 +461,7 @@ impl DataPlane {
                 .map_or(BUSY_POLL, Duration::from_micros),
             last_packet: Instant::now(),
             drill: None,
+            events,
             status_dirty: true,
             keylog: open_keylog(),
             vnet,
@@ -636,7 +654,10 @@ impl DataPlane {
             }
             if let Some(d) = self.drill.as_mut() {
                 if let Some(reply) = d.on_tick(&mut self.engine, now) {
+                    let connection = d.connection().to_owned();
                     self.drill = None;
+                    let report = reply.1.data.clone();
+                    self.publish(|| Notice::DrillEnd { connection, report });
                     reply.0.send(reply.1).ok();
                 }
             }
@@ -897,6 +918,21 @@ impl DataPlane {
                     let (conn, name) = self.names(*tunnel);
                     tracing::info!(connection = %conn, tunnel = %name, from = from.as_str(), to = to.as_str(), cause = ?cause, "tunnel state changed");
                     self.status_dirty = true;
+                    let ifname = self
+                        .ifaces
+                        .get(tunnel.0)
+                        .map(|i| i.ifname().to_owned());
+                    self.publish(|| Notice::State {
+                        connection: conn,
+                        tunnel: name,
+                        from: from.as_str().to_owned(),
+                        to: to.as_str().to_owned(),
+                        cause: serde_json::to_value(cause)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        ifname,
+                    });
                 }
                 Event::ActiveChanged {
                     connection,
@@ -911,6 +947,13 @@ impl DataPlane {
                     let to = to.map(|t| self.names(t).1).unwrap_or_else(|| "none".into());
                     tracing::info!(connection = %conn, from = %from, to = %to, reason = reason.as_str(), "active tunnel switched");
                     self.status_dirty = true;
+                    let some = |n: String| (n != "none").then_some(n);
+                    self.publish(|| Notice::Switch {
+                        connection: conn,
+                        from: some(from),
+                        to: some(to),
+                        reason: reason.as_str().to_owned(),
+                    });
                 }
                 Event::HandshakeCompleted {
                     tunnel,
@@ -919,6 +962,12 @@ impl DataPlane {
                 } => {
                     let (conn, name) = self.names(*tunnel);
                     tracing::info!(connection = %conn, tunnel = %name, initiator, rekey, "handshake completed");
+                    self.publish(|| Notice::Handshake {
+                        connection: conn,
+                        tunnel: name,
+                        initiator: *initiator,
+                        rekey: *rekey,
+                    });
                 }
                 Event::PeerEndpoint { tunnel, addr } => {
                     let (conn, name) = self.names(*tunnel);
@@ -950,6 +999,22 @@ impl DataPlane {
                 }
             }
         }
+    }
+
+    /// Hand an event to `tandem events` listeners and the hook runner. Never waits: the ring
+    /// overwrites what a lagging listener has not read ([`EVENT_QUEUE`]), and with no listener
+    /// the event is not even built.
+    fn publish(&self, event: impl FnOnce() -> Notice) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let _ = self.events.send(EventRecord {
+            unix_ms,
+            event: event(),
+        });
     }
 
     fn write_keylog(
@@ -1098,7 +1163,19 @@ impl DataPlane {
                         reply,
                         now,
                     ) {
-                        Ok(d) => self.drill = Some(d),
+                        Ok(d) => {
+                            let (tunnel, duration_ms) = (
+                                d.tunnel_name().to_owned(),
+                                u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                            );
+                            self.publish(|| Notice::DrillStart {
+                                connection: connection.clone(),
+                                tunnel,
+                                duration_ms,
+                                graceful,
+                            });
+                            self.drill = Some(d);
+                        }
                         Err((reply, e)) => {
                             let _ = reply.send(Reply::error(ErrorKind::User, e.to_string()));
                         }
