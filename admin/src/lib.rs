@@ -170,7 +170,11 @@ pub fn render_event(rec: &EventRecord) -> String {
         } => format!(
             "{connection}/{tunnel}: {} completed{}",
             if *rekey { "rekey" } else { "handshake" },
-            if *initiator { " (initiator)" } else { " (responder)" }
+            if *initiator {
+                " (initiator)"
+            } else {
+                " (responder)"
+            }
         ),
         Event::DrillStart {
             connection,

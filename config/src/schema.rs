@@ -22,11 +22,10 @@ use crate::values::{
     parse_subnet,
 };
 use crate::{
-    Config, Connection, Control, DEFAULT_CONTROL_SOCKET, DEFAULT_FAILBACK, DEFAULT_MTU, Hooks,
-    MAX_HOOK_TIMEOUT,
-    DEFAULT_REKEY_AFTER, DEFAULT_TUN_NAME, Gateway, MAX_DPD_INTERVAL, MAX_DPD_TIMEOUT,
-    MAX_FAILBACK, MAX_MTU, MIN_DPD_INTERVAL, MIN_MTU, MIN_REKEY_AFTER, Mode, REJECT_AFTER, Routing,
-    SecretKey, TimerProfile, Tunnel, TunnelInterface,
+    Config, Connection, Control, DEFAULT_CONTROL_SOCKET, DEFAULT_FAILBACK, DEFAULT_MTU,
+    DEFAULT_REKEY_AFTER, DEFAULT_TUN_NAME, Gateway, Hooks, MAX_DPD_INTERVAL, MAX_DPD_TIMEOUT,
+    MAX_FAILBACK, MAX_HOOK_TIMEOUT, MAX_MTU, MIN_DPD_INTERVAL, MIN_MTU, MIN_REKEY_AFTER, Mode,
+    REJECT_AFTER, Routing, SecretKey, TimerProfile, Tunnel, TunnelInterface,
 };
 
 /// A value with where it came from.
@@ -887,7 +886,13 @@ impl Walker<'_, '_, '_> {
                 if d.is_zero() {
                     return Err("expected a duration greater than 0".to_owned());
                 }
-                at_most("timeout", s, d, MAX_HOOK_TIMEOUT, "a hook is a notification")
+                at_most(
+                    "timeout",
+                    s,
+                    d,
+                    MAX_HOOK_TIMEOUT,
+                    "a hook is a notification",
+                )
             })
             .map_or(Some(crate::DEFAULT_HOOK_TIMEOUT), |a| Some(a.value));
         ok.then_some(Hooks {

@@ -59,7 +59,10 @@ pub fn invocation(hooks: &tandem_config::Hooks, event: &Event) -> Option<Invocat
 
 /// Run hooks for the events from `rx` until the data plane stops. `hooks` is re-read for every
 /// event, so a reload applies to the next hook.
-pub async fn run(hooks: Rc<RefCell<tandem_config::Hooks>>, mut rx: broadcast::Receiver<EventRecord>) {
+pub async fn run(
+    hooks: Rc<RefCell<tandem_config::Hooks>>,
+    mut rx: broadcast::Receiver<EventRecord>,
+) {
     let running = Rc::new(std::cell::Cell::new(0usize));
     loop {
         let rec = match rx.recv().await {

@@ -918,10 +918,7 @@ impl DataPlane {
                     let (conn, name) = self.names(*tunnel);
                     tracing::info!(connection = %conn, tunnel = %name, from = from.as_str(), to = to.as_str(), cause = ?cause, "tunnel state changed");
                     self.status_dirty = true;
-                    let ifname = self
-                        .ifaces
-                        .get(tunnel.0)
-                        .map(|i| i.ifname().to_owned());
+                    let ifname = self.ifaces.get(tunnel.0).map(|i| i.ifname().to_owned());
                     self.publish(|| Notice::State {
                         connection: conn,
                         tunnel: name,
