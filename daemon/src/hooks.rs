@@ -119,6 +119,7 @@ async fn run_one(inv: &Invocation, timeout: Duration) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -79,6 +79,7 @@ pub async fn pump(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::admin::Event;
