@@ -247,3 +247,32 @@ fn durations_past_their_upper_bounds_are_refused_with_their_position() {
     let c = parse_str("c.toml", &ok, &keys()).unwrap();
     assert_eq!(c.connections[0].dpd_timeout, Duration::from_secs(600));
 }
+
+#[test]
+fn hooks_default_to_none_and_take_absolute_paths_and_a_bounded_timeout() {
+    let c = parse_str("c.toml", &minimal(), &keys()).unwrap();
+    assert_eq!(c.hooks, tandem_config::Hooks::default());
+    assert_eq!(c.hooks.timeout, Duration::from_secs(10));
+    let text = minimal().replace(
+        "[[connection]]",
+        "[hooks]\non_up = \"/usr/local/sbin/up\"\ntimeout = \"2s\"\n\n[[connection]]",
+    );
+    let c = parse_str("c.toml", &text, &keys()).unwrap();
+    assert_eq!(
+        c.hooks.on_up.as_deref(),
+        Some(std::path::Path::new("/usr/local/sbin/up"))
+    );
+    assert_eq!(c.hooks.on_down, None);
+    assert_eq!(c.hooks.timeout, Duration::from_secs(2));
+    let text = minimal().replace(
+        "[[connection]]",
+        "[hooks]\non_down = \"hook.sh\"\ntimeout = \"1h\"\non_upp = \"/x\"\n\n[[connection]]",
+    );
+    let e = errors(&text);
+    assert!(
+        e.contains("hooks.on_down") && e.contains("absolute path"),
+        "{e}"
+    );
+    assert!(e.contains("hooks.timeout") && e.contains("too long"), "{e}");
+    assert!(e.contains("on_upp"), "{e}");
+}
