@@ -9,7 +9,10 @@
 //!   at once, and is logged at most once per [`ACCEPT_ERROR_LOG_EVERY`] with a count of the rest.
 //!
 //! The two listeners have separate caps: a flood of connections to the metrics port cannot keep
-//! `tandem status`, `reload` or `failover` out.
+//! `tandem status`, `reload` or `failover` out. A `tandem events` listener holds its control-socket
+//! slot for as long as it listens (it is a connection like any other), and at most half the slots
+//! may be such listeners ([`super::events::MAX_EVENT_LISTENERS`]), so the other commands always
+//! have room.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
