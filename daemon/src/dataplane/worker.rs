@@ -656,7 +656,14 @@ impl DataPlane {
                 if let Some(reply) = d.on_tick(&mut self.engine, now) {
                     let connection = d.connection().to_owned();
                     self.drill = None;
-                    let report = reply.1.data.clone();
+                    // The figures and settings; the timeline (thousands of buckets) stays in
+                    // the drill's own reply, to keep an event one short line.
+                    let report = reply.1.data.clone().map(|mut r| {
+                        if let Some(o) = r.as_object_mut() {
+                            o.remove("timeline");
+                        }
+                        r
+                    });
                     self.publish(|| Notice::DrillEnd { connection, report });
                     reply.0.send(reply.1).ok();
                 }
