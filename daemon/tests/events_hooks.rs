@@ -4,7 +4,7 @@
 //! and one raw connection that never reads. The tunnels coming Up, a drill and a flood of planned
 //! switches must reach both reading listeners; the one that never reads must be disconnected
 //! while the others keep receiving; the hooks must see the docs/configuration.md environment, and
-//! the hanging one must be killed at its `timeout`.
+//! the hanging one must be killed at its `timeout`; a listener beyond the cap is refused.
 //!
 //! Namespaces get unique names and are deleted in `Drop`, even when an assertion fails.
 #![allow(clippy::unwrap_used, clippy::print_stderr, clippy::print_stdout)]
@@ -427,4 +427,23 @@ fn events_reach_every_reading_listener_a_stalled_one_is_dropped_and_hooks_run_wi
     }
     assert!(events(&lab.read("l1.jsonl")).len() >= before + switches);
     eprintln!("stalled listener dropped after {switches} switches");
+
+    // 4. At most 16 listeners (half the control socket's slots): with l1, l2 and 14 more, a 17th
+    //    is refused in one reply line, and the other commands still get in.
+    let subscribe = || {
+        let mut s = UnixStream::connect(lab.path("a.sock")).unwrap();
+        s.write_all(b"{\"command\":\"events\"}\n").unwrap();
+        s
+    };
+    let _more: Vec<UnixStream> = (0..14).map(|_| subscribe()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut over = subscribe();
+    over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut refusal = String::new();
+    let _ = over.read_to_string(&mut refusal);
+    assert!(
+        refusal.contains("too many event listeners"),
+        "a 17th listener was not refused: {refusal:?}"
+    );
+    assert_eq!(lab.request(r#"{"command":"status"}"#)["ok"], true);
 }
