@@ -135,6 +135,55 @@ mod tests {
     }
 
     #[test]
+    fn at_most_max_running_hooks_run_at_once_and_the_rest_are_not_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("hook.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntouch {}/ran-$$\nexec sleep 5\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let hooks = Rc::new(RefCell::new(tandem_config::Hooks {
+            on_up: Some(script),
+            on_down: None,
+            timeout: Duration::from_secs(2),
+        }));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let (tx, rx) = broadcast::channel(64);
+            tokio::task::spawn_local(run(hooks, rx));
+            for i in 0..MAX_RUNNING as u64 + 4 {
+                tx.send(EventRecord {
+                    unix_ms: i,
+                    event: state("connecting", "up", None),
+                })
+                .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        });
+        let ran = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("ran-"))
+            })
+            .count();
+        assert_eq!(
+            ran, MAX_RUNNING,
+            "hooks started while {MAX_RUNNING} were running"
+        );
+    }
+
+    #[test]
     fn on_up_runs_on_entering_up_and_on_down_on_leaving_it_only() {
         let hooks = tandem_config::Hooks {
             on_up: Some("/up".into()),
