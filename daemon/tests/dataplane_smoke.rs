@@ -13,19 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::is_root;
+use support::sh;
 
 const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
-
-fn sh(args: &[&str]) -> Output {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Two namespaces, two veth pairs, a scratch directory and the daemons; all removed on drop.
 struct Lab {
@@ -37,11 +27,7 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            Instant::now().elapsed().subsec_nanos() % 1000
-        );
+        let id = support::unique_id();
         let lab = Lab {
             a: format!("tdsmk{id}a"),
             b: format!("tdsmk{id}b"),

@@ -15,18 +15,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::sh;
 
 const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
-
-fn sh(args: &[&str]) -> Output {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Two namespaces joined by one veth, a scratch directory, and the processes; all removed on drop.
 struct Lab {
@@ -38,11 +29,7 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            Instant::now().elapsed().subsec_nanos() % 1000
-        );
+        let id = support::unique_id();
         let lab = Lab {
             a: format!("tdevt{id}a"),
             b: format!("tdevt{id}b"),

@@ -17,10 +17,9 @@
 mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use tandem::admin::listeners::{MAX_CONNECTIONS, REQUEST_TIMEOUT};
@@ -42,10 +41,7 @@ impl Daemon {
     fn start(tun: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let secret = |name: &str, text: &str| {
-            std::fs::write(d.join(name), text).unwrap();
-            std::fs::set_permissions(d.join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
-        };
+        let secret = |name: &str, text: &str| support::write_secret(d, name, text);
         secret(
             "gw.key",
             &support::stdout_of(Command::new(TANDEM).arg("genkey")),
@@ -67,19 +63,11 @@ impl Daemon {
                  psk_file = \"{dd}/t1.psk\"\n"
             ),
         );
-        let child = Command::new("unshare")
-            .args(["--net", "--", "sh", "-c"])
-            .arg("ip link set lo up && exec \"$0\" run -c \"$1\"")
-            .arg(TANDEM)
-            .arg(d.join("gw.toml"))
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("TANDEM_KEYLOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let child = support::run_in_new_netns(
+            TANDEM,
+            &d.join("gw.toml"),
+            std::fs::File::create(d.join("daemon.log")).unwrap().into(),
+        );
         let daemon = Daemon { child, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while daemon.status().0 != Some(0) {

@@ -433,11 +433,7 @@ struct Pair {
 
 impl Pair {
     fn start() -> Pair {
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            Instant::now().elapsed().subsec_nanos() % 1000
-        );
+        let id = support::unique_id();
         let mut pair = Pair {
             ns: format!("tdmon{id}"),
             dir: std::env::temp_dir().join(format!("tandem-monitoring-{id}")),

@@ -13,7 +13,6 @@
 
 mod support;
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -46,10 +45,7 @@ impl Daemon {
     fn start(tun: &str, connections: impl Fn(&Path) -> String) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let secret = |name: &str, text: &str| {
-            std::fs::write(d.join(name), text).unwrap();
-            std::fs::set_permissions(d.join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
-        };
+        let secret = |name: &str, text: &str| support::write_secret(d, name, text);
         secret(
             "gw.key",
             &support::stdout_of(Command::new(TANDEM).arg("genkey")),
@@ -60,19 +56,7 @@ impl Daemon {
         );
         write_config(d, tun, &connections(d));
         let daemon = Daemon {
-            child: Command::new("unshare")
-                .args(["--net", "--", "sh", "-c"])
-                .arg("ip link set lo up && exec \"$0\" run -c \"$1\"")
-                .arg(TANDEM)
-                .arg(d.join("gw.toml"))
-                .env("RUST_LOG", "info")
-                .env_remove("NOTIFY_SOCKET")
-                .env_remove("TANDEM_KEYLOG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
+            child: support::run_in_new_netns(TANDEM, &d.join("gw.toml"), Stdio::null()),
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);

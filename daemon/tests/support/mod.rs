@@ -32,3 +32,56 @@ pub fn stdout_of(cmd: &mut std::process::Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Runs `args[0] args[1..]`, fails the test (with its output) unless it succeeds.
+pub fn sh(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A short id for the names of this test's namespaces and scratch directories.
+pub fn unique_id() -> String {
+    format!(
+        "{}{}",
+        std::process::id() % 100_000,
+        std::time::Instant::now().elapsed().subsec_nanos() % 1000
+    )
+}
+
+/// Writes `text` to `dir/name` with mode 0600 (key material, configs naming it).
+pub fn write_secret(dir: &std::path::Path, name: &str, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(dir.join(name), text).unwrap();
+    std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// `tandem run -c config` in a network namespace of its own (`unshare --net`, loopback up): the
+/// namespace dies with the process. Its stderr goes to `stderr`.
+pub fn run_in_new_netns(
+    tandem: &str,
+    config: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    std::process::Command::new("unshare")
+        .args(["--net", "--", "sh", "-c"])
+        .arg("ip link set lo up && exec \"$0\" run -c \"$1\"")
+        .arg(tandem)
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("TANDEM_KEYLOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
