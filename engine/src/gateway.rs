@@ -615,7 +615,8 @@ impl Engine {
                         .map_err(handshake_drop)?
                 {
                     if let Ok(bytes) = self.scratch[..len].try_into() {
-                        p.queue_cookie(from, bytes);
+                        p.cookie_out
+                            .push(crate::ring::CookieOut { to: from, bytes });
                     }
                     return Ok(());
                 }
@@ -724,7 +725,10 @@ impl Engine {
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         for p in &mut self.ports {
             if let Some(&first) = p.members.first()
-                && let Some((dst, reply)) = p.cookie_out.pop_front()
+                && let Some(crate::ring::CookieOut {
+                    to: dst,
+                    bytes: reply,
+                }) = p.cookie_out.pop()
                 && let Some(out) = buf.get_mut(..reply.len())
             {
                 out.copy_from_slice(&reply);

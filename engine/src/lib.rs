@@ -16,6 +16,7 @@ mod gateway;
 pub mod inner;
 pub mod liveness;
 mod port;
+mod ring;
 pub mod router;
 mod schedule;
 mod tunnel;

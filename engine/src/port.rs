@@ -14,9 +14,11 @@
 //! before any DH, whichever tunnel it is for.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tandem_crypto::handshake::{COOKIE_REPLY_LEN, CookieJar};
+use tandem_crypto::handshake::CookieJar;
+
+use crate::ring::{CookieOut, RateWindow, Ring};
 
 use crate::types::TunnelId;
 
@@ -35,10 +37,9 @@ pub(crate) struct SharedPort {
     pub local: SocketAddr,
     pub members: Vec<TunnelId>,
     pub cookies: CookieJar,
-    window: Option<Instant>,
-    initiations: u32,
-    /// Cookie replies to send: (destination, bytes); bounded, oldest dropped first.
-    pub cookie_out: std::collections::VecDeque<(SocketAddr, [u8; COOKIE_REPLY_LEN])>,
+    initiations: RateWindow,
+    /// Cookie replies to send; bounded, oldest dropped first.
+    pub cookie_out: Ring<CookieOut, PORT_COOKIE_QUEUE>,
 }
 
 impl std::fmt::Debug for SharedPort {
@@ -56,30 +57,13 @@ impl SharedPort {
             local,
             members: Vec::new(),
             cookies,
-            window: None,
-            initiations: 0,
-            cookie_out: std::collections::VecDeque::with_capacity(PORT_COOKIE_QUEUE),
+            initiations: RateWindow::default(),
+            cookie_out: Ring::default(),
         }
     }
 
     /// Counts an initiation at `now`; whether the port is under load.
     pub(crate) fn under_load(&mut self, now: Instant) -> bool {
-        match self.window {
-            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
-                self.initiations = self.initiations.saturating_add(1);
-            }
-            _ => {
-                self.window = Some(now);
-                self.initiations = 1;
-            }
-        }
-        self.initiations > under_load_threshold(self.members.len())
-    }
-
-    pub(crate) fn queue_cookie(&mut self, to: SocketAddr, bytes: [u8; COOKIE_REPLY_LEN]) {
-        if self.cookie_out.len() == PORT_COOKIE_QUEUE {
-            self.cookie_out.pop_front();
-        }
-        self.cookie_out.push_back((to, bytes));
+        self.initiations.count(now) > under_load_threshold(self.members.len())
     }
 }

@@ -37,7 +37,7 @@
 //! - Time arithmetic is checked: a deadline that would overflow `Instant` is never (no timer).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use tandem_crypto::esp::{self, NEXT_HEADER_DUMMY, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use tandem_crypto::handshake::InitiationPreamble;
-use tandem_crypto::handshake::{self, COOKIE_REPLY_LEN, MAX_MESSAGE_LEN};
+use tandem_crypto::handshake::{self, MAX_MESSAGE_LEN};
 use tandem_crypto::{
     Cookie, HandshakeError, InboundSa, Initiator, MessageType, OpenError, OutboundSa, Psk,
     PublicKey, Responder, ResponderOutcome, SealError, Spi, StaticSecret, Tai64N,
@@ -54,6 +54,7 @@ use tandem_crypto::{
 use crate::config::{ConnectionConfig, TunnelConfig};
 use crate::drop::DropReason;
 use crate::liveness::{LIVENESS_MSG_LEN, LivenessKind, LivenessMsg, NEXT_HEADER_LIVENESS};
+use crate::ring::{CookieOut, RateWindow, Ring};
 use crate::router::ConnectionId;
 use crate::types::{
     Direction, Event, MAX_CONTROL_DATAGRAM, Silence, StateCause, TunnelCounters, TunnelId,
@@ -137,69 +138,11 @@ impl Timers {
     }
 }
 
-/// A fixed-capacity FIFO (no allocation after construction); when full, a push drops the oldest
-/// item. The one queue type of a tunnel.
-#[derive(Debug, Clone)]
-struct Ring<T: Copy + Default, const N: usize> {
-    items: [T; N],
-    head: usize,
-    len: usize,
-}
-
-impl<T: Copy + Default, const N: usize> Default for Ring<T, N> {
-    fn default() -> Self {
-        Ring {
-            items: [T::default(); N],
-            head: 0,
-            len: 0,
-        }
-    }
-}
-
-impl<T: Copy + Default, const N: usize> Ring<T, N> {
-    fn push(&mut self, v: T) {
-        if self.len == N {
-            self.head = (self.head + 1) % N;
-            self.len -= 1;
-        }
-        self.items[(self.head + self.len) % N] = v;
-        self.len += 1;
-    }
-    fn pop(&mut self) -> Option<T> {
-        if self.len == 0 {
-            return None;
-        }
-        let v = self.items[self.head];
-        self.head = (self.head + 1) % N;
-        self.len -= 1;
-        Some(v)
-    }
-    fn clear(&mut self) {
-        self.len = 0;
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default)]
 struct Echo {
     id: u64,
     timestamp: u64,
     probe: bool,
-}
-
-/// A cookie reply waiting to be sent to the source of the initiation that caused it.
-#[derive(Debug, Clone, Copy)]
-struct CookieOut {
-    to: SocketAddr,
-    bytes: [u8; COOKIE_REPLY_LEN],
-}
-
-impl Default for CookieOut {
-    fn default() -> Self {
-        CookieOut {
-            to: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            bytes: [0; COOKIE_REPLY_LEN],
-        }
-    }
 }
 
 /// A handshake message waiting to be sent once.
@@ -281,31 +224,6 @@ impl Liveness {
     fn forget(&mut self) {
         self.last_rx = None;
         self.peer_hears_us = false;
-    }
-}
-
-/// A per-second budget.
-#[derive(Debug, Clone, Copy, Default)]
-struct RateWindow {
-    start: Option<Instant>,
-    count: u32,
-}
-
-impl RateWindow {
-    /// Counts one event at `now`; returns the number counted in the current one-second window.
-    fn count(&mut self, now: Instant) -> u32 {
-        match self.start {
-            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
-                self.count = self.count.saturating_add(1);
-            }
-            _ => {
-                *self = RateWindow {
-                    start: Some(now),
-                    count: 1,
-                }
-            }
-        }
-        self.count
     }
 }
 
