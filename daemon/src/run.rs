@@ -413,7 +413,9 @@ pub(crate) async fn handle_request(ctx: &Ctx, req: Request) -> Reply {
     let gone = || Reply::error(ErrorKind::Internal, "the data plane is not running");
     match req {
         Request::Status => match ask(ctx, Command::Status).await {
-            Some(v) => Reply::ok(Some(v)),
+            Some(st) => Reply::ok(Some(
+                serde_json::to_value(&st).unwrap_or(serde_json::Value::Null),
+            )),
             None => gone(),
         },
         Request::Reload => reload(ctx).await,

@@ -122,6 +122,10 @@ struct Shared {
     branches: Vec<BranchState>,
     /// Probe interval in microseconds; 0 = no probes.
     probe_us: AtomicU64,
+    /// Probes carry their send time as nanoseconds since this instant.
+    epoch: Instant,
+    /// Largest probe round-trip time since the last [`Emulator::take_rtt_max`], microseconds.
+    rtt_max_us: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -155,6 +159,8 @@ impl Emulator {
         let shared = Arc::new(Shared {
             branches: (0..plan.capacity).map(|_| BranchState::default()).collect(),
             probe_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+            rtt_max_us: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let path = format!("/run/netns/{netns}");
@@ -224,6 +230,14 @@ impl Emulator {
             sent: s.sent.load(Ordering::Relaxed),
             received: s.received.load(Ordering::Relaxed),
         }
+    }
+
+    /// The largest probe round-trip time (request handed to the branch engine -> reply delivered
+    /// by it) over every branch since the last call, and resets it. It includes the emulator's
+    /// own scheduling (one thread for every branch), so compare it with a window measured the
+    /// same way.
+    pub fn take_rtt_max(&self) -> Duration {
+        Duration::from_micros(self.shared.rtt_max_us.swap(0, Ordering::Relaxed))
     }
 
     /// Whether branch `b` is running.
@@ -377,10 +391,10 @@ async fn branch(plan: &Plan, shared: &Shared, b: u32) -> Result<(), Error> {
         let [r0, r1] = &mut rx;
         tokio::select! {
             r = socks[0].recv_from(r0) => if let Ok((n, from)) = r {
-                on_datagram(&mut engine, st, b, 0, r0, n, from);
+                on_datagram(&mut engine, shared, b, 0, r0, n, from);
             },
             r = socks[1].recv_from(r1) => if let Ok((n, from)) = r {
-                on_datagram(&mut engine, st, b, 1, r1, n, from);
+                on_datagram(&mut engine, shared, b, 1, r1, n, from);
             },
             () = tokio::time::sleep_until(wake.into()) => {}
         }
@@ -393,7 +407,8 @@ async fn branch(plan: &Plan, shared: &Shared, b: u32) -> Result<(), Error> {
             // After a pause, start again from now rather than catching up in a burst.
             next_probe = (next_probe + interval).max(now);
             seq = seq.wrapping_add(1);
-            let len = echo_request(&mut tx[HEADROOM..], branch_lan(b), HUB_LAN, seq);
+            let stamp = now.saturating_duration_since(shared.epoch).as_nanos() as u64;
+            let len = echo_request(&mut tx[HEADROOM..], branch_lan(b), HUB_LAN, seq, stamp);
             st.sent.fetch_add(1, Ordering::Relaxed);
             if let TunAction::Send {
                 tunnel,
@@ -413,13 +428,14 @@ async fn branch(plan: &Plan, shared: &Shared, b: u32) -> Result<(), Error> {
 
 fn on_datagram(
     engine: &mut Engine,
-    st: &BranchState,
+    shared: &Shared,
     b: u32,
     t: usize,
     buf: &mut [u8],
     n: usize,
     from: SocketAddr,
 ) {
+    let st = &shared.branches[b as usize];
     if st.silenced[t].load(Ordering::Relaxed) {
         return;
     }
@@ -427,8 +443,14 @@ fn on_datagram(
     if let NetAction::Deliver { packet, .. } =
         engine.handle_datagram_at(branch_addr(b, t), from, buf, 0..n, now)
     {
-        if is_echo_reply(&buf[packet]) {
+        let p = &buf[packet];
+        if is_echo_reply(p) {
             st.received.fetch_add(1, Ordering::Relaxed);
+            let sent = Duration::from_nanos(echo_stamp(p));
+            let rtt = now.saturating_duration_since(shared.epoch + sent);
+            shared
+                .rtt_max_us
+                .fetch_max(rtt.as_micros() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -437,8 +459,12 @@ fn on_datagram(
 /// ping-sized 64-byte packet).
 const ECHO_LEN: usize = 64;
 
-/// Writes an IPv4 ICMP echo request into `buf`; returns its length.
-fn echo_request(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> usize {
+/// Where an echo request carries its send time (the first 8 bytes of the ICMP payload; the
+/// reply echoes them).
+const STAMP: std::ops::Range<usize> = 28..36;
+
+/// Writes an IPv4 ICMP echo request into `buf` carrying `stamp`; returns its length.
+fn echo_request(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, seq: u16, stamp: u64) -> usize {
     use tandem_engine::checksum::checksum;
     let p = &mut buf[..ECHO_LEN];
     p.fill(0);
@@ -453,9 +479,17 @@ fn echo_request(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> usize
     p[20] = 8; // echo request
     p[24..26].copy_from_slice(&ICMP_ID.to_be_bytes());
     p[26..28].copy_from_slice(&seq.to_be_bytes());
+    p[STAMP].copy_from_slice(&stamp.to_be_bytes());
     let icmp_sum = checksum(&p[20..]);
     p[22..24].copy_from_slice(&icmp_sum.to_be_bytes());
     ECHO_LEN
+}
+
+/// The send time an echo reply carries back ([`STAMP`]); 0 if it is too short.
+fn echo_stamp(p: &[u8]) -> u64 {
+    p.get(STAMP)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 fn is_echo_reply(p: &[u8]) -> bool {
@@ -469,8 +503,9 @@ mod tests {
     #[test]
     fn an_echo_request_has_valid_checksums_and_its_reply_is_recognised() {
         let mut buf = [0u8; 128];
-        let n = echo_request(&mut buf, branch_lan(3), HUB_LAN, 9);
+        let n = echo_request(&mut buf, branch_lan(3), HUB_LAN, 9, 0x0102_0304_0506_0708);
         let p = &buf[..n];
+        assert_eq!(echo_stamp(p), 0x0102_0304_0506_0708);
         assert_eq!(tandem_engine::checksum::checksum(&p[..20]), 0);
         assert_eq!(tandem_engine::checksum::checksum(&p[20..]), 0);
         assert!(!is_echo_reply(p));

@@ -7,7 +7,10 @@
 //!    CPU seconds per handshake — a CPU-bound hub shows ~1 core busy during that phase;
 //! 2. **idle CPU** of the hub over a window with only keepalives running, and its **RSS**;
 //! 3. **`tandem status --json`** latency (wall time of the CLI, median and max of several) and
-//!    size;
+//!    size; and whether status calls stall the data plane: with probes running on every branch,
+//!    the largest probe round-trip time over a window of [`STATUS_CALLS`] back-to-back status
+//!    calls against the largest over an equally long window without any (the emulator's own
+//!    scheduling is in both);
 //! 4. **detection** of a silenced branch tunnel: the emulator stops one tunnel of one branch in
 //!    both directions, and the hub's status is polled until it shows that tunnel not Up (the
 //!    figure includes up to one status latency of polling resolution);
@@ -36,6 +39,8 @@ use crate::tandem::{TempDir, tandem_bin, tandem_cmd, write_private};
 pub const HUB: &str = "100.64.0.1:4500";
 /// Most branch files a reload adds and removes.
 pub const RELOAD_BRANCHES: u32 = 100;
+/// Status calls in the data-plane stall window.
+pub const STATUS_CALLS: usize = 100;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -54,6 +59,11 @@ pub struct ScaleOpts {
     pub probe_interval: Duration,
     /// `tandem status --json` samples.
     pub status_samples: usize,
+    /// The hub's `tandem` binary (else the one [`tandem_bin`] finds): `lab scale --compare`
+    /// runs the same N against two builds.
+    pub bin: Option<PathBuf>,
+    /// Names the run in the table (the build compared).
+    pub label: String,
 }
 
 impl ScaleOpts {
@@ -67,6 +77,8 @@ impl ScaleOpts {
             up_timeout: Duration::from_secs(180),
             probe_interval: Duration::from_millis(200),
             status_samples: 10,
+            bin: None,
+            label: String::new(),
         }
     }
 }
@@ -74,6 +86,8 @@ impl ScaleOpts {
 /// One run's figures (all times in milliseconds unless the name says otherwise).
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleResult {
+    /// The build (`lab scale --compare`), empty for the default one.
+    pub label: String,
     /// Branches.
     pub branches: u32,
     /// Tunnels on the hub.
@@ -107,6 +121,10 @@ pub struct ScaleResult {
     pub status_ms_max: f64,
     /// ... size of the JSON document, bytes.
     pub status_bytes: usize,
+    /// Largest probe RTT over a window of [`STATUS_CALLS`] status calls, ms.
+    pub probe_rtt_max_status_ms: f64,
+    /// ... over an equally long window without status calls, ms.
+    pub probe_rtt_max_quiet_ms: f64,
     /// Silenced branch tunnel seen not-Up on the hub, after.
     pub detect_ms: Option<f64>,
     /// The bound: `dpd_timeout + dpd_interval`.
@@ -292,7 +310,11 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
         dir,
         daemon: None,
     };
-    let mut cmd = hub.ns.command(tandem_bin()?);
+    let bin = match &opts.bin {
+        Some(b) => b.clone(),
+        None => tandem_bin()?,
+    };
+    let mut cmd = hub.ns.command(bin);
     cmd.args(["run", "-c"])
         .arg(hub.config())
         .env("RUST_LOG", "info")
@@ -382,6 +404,24 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
     log(&format!(
         "status --json: median {status_ms_median:.1} ms, max {status_ms_max:.1} ms, {status_bytes} bytes"
     ));
+    // Does a status call stall the data plane? Probe RTT max with and without status calls.
+    emu.probe(Some(opts.probe_interval));
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = emu.take_rtt_max();
+    let t = Instant::now();
+    for _ in 0..STATUS_CALLS {
+        hub.status_text()?;
+    }
+    let window = t.elapsed();
+    let probe_rtt_max_status_ms = ms(emu.take_rtt_max());
+    std::thread::sleep(window);
+    let probe_rtt_max_quiet_ms = ms(emu.take_rtt_max());
+    emu.probe(None);
+    log(&format!(
+        "probe RTT max: {probe_rtt_max_status_ms:.1} ms over {STATUS_CALLS} status calls ({:.0} ms), {probe_rtt_max_quiet_ms:.1} ms over as long without",
+        ms(window)
+    ));
+    std::thread::sleep(Duration::from_millis(500));
 
     // 4. Detection of a silenced branch tunnel.
     let victim = n / 2;
@@ -456,6 +496,7 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
     drop(hub);
     drop(br_ns);
     Ok(ScaleResult {
+        label: opts.label.clone(),
         branches: n,
         tunnels,
         check_ms,
@@ -472,6 +513,8 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
         status_ms_median,
         status_ms_max,
         status_bytes,
+        probe_rtt_max_status_ms,
+        probe_rtt_max_quiet_ms,
         detect_ms: detect,
         detect_bound_ms: ms(opts.dpd_timeout + opts.dpd_interval),
         reload_changed: k,
@@ -514,23 +557,37 @@ pub fn svg(results: &[ScaleResult]) -> String {
              <text x=\"-4\" y=\"8\" text-anchor=\"end\">{ymax:.1}</text>\n<text x=\"-4\" y=\"{ph}\" text-anchor=\"end\">0</text>\n",
             ph + 28.0
         ));
-        let pts: Vec<(f64, f64)> = results
-            .iter()
-            .map(|r| (pw * f64::from(r.tunnels) / xmax, ph - ph * f(r) / ymax))
-            .collect();
-        let path: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-        out.push_str(&format!(
-            "<polyline fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\" points=\"{}\"/>\n",
-            path.join(" ")
-        ));
-        for ((x, y), r) in pts.iter().zip(results) {
+        let mut labels: Vec<&str> = results.iter().map(|r| r.label.as_str()).collect();
+        labels.dedup();
+        labels.sort_unstable();
+        labels.dedup();
+        for (li, label) in labels.iter().enumerate() {
+            let color = ["steelblue", "darkorange", "seagreen", "firebrick"][li % 4];
+            let runs: Vec<&ScaleResult> = results.iter().filter(|r| r.label == *label).collect();
+            let pts: Vec<(f64, f64)> = runs
+                .iter()
+                .map(|r| (pw * f64::from(r.tunnels) / xmax, ph - ph * f(r) / ymax))
+                .collect();
+            let path: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
             out.push_str(&format!(
-                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"steelblue\"/>\n<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{:.1}</text>\n<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
-                y - 6.0,
-                f(r),
-                ph + 14.0,
-                r.tunnels
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+                path.join(" ")
             ));
+            if !label.is_empty() {
+                out.push_str(&format!(
+                    "<text x=\"{pw}\" y=\"{}\" text-anchor=\"end\" fill=\"{color}\">{label}</text>\n",
+                    12.0 * (li as f64 + 1.0)
+                ));
+            }
+            for ((x, y), r) in pts.iter().zip(runs) {
+                out.push_str(&format!(
+                    "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{color}\"/>\n<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{:.1}</text>\n<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+                    y - 6.0,
+                    f(r),
+                    ph + 14.0,
+                    r.tunnels
+                ));
+            }
         }
         out.push_str("</g>\n");
     }

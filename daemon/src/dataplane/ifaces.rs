@@ -73,6 +73,9 @@ pub enum IfacePlan {
 #[derive(Debug, Default)]
 pub struct Ifaces {
     by_tunnel: Vec<Option<Iface>>,
+    /// The tunnel ids that have an interface: the per-turn work (GRO flush, carrier sync) visits
+    /// these, not every tunnel (a head-end in static mode has thousands and no interface).
+    live: Vec<usize>,
 }
 
 fn open(spec: &IfaceSpec, mtu: u16, offload: bool) -> io::Result<Iface> {
@@ -194,13 +197,17 @@ impl Ifaces {
             let _ = epoll.delete(f.dev.as_fd());
             tracing::info!(ifname = %f.spec.ifname, "tunnel interface removed");
         }
+        self.live = (0..table.len()).filter(|&i| table[i].is_some()).collect();
         self.by_tunnel = table;
         Ok(())
     }
 
     /// Writes out whatever each interface's coalescer still holds (end of a batch).
     pub fn flush_gro(&mut self) {
-        for f in self.by_tunnel.iter_mut().flatten() {
+        for &i in &self.live {
+            let Some(Some(f)) = self.by_tunnel.get_mut(i) else {
+                continue;
+            };
             if !f.vnet {
                 continue;
             }
@@ -225,8 +232,10 @@ impl Ifaces {
     /// Sets every interface's carrier from its tunnel: on while Up and not overridden by a pin
     /// on another tunnel of its connection. Only changes cost a syscall.
     pub fn sync_carrier(&mut self, engine: &Engine) {
-        for (i, slot) in self.by_tunnel.iter_mut().enumerate() {
-            let Some(f) = slot else { continue };
+        for &i in &self.live {
+            let Some(Some(f)) = self.by_tunnel.get_mut(i) else {
+                continue;
+            };
             let id = TunnelId(i as u16);
             let up = engine.tunnel_state(id) == Some(TunnelState::Up);
             let pinned_elsewhere = engine

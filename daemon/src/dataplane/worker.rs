@@ -54,7 +54,10 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// the CPU between polls) before it goes to sleep: the answer to a packet just forwarded (a ping
 /// reply, a TCP ACK) is then picked up without a wake-up, which on a VM costs tens of µs per hop.
 /// Idle links never poll (the window starts at the last packet); under load the loop rarely runs
-/// dry. `TANDEM_BUSY_POLL_US` overrides it (0 turns polling off).
+/// dry. Only data opens the window (a packet from the TUN, or one delivered to it): keepalives
+/// and handshakes expect no prompt answer, and a head-end with 1000 tunnels receives 8000
+/// keepalives a second, each of which would otherwise buy 100 µs of polling.
+/// `TANDEM_BUSY_POLL_US` overrides it (0 turns polling off).
 const BUSY_POLL: Duration = Duration::from_micros(100);
 
 /// Events the data plane has published that a `tandem events` listener (or the hook runner) has
@@ -89,8 +92,10 @@ pub fn sleep_budget(
 /// A command from the control plane, answered on its channel.
 #[derive(Debug)]
 pub enum Command {
-    /// The docs/cli.md status document.
-    Status(tokio::sync::oneshot::Sender<serde_json::Value>),
+    /// The figures of the docs/cli.md status document. The data plane only copies them out of
+    /// the engine; the control plane turns them into JSON, so a status call holds the packet
+    /// loop for a copy, not for building a document of ~500 bytes per tunnel.
+    Status(tokio::sync::oneshot::Sender<tandem_engine::Status>),
     /// Prometheus figures.
     Metrics(tokio::sync::oneshot::Sender<MetricsSnapshot>),
     /// `tandem failover`.
@@ -244,7 +249,7 @@ pub struct DataPlane {
     stall_after: Option<Instant>,
     /// Poll this long after the last packet before sleeping ([`BUSY_POLL`]).
     busy_poll: Duration,
-    /// When the last packet was read (from the TUN or a socket).
+    /// When the last data packet was read (from the TUN, or a socket's that carried data).
     last_packet: Instant,
     drill: Option<Drill>,
     /// Where `tandem events` listeners and the hook runner take events from.
@@ -854,7 +859,6 @@ impl DataPlane {
             }
             self.rx.filled = n;
             let now = Instant::now();
-            self.last_packet = now;
             let ifaces = &self.ifaces;
             let out = open_batch_routed(
                 &mut self.engine,
@@ -863,6 +867,9 @@ impl DataPlane {
                 |t| ifaces.get(t.0).is_some(),
                 now,
             );
+            if out.to_tun > 0 {
+                self.last_packet = now;
+            }
             let gro = self.vnet.then_some(&mut self.gro);
             flush_batch(
                 &self.tun,
@@ -1107,9 +1114,7 @@ impl DataPlane {
             let now = Instant::now();
             match cmd {
                 Command::Status(reply) => {
-                    let st = self.engine.status(now);
-                    let _ =
-                        reply.send(serde_json::to_value(&st).unwrap_or(serde_json::Value::Null));
+                    let _ = reply.send(self.engine.status(now));
                 }
                 Command::Metrics(reply) => {
                     let _ = reply.send(self.metrics(now));

@@ -19,7 +19,8 @@
 //!   saturating TCP both ways, counting false Down events; then `--cuts` silent blackholes of
 //!   isp1 under the same load, each giving the detection time (cut -> cgw's log says it
 //!   switched) and the 1 ms probe stream's largest gap; min/median/p99/max of both.
-//! - `lab scale [--n 10,100,500] [--out DIR] [--idle-secs S]` — the head-end at scale: one
+//! - `lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare A=BIN,B=BIN]` — the
+//!   head-end at scale (`--compare`: each N against each hub binary, in turn, in one run): one
 //!   `tandem run` hub, N emulated branches (two tunnels each, real engines) on one port, one run
 //!   per N: time to all Up, handshake throughput, RSS, idle CPU, `status --json` latency and
 //!   size, detection of a silenced tunnel, a reload of ±min(100, N/2) branches under probes.
@@ -49,7 +50,7 @@ use tandem_netns_tests::{Error, can_run_as_root};
 /// a capped stream keeps the queue empty, so a lost probe is the move's fault.
 const PLANNED_MOVE_TCP_MBPS: u32 = 50;
 
-const USAGE: &str = "usage: lab demo [--report FILE.html] | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S]";
+const USAGE: &str = "usage: lab demo [--report FILE.html] | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare LABEL=TANDEM,LABEL=TANDEM]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -1197,10 +1198,27 @@ fn scale(args: &[String]) -> Result<(), Error> {
     let mut ns = vec![10u32, 100, 500];
     let mut out = PathBuf::from("lab-scale");
     let mut idle: Option<u64> = None;
+    // (label, hub binary): `None` is the one `tandem_bin` finds.
+    let mut builds: Vec<(String, Option<PathBuf>)> = vec![(String::new(), None)];
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let v = it.next().ok_or_else(|| Error::Tandem(USAGE.into()))?;
         match a.as_str() {
+            "--compare" => {
+                builds = v
+                    .split(',')
+                    .map(|kv| {
+                        kv.split_once('=')
+                            .map(|(l, p)| (l.to_owned(), Some(PathBuf::from(p))))
+                            .ok_or_else(|| Error::Tandem(USAGE.into()))
+                    })
+                    .collect::<Result<_, _>>()?;
+                for (label, bin) in &builds {
+                    if !bin.as_ref().is_some_and(|b| b.is_file()) {
+                        return Err(Error::Tandem(format!("--compare {label}: no such file")));
+                    }
+                }
+            }
             "--n" => {
                 ns = v
                     .split(',')
@@ -1220,13 +1238,17 @@ fn scale(args: &[String]) -> Result<(), Error> {
     std::fs::create_dir_all(&out).map_err(|e| Error::Io(out.display().to_string(), e))?;
     let mut results = Vec::new();
     for n in ns {
-        let mut opts = ScaleOpts::bench(n);
-        if let Some(s) = idle {
-            opts.idle = Duration::from_secs(s);
+        for (label, bin) in &builds {
+            let mut opts = ScaleOpts::bench(n);
+            if let Some(s) = idle {
+                opts.idle = Duration::from_secs(s);
+            }
+            opts.bin = bin.clone();
+            opts.label = label.clone();
+            eprintln!("== {n} branches ({} tunnels) {label}", 2 * n);
+            let r = run(&opts, &mut |line| eprintln!("  {line}"))?;
+            results.push(r);
         }
-        eprintln!("== {n} branches ({} tunnels)", 2 * n);
-        let r = run(&opts, &mut |line| eprintln!("  {line}"))?;
-        results.push(r);
         // Written after every N, so a later failure keeps the earlier figures.
         let json =
             serde_json::to_string_pretty(&results).map_err(|e| Error::Parse(e.to_string()))?;
@@ -1236,12 +1258,30 @@ fn scale(args: &[String]) -> Result<(), Error> {
     let mut t = Table::new(
         "head-end at scale (lab scale)",
         &[
-            "tunnels", "all Up", "hs/s", "CPU/hs", "RSS", "budget", "idle CPU", "status", "bytes",
-            "detect", "bound", "reload", "lost",
+            "build",
+            "tunnels",
+            "all Up",
+            "hs/s",
+            "CPU/hs",
+            "RSS",
+            "budget",
+            "idle CPU",
+            "status",
+            "bytes",
+            "RTT max st/quiet",
+            "detect",
+            "bound",
+            "reload",
+            "lost",
         ],
     );
     for r in &results {
         t.row(&[
+            if r.label.is_empty() {
+                "-".into()
+            } else {
+                r.label.clone()
+            },
             r.tunnels.to_string(),
             format!("{:.0} ms", r.up_ms),
             format!("{:.0}", r.handshakes_per_s),
@@ -1251,6 +1291,10 @@ fn scale(args: &[String]) -> Result<(), Error> {
             format!("{:.1} %", r.idle_cpu_pct),
             format!("{:.0} ms", r.status_ms_median),
             r.status_bytes.to_string(),
+            format!(
+                "{:.1}/{:.1} ms",
+                r.probe_rtt_max_status_ms, r.probe_rtt_max_quiet_ms
+            ),
             r.detect_ms.map_or("never".into(), |d| format!("{d:.0} ms")),
             format!("{:.0} ms", r.detect_bound_ms),
             format!("-{0}/+{0} {1:.0} ms", r.reload_changed, r.reload_ms),
