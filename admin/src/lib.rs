@@ -517,9 +517,33 @@ pub fn render_status(status: &serde_json::Value) -> String {
             field(c, "active_tunnel"),
             pinned
         );
+        let tunnels = c
+            .get("tunnels")
+            .and_then(|t| t.as_array())
+            .unwrap_or(&empty);
+        // Route-based connections (docs/configuration.md): each tunnel's interface and carrier.
+        let with_iface = tunnels
+            .iter()
+            .any(|t| t.get("ifname").is_some_and(|n| !n.is_null()));
+        let iface = |t: &serde_json::Value| {
+            if !with_iface {
+                return String::new();
+            }
+            let carrier = match t.get("carrier").and_then(|c| c.as_bool()) {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "-",
+            };
+            format!(" {:<15} {:<7}", field(t, "ifname"), carrier)
+        };
+        let header_iface = if with_iface {
+            format!(" {:<15} {:<7}", "IFNAME", "CARRIER")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "  {:<12} {:<11} {:<24} {:<24} {:>10} {:>10} {:>14} {:>14} {:>8} {:>9}",
+            "  {:<12} {:<11} {:<24} {:<24} {:>10} {:>10} {:>14} {:>14} {:>8} {:>9}{}",
             "TUNNEL",
             "STATE",
             "LOCAL",
@@ -529,18 +553,15 @@ pub fn render_status(status: &serde_json::Value) -> String {
             "RX",
             "TX",
             "RTT-MS",
-            "FAILOVERS"
+            "FAILOVERS",
+            header_iface
         );
-        for t in c
-            .get("tunnels")
-            .and_then(|t| t.as_array())
-            .unwrap_or(&empty)
-        {
+        for t in tunnels {
             let rx = format!("{}B/{}p", field(t, "rx_bytes"), field(t, "rx_packets"));
             let tx = format!("{}B/{}p", field(t, "tx_bytes"), field(t, "tx_packets"));
             let _ = writeln!(
                 out,
-                "  {:<12} {:<11} {:<24} {:<24} {:>10} {:>10} {:>14} {:>14} {:>8} {:>9}",
+                "  {:<12} {:<11} {:<24} {:<24} {:>10} {:>10} {:>14} {:>14} {:>8} {:>9}{}",
                 field(t, "name"),
                 field(t, "state"),
                 field(t, "local"),
@@ -551,6 +572,7 @@ pub fn render_status(status: &serde_json::Value) -> String {
                 tx,
                 field(t, "rtt_ms"),
                 field(t, "failovers"),
+                iface(t),
             );
         }
     }
