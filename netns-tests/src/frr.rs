@@ -144,11 +144,17 @@ pub struct Frr {
 impl Frr {
     /// Starts zebra, then bgpd with `bgp`, inside `ns`.
     pub fn start(ns: &Netns, bgp: &BgpConfig) -> Result<Self, Error> {
+        Self::start_with(ns, bgp, "")
+    }
+
+    /// As [`Self::start`], with `zebra` appended to zebra's config (e.g. `interface X` /
+    /// ` no link-detect`, which makes zebra ignore the link state of X).
+    pub fn start_with(ns: &Netns, bgp: &BgpConfig, zebra: &str) -> Result<Self, Error> {
         let dir = std::env::temp_dir().join(format!("{}-frr", ns.name()));
         let _ = std::fs::remove_dir_all(&dir);
         let io = |e| Error::Io(dir.display().to_string(), e);
         std::fs::create_dir(&dir).map_err(io)?;
-        std::fs::write(dir.join("zebra.conf"), "hostname zebra\n").map_err(io)?;
+        std::fs::write(dir.join("zebra.conf"), format!("hostname zebra\n{zebra}")).map_err(io)?;
         std::fs::write(dir.join("bgpd.conf"), bgp.render()).map_err(io)?;
         // The daemons drop to the `frr` user; the vty group check wants it too.
         for p in ["", "zebra.conf", "bgpd.conf"] {

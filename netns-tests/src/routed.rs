@@ -14,10 +14,10 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::frr::{BgpConfig, Neighbor};
+use crate::frr::{BgpConfig, Frr, Neighbor};
 use crate::netns::Netns;
-use crate::tandem::{CONNECTION, Side, TandemSetup};
-use crate::topo::{Family, office_net, vpc_net};
+use crate::tandem::{CONNECTION, Daemon, Side, TandemOpts, TandemPair, TandemSetup};
+use crate::topo::{Family, Lab, office_net, vpc_net};
 
 /// Interface name of tunnel `n` on either side (the default `<connection>-<tunnel>`).
 pub fn ifname(n: u8) -> String {
@@ -241,4 +241,169 @@ pub fn route_dev(
     Err(Error::Parse(format!(
         "ip route get {dst}: no dev in {out:?}"
     )))
+}
+
+/// Both gateways of a [`Lab`] running tandem route-based, with FRR (zebra + bgpd) on each side
+/// speaking eBGP over both tunnels ([`lab_bgp`]).
+#[derive(Debug)]
+pub struct BgpPair {
+    /// The daemons (dropped after FRR).
+    pub tandem: TandemPair,
+    /// FRR on `cgw`.
+    pub cgw: Frr,
+    /// FRR on `vpcgw`.
+    pub vpcgw: Frr,
+}
+
+impl BgpPair {
+    /// Starts tandem (route-based) on both gateways, waits until both tunnels are Up and the
+    /// SAs settled, then starts FRR with `shape` and the BGP `keepalive`/`hold` on both sides
+    /// (`zebra`: extra zebra config for both) and waits until all four sessions are
+    /// Established.
+    pub fn start(
+        lab: &Lab,
+        opts: TandemOpts,
+        shape: BgpShape,
+        keepalive: Duration,
+        hold: Duration,
+        zebra: &str,
+    ) -> Result<Self, Error> {
+        let setup = TandemSetup::new(opts)?;
+        make_route_based(&setup, Side::Cgw)?;
+        make_route_based(&setup, Side::Vpcgw)?;
+        let vpcgw = Daemon::start(&setup, Side::Vpcgw, &lab.vpcgw)?;
+        let cgw = Daemon::start(&setup, Side::Cgw, &lab.cgw)?;
+        let tandem = TandemPair {
+            setup,
+            cgw,
+            vpcgw,
+            vpcgw2: None,
+        };
+        tandem.wait_both_up(Duration::from_secs(10))?;
+        // The head-end's retried initiation completes as a rekey about a second after start.
+        tandem.wait_settled(Duration::from_millis(1500), Duration::from_secs(8))?;
+        let cgw = Frr::start_with(&lab.cgw, &lab_bgp(Side::Cgw, shape, keepalive, hold), zebra)?;
+        let vpcgw = Frr::start_with(
+            &lab.vpcgw,
+            &lab_bgp(Side::Vpcgw, shape, keepalive, hold),
+            zebra,
+        )?;
+        let pair = BgpPair { tandem, cgw, vpcgw };
+        pair.wait_established(Duration::from_secs(20))?;
+        Ok(pair)
+    }
+
+    /// Waits until both sessions on both sides are Established.
+    pub fn wait_established(&self, timeout: Duration) -> Result<(), Error> {
+        let peers = |side| [1, 2].map(|n| IpAddr::V4(inside(side, n)));
+        self.cgw.wait_established(&peers(Side::Vpcgw), timeout)?;
+        self.vpcgw.wait_established(&peers(Side::Cgw), timeout)
+    }
+
+    /// The state of tunnel `n`'s BGP session as `side` sees it.
+    pub fn session(&self, side: Side, n: u8) -> Result<String, Error> {
+        match side {
+            Side::Cgw => self.cgw.session_state(IpAddr::V4(inside(Side::Vpcgw, n))),
+            _ => self.vpcgw.session_state(IpAddr::V4(inside(Side::Cgw, n))),
+        }
+    }
+}
+
+/// Waits until the kernel of `ns` routes `dst` through `dev` (`ip route get`).
+pub fn wait_route_dev(ns: &Netns, dst: IpAddr, dev: &str, timeout: Duration) -> Result<(), Error> {
+    let start = Instant::now();
+    loop {
+        let got = route_dev(ns, dst, None);
+        if got.as_deref().ok() == Some(dev) {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(Error::Timeout(format!(
+                "{}: {dst} via {got:?}, expected {dev} within {timeout:?}: {}",
+                ns.role(),
+                ns.ipw("route show").unwrap_or_default()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// nftables counters in a namespace of the UDP packets it forwards, per (port, output
+/// interface): which interface each flow of a set of known ports really takes (the kernel's
+/// ECMP hash of a forwarded packet may use the sending socket's random flow hash, which `ip
+/// route get` cannot know). The table is deleted on drop.
+#[derive(Debug)]
+pub struct FlowCounters<'a> {
+    ns: &'a Netns,
+    table: String,
+    keys: Vec<(u16, String)>,
+}
+
+impl<'a> FlowCounters<'a> {
+    /// Counts forwarded UDP packets whose `field` (`sport` or `dport`) is one of `ports`, per
+    /// output interface in `devs`.
+    pub fn install(
+        ns: &'a Netns,
+        table: &str,
+        field: &str,
+        ports: &[u16],
+        devs: &[String],
+    ) -> Result<Self, Error> {
+        let mut rules = String::new();
+        let mut keys = Vec::new();
+        for &p in ports {
+            for d in devs {
+                rules += &format!(
+                    "    oifname \"{d}\" udp {field} {p} counter comment \"flow {p} {d}\"\n"
+                );
+                keys.push((p, d.clone()));
+            }
+        }
+        ns.nft(&format!(
+            "table inet {table} {{\n  chain count {{\n    type filter hook forward priority 0; policy accept;\n{rules}  }}\n}}\n"
+        ))?;
+        Ok(FlowCounters {
+            ns,
+            table: table.to_owned(),
+            keys,
+        })
+    }
+
+    /// Packets counted for `(port, dev)`; every installed counter must be found (a missing one
+    /// is an error, never 0).
+    pub fn read(&self) -> Result<std::collections::HashMap<(u16, String), u64>, Error> {
+        let text = self.ns.run("nft", ["list", "table", "inet", &self.table])?;
+        let mut out = std::collections::HashMap::new();
+        for line in text.lines() {
+            let Some((_, comment)) = line.split_once("comment \"flow ") else {
+                continue;
+            };
+            let mut c = comment.trim_end_matches('"').split_whitespace();
+            let (Some(port), Some(dev)) = (c.next().and_then(|p| p.parse().ok()), c.next()) else {
+                continue;
+            };
+            let packets = line
+                .split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| Error::Parse(format!("nft counter line {line:?}")))?;
+            out.insert((port, dev.to_owned()), packets);
+        }
+        for k in &self.keys {
+            if !out.contains_key(k) {
+                return Err(Error::Parse(format!(
+                    "nft counter {k:?} missing in {}:\n{text}",
+                    self.ns.role()
+                )));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for FlowCounters<'_> {
+    fn drop(&mut self) {
+        let _ = self.ns.run("nft", ["delete", "table", "inet", &self.table]);
+    }
 }
