@@ -10,6 +10,16 @@
 //!
 //! The addresses are the UDP socket pair the driver uses for this IKE SA; the state machine
 //! never sees a socket.
+//!
+//! The port move is a decision the driver follows, not something the state machine does:
+//! [`transport_for`] (or [`crate::IkeSa::transport_for`]) says, for each datagram an IKE SA
+//! hands out, whether it goes on the IKE port as is or on the NAT-T port behind the non-ESP
+//! marker ([`Transport::frame`]); IKE_SA_INIT stays where the exchange started, everything
+//! after it moves to 4500 once NAT-D found a NAT or an end forced encapsulation, and the ESP of
+//! the SA then travels in UDP on 4500 too. [`classify_nat_t`] sorts what arrives on 4500: IKE
+//! (marker stripped), ESP, NAT-keepalive or junk. Keepalives themselves ([`NAT_KEEPALIVE`] every
+//! [`NAT_KEEPALIVE_INTERVAL`], from the end behind the NAT) and following a peer whose NAT
+//! mapping changed are the driver's: it owns the sockets and the clock.
 
 use std::net::{IpAddr, SocketAddr};
 
