@@ -997,3 +997,299 @@ fn a_large_ike_auth_goes_in_fragments_both_ways_with_charon_in_both_roles() {
     assert!(sent > 1 && received > 1, "{sent}/{received}");
     assert_charon_agrees(&charon, &est, keys_before);
 }
+
+/// The attacker's addresses: a /24 that `vpcgw` owns through a `local` route (so a socket can
+/// bind any of them) and that `isp1` and `cgw` route back to it, so our COOKIE answers go
+/// somewhere (and are ignored) as they would for real spoofed sources.
+const FLOOD_NET: &str = "203.0.113.0/24";
+/// Spoofed IKE_SA_INITs in the flood (each a new SPIi, from 250 source addresses).
+const FLOOD_INITS: u32 = 10_000;
+/// Junk datagrams in the flood, at 500 and 4500.
+const FLOOD_JUNK: u32 = 2_000;
+
+/// One IKE SA of the responder table, and where its peer last sent from.
+struct Entry {
+    sa: IkeSa,
+    peer: SocketAddr,
+    nat_t: bool,
+}
+
+/// What the responder table saw.
+#[derive(Debug, Default)]
+struct TableReport {
+    peak_sas: usize,
+    peak_half_open: usize,
+    cookies: u64,
+    refused: usize,
+    dropped: usize,
+    established_with_charon: bool,
+    /// Datagrams received (the kernel drops what overflows the socket buffer).
+    received: usize,
+    /// New IKE_SA_INITs that reached the gate and were admitted.
+    admitted: usize,
+}
+
+/// A tandem-ike responder for any source on cgw's 500/4500: the COOKIE gate, a table of IKE
+/// SAs by (source, SPIi), half-open expiry; until `stop` and charon's SA is up (or `until`).
+fn serve_table(stop: &std::sync::atomic::AtomicBool, until: Instant) -> TableReport {
+    use std::sync::atomic::Ordering;
+    let s500 = UdpSocket::bind((cgw_addr(), IKE_PORT)).unwrap();
+    let s4500 = UdpSocket::bind((cgw_addr(), NAT_T_PORT)).unwrap();
+    for s in [&s500, &s4500] {
+        s.set_nonblocking(true).unwrap();
+    }
+    let mut rng = rng();
+    let mut jar = CookieJar::new(AdmissionPolicy::default(), Instant::now(), &mut rng);
+    let mut table: std::collections::HashMap<(IpAddr, u64), Entry> =
+        std::collections::HashMap::new();
+    let mut report = TableReport::default();
+    let mut buf = [0u8; 65_536];
+    while Instant::now() < until
+        && !(stop.load(Ordering::Relaxed) && report.established_with_charon)
+    {
+        let mut got = false;
+        for (s, nat_t) in [(&s500, false), (&s4500, true)] {
+            let Ok((n, from)) = s.recv_from(&mut buf) else {
+                continue;
+            };
+            got = true;
+            report.received += 1;
+            let d = if nat_t {
+                match tandem_ike::nat::classify_nat_t(&buf[..n]) {
+                    tandem_ike::nat::NatTDatagram::Ike(ike) => ike.to_vec(),
+                    _ => {
+                        report.dropped += 1;
+                        continue;
+                    }
+                }
+            } else {
+                buf[..n].to_vec()
+            };
+            let Some(spi_i) = d
+                .get(..8)
+                .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+            else {
+                report.dropped += 1;
+                continue;
+            };
+            let now = Instant::now();
+            let key = (from.ip(), spi_i);
+            if !table.contains_key(&key) {
+                let half_open = table.values().filter(|e| !e.sa.is_established()).count();
+                match jar.admit(&d, from.ip(), half_open) {
+                    Admission::Admit => {
+                        report.admitted += 1;
+                        let sa = IkeSa::respond(tandem_config(
+                            PSK,
+                            vec!["aes256gcm16-prfsha256-ecp384".parse().unwrap()],
+                            DEFAULT_ESP_PROPOSALS.to_vec(),
+                        ));
+                        table.insert(
+                            key,
+                            Entry {
+                                sa,
+                                peer: from,
+                                nat_t,
+                            },
+                        );
+                    }
+                    Admission::Cookie(reply) => {
+                        let framed = if nat_t {
+                            tandem_ike::nat::Transport::NatT.frame(&reply)
+                        } else {
+                            reply
+                        };
+                        let _ = s.send_to(&framed, from);
+                        continue;
+                    }
+                    Admission::Drop(why) => {
+                        match why {
+                            tandem_ike::cookie::Refused::Full => report.refused += 1,
+                            tandem_ike::cookie::Refused::NotInit => report.dropped += 1,
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(e) = table.get_mut(&key) else {
+                continue;
+            };
+            e.peer = from;
+            e.nat_t = nat_t;
+            if e.sa.handle_datagram(now, &d, &mut rng).is_err() {
+                report.dropped += 1;
+            }
+        }
+        // Send what the SAs queued, collect their events, expire half-open ones.
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        for (key, e) in table.iter_mut() {
+            if e.sa.poll_timeout().is_some_and(|t| t <= now) {
+                e.sa.handle_timeout(now);
+            }
+            while let Some(out) = e.sa.poll_transmit() {
+                let (s, framed) = if e.nat_t {
+                    (&s4500, tandem_ike::nat::Transport::NatT.frame(&out))
+                } else {
+                    (&s500, out)
+                };
+                let _ = s.send_to(&framed, e.peer);
+            }
+            while let Some(ev) = e.sa.poll_event() {
+                match ev {
+                    Event::Established(_) if e.peer.ip() == vpcgw_addr() => {
+                        report.established_with_charon = true;
+                    }
+                    Event::Failed(_) => failed.push(*key),
+                    _ => {}
+                }
+            }
+        }
+        for k in failed {
+            table.remove(&k);
+        }
+        report.peak_sas = report.peak_sas.max(table.len());
+        let half_open = table.values().filter(|e| !e.sa.is_established()).count();
+        report.peak_half_open = report.peak_half_open.max(half_open);
+        if !got {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    report.cookies = jar.cookies_issued();
+    report
+}
+
+/// Floods cgw from `FLOOD_NET`: spoofed IKE_SA_INITs (one real request, a new SPIi each) and
+/// junk (random lengths and bytes, truncated headers, bare markers) at 500 and 4500.
+fn flood() -> (u32, u32) {
+    let mut rng = rng();
+    let template = {
+        // The proposal the responder accepts: an admitted request costs it a DH and a
+        // half-open SA (one it refuses with NO_PROPOSAL_CHOSEN costs nothing).
+        let mut sa = IkeSa::initiate(
+            tandem_config(
+                PSK,
+                vec!["aes256gcm16-prfsha256-ecp384".parse().unwrap()],
+                DEFAULT_ESP_PROPOSALS.to_vec(),
+            ),
+            Instant::now(),
+            &mut rng,
+        );
+        sa.poll_transmit().unwrap()
+    };
+    let socks: Vec<UdpSocket> = (1..=250u8)
+        .map(|i| UdpSocket::bind((Ipv4Addr::new(203, 0, 113, i), 0)).unwrap())
+        .collect();
+    let (mut inits, mut junk) = (0, 0);
+    for i in 0..FLOOD_INITS {
+        let s = &socks[i as usize % socks.len()];
+        let mut d = template.clone();
+        d[..8].copy_from_slice(&(u64::from(i) + 0x7700_0000_0000_0000).to_be_bytes());
+        if s.send_to(&d, (cgw_addr(), IKE_PORT)).is_ok() {
+            inits += 1;
+        }
+        if i % (FLOOD_INITS / FLOOD_JUNK) == 0 {
+            // Junk of 0..300 bytes from a small LCG: bare, behind the marker, or after a cut
+            // IKE header; at 500 or 4500.
+            let mut x = u64::from(i).wrapping_mul(6_364_136_223_846_793_005) | 1;
+            let n = (x % 300) as usize;
+            let bytes: Vec<u8> = (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    (x >> 56) as u8
+                })
+                .collect();
+            let j = match i % 3 {
+                1 => [&NON_ESP_MARKER[..], &bytes].concat(),
+                2 => [&template[..20], &bytes].concat(),
+                _ => bytes,
+            };
+            let port = if i % 2 == 0 { IKE_PORT } else { NAT_T_PORT };
+            if s.send_to(&j, (cgw_addr(), port)).is_ok() {
+                junk += 1;
+            }
+        }
+        if i % 50 == 0 {
+            // At most ~50,000 datagrams a second, so that most reach the responder on this
+            // 2-core machine: the point is what the responder keeps, not how fast the kernel
+            // drops what overflows its socket buffer.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    (inits, junk)
+}
+
+#[test]
+fn an_ike_sa_init_flood_and_junk_from_many_sources_get_cookies_and_charon_still_connects() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some((lab, charon)) = lab_with_charon() else {
+        return;
+    };
+    lab.vpcgw
+        .ipw(&format!("route add local {FLOOD_NET} dev lo"))
+        .unwrap();
+    lab.isp(Isp::One)
+        .ipw(&format!(
+            "route add {FLOOD_NET} via {} dev vpcgw",
+            vpcgw_addr()
+        ))
+        .unwrap();
+    lab.cgw
+        .ipw(&format!("route add {FLOOD_NET} via 192.0.2.254 dev isp1"))
+        .unwrap();
+    charon
+        .load(&charon_conn(
+            PSK,
+            "aes256gcm16-prfsha256-ecp384",
+            "aes256gcm16-ecp384",
+        ))
+        .unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let until = Instant::now() + Duration::from_secs(30);
+    let responder = {
+        let stop = stop.clone();
+        spawn_in_netns(&lab.cgw, move || serve_table(&stop, until))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let flooder = spawn_in_netns(&lab.vpcgw, flood);
+    // charon connects while the flood is on: the half-open table is already at the threshold.
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
+    let took = start.elapsed();
+    let (inits, junk) = flooder.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let report = responder.join().unwrap();
+    eprintln!(
+        "flood: {inits} IKE_SA_INITs + {junk} junk from 250 sources; responder: {report:?}; \
+         charon connected in {:.0} ms",
+        took.as_secs_f64() * 1e3
+    );
+    initiate.unwrap_or_else(|e| panic!("{e:?}\n{}", charon.log()));
+    assert!(report.established_with_charon);
+    let threshold = AdmissionPolicy::default().threshold;
+    assert!(
+        report.peak_half_open <= threshold + 1,
+        "half-open state bounded by the threshold (+ charon's): {report:?}"
+    );
+    assert!(
+        report.peak_sas <= threshold + 1,
+        "no more IKE SAs than that: {report:?}"
+    );
+    // Every new IKE_SA_INIT that reached the gate was admitted (the first `threshold`, and
+    // charon's retry with its cookie) or answered with a cookie.
+    assert!(
+        report.admitted <= threshold + 1,
+        "admitted only up to the threshold: {report:?}"
+    );
+    assert!(
+        report.cookies >= u64::from(inits) / 2,
+        "most of the flood reached the gate and got cookies, not state: {report:?}"
+    );
+    assert!(report.dropped > 0, "junk was dropped: {report:?}");
+    let log = charon.log();
+    assert!(
+        log.contains("parsed IKE_SA_INIT response 0 [ N(COOKIE) ]"),
+        "charon was asked for a cookie and retried: {log}"
+    );
+}
