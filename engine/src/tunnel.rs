@@ -1,4 +1,6 @@
-//! One tunnel (one path of a connection): handshake driving, SAs, keepalives/DPD, liveness.
+//! One tunnel (one path of a connection) of the tandem protocol: Noise handshake driving, SAs,
+//! keepalives/DPD, liveness. IKEv2 tunnels are `ike_tunnel`'s; `any_tunnel` puts both behind one
+//! interface for the gateway.
 //!
 //! Flow of a received datagram: handshake marker -> handshake message (responder / initiator),
 //! or ESP: SPI -> inbound SA (up to [`IN_SLOTS`] confirmed ones, plus the one unconfirmed SA of
@@ -242,7 +244,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn unix_at(&self, now: Instant) -> Duration {
+    pub(crate) fn unix_at(&self, now: Instant) -> Duration {
         self.unix_epoch
             .saturating_add(now.saturating_duration_since(self.epoch))
     }
@@ -257,7 +259,7 @@ pub(crate) enum Received {
 }
 
 /// One tunnel.
-pub(crate) struct Tunnel {
+pub(crate) struct NoiseTunnel {
     id: TunnelId,
     conn: ConnectionId,
     cfg: TunnelConfig,
@@ -308,9 +310,9 @@ pub(crate) struct Tunnel {
     epoch: Instant,
 }
 
-impl std::fmt::Debug for Tunnel {
+impl std::fmt::Debug for NoiseTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tunnel")
+        f.debug_struct("NoiseTunnel")
             .field("id", &self.id)
             .field("name", &self.cfg.name)
             .field("state", &self.state)
@@ -338,7 +340,7 @@ fn timer_settings(conn_cfg: &ConnectionConfig) -> (Duration, Duration, Duration)
     )
 }
 
-impl Tunnel {
+impl NoiseTunnel {
     pub fn new(
         id: TunnelId,
         conn: ConnectionId,
@@ -352,7 +354,7 @@ impl Tunnel {
         let psk = Psk::from_bytes(*cfg.psk);
         let responder = Responder::new(secret, peer, &psk).ok();
         let (dpd_interval, dpd_timeout, rekey_after) = timer_settings(conn_cfg);
-        let mut t = Tunnel {
+        let mut t = NoiseTunnel {
             id,
             conn,
             cfg: cfg.clone(),
