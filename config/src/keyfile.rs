@@ -137,6 +137,8 @@ pub trait KeyFiles {
     fn read_key(&self, path: &str) -> Result<SecretKey, KeyFileError>;
     /// Reads a public key file (no permission check: it is not secret).
     fn read_public_key(&self, path: &str) -> Result<[u8; 32], KeyFileError>;
+    /// Reads a secret file's text with the checks of a key file (an IKEv2 PSK in ASCII).
+    fn read_secret_text(&self, path: &str) -> Result<Zeroizing<String>, KeyFileError>;
     /// The path as it will be opened (for the `Config`'s `*_file` fields).
     fn resolve(&self, path: &str) -> PathBuf;
 }
@@ -328,6 +330,10 @@ impl KeyFiles for FsKeyFiles {
         parse_key_base64(&text).map_err(|m| KeyFileError::BadContents(path.to_owned(), m))
     }
 
+    fn read_secret_text(&self, path: &str) -> Result<Zeroizing<String>, KeyFileError> {
+        self.read_text(path, true)
+    }
+
     fn read_public_key(&self, path: &str) -> Result<[u8; 32], KeyFileError> {
         let text = self.read_text(path, false)?;
         parse_key_base64(&text)
@@ -392,6 +398,10 @@ impl KeyFiles for MemoryKeyFiles {
 
     fn read_public_key(&self, path: &str) -> Result<[u8; 32], KeyFileError> {
         self.read_key(path).map(|k| *k)
+    }
+
+    fn read_secret_text(&self, path: &str) -> Result<Zeroizing<String>, KeyFileError> {
+        self.get(path).map(|s| Zeroizing::new(s.to_owned()))
     }
 
     fn resolve(&self, path: &str) -> PathBuf {

@@ -610,6 +610,25 @@ impl IkeSa {
         self.transmit.extend(p.datagrams.iter().cloned());
     }
 
+    /// Whether a request of ours waits for its response (retransmitted on its timer).
+    pub fn request_in_flight(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Sends the request in flight again now, the same bytes (RFC 7296 §2.1), without counting a
+    /// retransmission or moving its timer: a driver whose liveness checks run faster than this
+    /// SA's retransmission schedule probes a silent path with it, and the peer answers a
+    /// duplicate from its response cache. Returns false when no request is in flight.
+    pub fn resend_request(&mut self) -> bool {
+        match &self.pending {
+            Some(p) => {
+                self.transmit.extend(p.datagrams.iter().cloned());
+                true
+            }
+            None => false,
+        }
+    }
+
     fn fail(&mut self, failure: Failure) {
         self.state = State::Failed;
         self.pending = None;

@@ -227,8 +227,14 @@ impl Charon {
 
     /// Loads the connection and its secret.
     pub fn load(&self, conn: &AwsLikeConn) -> Result<(), Error> {
+        self.load_conf(&conn.swanctl_conf())
+    }
+
+    /// Loads a `swanctl.conf` text (connections and secrets), e.g. an [`AwsLikeConn`]'s with a
+    /// test's changes.
+    pub fn load_conf(&self, text: &str) -> Result<(), Error> {
         let file: PathBuf = self.dir().join("swanctl.conf");
-        write_private(&file, &conn.swanctl_conf())?;
+        write_private(&file, text)?;
         self.swanctl(["--load-conns".as_ref(), "--file".as_ref(), file.as_os_str()])?;
         self.swanctl(["--load-creds".as_ref(), "--file".as_ref(), file.as_os_str()])?;
         Ok(())
