@@ -336,12 +336,20 @@ pub fn render_status_view(status: &Value, view: &View<'_>) -> String {
             header.extend([Cell::right("RX/s"), Cell::right("TX/s")]);
         }
         header.extend([Cell::right("RTT"), Cell::right("FAILOVERS")]);
+        let tunnels = c.get("tunnels").and_then(Value::as_array).unwrap_or(&empty);
+        // Route-based connections (docs/configuration.md): each tunnel's interface and carrier.
+        let with_iface = tunnels
+            .iter()
+            .any(|t| t.get("ifname").is_some_and(|n| !n.is_null()));
+        if with_iface {
+            header.extend([Cell::left("IFNAME"), Cell::left("CARRIER")]);
+        }
         let header = header
             .into_iter()
             .map(|h| h.painted(Some(sgr::DIM)))
             .collect();
         let mut rows = vec![header];
-        for t in c.get("tunnels").and_then(Value::as_array).unwrap_or(&empty) {
+        for t in tunnels {
             let tunnel = raw(t, "name");
             let state = raw(t, "state");
             let is_active = str_of(c, "active_tunnel") == Some(tunnel.as_str());
@@ -372,6 +380,14 @@ pub fn render_status_view(status: &Value, view: &View<'_>) -> String {
                 Cell::right(failovers.clone())
                     .painted((failovers != "0" && failovers != "-").then_some(sgr::YELLOW)),
             ]);
+            if with_iface {
+                let carrier = match t.get("carrier").and_then(Value::as_bool) {
+                    Some(true) => Cell::left("on").painted(Some(sgr::GREEN)),
+                    Some(false) => Cell::left("off").painted(Some(sgr::RED)),
+                    None => Cell::left("-"),
+                };
+                row.extend([Cell::left(raw(t, "ifname")), carrier]);
+            }
             rows.push(row);
         }
         table(&mut out, &rows, view.colour);

@@ -1,7 +1,8 @@
 //! Golden tests of the human `tandem status` renderers (`admin/src/status_text.rs`): fixed status
 //! documents (`fixtures/status_before.json`, and the same gateway two seconds later in
 //! `status_after.json`) rendered as `tandem status`, as a `--watch` frame with rates, and in
-//! colour; each compared with a committed file in `golden/`.
+//! colour; each compared with a committed file in `golden/`. Route-based tunnels add their
+//! interface and carrier columns.
 //!
 //! After an intended change of the layout, regenerate and review the diff:
 //!
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use tandem_admin::{Frame, View, render_status_view, watch_frame, watch_title};
+use tandem_admin::{Frame, View, render_status, render_status_view, watch_frame, watch_title};
 
 /// The fixtures' "now": 10 minutes after tunnel1's handshake, 3m12s after tunnel2's.
 const NOW: u64 = 1_767_225_600;
@@ -196,4 +197,54 @@ fn an_empty_or_odd_document_renders_without_panicking() {
         };
         let _ = render_status_view(&doc, &view);
     }
+}
+
+// Route-based connections: each tunnel's interface and carrier.
+
+fn doc(tunnels: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"connections": [{"name": "aws-vpc", "mode": "active-standby",
+        "active_tunnel": "tunnel1", "pinned": false, "tunnels": tunnels}]})
+}
+
+fn tunnel(name: &str, ifname: Option<&str>, carrier: Option<bool>) -> serde_json::Value {
+    serde_json::json!({"name": name, "state": "up", "local": null, "remote": null,
+        "spi_in": 256, "spi_out": 257, "last_handshake_unix": 1, "rx_bytes": 0, "tx_bytes": 0,
+        "rx_packets": 0, "tx_packets": 0, "rtt_ms": null, "failovers": 0,
+        "ifname": ifname, "carrier": carrier})
+}
+
+#[test]
+fn route_based_tunnels_show_their_interface_and_carrier() {
+    let out = render_status(&doc(serde_json::json!([
+        tunnel("tunnel1", Some("aws-t1"), Some(true)),
+        tunnel("tunnel2", Some("aws-t2"), Some(false)),
+    ])));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[1].contains("IFNAME") && lines[1].contains("CARRIER"),
+        "{out}"
+    );
+    // The last two columns, whatever their widths.
+    let last_two = |line: &str| {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        cells[cells.len() - 2..].join(" ")
+    };
+    assert!(
+        lines[2].contains("tunnel1") && last_two(lines[2]) == "aws-t1 on",
+        "{out}"
+    );
+    assert!(
+        lines[3].contains("tunnel2") && last_two(lines[3]) == "aws-t2 off",
+        "{out}"
+    );
+}
+
+#[test]
+fn static_tunnels_have_no_interface_columns() {
+    let out = render_status(&doc(serde_json::json!([tunnel("tunnel1", None, None)])));
+    assert!(!out.contains("IFNAME") && !out.contains("CARRIER"), "{out}");
+    assert!(
+        out.lines().nth(2).unwrap().trim_end().ends_with('0'),
+        "{out}"
+    );
 }

@@ -23,7 +23,7 @@ use crate::failover::{PinError, Selector, Switch};
 use crate::inner::{self, IcmpError, InnerHeader};
 use crate::port::SharedPort;
 use crate::router::{ConnectionId, PrefixSet, Router};
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, Window};
 use crate::tunnel::{Ctx, Received, Tunnel, handshake_drop};
 use crate::types::{
     AdminError, ConnectionStatus, Event, FailoverTarget, NetAction, ReloadSummary, Silence, Status,
@@ -216,14 +216,14 @@ impl Engine {
 
     /// Tunnel `i` was handed work: its deadline may have moved and it may have output.
     fn touch(&mut self, i: usize) {
-        let at = self.tunnels[i].poll_timeout();
+        let at = self.tunnels[i].poll_window();
         self.schedule.set(Schedule::tunnel_key(i), at);
         self.schedule.mark_ready(i);
     }
 
     /// Connection `c`'s selector may have a new failback deadline.
     fn touch_conn(&mut self, c: usize) {
-        let at = self.conns[c].selector.next_deadline();
+        let at = self.conns[c].selector.next_deadline().map(Window::exact);
         let key = self.schedule.conn_key(c);
         self.schedule.set(key, at);
     }
@@ -769,7 +769,9 @@ impl Engine {
         self.schedule.next()
     }
 
-    /// Acts on every timer due at `now`.
+    /// Acts on every timer due at `now`, and on keepalives due within their slack
+    /// ([`KEEPALIVE_SLACK_PCT`](crate::KEEPALIVE_SLACK_PCT)) of `now`: a wake-up for one
+    /// deadline also serves the keepalives that fall just after it.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
         // Each owner due now is handled once per call: a timer it re-arms at or before `now`

@@ -1,8 +1,8 @@
 //! The syscall layer: the only `unsafe` in tandem.
 //!
 //! Thin, allocation-free wrappers over epoll (`epoll_pwait2`: timeouts to the nanosecond),
-//! eventfd, `recvmmsg`/`sendmmsg`, the rtnetlink route messages and the TUN carrier ioctl. Every
-//! `unsafe` block states why it is sound. Everything above this module is safe Rust working on
+//! eventfd, `recvmmsg`/`sendmmsg`, the rtnetlink route and link-state messages and the TUN carrier
+//! ioctl. Every `unsafe` block states why it is sound. Everything above this module is safe Rust working on
 //! [`Slot`]s.
 
 use std::fs::File;
@@ -562,12 +562,6 @@ pub enum RouteOp {
 
 /// Install (or remove) `dst/prefix` via interface `ifindex` in the main table, over rtnetlink.
 pub fn route(op: RouteOp, ifindex: u32, dst: IpAddr, prefix: u8) -> io::Result<()> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(
-        Domain::from(libc::AF_NETLINK),
-        Type::RAW,
-        Some(Protocol::from(libc::NETLINK_ROUTE)),
-    )?;
     let (family, addr): (u8, Vec<u8>) = match dst {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
@@ -603,9 +597,21 @@ pub fn route(op: RouteOp, ifindex: u32, dst: IpAddr, prefix: u8) -> io::Result<(
     msg.extend_from_slice(&8u16.to_ne_bytes());
     msg.extend_from_slice(&libc::RTA_OIF.to_ne_bytes());
     msg.extend_from_slice(&ifindex.to_ne_bytes());
+    rtnl_request(&mut msg)
+}
+
+/// Sends one rtnetlink request (`msg`: an `nlmsghdr` whose length is patched here, then its
+/// body) with NLM_F_ACK and reads the kernel's answer: Ok on a zero error code.
+fn rtnl_request(msg: &mut [u8]) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(
+        Domain::from(libc::AF_NETLINK),
+        Type::RAW,
+        Some(Protocol::from(libc::NETLINK_ROUTE)),
+    )?;
     let len = msg.len() as u32;
     msg[..4].copy_from_slice(&len.to_ne_bytes());
-    (&sock).write_all(&msg)?;
+    (&sock).write_all(msg)?;
     let mut reply = [0u8; 1024];
     let n = (&sock).read(&mut reply)?;
     // nlmsghdr (16) + nlmsgerr { error: i32, msg: nlmsghdr }
@@ -617,6 +623,42 @@ pub fn route(op: RouteOp, ifindex: u32, dst: IpAddr, prefix: u8) -> io::Result<(
         return Err(io::Error::from_raw_os_error(-errno));
     }
     Err(io::Error::other("unexpected rtnetlink reply"))
+}
+
+/// `IFLA_OPERSTATE` (linux/if_link.h; libc exports it for Android only).
+const IFLA_OPERSTATE: u16 = 16;
+
+/// RFC 2863 operational states a link may be set to from userspace (linux/if.h `IF_OPER_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperState {
+    /// `IF_OPER_DORMANT`: up but waiting for an external event; not running.
+    Dormant = libc::IF_OPER_DORMANT as isize,
+    /// `IF_OPER_UP`.
+    Up = libc::IF_OPER_UP as isize,
+}
+
+/// Sets the operational state of interface `ifindex` (RTM_NEWLINK with `IFLA_OPERSTATE`). The
+/// kernel applies it and announces it at once (NETDEV_CHANGE: the FIB marks the link's routes
+/// linkdown or live again; RTM_NEWLINK to listeners such as zebra), unlike a carrier change,
+/// whose announcement waits for the link watcher (see `ifaces.rs`). It only moves between
+/// UP/UNKNOWN and DORMANT; the link watcher later settles the state from the carrier.
+pub fn set_operstate(ifindex: u32, state: OperState) -> io::Result<()> {
+    let mut msg = Vec::with_capacity(48);
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, patched by rtnl_request
+    msg.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: kernel assigns
+    // struct ifinfomsg: family, pad, type, index, flags, change (0: flags untouched)
+    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    // IFLA_OPERSTATE: one byte, padded to 4.
+    msg.extend_from_slice(&5u16.to_ne_bytes());
+    msg.extend_from_slice(&IFLA_OPERSTATE.to_ne_bytes());
+    msg.extend_from_slice(&[state as u8, 0, 0, 0]);
+    rtnl_request(&mut msg)
 }
 
 /// The interface index of `name` (0 if unknown).

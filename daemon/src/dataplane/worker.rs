@@ -1107,9 +1107,7 @@ impl DataPlane {
             let now = Instant::now();
             match cmd {
                 Command::Status(reply) => {
-                    let st = self.engine.status(now);
-                    let _ =
-                        reply.send(serde_json::to_value(&st).unwrap_or(serde_json::Value::Null));
+                    let _ = reply.send(self.status_json(now));
                 }
                 Command::Metrics(reply) => {
                     let _ = reply.send(self.metrics(now));
@@ -1307,6 +1305,47 @@ impl DataPlane {
         self.engine.close(now);
         self.flush_control();
         self.handle_events(now);
+    }
+
+    /// The `tandem status --json` document (docs/cli.md "Status"): the engine's status, and per
+    /// tunnel its interface, `ifname` and `carrier` (both `null` for a tunnel without one).
+    fn status_json(&self, now: Instant) -> serde_json::Value {
+        use serde_json::Value;
+        let mut doc = serde_json::to_value(self.engine.status(now)).unwrap_or(Value::Null);
+        let ifaces: HashMap<(&str, &str), (&str, bool)> = self
+            .engine
+            .tunnels()
+            .filter_map(|(id, info)| {
+                let f = self.ifaces.get(id.0)?;
+                Some((
+                    (info.connection.as_str(), info.name.as_str()),
+                    (f.ifname(), f.carrier()),
+                ))
+            })
+            .collect();
+        let Some(conns) = doc.get_mut("connections").and_then(Value::as_array_mut) else {
+            return doc;
+        };
+        for c in conns {
+            let name = c
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let Some(tunnels) = c.get_mut("tunnels").and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for t in tunnels.iter_mut().filter_map(Value::as_object_mut) {
+                let tname = t.get("name").and_then(Value::as_str).unwrap_or("");
+                let (ifname, carrier) = match ifaces.get(&(name.as_str(), tname)) {
+                    Some(&(ifname, carrier)) => (Value::from(ifname), Value::from(carrier)),
+                    None => (Value::Null, Value::Null),
+                };
+                t.insert("ifname".into(), ifname);
+                t.insert("carrier".into(), carrier);
+            }
+        }
+        doc
     }
 
     fn metrics(&self, now: Instant) -> MetricsSnapshot {
