@@ -9,10 +9,11 @@
 //! target fuzzes the real types without building the daemon's runtime dependencies.
 #![no_main]
 
-use tandem_admin::{
-    EventRecord, Reply, Request, View, render_drill, render_event, render_status, render_status_view,
-};
 use libfuzzer_sys::fuzz_target;
+use tandem_admin::{
+    EventRecord, Reply, Request, View, render_drill, render_event, render_status,
+    render_status_view,
+};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = serde_json::from_slice::<Request>(data) {

@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use tandem_engine::liveness::{LIVENESS_MSG_LEN, LivenessMsg};
 use tandem_engine::inner::{self, InnerHeader};
+use tandem_engine::liveness::{LIVENESS_MSG_LEN, LivenessMsg};
 use tandem_engine::{
     ConnectionConfig, Engine, EngineConfig, HEADROOM, TAILROOM, TunAction, TunnelConfig,
 };
