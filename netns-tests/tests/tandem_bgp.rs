@@ -235,6 +235,17 @@ fn active_standby(opts: TandemOpts, with_drill: bool) {
     let report = probe.stop().unwrap();
     eprintln!("drill: office probes {report}");
     assert!(out.contains("traffic gap"), "{out}");
+    // The report times this host's routing daemon: carrier off -> its first route change.
+    let routing_ms: f64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("routing "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no routing convergence in the drill report:\n{out}"));
+    assert!(
+        routing_ms <= ROUTING_SLACK.as_secs_f64() * 1e3,
+        "routing convergence {routing_ms} ms > {ROUTING_SLACK:?}:\n{out}"
+    );
     assert!(
         report.largest_gap_ms <= bound.as_secs_f64() * 1e3,
         "drill with BGP: gap {:.1} ms > {bound:?}: {report}",
