@@ -8,11 +8,13 @@
 //! after); nothing on the data path allocates.
 #![forbid(unsafe_code)]
 
+mod any_tunnel;
 pub mod checksum;
 pub mod config;
 pub mod drop;
 pub mod failover;
 mod gateway;
+mod ike_tunnel;
 pub mod inner;
 pub mod liveness;
 mod port;
@@ -22,13 +24,16 @@ mod schedule;
 mod tunnel;
 mod types;
 
-pub use config::{ConnectionConfig, EngineConfig, Mode, Routing, TunnelConfig};
+pub use config::{
+    ConnectionConfig, EngineConfig, IkeSettings, IkeTunnelConfig, Mode, Protocol, Routing,
+    TunnelConfig,
+};
 pub use drop::{DropCounters, DropReason};
 pub use failover::SwitchReason;
 pub use gateway::{Engine, ICMP_ERRORS_PER_SECOND};
 pub use router::ConnectionId;
 pub use tunnel::{
-    HANDSHAKE_RETRY_BASE, HANDSHAKE_RETRY_MAX, IN_SLOTS, KEEPALIVE_JITTER_PCT,
+    HANDSHAKE_RETRY_BASE, HANDSHAKE_RETRY_MAX, IN_SLOTS, KEEPALIVE_JITTER_PCT, KEEPALIVE_SLACK_PCT,
     KEEPALIVES_PER_INTERVAL, REJECT_AFTER_TIME, RESPONSE_CHECKS_PER_SECOND,
 };
 pub use types::{

@@ -37,6 +37,7 @@ fn engine() -> Engine {
         peer_public_key: [9; 32],
         psk: [7; 32].into(),
         priority: 1,
+        ike: None,
     }];
     let cfg = EngineConfig {
         private_key: [5; 32].into(),

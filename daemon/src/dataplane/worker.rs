@@ -989,6 +989,31 @@ impl DataPlane {
                     tracing::debug!(connection = %conn, tunnel = %name, direction = direction.as_str(), spi = format_args!("{spi:#010x}"), "SA installed");
                     self.write_keylog(*tunnel, *direction, *spi, keylog, &conn, &name);
                 }
+                Event::IkeSaInstalled {
+                    tunnel,
+                    spi_i,
+                    spi_r,
+                    keylog,
+                } => {
+                    let (conn, name) = self.names(*tunnel);
+                    tracing::debug!(connection = %conn, tunnel = %name, spi_i = format_args!("{spi_i:016x}"), spi_r = format_args!("{spi_r:016x}"), "IKE SA installed");
+                    if let Some(file) = self.keylog.as_mut() {
+                        use std::io::Write as _;
+                        let secs = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        let line = format!(
+                            "{secs} {conn} {name} ike {spi_i:016x} {spi_r:016x} {keylog}\n"
+                        );
+                        if let Err(e) = file.write_all(line.as_bytes()) {
+                            tracing::warn!(error = %e, "cannot write the key log");
+                        }
+                    }
+                }
+                Event::IkeFailed { tunnel, reason } => {
+                    let (conn, name) = self.names(*tunnel);
+                    tracing::warn!(connection = %conn, tunnel = %name, "IKE: {reason}");
+                }
                 other => tracing::debug!(event = ?other, "engine event"),
             }
         }

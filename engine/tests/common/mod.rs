@@ -204,6 +204,7 @@ pub fn config(setup: &Setup, side: Side) -> EngineConfig {
             peer_public_key: public(side.other()),
             psk: Zeroizing::new(psk),
             priority: t as u32 + 1,
+            ike: None,
         });
     }
     EngineConfig {
