@@ -669,5 +669,18 @@ pub fn render_drill(report: &serde_json::Value) -> String {
         "  failback time    {} ms",
         field(report, "failback_ms")
     );
+    // Route-based tunnels: the interface's carrier and this host's routing daemon.
+    if report.get("carrier_off_ms").is_some_and(|v| !v.is_null()) {
+        let _ = writeln!(
+            out,
+            "  carrier off      {} ms after the silence",
+            field(report, "carrier_off_ms")
+        );
+        let _ = writeln!(
+            out,
+            "  routing          {} ms from carrier off to the first route change by a routing daemon here",
+            field(report, "routing_convergence_ms")
+        );
+    }
     out
 }

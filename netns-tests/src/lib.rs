@@ -7,7 +7,8 @@
 //! blackholes and random loss), [`wanem`] (the userspace WAN emulator), [`probe`] (the 1 ms probe
 //! stream), [`traffic`] (iperf3 and ping), [`tandem`] (keys, configs, daemons, status),
 //! [`report`] (aligned tables); [`routed`] (route-based tunnels: inside addresses, carriers,
-//! `ip monitor` watches) and [`frr`] (FRR's zebra + bgpd in a namespace); [`branches`] (N branch gateways in one process, real engines)
+//! `ip monitor` watches), [`frr`] (FRR's zebra + bgpd in a namespace) and [`ha`] (an HA pair
+//! of office gateways under BGP); [`branches`] (N branch gateways in one process, real engines)
 //! and [`scale`] (the head-end at scale: one hub, N branches, cost against N).
 
 pub mod branches;
@@ -15,6 +16,7 @@ pub mod capture;
 pub mod charon;
 pub mod drill;
 pub mod frr;
+pub mod ha;
 pub mod helper;
 pub mod impair;
 pub mod netns;

@@ -235,6 +235,17 @@ fn active_standby(opts: TandemOpts, with_drill: bool) {
     let report = probe.stop().unwrap();
     eprintln!("drill: office probes {report}");
     assert!(out.contains("traffic gap"), "{out}");
+    // The report times this host's routing daemon: carrier off -> its first route change.
+    let routing_ms: f64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("routing "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no routing convergence in the drill report:\n{out}"));
+    assert!(
+        routing_ms <= ROUTING_SLACK.as_secs_f64() * 1e3,
+        "routing convergence {routing_ms} ms > {ROUTING_SLACK:?}:\n{out}"
+    );
     assert!(
         report.largest_gap_ms <= bound.as_secs_f64() * 1e3,
         "drill with BGP: gap {:.1} ms > {bound:?}: {report}",
@@ -420,8 +431,13 @@ fn bgp_ecmp_cut_moves_only_the_dead_tunnels_flows() {
         let r = s.stop().unwrap();
         lines.push(format!("  port {port}: {r}"));
         if steady.contains(&port) {
-            assert_eq!(r.lost, 0, "flow {port} on tunnel2 lost probes: {r}");
-            assert!(r.largest_gap_ms < 100.0, "flow {port} on tunnel2: {r}");
+            // No outage: the longest gap stays far below the dead tunnel's (>= dpd_timeout / 2).
+            // Not `lost == 0`: on a loaded 2-core lab a stray probe may drop anywhere (seen once
+            // with the load average at 14); a flow that moved would lose ~dpd_timeout of them.
+            assert!(
+                r.largest_gap_ms < 100.0 && r.lost < 20,
+                "flow {port} on tunnel2 saw an outage: {r}"
+            );
         } else {
             // It waited for tunnel1 to be declared Down (dpd_timeout), then moved.
             assert!(

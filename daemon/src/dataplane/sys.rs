@@ -722,3 +722,185 @@ pub fn set_tun_carrier(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// rtnetlink route notifications (drills measure routing convergence)
+
+/// `SOL_NETLINK` / `NETLINK_ADD_MEMBERSHIP` (linux/netlink.h).
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+/// `RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE` (linux/rtnetlink.h).
+const ROUTE_GROUPS: [u32; 2] = [7, 11];
+
+/// One route added, replaced or deleted in this namespace's routing tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteChange {
+    /// RTM_DELROUTE (else RTM_NEWROUTE).
+    pub deleted: bool,
+    /// `rtm_protocol`: who installed it (2 kernel, 3 boot/`ip route`, 186 BGP, …).
+    pub protocol: u8,
+    /// `RTA_OIF`, when the message carries one.
+    pub oif: Option<u32>,
+}
+
+/// A non-blocking netlink socket subscribed to the kernel's IPv4 and IPv6 route changes.
+#[derive(Debug)]
+pub struct RouteMonitor {
+    sock: socket2::Socket,
+}
+
+impl RouteMonitor {
+    /// Opens and subscribes the socket.
+    pub fn new() -> io::Result<Self> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let sock = Socket::new(
+            Domain::from(libc::AF_NETLINK),
+            Type::RAW,
+            Some(Protocol::from(libc::NETLINK_ROUTE)),
+        )?;
+        sock.set_nonblocking(true)?;
+        // A netlink socket receives multicast only once bound (port id 0: the kernel picks).
+        // SAFETY: an all-zero `sockaddr_nl` is valid; only the family is set.
+        let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `addr` is a live `sockaddr_nl` and the length passed is its size; the fd is
+        // the socket's own.
+        let rc = unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for group in ROUTE_GROUPS {
+            // SAFETY: NETLINK_ADD_MEMBERSHIP reads one `u32` (the group number) through the
+            // pointer, which points at a live local of that size; the fd is the socket's own.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    SOL_NETLINK,
+                    NETLINK_ADD_MEMBERSHIP,
+                    (&group as *const u32).cast(),
+                    mem::size_of::<u32>() as libc::socklen_t,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(RouteMonitor { sock })
+    }
+
+    /// Reads every queued notification without blocking and calls `f` for each route message.
+    /// Malformed messages are skipped (they come from the kernel; nothing to count).
+    pub fn drain(&self, buf: &mut [u8], mut f: impl FnMut(RouteChange)) {
+        while let Ok(n) = (&self.sock).read(buf) {
+            if n == 0 {
+                return;
+            }
+            parse_route_messages(&buf[..n], &mut f);
+        }
+    }
+}
+
+/// Walks the `nlmsghdr`s of one datagram, reporting RTM_NEWROUTE / RTM_DELROUTE.
+fn parse_route_messages(mut data: &[u8], f: &mut impl FnMut(RouteChange)) {
+    const NLMSG_HDR: usize = 16;
+    const RTMSG: usize = 12;
+    let align = |n: usize| (n + 3) & !3;
+    while data.len() >= NLMSG_HDR {
+        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        let kind = u16::from_ne_bytes([data[4], data[5]]);
+        if len < NLMSG_HDR || len > data.len() {
+            return;
+        }
+        let msg = &data[..len];
+        if (kind == libc::RTM_NEWROUTE || kind == libc::RTM_DELROUTE) && len >= NLMSG_HDR + RTMSG {
+            let protocol = msg[NLMSG_HDR + 5];
+            let mut oif = None;
+            let mut attrs = &msg[NLMSG_HDR + RTMSG..];
+            while attrs.len() >= 4 {
+                let alen = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+                let atype = u16::from_ne_bytes([attrs[2], attrs[3]]);
+                if alen < 4 || alen > attrs.len() {
+                    break;
+                }
+                if atype == libc::RTA_OIF && alen >= 8 {
+                    oif = Some(u32::from_ne_bytes([attrs[4], attrs[5], attrs[6], attrs[7]]));
+                }
+                attrs = &attrs[align(alen).min(attrs.len())..];
+            }
+            f(RouteChange {
+                deleted: kind == libc::RTM_DELROUTE,
+                protocol,
+                oif,
+            });
+        }
+        data = &data[align(len).min(data.len())..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RouteChange, parse_route_messages};
+
+    /// An RTM_NEWROUTE/RTM_DELROUTE for a route with `protocol` and an `RTA_OIF`.
+    fn route_msg(kind: u16, protocol: u8, oif: u32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]); // flags, seq, pid
+        m.extend_from_slice(&[libc::AF_INET as u8, 24, 0, 0, 254, protocol, 0, 1]);
+        m.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+        m.extend_from_slice(&8u16.to_ne_bytes());
+        m.extend_from_slice(&libc::RTA_OIF.to_ne_bytes());
+        m.extend_from_slice(&oif.to_ne_bytes());
+        let len = m.len() as u32;
+        m[..4].copy_from_slice(&len.to_ne_bytes());
+        m
+    }
+
+    fn parse(data: &[u8]) -> Vec<RouteChange> {
+        let mut out = Vec::new();
+        parse_route_messages(data, &mut |c| out.push(c));
+        out
+    }
+
+    #[test]
+    fn route_notifications_give_kind_protocol_and_interface() {
+        let mut two = route_msg(libc::RTM_NEWROUTE, 186, 7);
+        two.extend(route_msg(libc::RTM_DELROUTE, 2, 9));
+        assert_eq!(
+            parse(&two),
+            [
+                RouteChange {
+                    deleted: false,
+                    protocol: 186,
+                    oif: Some(7)
+                },
+                RouteChange {
+                    deleted: true,
+                    protocol: 2,
+                    oif: Some(9)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_or_lying_route_notifications_are_skipped_without_panic() {
+        let m = route_msg(libc::RTM_NEWROUTE, 186, 7);
+        for cut in 0..m.len() {
+            let _ = parse(&m[..cut]);
+        }
+        let mut lying = m.clone();
+        lying[..4].copy_from_slice(&1000u32.to_ne_bytes()); // longer than the datagram
+        assert!(parse(&lying).is_empty());
+        let mut bad_attr = m;
+        bad_attr[28..30].copy_from_slice(&200u16.to_ne_bytes()); // attribute past the end
+        assert_eq!(parse(&bad_attr)[0].oif, None);
+    }
+}

@@ -1019,6 +1019,11 @@ impl DataPlane {
         }
         // Cheap when nothing changed (no syscall): carriers follow states and pins.
         self.ifaces.sync_carrier(&self.engine);
+        if let Some(d) = self.drill.as_mut() {
+            if let Some(f) = self.ifaces.get(d.tunnel().0) {
+                d.on_carrier(f.carrier(), now);
+            }
+        }
         if self.status_dirty {
             self.status_dirty = false;
             // ---- systemd notify hook: STATUS=<one-line summary> on every change. ----
@@ -1190,7 +1195,10 @@ impl DataPlane {
                         reply,
                         now,
                     ) {
-                        Ok(d) => {
+                        Ok(mut d) => {
+                            if self.ifaces.get(d.tunnel().0).is_some() {
+                                d.watch_routes();
+                            }
                             let (tunnel, duration_ms) = (
                                 d.tunnel_name().to_owned(),
                                 u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
