@@ -1045,6 +1045,12 @@ impl Engine {
         &self.drops
     }
 
+    /// Counts `n` drops the shell saw itself (a full socket send buffer:
+    /// [`DropReason::SendQueueFull`]), so that every drop is in one set of counters.
+    pub fn count_drops(&mut self, reason: DropReason, n: u64) {
+        self.drops.add_n(reason, n);
+    }
+
     /// Drill: a DPD echo over the connection's active tunnel; the reply arrives as
     /// [`Event::ProbeReply`].
     pub fn send_probe(

@@ -222,6 +222,10 @@ struct Liveness {
     last_rx: Option<Instant>,
     /// The peer's latest liveness message says it hears us.
     peer_hears_us: bool,
+    /// The ESP SPI and sequence number of the message `peer_hears_us` came from: an older
+    /// message of the same SA that arrives later (reordered on the path) carries an older view
+    /// and is not taken (a stale "I do not hear you" would take a healed tunnel Down again).
+    view_from: Option<(u32, u64)>,
     /// The peer sent a closing notice (cleared by its next data or liveness message).
     peer_closed: bool,
     /// Our view at the last `refresh` (a change is sent to the peer at once).
@@ -238,6 +242,18 @@ impl Liveness {
     fn forget(&mut self) {
         self.last_rx = None;
         self.peer_hears_us = false;
+        self.view_from = None;
+    }
+
+    /// Takes the peer's view from the message with ESP `(spi, seq)` unless a newer message of
+    /// the same SA already gave one. Another SA's message is taken (a rekey restarts the
+    /// sequence; its messages are the newer ones).
+    fn take_view(&mut self, hears_you: bool, spi: u32, seq: u64) {
+        if self.view_from.is_some_and(|(s, q)| s == spi && seq <= q) {
+            return;
+        }
+        self.peer_hears_us = hears_you;
+        self.view_from = Some((spi, seq));
     }
 }
 
@@ -1003,14 +1019,21 @@ impl NoiseTunnel {
             NEXT_HEADER_DUMMY => Ok(Received::Consumed),
             NEXT_HEADER_LIVENESS => {
                 let msg = LivenessMsg::parse(&buf[opened.payload]).ok_or(DropReason::Malformed)?;
-                self.handle_liveness(msg, now, ctx);
+                self.handle_liveness(msg, (spi, opened.seq), now, ctx);
                 Ok(Received::Consumed)
             }
             _ => Err(DropReason::Malformed),
         }
     }
 
-    fn handle_liveness(&mut self, msg: LivenessMsg, now: Instant, ctx: &mut Ctx<'_>) {
+    /// A liveness message that opened on ESP `(spi, seq)`.
+    fn handle_liveness(
+        &mut self,
+        msg: LivenessMsg,
+        (spi, seq): (u32, u64),
+        now: Instant,
+        ctx: &mut Ctx<'_>,
+    ) {
         if msg.kind == LivenessKind::Closing {
             // Down at once: forget that we heard the peer; it must be heard anew.
             self.liveness.peer_closed = true;
@@ -1018,7 +1041,7 @@ impl NoiseTunnel {
             return;
         }
         self.liveness.peer_closed = false;
-        self.liveness.peer_hears_us = msg.hears_you;
+        self.liveness.take_view(msg.hears_you, spi, seq);
         match msg.kind {
             LivenessKind::EchoRequest => self.echo_replies.push(Echo {
                 id: msg.id,

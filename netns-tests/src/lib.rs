@@ -12,6 +12,7 @@
 //! and [`scale`] (the head-end at scale: one hub, N branches, cost against N).
 
 pub mod branches;
+pub mod budget;
 pub mod capture;
 pub mod charon;
 pub mod drill;

@@ -157,6 +157,9 @@ pub struct TandemOpts {
     pub log: &'static str,
     /// Extra environment for both daemons (e.g. tuning knobs for a same-run A/B bench).
     pub env: Vec<(String, String)>,
+    /// `timers = "<profile>"` instead of explicit `dpd_interval` / `dpd_timeout` lines (those
+    /// two fields must then hold the profile's values: the bounds are computed from them).
+    pub timers: Option<&'static str>,
 }
 
 impl Default for TandemOpts {
@@ -173,6 +176,7 @@ impl Default for TandemOpts {
             keylog: false,
             log: "info",
             env: Vec::new(),
+            timers: None,
         }
     }
 }
@@ -320,15 +324,20 @@ impl TandemSetup {
         t += &format!(
             "\n[control]\nsocket = \"{d}/{side}.sock\"\n\n[[connection]]\nname = \"{CONNECTION}\"\n\
              local_subnets = [{ln}]\nremote_subnets = [{rn}]\n\
-             mode = \"{mode}\"\nfailback = \"{fb}\"\ndpd_interval = \"{di}\"\ndpd_timeout = \"{dt}\"\n\
-             mss_clamp = {mss}\n",
+             mode = \"{mode}\"\nfailback = \"{fb}\"\n{timers}mss_clamp = {mss}\n",
             side = side.name(),
             ln = quote(local_nets),
             rn = quote(remote_nets),
             mode = o.mode,
             fb = o.failback.map_or("never".to_string(), dur),
-            di = dur(o.dpd_interval),
-            dt = dur(o.dpd_timeout),
+            timers = match o.timers {
+                Some(p) => format!("timers = \"{p}\"\n"),
+                None => format!(
+                    "dpd_interval = \"{}\"\ndpd_timeout = \"{}\"\n",
+                    dur(o.dpd_interval),
+                    dur(o.dpd_timeout)
+                ),
+            },
             mss = o.mss_clamp,
         );
         for &(isp, peer_pub) in tunnels {

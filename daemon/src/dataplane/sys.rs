@@ -357,10 +357,22 @@ pub fn recv_mmsg(fd: RawFd, slots: &mut [Slot], offset: usize) -> io::Result<usi
     Ok(got)
 }
 
+/// What one batched send did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Datagrams handed to the kernel.
+    pub sent: usize,
+    /// Datagrams not sent because the socket's send buffer was full (`EAGAIN` on a non-blocking
+    /// socket): the first refusal ends the batch, the rest of it is counted here too.
+    pub queue_full: usize,
+}
+
 /// Send `slots[i].buf[start..start + len]` to `slots[i].addr` for every index yielded by `which`
-/// (at most [`MAX_MMSG`] of them; more are ignored), in order, on one socket. Returns how many
-/// were handed to the kernel; a datagram the kernel refuses is skipped and counted as not sent.
-pub fn send_mmsg(fd: RawFd, slots: &[Slot], which: impl Iterator<Item = usize>) -> usize {
+/// (at most [`MAX_MMSG`] of them; more are ignored), in order, on one socket. A datagram the
+/// kernel refuses (unreachable, too big) is skipped; on a full send buffer (`EAGAIN`, the socket
+/// is non-blocking) the rest is given up and counted in [`Sent::queue_full`]: the data plane never
+/// waits for a path that does not drain.
+pub fn send_mmsg(fd: RawFd, slots: &[Slot], which: impl Iterator<Item = usize>) -> Sent {
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut hdrs: [libc::mmsghdr; MAX_MMSG] = unsafe { mem::zeroed() };
     // SAFETY: as above.
@@ -392,18 +404,28 @@ pub fn send_mmsg(fd: RawFd, slots: &[Slot], which: impl Iterator<Item = usize>) 
             unsafe { libc::sendmmsg(fd, hdrs[next..].as_mut_ptr(), (n - next) as libc::c_uint, 0) };
         if rc < 0 {
             let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    return Sent {
+                        sent,
+                        queue_full: n - next,
+                    };
+                }
+                // The first remaining datagram was refused (no route, unreachable, too big…):
+                // skip it.
+                _ => next += 1,
             }
-            // The first remaining datagram was refused (no route, unreachable, too big…): skip it.
-            next += 1;
             continue;
         }
         let rc = rc as usize;
         sent += rc;
         next += rc;
     }
-    sent
+    Sent {
+        sent,
+        queue_full: 0,
+    }
 }
 
 /// `UDP_SEGMENT` (linux/udp.h): the cmsg/sockopt carrying the UDP GSO segment size.
@@ -429,13 +451,13 @@ struct GsoCmsg([u8; 24]);
 ///
 /// `*gso` says whether to try; when the kernel refuses a GSO send (EIO: no checksum offload on
 /// the route's device; EINVAL: too old), it is cleared and the rest goes out as [`send_mmsg`].
-/// Returns how many datagrams were handed to the kernel.
+/// A full send buffer ends the batch as in [`send_mmsg`].
 pub fn send_mmsg_gso(
     fd: RawFd,
     slots: &[Slot],
     which: impl Iterator<Item = usize>,
     gso: &mut bool,
-) -> usize {
+) -> Sent {
     if !*gso {
         return send_mmsg(fd, slots, which);
     }
@@ -528,7 +550,17 @@ pub fn send_mmsg_gso(
                     // No GSO on this path: send the rest one datagram per message, from now on.
                     *gso = false;
                     let from = msg_first_iov[next];
-                    return sent + send_mmsg(fd, slots, iov_slot[from..n_iov].iter().copied());
+                    let rest = send_mmsg(fd, slots, iov_slot[from..n_iov].iter().copied());
+                    return Sent {
+                        sent: sent + rest.sent,
+                        queue_full: rest.queue_full,
+                    };
+                }
+                Some(e) if e == libc::EAGAIN || e == libc::EWOULDBLOCK => {
+                    return Sent {
+                        sent,
+                        queue_full: msg_segs[next..n_msg].iter().sum(),
+                    };
                 }
                 _ => {
                     // This message was refused (unreachable, too big…): skip it.
@@ -540,7 +572,10 @@ pub fn send_mmsg_gso(
         sent += msg_segs[next..next + rc as usize].iter().sum::<usize>();
         next += rc as usize;
     }
-    sent
+    Sent {
+        sent,
+        queue_full: 0,
+    }
 }
 
 fn zeroed_storage() -> libc::sockaddr_storage {

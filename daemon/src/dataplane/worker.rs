@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tandem_engine::{
-    Direction, Engine, EngineConfig, Event, FailoverTarget, TunnelId, TunnelState,
+    Direction, DropReason, Engine, EngineConfig, Event, FailoverTarget, TunnelId, TunnelState,
 };
 use tun_rs::VIRTIO_NET_HDR_LEN;
 
@@ -20,7 +20,7 @@ use super::gro::TunGro;
 use super::ifaces::{IfaceSpec, Ifaces, TOKEN_IFACE_BASE};
 use super::path::{Receiver, open_batch_routed, seal_batch, seal_batch_on};
 use super::sys::{self, EMPTY_EVENT, Epoll, EventFd, RouteOp};
-use crate::admin::metrics::{MetricsSnapshot, TunnelMetric};
+use crate::admin::metrics::{Lateness, MetricsSnapshot, TunnelMetric};
 use crate::admin::{ErrorKind, Event as Notice, EventRecord, Reply};
 use crate::notify::Notifier;
 
@@ -63,6 +63,19 @@ const BUSY_POLL: Duration = Duration::from_micros(100);
 /// control plane (docs/cli.md, "tandem events"). 1024 lines is minutes of a flapping gateway's
 /// events and about 200 KB per the slowest listener.
 pub const EVENT_QUEUE: usize = 1024;
+
+/// When a timer is due and the loop last looked at its fds longer ago than this (it was busy
+/// with batches, or not scheduled), the ready sockets are read first: a liveness deadline is
+/// judged only after what the peer sent has been read, not while it waits in our own receive
+/// queue. 1 ms is a few batches; a loop that just woke from its wait never pays the extra poll.
+const POLL_STALE: Duration = Duration::from_millis(1);
+
+/// Timers this late are logged (a warning, at most every [`LATE_WARN_EVERY`]): a third of the
+/// shortest `dpd_timeout` the `fast` profile uses, so a loop that is late by this much is
+/// already eating into that profile's margin (docs/failover-profiles.md).
+const LATE_WARN: Duration = Duration::from_millis(10);
+/// At most one "timers ran late" line per this period.
+const LATE_WARN_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest the loop sleeps with no timer due: bounds the watchdog ping period when systemd does
 /// not ask for one, and how stale a sleeping loop's view of time can get.
@@ -246,6 +259,12 @@ pub struct DataPlane {
     busy_poll: Duration,
     /// When the last packet was read (from the TUN or a socket).
     last_packet: Instant,
+    /// When the loop last learned which fds are ready (an epoll wait returned).
+    last_poll: Instant,
+    /// How late due timers ran (metrics: `tandem_timer_lateness_seconds`).
+    lateness: Lateness,
+    /// The last "timers ran late" line, and the worst lateness and count since.
+    late_warn: (Option<Instant>, Duration, u32),
     drill: Option<Drill>,
     /// Where `tandem events` listeners and the hook runner take events from.
     events: tokio::sync::broadcast::Sender<EventRecord>,
@@ -355,6 +374,10 @@ fn bind_socket(
     // Best effort: a smaller buffer only costs throughput under bursts.
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    // Never block the loop on one path: a send that finds the buffer full (a neighbour that
+    // never resolves holds every datagram, charged to this buffer) is dropped and counted
+    // (`send_queue_full`), and every other tunnel keeps being served.
+    sock.set_nonblocking(true)?;
     sock.bind(&bind.into())?;
     Ok((sock.into(), bind))
 }
@@ -460,6 +483,9 @@ impl DataPlane {
                 .and_then(|v| v.parse().ok())
                 .map_or(BUSY_POLL, Duration::from_micros),
             last_packet: Instant::now(),
+            last_poll: Instant::now(),
+            lateness: Lateness::default(),
+            late_warn: (None, Duration::ZERO, 0),
             drill: None,
             events,
             status_dirty: true,
@@ -648,10 +674,8 @@ impl DataPlane {
             .map(|ms| Instant::now() + Duration::from_millis(ms));
         let mut events = [EMPTY_EVENT; EPOLL_EVENTS];
         loop {
+            self.run_due_timers();
             let now = Instant::now();
-            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
-                self.engine.handle_timeout(now);
-            }
             if let Some(d) = self.drill.as_mut() {
                 if let Some(reply) = d.on_tick(&mut self.engine, now) {
                     let connection = d.connection().to_owned();
@@ -692,6 +716,7 @@ impl DataPlane {
                     return;
                 }
             };
+            self.last_poll = Instant::now();
             for ev in &events[..n] {
                 match sys::event_token(ev) {
                     TOKEN_TUN => self.on_tun_readable(),
@@ -704,8 +729,73 @@ impl DataPlane {
                     t if t >= TOKEN_IFACE_BASE => {
                         self.on_iface_readable((t - TOKEN_IFACE_BASE) as u16);
                     }
-                    t => self.on_socket_readable((t - TOKEN_SOCKET_BASE) as u16),
+                    t => self.on_socket_readable((t - TOKEN_SOCKET_BASE) as u16, true),
                 }
+            }
+        }
+    }
+
+    /// Runs the engine's timers if one is due, and sends what they queued (keepalives first of
+    /// all). Called at the top of every loop turn and between batches, so a keepalive or a
+    /// liveness check waits for at most one batch, not a whole turn of the loop. If the loop has
+    /// not polled its fds for [`POLL_STALE`], the ready sockets are read first.
+    fn run_due_timers(&mut self) {
+        let Some(due) = self.engine.poll_timeout() else {
+            return;
+        };
+        let mut now = Instant::now();
+        if due > now {
+            return;
+        }
+        if now.saturating_duration_since(self.last_poll) > POLL_STALE {
+            self.read_ready_sockets();
+            now = Instant::now();
+        }
+        let late = now.saturating_duration_since(due);
+        self.lateness.record(late);
+        if late >= LATE_WARN {
+            self.warn_late(late, now);
+        }
+        self.engine.handle_timeout(now);
+        self.flush_control();
+    }
+
+    /// Logs (at most once per [`LATE_WARN_EVERY`]) that timers ran [`LATE_WARN`] or more after
+    /// their deadline, with the worst lateness since the last such line.
+    fn warn_late(&mut self, late: Duration, now: Instant) {
+        let (last, worst, count) = &mut self.late_warn;
+        *worst = (*worst).max(late);
+        *count += 1;
+        if last.is_some_and(|t| now.saturating_duration_since(t) < LATE_WARN_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            late_ms = format_args!("{:.1}", worst.as_secs_f64() * 1e3),
+            times = *count,
+            "timers ran late: the data plane did not run in time (a busy or starved host); a late keepalive or liveness check can look like a dead path at a short dpd_timeout"
+        );
+        *last = Some(now);
+        *worst = Duration::ZERO;
+        *count = 0;
+    }
+
+    /// One non-blocking look at the fds; reads the sockets that are ready (the TUN and the rest
+    /// wait for the loop's next turn: level-triggered, they are reported again).
+    fn read_ready_sockets(&mut self) {
+        let mut events = [EMPTY_EVENT; EPOLL_EVENTS];
+        let n = match self.epoll.wait(&mut events, 0) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "epoll_wait before timers failed");
+                return;
+            }
+        };
+        self.last_poll = Instant::now();
+        for ev in &events[..n] {
+            match sys::event_token(ev) {
+                TOKEN_TUN | TOKEN_WAKE => {}
+                t if t >= TOKEN_IFACE_BASE => {}
+                t => self.on_socket_readable((t - TOKEN_SOCKET_BASE) as u16, false),
             }
         }
     }
@@ -763,7 +853,7 @@ impl DataPlane {
             let now = Instant::now();
             self.last_packet = now;
             let _ = seal_batch(&mut self.engine, &mut self.tx, now);
-            flush_batch(
+            let full = flush_batch(
                 &self.tun,
                 self.vnet,
                 None,
@@ -772,9 +862,11 @@ impl DataPlane {
                 &self.tunnel_socket,
                 &mut self.tx,
             );
+            self.count_queue_full(full);
             if !more {
                 return;
             }
+            self.run_due_timers();
         }
     }
 
@@ -802,7 +894,7 @@ impl DataPlane {
             let now = Instant::now();
             self.last_packet = now;
             let _ = seal_batch_on(&mut self.engine, TunnelId(id), &mut self.tx, now);
-            flush_batch(
+            let full = flush_batch(
                 &iface.dev,
                 iface.vnet,
                 None,
@@ -811,9 +903,11 @@ impl DataPlane {
                 &self.tunnel_socket,
                 &mut self.tx,
             );
+            self.count_queue_full(full);
             if !more {
                 return;
             }
+            self.run_due_timers();
         }
     }
 
@@ -833,8 +927,9 @@ impl DataPlane {
             &mut self.sizes,
         )
     }
-    /// recvmmsg -> open -> TUN, up to [`BATCHES_PER_WAKE`] batches.
-    fn on_socket_readable(&mut self, slot: u16) {
+    /// recvmmsg -> open -> TUN, up to [`BATCHES_PER_WAKE`] batches; due timers run between
+    /// batches when `timers` is set (not when this is itself the read before the timers).
+    fn on_socket_readable(&mut self, slot: u16, timers: bool) {
         let Some(Some(s)) = self.sockets.get(usize::from(slot)) else {
             return;
         };
@@ -864,7 +959,7 @@ impl DataPlane {
                 now,
             );
             let gro = self.vnet.then_some(&mut self.gro);
-            flush_batch(
+            let full = flush_batch(
                 &self.tun,
                 self.vnet,
                 gro,
@@ -873,11 +968,15 @@ impl DataPlane {
                 &self.tunnel_socket,
                 &mut self.rx,
             );
+            self.count_queue_full(full);
             if out.consumed > 0 {
                 self.flush_control();
             }
             if n < BATCH {
                 break;
+            }
+            if timers {
+                self.run_due_timers();
             }
         }
     }
@@ -897,14 +996,25 @@ impl DataPlane {
                 // (queued skbs are charged to it) and stall every tunnel. A refused one is lost,
                 // as on a full link; the protocol retries handshakes and keepalives.
                 let sock = socket2::SockRef::from(&s.sock);
-                if let Err(e) = sock.send_to_with_flags(
+                match sock.send_to_with_flags(
                     &self.control_buf[..t.len],
                     &t.dst.into(),
                     libc::MSG_DONTWAIT,
                 ) {
-                    tracing::trace!(error = %e, dst = %t.dst, "control send failed");
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.engine.count_drops(DropReason::SendQueueFull, 1);
+                    }
+                    Err(e) => tracing::trace!(error = %e, dst = %t.dst, "control send failed"),
                 }
             }
+        }
+    }
+
+    /// Counts sealed datagrams a full socket send buffer refused.
+    fn count_queue_full(&mut self, n: u64) {
+        if n > 0 {
+            self.engine.count_drops(DropReason::SendQueueFull, n);
         }
     }
 
@@ -1421,7 +1531,11 @@ impl DataPlane {
             .iter()
             .map(|(r, n)| (r.as_str(), n))
             .collect();
-        MetricsSnapshot { tunnels, drops }
+        MetricsSnapshot {
+            tunnels,
+            drops,
+            timer_lateness: self.lateness,
+        }
     }
 }
 
@@ -1513,6 +1627,10 @@ fn write_inner(slot: &mut super::batch::Slot, vnet: bool, write: &mut impl FnMut
 
 /// Write every slot tagged `Socket` to its socket (one `sendmmsg` per socket, in slot order, so
 /// per-tunnel order is kept) and every slot tagged `Tun` to the TUN (in order).
+///
+/// Returns how many sealed datagrams were dropped on a full socket send buffer (the caller
+/// counts them as `send_queue_full`).
+#[must_use]
 fn flush_batch(
     tun: &tun_rs::SyncDevice,
     vnet: bool,
@@ -1521,7 +1639,8 @@ fn flush_batch(
     sockets: &mut [Option<TunnelSocket>],
     tunnel_socket: &[u16],
     batch: &mut Batch,
-) {
+) -> u64 {
+    let mut queue_full = 0u64;
     let mut write = |b: &[u8]| {
         if let Err(e) = tun.send(b) {
             tracing::trace!(error = %e, "TUN write failed");
@@ -1537,7 +1656,9 @@ fn flush_batch(
                     let slots = &batch.slots[..filled];
                     let which = (i..filled).filter(|&j| slots[j].dest == SlotDest::Socket(s));
                     let was = sock.gso;
-                    let _ = sys::send_mmsg_gso(sock.sock.as_raw_fd(), slots, which, &mut sock.gso);
+                    let sent =
+                        sys::send_mmsg_gso(sock.sock.as_raw_fd(), slots, which, &mut sock.gso);
+                    queue_full += sent.queue_full as u64;
                     if was && !sock.gso {
                         tracing::info!(
                             "UDP GSO refused by the kernel on this path; sending datagrams one by one"
@@ -1590,4 +1711,5 @@ fn flush_batch(
         x.flush_gro();
     }
     batch.filled = 0;
+    queue_full
 }
