@@ -254,8 +254,9 @@ fn traffic_both_ways(aws: &AwsLab) {
         let p = ping(from, to, 20, Duration::from_millis(10)).unwrap();
         assert_eq!(p.received, 20, "ping {} -> {to}: {p:?}", from.name());
     }
-    let server = Iperf3Server::start(vpc, 5201).unwrap();
-    for reverse in [false, true] {
+    // One server per direction: an iperf3 server refuses a test while it winds the last one down.
+    for (reverse, port) in [(false, 5201), (true, 5202)] {
+        let server = Iperf3Server::start(vpc, port).unwrap();
         let r = iperf3(
             office,
             v,
