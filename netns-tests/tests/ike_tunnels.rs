@@ -391,7 +391,8 @@ fn child_and_ike_rekeys_from_either_side_lose_no_probe() {
     assert!(rekeys >= 3, "{log}");
     assert_eq!(s.state("tunnel1").as_deref(), Some("up"));
     assert_eq!(report.lost, 0, "{report}\n{log}");
-    assert!(report.sent > 15_000, "{report}");
+    // About 15 s at 1 ms; a sender starved on a loaded host sends fewer, which proves less.
+    assert!(report.sent > 10_000, "{report}");
 }
 
 /// A silent blackhole of isp1 (nftables drop on cgw's isp1 link, both ways): tandem's liveness
