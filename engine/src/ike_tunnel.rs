@@ -19,7 +19,7 @@
 //! - **Make-before-break**: a new Child SA receives at once. When we initiated its rekey, the peer
 //!   installed it before answering, so we send on it at once; when the peer initiated it, we send
 //!   on it from the first packet that opens on it, or once the old one is deleted. The old inbound
-//!   SA receives until its DELETE.
+//!   SA receives until its DELETE, and for a short grace period after it (packets in flight).
 //! - A peer's DELETE of the IKE SA is the closing notice: the tunnel is Down at once.
 //! - Nothing here allocates on the data path (seal, open); IKE messages are rare and may.
 
@@ -46,6 +46,11 @@ use crate::types::{Direction, Event, Silence, StateCause, TunnelCounters, Tunnel
 /// Tuning: inbound Child SAs per tunnel: the current one, a rekey's new one, and one more for a
 /// simultaneous rekey (RFC 7296 §2.8.1) before the redundant one is deleted.
 const IKE_IN_SLOTS: usize = 4;
+/// Tuning: a deleted inbound Child SA still opens packets for this long: the peer may have sent
+/// on it just before it processed the DELETE, and an IPsec stack with separate IKE and ESP
+/// threads (strongSwan's libipsec) may send such packets after its answer to the DELETE
+/// (strongSwan itself keeps a rekeyed inbound SA 5 s for the same reason). Never used to send.
+const RETIRED_INBOUND_GRACE: Duration = Duration::from_secs(5);
 /// Tuning: a failed or refused IKE SA is tried again after this, doubling ...
 const RETRY_BASE: Duration = Duration::from_secs(1);
 /// ... up to this (a peer that refuses us is not asked more often).
@@ -77,8 +82,10 @@ enum Timer {
     ChildRekey = 3,
     /// Rekey the IKE SA.
     IkeRekey = 4,
+    /// A deleted inbound Child SA's grace period ends.
+    Retire = 5,
 }
-const TIMER_COUNT: usize = 5;
+const TIMER_COUNT: usize = 6;
 
 #[derive(Debug, Clone, Default)]
 struct Timers([Option<Instant>; TIMER_COUNT]);
@@ -96,6 +103,13 @@ impl Timers {
     fn next(&self) -> Option<Instant> {
         self.0.iter().flatten().min().copied()
     }
+}
+
+/// An inbound Child SA; `retire_at` once the Child SA is deleted (it then opens packets until
+/// that time only).
+struct InSa {
+    sa: InboundSa,
+    retire_at: Option<Instant>,
 }
 
 /// An outbound Child SA and the inbound SPI of the same Child SA.
@@ -119,7 +133,7 @@ pub(crate) struct IkeTunnel {
     sa: Option<IkeSa>,
     /// A peer's IKE_SA_INIT we answered: replaces `sa` once authenticated.
     incoming: Option<IkeSa>,
-    inbound: [Option<InboundSa>; IKE_IN_SLOTS],
+    inbound: [Option<InSa>; IKE_IN_SLOTS],
     current: Option<OutSa>,
     /// A peer-initiated rekey's outbound SA, used from the first packet on its inbound SA.
     next: Option<OutSa>,
@@ -346,7 +360,7 @@ impl IkeTunnel {
     }
 
     pub fn inbound_spis(&self) -> impl Iterator<Item = u32> + '_ {
-        self.inbound.iter().flatten().map(|s| s.spi().get())
+        self.inbound.iter().flatten().map(|s| s.sa.spi().get())
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -388,6 +402,9 @@ impl IkeTunnel {
         }
         if self.timers.due(Timer::Dpd, now) {
             self.timers.set(Timer::Dpd, None); // refresh() re-arms it
+        }
+        if self.timers.due(Timer::Retire, now) {
+            self.retire_due(now, ctx);
         }
         if self.timers.due(Timer::Connect, now) {
             self.timers.set(Timer::Connect, None);
@@ -554,7 +571,7 @@ impl IkeTunnel {
             }
             IkeEvent::ChildDeleted { inbound_spi } => {
                 self.heard_at(now);
-                self.remove_inbound(inbound_spi, ctx);
+                self.retire_inbound(inbound_spi, now);
                 if self
                     .current
                     .as_ref()
@@ -604,7 +621,7 @@ impl IkeTunnel {
     fn drop_children(&mut self, ctx: &mut Ctx<'_>) {
         for slot in &mut self.inbound {
             if let Some(s) = slot.take() {
-                ctx.spis.remove(&s.spi().get());
+                ctx.spis.remove(&s.sa.spi().get());
             }
         }
         self.current = None;
@@ -612,13 +629,34 @@ impl IkeTunnel {
         self.rekeying = None;
     }
 
-    fn remove_inbound(&mut self, spi: u32, ctx: &mut Ctx<'_>) {
-        for slot in &mut self.inbound {
-            if slot.as_ref().is_some_and(|s| s.spi().get() == spi) {
-                *slot = None;
-                ctx.spis.remove(&spi);
+    /// A deleted Child SA's inbound side: kept for [`RETIRED_INBOUND_GRACE`], then removed.
+    fn retire_inbound(&mut self, spi: u32, now: Instant) {
+        let at = now.checked_add(RETIRED_INBOUND_GRACE);
+        for s in self.inbound.iter_mut().flatten() {
+            if s.sa.spi().get() == spi {
+                s.retire_at = at;
             }
         }
+        self.arm_retire();
+    }
+
+    fn arm_retire(&mut self) {
+        let next = self
+            .inbound
+            .iter()
+            .flatten()
+            .filter_map(|s| s.retire_at)
+            .min();
+        self.timers.set(Timer::Retire, next);
+    }
+
+    fn retire_due(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
+        for slot in &mut self.inbound {
+            if let Some(s) = slot.take_if(|s| s.retire_at.is_some_and(|t| t <= now)) {
+                ctx.spis.remove(&s.sa.spi().get());
+            }
+        }
+        self.arm_retire();
     }
 
     /// Installs a Child SA: its inbound side at once; its outbound side now (`send_now`) or
@@ -662,15 +700,19 @@ impl IkeTunnel {
             .or_else(|| {
                 self.inbound.iter().position(|s| {
                     s.as_ref()
-                        .is_some_and(|s| !keep.contains(&Some(s.spi().get())))
+                        .is_some_and(|s| !keep.contains(&Some(s.sa.spi().get())))
                 })
             })
             .unwrap_or(0);
         if let Some(old) = self.inbound[idx].take() {
-            ctx.spis.remove(&old.spi().get());
+            ctx.spis.remove(&old.sa.spi().get());
         }
         ctx.spis.insert(in_spi.get(), self.id);
-        self.inbound[idx] = Some(inbound);
+        self.inbound[idx] = Some(InSa {
+            sa: inbound,
+            retire_at: None,
+        });
+        self.arm_retire();
         let out = OutSa {
             sa: outbound,
             in_spi: in_spi.get(),
@@ -764,9 +806,9 @@ impl IkeTunnel {
             .inbound
             .iter_mut()
             .flatten()
-            .find(|s| s.spi().get() == spi)
+            .find(|s| s.sa.spi().get() == spi)
             .ok_or(DropReason::UnknownSpi)?;
-        let opened = slot.open(buf, range).map_err(open_drop)?;
+        let opened = slot.sa.open(buf, range).map_err(open_drop)?;
         // Authenticated from here on.
         self.heard_at(now);
         self.counters.rx_packets += 1;

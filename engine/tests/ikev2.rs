@@ -6,52 +6,12 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use common::*;
-use tandem_engine::{
-    EngineConfig, Event, IkeSettings, IkeTunnelConfig, Protocol, Silence, StateCause, TunnelId,
-    TunnelState,
-};
-use tandem_ike::Identity;
-use zeroize::Zeroizing;
+use tandem_engine::{Event, Silence, StateCause, TunnelId, TunnelState};
 
 const CONN: &str = "prod-vpc";
-
-fn id(a: IpAddr) -> Identity {
-    match a {
-        IpAddr::V4(v) => Identity::Ipv4(v),
-        IpAddr::V6(v) => Identity::Ipv6(v),
-    }
-}
-
-/// `common::config` turned into an IKEv2 connection: an ASCII PSK per tunnel (B's differs on the
-/// tunnels in `setup.wrong_psk`), identities = addresses, A initiates.
-fn ike_config(setup: &Setup, side: Side, lifetimes: (Duration, Duration)) -> EngineConfig {
-    let mut cfg = config(setup, side);
-    let c = &mut cfg.connections[0];
-    c.protocol = Protocol::Ikev2(Box::new(IkeSettings {
-        proposals: tandem_ike::DEFAULT_IKE_PROPOSALS.to_vec(),
-        esp_proposals: tandem_ike::DEFAULT_ESP_PROPOSALS.to_vec(),
-        ike_lifetime: lifetimes.0,
-        child_lifetime: lifetimes.1,
-        replay_window: 1024,
-        initiate: side == Side::A,
-    }));
-    for (t, tunnel) in c.tunnels.iter_mut().enumerate() {
-        let mut psk = format!("aws-like-psk-for-tunnel-{t}");
-        if side == Side::B && setup.wrong_psk.contains(&t) {
-            psk.push('x');
-        }
-        tunnel.ike = Some(IkeTunnelConfig {
-            psk: Zeroizing::new(psk.into_bytes()),
-            local_id: id(addr(side, t).ip()),
-            remote_id: id(addr(side.other(), t).ip()),
-        });
-    }
-    cfg
-}
 
 fn ike_sim(setup: Setup, lifetimes: (Duration, Duration)) -> Sim {
     let a = ike_config(&setup, Side::A, lifetimes);

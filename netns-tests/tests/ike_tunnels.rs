@@ -37,8 +37,8 @@ fn v4(isp: Isp) -> (IpAddr, IpAddr) {
 
 /// charon's side of tunnel `isp`, as AWS would have it, with IKE on port 4500 from the first
 /// message when charon initiates (tandem listens only there, with the non-ESP marker).
-fn charon_conf(isp: Isp, psk: &str, dpd: &str, ike: &str, esp: &str) -> String {
-    let (cgw, vpcgw) = v4(isp);
+fn charon_conf(isp: Isp, cgw: IpAddr, psk: &str, dpd: &str, ike: &str, esp: &str) -> String {
+    let vpcgw = v4(isp).1;
     AwsLikeConn {
         local: vpcgw,
         remote: cgw,
@@ -67,6 +67,19 @@ struct AwsLab {
 
 impl AwsLab {
     fn new(test: &str, psks: [&str; 2], dpd: &str, ike: &str, esp: &str) -> Option<Self> {
+        Self::with_cgw(test, psks, dpd, ike, esp, [v4(Isp::One).0, v4(Isp::Two).0])
+    }
+
+    /// [`AwsLab::new`] with the customer gateway address each charon expects (AWS gives one
+    /// customer gateway address to both of its endpoints).
+    fn with_cgw(
+        test: &str,
+        psks: [&str; 2],
+        dpd: &str,
+        ike: &str,
+        esp: &str,
+        cgw: [IpAddr; 2],
+    ) -> Option<Self> {
         if !tandem_netns_tests::can_run_as_root(test) {
             return None;
         }
@@ -75,7 +88,8 @@ impl AwsLab {
             let ns = lab.head_end(isp);
             let c = Charon::start(ns).unwrap();
             let psk = psks[isp as usize];
-            c.load_conf(&charon_conf(isp, psk, dpd, ike, esp)).unwrap();
+            c.load_conf(&charon_conf(isp, cgw[isp as usize], psk, dpd, ike, esp))
+                .unwrap();
             route_into_libipsec(ns);
             c
         });
@@ -240,8 +254,9 @@ fn traffic_both_ways(aws: &AwsLab) {
         let p = ping(from, to, 20, Duration::from_millis(10)).unwrap();
         assert_eq!(p.received, 20, "ping {} -> {to}: {p:?}", from.name());
     }
-    let server = Iperf3Server::start(vpc, 5201).unwrap();
-    for reverse in [false, true] {
+    // One server per direction: an iperf3 server refuses a test while it winds the last one down.
+    for (reverse, port) in [(false, 5201), (true, 5202)] {
+        let server = Iperf3Server::start(vpc, port).unwrap();
         let r = iperf3(
             office,
             v,
@@ -334,10 +349,10 @@ fn child_and_ike_rekeys_from_either_side_lose_no_probe() {
     let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
         return;
     };
-    // tandem rekeys the Child SA at 9 s and the IKE SA at 18 s of their lives.
+    // tandem rekeys the Child SA at 9 s and the IKE SA at 10.8 s of their lives.
     aws.start_tandem(&tandem_config(
         true,
-        "ike_lifetime = \"20s\"\nchild_lifetime = \"10s\"\n",
+        "ike_lifetime = \"12s\"\nchild_lifetime = \"10s\"\n",
     ));
     aws.wait("both tunnels up", UP_TIMEOUT, both_up);
     let _reflector = Reflector::start(&aws.lab.vpc, PROBE_PORT).unwrap();
@@ -355,8 +370,8 @@ fn child_and_ike_rekeys_from_either_side_lose_no_probe() {
         charon.swanctl(args).unwrap();
         std::thread::sleep(Duration::from_millis(700));
     }
-    // tandem's own Child SA rekey (at 9 s) and IKE SA rekey (at 18 s) happen in this window.
-    let settle = Instant::now() + Duration::from_secs(19);
+    // tandem's own Child SA rekey (at 9 s) and IKE SA rekey (at 10.8 s) happen in this window.
+    let settle = Instant::now() + Duration::from_secs(12);
     while Instant::now() < settle {
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -376,7 +391,8 @@ fn child_and_ike_rekeys_from_either_side_lose_no_probe() {
     assert!(rekeys >= 3, "{log}");
     assert_eq!(s.state("tunnel1").as_deref(), Some("up"));
     assert_eq!(report.lost, 0, "{report}\n{log}");
-    assert!(report.sent > 15_000, "{report}");
+    // About 15 s at 1 ms; a sender starved on a loaded host sends fewer, which proves less.
+    assert!(report.sent > 10_000, "{report}");
 }
 
 /// A silent blackhole of isp1 (nftables drop on cgw's isp1 link, both ways): tandem's liveness
@@ -515,4 +531,85 @@ fn a_cbc_sha1_modp1024_peer_gets_no_proposal_chosen_and_a_log_line_naming_its_of
         aws.status().unwrap().state("tunnel1").as_deref(),
         Some("connecting")
     );
+}
+
+/// The config `tandem import aws` writes from the AWS-style XML fixture, with its placeholder
+/// subnets filled in (and a control socket of the test's own), brings both tunnels Up against
+/// two charons configured with the XML's PSKs: AWS gives one customer gateway address
+/// (192.0.2.1) to both endpoints, so the lab routes it over isp2 too.
+#[test]
+fn the_config_tandem_import_aws_writes_brings_both_tunnels_up() {
+    let xml =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/tests/fixtures/aws/static-ikev1.xml");
+    let text = std::fs::read_to_string(&xml).unwrap();
+    let psk_of = |n: usize| -> String {
+        let s = text.split("<pre_shared_key>").nth(n).unwrap();
+        s.split("</pre_shared_key>").next().unwrap().to_owned()
+    };
+    let psks = [psk_of(1), psk_of(2)];
+    let cgw = v4(Isp::One).0;
+    let Some(mut aws) = AwsLab::with_cgw(
+        "ike_tunnels",
+        [&psks[0], &psks[1]],
+        "10s",
+        "aes256gcm16-prfsha384-ecp384",
+        "aes256gcm16-ecp384",
+        [cgw, cgw],
+    ) else {
+        return;
+    };
+    // 192.0.2.1 <-> 198.51.100.2 over isp2.
+    let isp2 = aws.lab.isp(Isp::Two);
+    isp2.ip(["route", "add", "192.0.2.1/32", "dev", "cgw"])
+        .unwrap();
+    aws.lab
+        .head_end(Isp::Two)
+        .ip([
+            "route",
+            "add",
+            "192.0.2.1/32",
+            "via",
+            "198.51.100.254",
+            "dev",
+            "isp2",
+        ])
+        .unwrap();
+    let dir = aws.dir.path().to_owned();
+    let out = tandem_cmd(
+        &[
+            "import",
+            "aws",
+            &xml.display().to_string(),
+            "--dir",
+            &dir.display().to_string(),
+            "--name",
+            "aws",
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(out.contains("wrote"), "{out}");
+    let config = dir.join("aws.toml");
+    let written = std::fs::read_to_string(&config).unwrap();
+    let filled = written
+        .replace("# local_subnets = ", "local_subnets = ")
+        .replace("# remote_subnets = ", "remote_subnets = ")
+        + &format!("\n[control]\nsocket = \"{}\"\n", aws.socket().display());
+    write_private(&config, &filled).unwrap();
+    let start = Instant::now();
+    aws.start_tandem_with(&config);
+    aws.wait("both tunnels up", UP_TIMEOUT, both_up);
+    eprintln!(
+        "imported AWS config: both tunnels Up after {:.0} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    wait_reachable(&aws.lab.office, vpc_ip(Family::V4), Duration::from_secs(5)).unwrap();
+    let p = ping(
+        &aws.lab.vpc,
+        office_ip(Family::V4),
+        10,
+        Duration::from_millis(10),
+    )
+    .unwrap();
+    assert_eq!(p.received, 10, "{p:?}");
 }
