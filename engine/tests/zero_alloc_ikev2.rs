@@ -1,19 +1,17 @@
-//! Zero allocations per data packet on an IKEv2 connection, with a counting
-//! `#[global_allocator]` as in `zero_alloc.rs` — in a test binary of its own, because the counter
-//! is process-wide and another test running alongside would be counted too.
+//! Zero allocations per data packet on an IKEv2 connection, with the per-thread counting
+//! `#[global_allocator]` of `tandem-testkit`, as in `zero_alloc.rs`.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 
-use std::alloc::System;
 use std::time::Duration;
 
 use common::*;
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tandem_engine::{HEADROOM, MAX_CONTROL_DATAGRAM, NetAction, TAILROOM, TunAction, TunnelId};
+use tandem_testkit::{CountingAlloc, Region};
 
 #[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 const PACKETS: u64 = 100_000;
 
@@ -56,14 +54,14 @@ fn an_ikev2_connection_allocates_nothing_per_data_packet() {
     let from_a: Vec<_> = (0..2).map(|t| addr(Side::A, t)).collect();
     let from_b: Vec<_> = (0..2).map(|t| addr(Side::B, t)).collect();
     // The counter counts (so a zero below means something).
-    let probe = Region::new(GLOBAL);
+    let probe = Region::new();
     let v = std::hint::black_box(vec![1u8; 10]);
     assert!(probe.change().allocations >= 1);
     drop(v);
     let (mut allocations, mut reallocations) = (0usize, 0usize);
     for _ in 0..PACKETS {
         now += Duration::from_micros(20);
-        let region = Region::new(GLOBAL);
+        let region = Region::new();
         for dir in 0..2 {
             let (x, y) = eng.split_at_mut(1);
             let (src, dst, pkt, from) = if dir == 0 {
