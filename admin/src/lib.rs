@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 
 mod drill_html;
 pub use drill_html::{escape_html, render_drill_html};
+mod status_text;
+pub use status_text::{
+    Frame, View, colour_wanted, human_bytes, human_duration, human_rate, render_status,
+    render_status_view, utc_clock, watch_error, watch_frame, watch_title,
+};
 
 /// Longest request or reply accepted (a status of a big hub is a few tens of KB).
 pub const MAX_MESSAGE: u64 = 1 << 20;
@@ -382,7 +387,8 @@ fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Option<serde_
     }
 }
 
-/// `tandem status [--json]`.
+/// `tandem status [--json]`: one status, as the JSON document or as the human table (coloured
+/// when stdout is a terminal, [`colour_wanted`]).
 #[allow(clippy::print_stdout)] // CLI output
 pub fn cmd_status(socket: &Path, json: bool) -> u8 {
     match call(socket, &Request::Status, CLIENT_TIMEOUT) {
@@ -394,12 +400,147 @@ pub fn cmd_status(socket: &Path, json: bool) -> u8 {
                     serde_json::to_string_pretty(&data).unwrap_or_default()
                 );
             } else {
-                print!("{}", render_status(&data));
+                let view = View {
+                    colour: stdout_colour(),
+                    now_unix: Some(unix_now()),
+                    ..View::default()
+                };
+                print!("{}", render_status_view(&data, &view));
             }
             exit::OK
         }
         Err(code) => code,
     }
+}
+
+/// `tandem status --watch [--interval D] [--json]`: a new status every `interval` until
+/// interrupted (Ctrl-C) or stdout closes. On a terminal each frame redraws the screen, like
+/// `watch`; piped, frames follow each other with no escape codes; with `--json`, one compact
+/// document per line. The first request failing is an error (exit 2, as `tandem status`); later
+/// failures (the daemon restarting) are shown in the frame and the watch keeps asking.
+pub fn cmd_status_watch(socket: &Path, json: bool, interval: Duration) -> u8 {
+    use std::io::IsTerminal as _;
+    let terminal = std::io::stdout().is_terminal();
+    let colour = stdout_colour();
+    let shown = socket.display().to_string();
+    let mut next = std::time::Instant::now();
+    let mut previous: Option<(serde_json::Value, std::time::Instant)> = None;
+    let mut first = true;
+    loop {
+        let reply = request(socket, &Request::Status, CLIENT_TIMEOUT);
+        let at = std::time::Instant::now();
+        let text = match reply {
+            Ok(reply) if reply.ok => {
+                let data = reply.data.unwrap_or(serde_json::Value::Null);
+                let text = if json {
+                    format!("{}\n", serde_json::to_string(&data).unwrap_or_default())
+                } else {
+                    let view = View {
+                        colour,
+                        now_unix: Some(unix_now()),
+                        rates: true,
+                        previous: previous.as_ref().map(|(p, t)| (p, at - *t)),
+                    };
+                    frame(
+                        &shown,
+                        interval,
+                        &render_status_view(&data, &view),
+                        terminal,
+                        colour,
+                        first,
+                    )
+                };
+                previous = Some((data, at));
+                text
+            }
+            failed if first => {
+                // Nothing drawn yet: fail as `tandem status` would.
+                return match failed {
+                    Ok(reply) => {
+                        #[allow(clippy::print_stderr)] // CLI output
+                        {
+                            eprintln!(
+                                "error: {}",
+                                reply.error.as_deref().unwrap_or("request refused")
+                            );
+                        }
+                        exit::USER
+                    }
+                    Err(e) => {
+                        #[allow(clippy::print_stderr)] // CLI output
+                        {
+                            eprintln!("error: {e}");
+                        }
+                        exit::UNREACHABLE
+                    }
+                };
+            }
+            failed => {
+                let message = match failed {
+                    Ok(reply) => reply.error.unwrap_or_else(|| "request refused".into()),
+                    Err(e) => e.to_string(),
+                };
+                previous = None;
+                if json {
+                    // JSON lines stay JSON: the gap shows as a missing sample, the error on stderr.
+                    #[allow(clippy::print_stderr)] // CLI output
+                    {
+                        eprintln!("error: {message}");
+                    }
+                    String::new()
+                } else {
+                    let body = watch_error(&format!("error: {message}"), colour);
+                    frame(&shown, interval, &body, terminal, colour, first)
+                }
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return exit::OK; // stdout closed (`| head`)
+        }
+        drop(out);
+        first = false;
+        // The next tick on the interval's grid, so a slow answer does not make the watch drift.
+        next = (next + interval).max(std::time::Instant::now());
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+    }
+}
+
+fn frame(
+    socket: &str,
+    interval: Duration,
+    body: &str,
+    terminal: bool,
+    colour: bool,
+    first: bool,
+) -> String {
+    let title = watch_title(interval, socket, unix_now(), colour);
+    let how = if terminal {
+        Frame::Redraw { first }
+    } else {
+        Frame::Append
+    };
+    watch_frame(&title, body, how)
+}
+
+/// Whether this process's stdout gets colours ([`colour_wanted`] with the real environment).
+fn stdout_colour() -> bool {
+    use std::io::IsTerminal as _;
+    colour_wanted(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+        std::env::var_os("TERM").as_deref(),
+    )
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `tandem reload`.
@@ -491,72 +632,6 @@ fn field(v: &serde_json::Value, key: &str) -> String {
     }
 }
 
-/// The human status table (the `--json` document, laid out for a terminal).
-pub fn render_status(status: &serde_json::Value) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let empty = Vec::new();
-    let conns = status
-        .get("connections")
-        .and_then(|c| c.as_array())
-        .unwrap_or(&empty);
-    if conns.is_empty() {
-        out.push_str("no connections\n");
-    }
-    for c in conns {
-        let pinned = if c.get("pinned").and_then(|p| p.as_bool()) == Some(true) {
-            " (pinned)"
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            out,
-            "connection {}  mode {}  active {}{}",
-            field(c, "name"),
-            field(c, "mode"),
-            field(c, "active_tunnel"),
-            pinned
-        );
-        let _ = writeln!(
-            out,
-            "  {:<12} {:<11} {:<24} {:<24} {:>10} {:>10} {:>14} {:>14} {:>8} {:>9}",
-            "TUNNEL",
-            "STATE",
-            "LOCAL",
-            "REMOTE",
-            "SPI-IN",
-            "SPI-OUT",
-            "RX",
-            "TX",
-            "RTT-MS",
-            "FAILOVERS"
-        );
-        for t in c
-            .get("tunnels")
-            .and_then(|t| t.as_array())
-            .unwrap_or(&empty)
-        {
-            let rx = format!("{}B/{}p", field(t, "rx_bytes"), field(t, "rx_packets"));
-            let tx = format!("{}B/{}p", field(t, "tx_bytes"), field(t, "tx_packets"));
-            let _ = writeln!(
-                out,
-                "  {:<12} {:<11} {:<24} {:<24} {:>10} {:>10} {:>14} {:>14} {:>8} {:>9}",
-                field(t, "name"),
-                field(t, "state"),
-                field(t, "local"),
-                field(t, "remote"),
-                field(t, "spi_in"),
-                field(t, "spi_out"),
-                rx,
-                tx,
-                field(t, "rtt_ms"),
-                field(t, "failovers"),
-            );
-        }
-    }
-    out
-}
-
 /// The drill report for a terminal.
 pub fn render_drill(report: &serde_json::Value) -> String {
     use std::fmt::Write as _;
@@ -594,5 +669,18 @@ pub fn render_drill(report: &serde_json::Value) -> String {
         "  failback time    {} ms",
         field(report, "failback_ms")
     );
+    // Route-based tunnels: the interface's carrier and this host's routing daemon.
+    if report.get("carrier_off_ms").is_some_and(|v| !v.is_null()) {
+        let _ = writeln!(
+            out,
+            "  carrier off      {} ms after the silence",
+            field(report, "carrier_off_ms")
+        );
+        let _ = writeln!(
+            out,
+            "  routing          {} ms from carrier off to the first route change by a routing daemon here",
+            field(report, "routing_convergence_ms")
+        );
+    }
     out
 }

@@ -73,9 +73,7 @@ pub enum KeyFileError {
         kind: &'static str,
     },
     /// Owned by neither the daemon's user nor root.
-    #[error(
-        "\"{path}\" is owned by uid {owner}, but key files must belong to the user the daemon runs as (uid {euid}) or to root: run `chown {euid}` on it"
-    )]
+    #[error("\"{path}\" is owned by uid {owner}, {}", owner_advice(*euid, &format!("`chown {euid}` on it")))]
     Owner {
         /// The path as written.
         path: String,
@@ -114,7 +112,8 @@ pub enum KeyFileError {
     },
     /// The file's directory belongs to neither the daemon's user nor root.
     #[error(
-        "\"{path}\": its directory \"{dir}\" is owned by uid {owner}, who could replace the file; it must belong to the user the daemon runs as (uid {euid}) or to root: run `chown {euid} {dir}` or move the file"
+        "\"{path}\": its directory \"{dir}\" is owned by uid {owner}, who could replace the file; {}",
+        owner_advice(*euid, &format!("`chown {euid} {dir}` or move the file"))
     )]
     DirOwner {
         /// The path as written.
@@ -131,12 +130,34 @@ pub enum KeyFileError {
     BadContents(String, String),
 }
 
+/// What to do about a key file (or its directory) owned by another user. Run by a normal user,
+/// the file must be the daemon user's or root's. Run as root, the usual case is `tandem check`
+/// by an operator on the package's layout, where the files belong to the service user
+/// `tandem`: root refuses them (that user could swap a key under root's daemon), and the useful
+/// advice is to check as the service does, not to hand the keys to root.
+fn owner_advice(euid: u32, chown: &str) -> String {
+    if euid == 0 {
+        format!(
+            "and run as root tandem refuses key files another user could replace. If the daemon \
+             runs as that user (the package's service runs as `tandem`), check as it does: \
+             `runuser -u tandem -- tandem check -c CONFIG`; if root runs the daemon, run {chown}"
+        )
+    } else {
+        format!(
+            "but key files must belong to the user the daemon runs as (uid {euid}) or to root: \
+             run {chown}"
+        )
+    }
+}
+
 /// Where key and PSK files come from.
 pub trait KeyFiles {
     /// Reads and decodes the 32-byte key in the file `path`, written as in the config.
     fn read_key(&self, path: &str) -> Result<SecretKey, KeyFileError>;
     /// Reads a public key file (no permission check: it is not secret).
     fn read_public_key(&self, path: &str) -> Result<[u8; 32], KeyFileError>;
+    /// Reads a secret file's text with the checks of a key file (an IKEv2 PSK in ASCII).
+    fn read_secret_text(&self, path: &str) -> Result<Zeroizing<String>, KeyFileError>;
     /// The path as it will be opened (for the `Config`'s `*_file` fields).
     fn resolve(&self, path: &str) -> PathBuf;
 }
@@ -328,6 +349,10 @@ impl KeyFiles for FsKeyFiles {
         parse_key_base64(&text).map_err(|m| KeyFileError::BadContents(path.to_owned(), m))
     }
 
+    fn read_secret_text(&self, path: &str) -> Result<Zeroizing<String>, KeyFileError> {
+        self.read_text(path, true)
+    }
+
     fn read_public_key(&self, path: &str) -> Result<[u8; 32], KeyFileError> {
         let text = self.read_text(path, false)?;
         parse_key_base64(&text)
@@ -392,6 +417,10 @@ impl KeyFiles for MemoryKeyFiles {
 
     fn read_public_key(&self, path: &str) -> Result<[u8; 32], KeyFileError> {
         self.read_key(path).map(|k| *k)
+    }
+
+    fn read_secret_text(&self, path: &str) -> Result<Zeroizing<String>, KeyFileError> {
+        self.get(path).map(|s| Zeroizing::new(s.to_owned()))
     }
 
     fn resolve(&self, path: &str) -> PathBuf {
@@ -544,8 +573,10 @@ mod tests {
         let files = FsKeyFiles::new(dir.path().into(), None);
         assert_eq!(
             files.read_key("theirs.key").unwrap_err().to_string(),
-            "\"theirs.key\" is owned by uid 65534, but key files must belong to the user the \
-             daemon runs as (uid 0) or to root: run `chown 0` on it"
+            "\"theirs.key\" is owned by uid 65534, and run as root tandem refuses key files \
+             another user could replace. If the daemon runs as that user (the package's service \
+             runs as `tandem`), check as it does: `runuser -u tandem -- tandem check -c CONFIG`; \
+             if root runs the daemon, run `chown 0` on it"
         );
         assert!(matches!(
             files.read_public_key("theirs.pub").unwrap_err(),

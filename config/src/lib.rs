@@ -155,10 +155,11 @@ pub struct Config {
 /// `[gateway]`: this side's identity and TUN device. `Debug` never shows the key.
 #[derive(Clone)]
 pub struct Gateway {
-    /// The X25519 private key read from `private_key_file`.
-    pub private_key: SecretKey,
+    /// The X25519 private key read from `private_key_file`; `None` only when every connection
+    /// speaks IKEv2, which needs no key.
+    pub private_key: Option<SecretKey>,
     /// The file it came from, resolved (absolute or relative to the working directory).
-    pub private_key_file: PathBuf,
+    pub private_key_file: Option<PathBuf>,
     /// TUN interface name (default [`DEFAULT_TUN_NAME`]).
     pub tun_name: String,
     /// Inner MTU (default [`DEFAULT_MTU`], range [`MIN_MTU`]..=[`MAX_MTU`]).
@@ -206,6 +207,8 @@ impl Default for Hooks {
 pub use tandem_engine::Mode;
 /// Shared TUN with routes, or one interface per tunnel: the engine's type (one definition).
 pub use tandem_engine::Routing;
+/// A connection's protocol and IKEv2 settings: the engine's types (one definition).
+pub use tandem_engine::{IkeSettings, IkeTunnelConfig, Protocol};
 
 /// `[[connection]]`: one site-to-site link carried by redundant tunnels.
 #[derive(Debug, Clone)]
@@ -234,8 +237,11 @@ pub struct Connection {
     pub dpd_timeout: Duration,
     /// Clamp TCP MSS of SYNs to fit the inner MTU (default true).
     pub mss_clamp: bool,
-    /// New handshake after this SA age (default 2 min, below [`REJECT_AFTER`]).
+    /// New handshake after this SA age (default 2 min, below [`REJECT_AFTER`]); tandem
+    /// protocol only (an IKEv2 connection has `[connection.ike]` lifetimes).
     pub rekey_after: Duration,
+    /// `protocol = "tandem"` (default) or `"ikev2"` with its `[connection.ike]` settings.
+    pub protocol: Protocol,
     /// At least one; in file order.
     pub tunnels: Vec<Tunnel>,
 }
@@ -261,6 +267,9 @@ pub struct Tunnel {
     /// The tunnel's own interface: `Some` exactly when its connection has
     /// `routing = "interfaces"`.
     pub interface: Option<TunnelInterface>,
+    /// The IKEv2 PSK (ASCII, as read from `psk_file`) and identities: `Some` exactly when its
+    /// connection has `protocol = "ikev2"` (then `peer_public_key` and `psk` are unused zeros).
+    pub ike: Option<IkeTunnelConfig>,
 }
 
 /// A tunnel's own TUN interface (`routing = "interfaces"`).
@@ -298,6 +307,7 @@ impl std::fmt::Debug for Tunnel {
             .field("psk_file", &self.psk_file)
             .field("priority", &self.priority)
             .field("interface", &self.interface)
+            .field("ike", &self.ike)
             .finish()
     }
 }

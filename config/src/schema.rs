@@ -27,6 +27,22 @@ use crate::{
     MAX_FAILBACK, MAX_HOOK_TIMEOUT, MAX_MTU, MIN_DPD_INTERVAL, MIN_MTU, MIN_REKEY_AFTER, Mode,
     REJECT_AFTER, Routing, SecretKey, TimerProfile, Tunnel, TunnelInterface,
 };
+use tandem_engine::config::{
+    DEFAULT_CHILD_LIFETIME, DEFAULT_IKE_LIFETIME, DEFAULT_REPLAY_WINDOW, IkeSettings,
+    IkeTunnelConfig, Protocol,
+};
+use tandem_ike::{EspProposal, Identity, IkeProposal};
+use zeroize::Zeroizing;
+
+/// Shortest accepted `ike_lifetime` / `child_lifetime`: AWS's lower bound, 900 s, with room for
+/// tests that rekey often.
+const MIN_IKE_LIFETIME: Duration = Duration::from_secs(10);
+/// Longest accepted lifetime: AWS's phase-1 maximum, 8 h.
+const MAX_IKE_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+/// IKEv2 PSK length bounds in characters (AWS: 8 to 64).
+const MIN_IKE_PSK_LEN: usize = 8;
+/// See [`MIN_IKE_PSK_LEN`].
+const MAX_IKE_PSK_LEN: usize = 64;
 
 /// A value with where it came from.
 #[derive(Debug, Clone)]
@@ -62,7 +78,19 @@ const CONNECTION_KEYS: &[&str] = &[
     "dpd_timeout",
     "mss_clamp",
     "rekey_after",
+    "ike",
     "tunnel",
+];
+/// `[connection.ike]` of a `protocol = "ikev2"` connection.
+const IKE_KEYS: &[&str] = &[
+    "proposals",
+    "esp_proposals",
+    "ike_lifetime",
+    "child_lifetime",
+    "esn",
+    "replay_window",
+    "encapsulation",
+    "initiate",
 ];
 const TUNNEL_KEYS: &[&str] = &[
     "name",
@@ -74,6 +102,8 @@ const TUNNEL_KEYS: &[&str] = &[
     "priority",
     "ifname",
     "inside",
+    "local_id",
+    "remote_id",
 ];
 
 /// Every key the walk accepts, by table (`""` is the top level), in the order of the reference
@@ -85,11 +115,14 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     ("control", CONTROL_KEYS),
     ("hooks", HOOKS_KEYS),
     ("connection", CONNECTION_KEYS),
+    ("connection.ike", IKE_KEYS),
     ("connection.tunnel", TUNNEL_KEYS),
 ];
 
 pub(crate) struct RawGateway {
     pub(crate) private_key: Option<(SecretKey, PathBuf)>,
+    /// `private_key_file` was written (whether or not it could be read).
+    pub(crate) private_key_given: bool,
     pub(crate) tun_name: String,
     pub(crate) mtu: u16,
     pub(crate) address: Option<IpNet>,
@@ -108,6 +141,8 @@ pub(crate) struct RawConnection {
     pub(crate) dpd_timeout: Option<At<Duration>>,
     pub(crate) mss_clamp: bool,
     pub(crate) rekey_after: Duration,
+    /// `None` when `protocol` or `[connection.ike]` had an error (already reported).
+    pub(crate) protocol: Option<Protocol>,
     pub(crate) tunnels: Vec<RawTunnel>,
 }
 
@@ -131,6 +166,10 @@ pub(crate) struct RawTunnel {
     pub(crate) inside: Vec<At<IpNet>>,
     /// Where `inside` was given (for the error when the connection is not in interface mode).
     pub(crate) inside_span: Option<Range<usize>>,
+    /// IKEv2 tunnels: the ASCII PSK and the identities (`None` on an error, already reported).
+    pub(crate) ike: Option<IkeTunnelConfig>,
+    /// IKEv2 tunnels: where the PSK came from, resolved.
+    pub(crate) psk_file: Option<PathBuf>,
 }
 
 /// Parse, walk, validate, assemble.
@@ -172,32 +211,19 @@ pub(crate) fn parse(
         span: 0..0,
         path: String::new(),
     };
-    // An IKEv2 connection anywhere, in the main file or an included one, refuses the config.
-    let mut refused = refuse_ikev2(w.sink, &root, 0);
-    for (base, table) in &included_roots {
-        let file_root = Tab {
-            table: table.get_ref(),
-            span: *base..*base,
-            path: String::new(),
-        };
-        refused |= refuse_ikev2(w.sink, &file_root, *base);
-    }
-    if refused {
-        return Err(sink.into_error());
-    }
     w.check_keys(&root, ROOT_KEYS);
+    let gateway_span = root.table.get("gateway").map(|g| g.span());
     let gateway = match w.table(&root, "gateway") {
         Some(t) => w.gateway(&t),
-        None => {
-            if root.table.get("gateway").is_none() {
-                w.sink.error(
-                    &(0..0),
-                    "gateway",
-                    "missing table [gateway]: it names the private key",
-                );
-            }
-            None
-        }
+        // Only tandem-protocol connections need the key: checked once they are known.
+        None if root.table.get("gateway").is_none() => Some(RawGateway {
+            private_key: None,
+            private_key_given: false,
+            tun_name: DEFAULT_TUN_NAME.to_owned(),
+            mtu: DEFAULT_MTU,
+            address: None,
+        }),
+        None => None,
     };
     let control = match w.table(&root, "control") {
         Some(t) => w.control(&t),
@@ -247,6 +273,26 @@ pub(crate) fn parse(
             (None, None) => w.sink.error(&(0..0), "connection", why),
         }
     }
+    // The X25519 key is the tandem protocol's; an IKEv2-only gateway needs none.
+    if let Some(g) = &gateway
+        && !g.private_key_given
+        && connections
+            .iter()
+            .any(|c| matches!(c.protocol, Some(Protocol::Tandem)))
+    {
+        match gateway_span {
+            Some(span) => sink.error(
+                &span,
+                "gateway.private_key_file",
+                "missing required key `private_key_file` (this gateway's X25519 private key, needed by its protocol \"tandem\" connections)",
+            ),
+            None => sink.error(
+                &(0..0),
+                "gateway",
+                "missing table [gateway]: it names the private key that protocol \"tandem\" connections need",
+            ),
+        }
+    }
     let tun_name = gateway.as_ref().map(|g| g.tun_name.as_str());
     crate::validate::check(&mut sink, &connections, tun_name);
     if !sink.is_empty() {
@@ -262,36 +308,6 @@ pub(crate) fn parse(
             message: "internal error: invalid config without a diagnostic".into(),
         }])
     })
-}
-
-/// The message for `protocol = "ikev2"`: what this release speaks, and what to do.
-const IKEV2_REFUSED: &str = "protocol \"ikev2\" (standard IPsec peers such as AWS, as `tandem import aws` writes) is not available in this release of tandem, which speaks only protocol \"tandem\" (docs/configuration.md)";
-
-/// A config with an IKEv2 connection is refused as a whole, with one line per such connection:
-/// its IKEv2 keys and its missing Noise keys would otherwise bury that one fact under many errors.
-/// Returns whether anything was reported.
-fn refuse_ikev2(sink: &mut Sink<'_>, root: &Tab<'_, '_>, base: usize) -> bool {
-    let Some(list) = root
-        .table
-        .get("connection")
-        .and_then(|c| c.get_ref().as_array())
-    else {
-        return false;
-    };
-    let mut refused = false;
-    for (i, c) in list.iter().enumerate() {
-        let protocol = c.get_ref().as_table().and_then(|t| t.get("protocol"));
-        if let Some(p) = protocol.filter(|p| p.get_ref().as_str() == Some("ikev2")) {
-            let span = p.span();
-            sink.error(
-                &(base + span.start..base + span.end),
-                &format!("connection[{i}].protocol"),
-                IKEV2_REFUSED,
-            );
-            refused = true;
-        }
-    }
-    refused
 }
 
 /// A problem found before the walk, in the main file: (span, field path, message).
@@ -393,7 +409,10 @@ fn assemble(
     connections: Vec<RawConnection>,
 ) -> Option<Config> {
     let g = gateway?;
-    let (private_key, private_key_file) = g.private_key?;
+    if g.private_key_given && g.private_key.is_none() {
+        return None;
+    }
+    let (private_key, private_key_file) = g.private_key.unzip();
     let mut out = Vec::with_capacity(connections.len());
     for c in connections {
         let mut tunnels = Vec::with_capacity(c.tunnels.len());
@@ -409,7 +428,10 @@ fn assemble(
                     inside: t.inside.iter().map(|a| a.value).collect(),
                 }),
             };
-            let (psk, psk_file) = t.psk?;
+            let (psk, psk_file) = match (&c.protocol, t.psk) {
+                (Some(Protocol::Ikev2(_)), _) => (SecretKey::new([0; 32]), t.psk_file?),
+                (_, psk) => psk?,
+            };
             tunnels.push(Tunnel {
                 name: t.name?.value,
                 local: t.local.map(|a| a.value),
@@ -419,6 +441,10 @@ fn assemble(
                 psk_file,
                 priority: t.priority?.value,
                 interface,
+                ike: match &c.protocol {
+                    Some(Protocol::Ikev2(_)) => Some(t.ike?),
+                    _ => None,
+                },
             });
         }
         out.push(Connection {
@@ -433,6 +459,7 @@ fn assemble(
             dpd_timeout: c.dpd_timeout.map_or(c.timers.dpd_timeout(), |a| a.value),
             mss_clamp: c.mss_clamp,
             rekey_after: c.rekey_after,
+            protocol: c.protocol?,
             tunnels,
         });
     }
@@ -793,9 +820,7 @@ impl Walker<'_, '_, '_> {
     fn gateway(&mut self, tab: &Tab<'_, '_>) -> Option<RawGateway> {
         self.check_keys(tab, GATEWAY_KEYS);
         let private_key = self.key_file(tab, "private_key_file");
-        if self.value(tab, "private_key_file").is_none() {
-            self.missing(tab, "private_key_file", "this gateway's X25519 private key");
-        }
+        let private_key_given = self.value(tab, "private_key_file").is_some();
         let tun_name = self
             .string(tab, "tun_name")
             .and_then(|s| {
@@ -836,6 +861,7 @@ impl Walker<'_, '_, '_> {
             .map(|a| a.value);
         Some(RawGateway {
             private_key,
+            private_key_given,
             tun_name,
             mtu,
             address,
@@ -905,12 +931,50 @@ impl Walker<'_, '_, '_> {
     fn connection(&mut self, tab: &Tab<'_, '_>) -> RawConnection {
         self.check_keys(tab, CONNECTION_KEYS);
         let name = self.name(tab, "connection");
-        // "ikev2" never gets here (`refuse_ikev2`).
-        let _ = self.parsed(tab, "protocol", |s| match s {
-            "tandem" => Ok(()),
-            _ => Err(format!("unknown protocol \"{s}\": expected \"tandem\"")),
-        });
-        let (has_peer_key, peer_key) = self.peer_public_key(tab);
+        let ikev2 = match self.parsed(tab, "protocol", |s| match s {
+            "tandem" => Ok(false),
+            "ikev2" => Ok(true),
+            _ => Err(format!(
+                "unknown protocol \"{s}\": expected \"tandem\" or \"ikev2\""
+            )),
+        }) {
+            Some(p) => Some(p.value),
+            None if self.value(tab, "protocol").is_some() => None,
+            None => Some(false),
+        };
+        let protocol = match ikev2 {
+            Some(true) => self.ike_settings(tab).map(|s| Protocol::Ikev2(Box::new(s))),
+            Some(false) => {
+                if let Some(v) = self.value(tab, "ike") {
+                    let span = self.sp(v.span());
+                    self.sink.error(
+                        &span,
+                        &join(&tab.path, "ike"),
+                        "[connection.ike] is for protocol = \"ikev2\" connections",
+                    );
+                }
+                Some(Protocol::Tandem)
+            }
+            None => None,
+        };
+        let ikev2 = ikev2 == Some(true);
+        if ikev2
+            && let Some(v) = self
+                .value(tab, "peer_public_key")
+                .or(self.value(tab, "peer_public_key_file"))
+        {
+            let span = self.sp(v.span());
+            self.sink.error(
+                &span,
+                &tab.path,
+                "a peer public key is for protocol \"tandem\": an IKEv2 peer proves its PSK and identity",
+            );
+        }
+        let (has_peer_key, peer_key) = if ikev2 {
+            (true, Some([0; 32]))
+        } else {
+            self.peer_public_key(tab)
+        };
         let subnets = |w: &mut Self, key: &str| {
             let list = w.parsed_list(tab, key, parse_subnet);
             if list.is_none() && w.value(tab, key).is_none() {
@@ -1008,7 +1072,7 @@ impl Walker<'_, '_, '_> {
         match self.table_array(tab, "tunnel") {
             Some(list) => {
                 for (i, t) in list.iter().enumerate() {
-                    tunnels.push(self.tunnel(t, i, has_peer_key, peer_key));
+                    tunnels.push(self.tunnel(t, i, has_peer_key, peer_key, ikev2));
                 }
                 if list.is_empty() {
                     self.sink.error(
@@ -1041,8 +1105,247 @@ impl Walker<'_, '_, '_> {
             dpd_timeout,
             mss_clamp,
             rekey_after,
+            protocol,
             tunnels,
         }
+    }
+
+    /// `[connection.ike]` of an IKEv2 connection, with the defaults of docs/configuration.md.
+    fn ike_settings(&mut self, conn: &Tab<'_, '_>) -> Option<IkeSettings> {
+        let tab = match self.value(conn, "ike") {
+            None => None,
+            Some(_) => Some(self.table(conn, "ike")?),
+        };
+        let mut ok = true;
+        let mut settings = IkeSettings {
+            proposals: tandem_ike::DEFAULT_IKE_PROPOSALS.to_vec(),
+            esp_proposals: tandem_ike::DEFAULT_ESP_PROPOSALS.to_vec(),
+            ike_lifetime: DEFAULT_IKE_LIFETIME,
+            child_lifetime: DEFAULT_CHILD_LIFETIME,
+            replay_window: DEFAULT_REPLAY_WINDOW,
+            initiate: true,
+        };
+        let Some(tab) = tab else {
+            return Some(settings);
+        };
+        self.check_keys(&tab, IKE_KEYS);
+        const WEAK: &str = "tandem offers nothing weaker than AES-256-GCM-16 with a SHA-2 PRF and an elliptic-curve group (docs/configuration.md); ask the peer for one of these";
+        let list = |w: &mut Self, key: &str, out: &mut dyn FnMut(&str) -> Result<(), String>| {
+            let Some(v) = w.value(&tab, key) else {
+                return true;
+            };
+            let path = join(&tab.path, key);
+            let Some(items) = v.get_ref().as_array() else {
+                w.wrong_type(v, &path, "an array of strings");
+                return false;
+            };
+            if items.is_empty() {
+                let span = w.sp(v.span());
+                w.sink
+                    .error(&span, &path, "must list at least one proposal");
+                return false;
+            }
+            let mut ok = true;
+            for (i, item) in items.iter().enumerate() {
+                let ipath = format!("{path}[{i}]");
+                let Some(s) = item.get_ref().as_str() else {
+                    w.wrong_type(item, &ipath, "a string");
+                    ok = false;
+                    continue;
+                };
+                if let Err(m) = out(s) {
+                    let span = w.sp(item.span());
+                    w.sink.error(&span, &ipath, format!("{m}: {WEAK}"));
+                    ok = false;
+                }
+            }
+            ok
+        };
+        if self.value(&tab, "proposals").is_some() {
+            let mut got = Vec::new();
+            ok &= list(self, "proposals", &mut |s| {
+                got.push(s.parse::<IkeProposal>().map_err(|e| e.to_string())?);
+                Ok(())
+            });
+            settings.proposals = got;
+        }
+        if self.value(&tab, "esp_proposals").is_some() {
+            let mut got = Vec::new();
+            ok &= list(self, "esp_proposals", &mut |s| {
+                got.push(s.parse::<EspProposal>().map_err(|e| e.to_string())?);
+                Ok(())
+            });
+            settings.esp_proposals = got;
+        }
+        let lifetime = |w: &mut Self, key: &str, min: Duration, max: Duration| {
+            w.parsed(&tab, key, |s| {
+                let d = parse_duration(s)?;
+                if d < min || d > max {
+                    return Err(format!(
+                        "{key} \"{s}\" is out of range {}..={} (AWS accepts 900 s up to 8 h for the IKE SA and 1 h for a Child SA)",
+                        format_duration(min),
+                        format_duration(max)
+                    ));
+                }
+                Ok(d)
+            })
+        };
+        match lifetime(self, "ike_lifetime", MIN_IKE_LIFETIME, MAX_IKE_LIFETIME) {
+            Some(a) => settings.ike_lifetime = a.value,
+            None => ok &= self.value(&tab, "ike_lifetime").is_none(),
+        }
+        match lifetime(self, "child_lifetime", MIN_IKE_LIFETIME, MAX_IKE_LIFETIME) {
+            Some(a) => settings.child_lifetime = a.value,
+            None => ok &= self.value(&tab, "child_lifetime").is_none(),
+        }
+        if self.boolean(&tab, "esn") == Some(true)
+            && let Some(v) = self.value(&tab, "esn")
+        {
+            let span = self.sp(v.span());
+            self.sink.error(
+                &span,
+                &join(&tab.path, "esn"),
+                "esn = true is not supported: tandem's IKEv2 Child SAs use 32-bit sequence numbers and are rekeyed in time (AWS does not negotiate ESN either)",
+            );
+            ok = false;
+        }
+        if let Some(w) = self.integer(&tab, "replay_window") {
+            let min = tandem_crypto::replay::MIN_WINDOW;
+            let max = tandem_crypto::replay::WINDOW;
+            match u64::try_from(w.value) {
+                Ok(v) if (min..=max).contains(&v) => settings.replay_window = v,
+                _ => {
+                    self.sink.error(
+                        &w.span,
+                        &w.path,
+                        format!(
+                            "replay_window {} is out of range {min}..={max} packets (AWS: 64 .. 2048)",
+                            w.value
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if let Some(e) = self.string(&tab, "encapsulation")
+            && e.value != "force"
+        {
+            let m = if e.value == "auto" {
+                "encapsulation \"auto\" is not supported: tandem carries ESP in UDP on port 4500 only (plain ESP needs a raw IP socket); use \"force\", which every NAT-T peer (AWS, strongSwan) accepts".to_owned()
+            } else {
+                format!("unknown encapsulation \"{}\": expected \"force\"", e.value)
+            };
+            self.sink.error(&e.span, &e.path, m);
+            ok = false;
+        }
+        if let Some(b) = self.boolean(&tab, "initiate") {
+            settings.initiate = b;
+        }
+        ok.then_some(settings)
+    }
+
+    /// An IKEv2 tunnel's `psk_file`: printable ASCII, 8 to 64 characters, as AWS gives it; one
+    /// trailing newline is allowed. The error never shows the file's contents.
+    fn ascii_psk_file(&mut self, tab: &Tab<'_, '_>) -> Option<(Zeroizing<Vec<u8>>, PathBuf)> {
+        let s = self.string(tab, "psk_file")?;
+        if s.value.is_empty() {
+            self.sink
+                .error(&s.span, &s.path, "expected a file path, found \"\"");
+            return None;
+        }
+        match self.keys.read_secret_text(s.value) {
+            Ok(text) => {
+                let t = text.strip_suffix('\n').unwrap_or(&text);
+                let t = t.strip_suffix('\r').unwrap_or(t);
+                let n = t.chars().count();
+                if !(MIN_IKE_PSK_LEN..=MAX_IKE_PSK_LEN).contains(&n)
+                    || !t.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    self.sink.error(
+                        &s.span,
+                        &s.path,
+                        format!(
+                            "\"{}\": an IKEv2 PSK is {MIN_IKE_PSK_LEN} to {MAX_IKE_PSK_LEN} printable ASCII characters without spaces (as AWS gives it); this file holds {n} characters{}",
+                            s.value,
+                            if t.bytes().all(|b| b.is_ascii_graphic()) { "" } else { ", not all printable" }
+                        ),
+                    );
+                    return None;
+                }
+                Some((
+                    Zeroizing::new(t.as_bytes().to_vec()),
+                    self.keys.resolve(s.value),
+                ))
+            }
+            Err(e) => {
+                self.sink.error(&s.span, &s.path, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// `local_id` / `remote_id` (an IP address, or else an FQDN), defaulting to the tunnel's
+    /// addresses; with the PSK, the tunnel's IKE settings.
+    fn ike_identities(
+        &mut self,
+        tab: &Tab<'_, '_>,
+        local: Option<&At<SocketAddr>>,
+        remote: Option<&At<SocketAddr>>,
+        psk: Option<Zeroizing<Vec<u8>>>,
+    ) -> Option<IkeTunnelConfig> {
+        let id = |s: &str| -> Result<Identity, String> {
+            match s.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(a)) => Ok(Identity::Ipv4(a)),
+                Ok(std::net::IpAddr::V6(a)) => Ok(Identity::Ipv6(a)),
+                Err(_)
+                    if !s.is_empty()
+                        && s.len() <= 253
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') =>
+                {
+                    Ok(Identity::Fqdn(s.to_owned()))
+                }
+                Err(_) => Err(format!(
+                    "invalid identity \"{s}\": expected an IP address or a domain name"
+                )),
+            }
+        };
+        let of_addr = |a: &SocketAddr| match a.ip() {
+            std::net::IpAddr::V4(v) => Identity::Ipv4(v),
+            std::net::IpAddr::V6(v) => Identity::Ipv6(v),
+        };
+        let local_id = match self.parsed(tab, "local_id", id) {
+            Some(a) => Some(a.value),
+            None if self.value(tab, "local_id").is_some() => None,
+            None => match local {
+                Some(l) if !l.value.ip().is_unspecified() => Some(of_addr(&l.value)),
+                _ => {
+                    self.sink.error(
+                        &tab.span,
+                        &join(&tab.path, "local_id"),
+                        "an IKEv2 tunnel needs local (its address is the default local_id) or local_id",
+                    );
+                    None
+                }
+            },
+        };
+        let remote_id = match self.parsed(tab, "remote_id", id) {
+            Some(a) => Some(a.value),
+            None if self.value(tab, "remote_id").is_some() => None,
+            None => remote.map(|r| of_addr(&r.value)),
+        };
+        if remote.is_none() && self.value(tab, "remote").is_none() {
+            self.sink.error(
+                &tab.span,
+                &join(&tab.path, "remote"),
+                "an IKEv2 tunnel needs remote: the peer's address (IKE is spoken only with it)",
+            );
+        }
+        Some(IkeTunnelConfig {
+            psk: psk?,
+            local_id: local_id?,
+            remote_id: remote_id?,
+        })
     }
 
     fn tunnel(
@@ -1051,12 +1354,20 @@ impl Walker<'_, '_, '_> {
         index: usize,
         conn_has_key: bool,
         conn_key: Option<[u8; 32]>,
+        ikev2: bool,
     ) -> RawTunnel {
         self.check_keys(tab, TUNNEL_KEYS);
         let name = self.name(tab, "tunnel");
-        let local = self.parsed(tab, "local", parse_socket_addr);
+        // IKEv2 endpoints may be bare addresses: the NAT-T port 4500 (RFC 3948) is implied.
+        let addr = |s: &str| {
+            if ikev2 && let Ok(ip) = s.parse::<std::net::IpAddr>() {
+                return Ok(SocketAddr::new(ip, tandem_ike::nat::NAT_T_PORT));
+            }
+            parse_socket_addr(s)
+        };
+        let local = self.parsed(tab, "local", addr);
         let remote = self.parsed(tab, "remote", |s| {
-            let a = parse_socket_addr(s)?;
+            let a = addr(s)?;
             if a.port() == 0 {
                 return Err(format!(
                     "remote \"{s}\" has port 0: give the peer's port, usually 4500"
@@ -1066,7 +1377,22 @@ impl Walker<'_, '_, '_> {
         });
         let endpoints_ok = (local.is_some() || self.value(tab, "local").is_none())
             && (remote.is_some() || self.value(tab, "remote").is_none());
-        let (has_key, key) = self.peer_public_key(tab);
+        let (has_key, key) = if ikev2 {
+            if let Some(v) = self
+                .value(tab, "peer_public_key")
+                .or(self.value(tab, "peer_public_key_file"))
+            {
+                let span = self.sp(v.span());
+                self.sink.error(
+                    &span,
+                    &tab.path,
+                    "a peer public key is for protocol \"tandem\": an IKEv2 peer proves its PSK and identity",
+                );
+            }
+            (false, None)
+        } else {
+            self.peer_public_key(tab)
+        };
         let peer_public_key = if has_key {
             key
         } else if conn_has_key {
@@ -1079,7 +1405,17 @@ impl Walker<'_, '_, '_> {
             );
             None
         };
-        let psk = self.key_file(tab, "psk_file");
+        let mut ike_psk = None;
+        let mut psk_file = None;
+        let psk = if ikev2 {
+            if let Some((p, f)) = self.ascii_psk_file(tab) {
+                ike_psk = Some(p);
+                psk_file = Some(f);
+            }
+            None
+        } else {
+            self.key_file(tab, "psk_file")
+        };
         if self.value(tab, "psk_file").is_none() {
             self.missing(tab, "psk_file", "the tunnel's pre-shared key file");
         }
@@ -1140,7 +1476,24 @@ impl Walker<'_, '_, '_> {
                 .unwrap_or_default(),
             None => Vec::new(),
         };
+        let ike = if ikev2 {
+            self.ike_identities(tab, local.as_ref(), remote.as_ref(), ike_psk)
+        } else {
+            for key in ["local_id", "remote_id"] {
+                if let Some(v) = self.value(tab, key) {
+                    let span = self.sp(v.span());
+                    self.sink.error(
+                        &span,
+                        &join(&tab.path, key),
+                        format!("{key} is for protocol = \"ikev2\" connections"),
+                    );
+                }
+            }
+            None
+        };
         RawTunnel {
+            ike,
+            psk_file,
             span: tab.span.clone(),
             path: tab.path.clone(),
             name,

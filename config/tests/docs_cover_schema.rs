@@ -18,7 +18,7 @@ fn reference() -> String {
 fn heading(table: &str) -> String {
     match table {
         "" => "## Top level".to_owned(),
-        "gateway" | "control" | "hooks" => format!("## `[{table}]`"),
+        "gateway" | "control" | "hooks" | "connection.ike" => format!("## `[{table}]`"),
         _ => format!("## `[[{table}]]`"),
     }
 }
@@ -79,6 +79,8 @@ fn the_reference_documents_no_key_the_parser_would_refuse() {
 
 /// Tunnel keys that only a `routing = "interfaces"` connection may have.
 const INTERFACE_KEYS: [&str; 2] = ["ifname", "inside"];
+/// Keys that only a `protocol = "ikev2"` connection may have (its example shows them).
+const IKE_TUNNEL_KEYS: [&str; 2] = ["local_id", "remote_id"];
 
 #[test]
 fn the_complete_example_in_the_reference_is_a_valid_config() {
@@ -116,9 +118,36 @@ fn the_complete_example_in_the_reference_is_a_valid_config() {
             "the route-based example does not show connection.tunnel.{key}"
         );
     }
+    // The IKEv2 example parses (its PSK files hold ASCII PSKs) and shows every IKEv2 key.
+    let ike_example = doc
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .find(|block| block.contains("protocol = \"ikev2\""))
+        .expect("docs/configuration.md has an IKEv2 ```toml example");
+    let mut ike_keys = tandem_config::MemoryKeyFiles::new();
+    for file in [
+        "/etc/tandem/aws-vpc-tunnel1.psk",
+        "/etc/tandem/aws-vpc-tunnel2.psk",
+    ] {
+        ike_keys.insert(file, "an.aws_psk.of_ascii\n");
+    }
+    let ike = tandem_config::parse_str("configuration.md", ike_example, &ike_keys)
+        .unwrap_or_else(|e| panic!("the IKEv2 example does not parse:\n{e}"));
+    assert_eq!(ike.connections[0].protocol.as_str(), "ikev2");
     for (table, list) in tandem_config::SCHEMA {
         for key in *list {
+            let ike_only = *table == "connection.ike"
+                || (*table == "connection.tunnel" && IKE_TUNNEL_KEYS.contains(key));
+            if ike_only {
+                assert!(
+                    ike_example.contains(&format!("{key} =")),
+                    "the IKEv2 example does not show {table}.{key}"
+                );
+            }
             if *key == "peer_public_key_file"
+                || *key == "ike"
+                || ike_only
                 || (*table == "connection.tunnel" && *key == "peer_public_key")
                 || (*table == "connection.tunnel" && INTERFACE_KEYS.contains(key))
             {

@@ -49,7 +49,7 @@ fn errors(text: &str) -> String {
 #[test]
 fn a_minimal_config_gets_the_spec_defaults() {
     let c = parse_str("c.toml", &minimal(), &keys()).unwrap();
-    assert_eq!(*c.gateway.private_key, [7u8; 32]);
+    assert_eq!(**c.gateway.private_key.as_ref().unwrap(), [7u8; 32]);
     assert_eq!(c.gateway.tun_name, "tandem0");
     assert_eq!(c.gateway.mtu, 1415);
     assert_eq!(c.control.socket.to_str(), Some("/run/tandem/control.sock"));

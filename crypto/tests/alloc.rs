@@ -1,45 +1,17 @@
-//! Zero allocations per packet: a counting `#[global_allocator]` watches `seal` and `open` in
-//! place, in both sequence-number modes and with a small and the largest replay window, over a
-//! steady-state run that also slides the window and drops replays.
+//! Zero allocations per packet: a counting `#[global_allocator]` (tandem-testkit's, which counts
+//! the test's own thread only) watches `seal` and `open` in place, in both sequence-number modes
+//! and with a small and the largest replay window, over a steady-state run that also slides the
+//! window and drops replays.
 #![allow(clippy::unwrap_used)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tandem_crypto::esp::{HEADROOM, TAILROOM};
 use tandem_crypto::{
     InboundParams, InboundSa, OutboundSa, PeerIv, SaKeys, SeqMode, Spi, WindowSize,
 };
-
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call unchanged to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use tandem_testkit::{CountingAlloc, Region};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 #[test]
 fn seal_and_open_allocate_nothing_in_either_mode() {
@@ -48,6 +20,9 @@ fn seal_and_open_allocate_nothing_in_either_mode() {
         salt: [1, 2, 3, 4],
     };
     let spi = Spi::new(0x1234).unwrap();
+    let probe = Region::new();
+    std::hint::black_box(vec![0u8; 8]);
+    assert_eq!(probe.change().allocations, 1, "the counter counts");
     for (mode, window, peer_iv) in [
         (SeqMode::Esn, WindowSize::MAX, PeerIv::Sequence),
         (SeqMode::Bits32, WindowSize::new(64).unwrap(), PeerIv::Any),
@@ -62,8 +37,7 @@ fn seal_and_open_allocate_nothing_in_either_mode() {
         let mut inb = InboundSa::with_params(spi, keys.clone(), params);
         let mut buf = vec![0u8; HEADROOM + 1420 + TAILROOM];
         let mut replay = vec![0u8; buf.len()];
-        ALLOCS.store(0, Ordering::Relaxed);
-        COUNTING.store(true, Ordering::Relaxed);
+        let region = Region::new();
         for i in 0..10_000usize {
             let len = 1 + i % 1420;
             let s = out.seal(&mut buf, HEADROOM..HEADROOM + len, 4).unwrap();
@@ -76,10 +50,10 @@ fn seal_and_open_allocate_nothing_in_either_mode() {
             assert!(inb.open(&mut buf, s.datagram).is_ok());
             assert!(inb.open(&mut replay, 0..n).is_err());
         }
-        COUNTING.store(false, Ordering::Relaxed);
+        let stats = region.change();
         assert_eq!(
-            ALLOCS.load(Ordering::Relaxed),
-            0,
+            (stats.allocations, stats.reallocations),
+            (0, 0),
             "allocations during 10 000 packets ({mode:?}, window {})",
             window.packets()
         );

@@ -87,8 +87,13 @@ Examples:
     #[command(after_help = "\
 Examples:
   tandem status
+  tandem status --watch                     # redraw every second until Ctrl-C
+  tandem status --watch --interval 5s
   tandem status --json | jq '.connections[].active_tunnel'
-  tandem status --socket /run/tandem/cgw.sock")]
+  tandem status --socket /run/tandem/cgw.sock
+
+Colours when stdout is a terminal, unless NO_COLOR is set (https://no-color.org) or TERM=dumb.
+The table shows human units (KiB/MiB/GiB, bit/s, 3m12s); --json keeps the exact numbers.")]
     Status(StatusArgs),
     /// Re-read the config, keeping tunnels whose settings did not change (also SIGHUP).
     #[command(after_help = "\
@@ -123,6 +128,24 @@ Examples:
     /// Turn a cloud provider's VPN connection description into a tandem config and PSK files.
     #[command(subcommand)]
     Import(ImportSource),
+    /// Print the shell completion script for bash, zsh or fish (the package installs them).
+    #[command(
+        hide = true,
+        after_help = "\
+Examples:
+  tandem completions bash > /usr/share/bash-completion/completions/tandem
+  tandem completions zsh > /usr/share/zsh/vendor-completions/_tandem
+  tandem completions fish > /usr/share/fish/vendor_completions.d/tandem.fish"
+    )]
+    Completions(CompletionsArgs),
+}
+
+/// `tandem completions SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `tandem import SOURCE`: where the description comes from.
@@ -186,6 +209,14 @@ pub struct StatusArgs {
     /// Print the status as one JSON document (fields in docs/cli.md) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Redraw the status every second (like `watch`) until Ctrl-C; adds the RX/s and TX/s rates.
+    /// With --json: one compact document per line.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between two redraws with --watch (`500ms`, `2s`; from 100ms to 1h).
+    #[arg(long, value_name = "DURATION", default_value = "1s", requires = "watch",
+          value_parser = parse_interval_arg)]
+    pub interval: Duration,
 }
 
 /// `tandem events`.
@@ -260,6 +291,20 @@ fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     let d = tandem_config::parse_duration(s)?;
     if d.is_zero() {
         return Err("the duration must be greater than 0".into());
+    }
+    Ok(d)
+}
+
+/// Shortest and longest `status --watch --interval`: faster than 10 redraws a second is more
+/// than anyone reads and loads a big hub's daemon (a status of 1000 tunnels takes ~10 ms);
+/// slower than an hour is not watching.
+pub const WATCH_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+
+fn parse_interval_arg(s: &str) -> Result<Duration, String> {
+    let d = tandem_config::parse_duration(s)?;
+    if !WATCH_INTERVAL_RANGE.contains(&d) {
+        return Err("the interval must be from 100ms to 1h".into());
     }
     Ok(d)
 }

@@ -10,13 +10,19 @@
 //!                  -> path::seal_batch: engine.handle_tun_packet routes, checks and seals each
 //!                     packet in place (ESP header written into the headroom, trailer + ICV into
 //!                     the tailroom), tagging the slot with its tunnel's socket
-//!                  -> one sendmmsg per socket, slots in order (per-tunnel order is kept)
+//!                  -> one sendmmsg per socket, slots in order (per-tunnel order is kept); the
+//!                     sockets are non-blocking: what a full send buffer refuses is dropped and
+//!                     counted (`send_queue_full`), the loop never waits for a path
 //!                  -> ICMP errors the engine wrote (too big, unreachable) go back into the TUN
 //! socket readable: recvmmsg up to BATCH datagrams into slots at offset HEADROOM
 //!                  -> path::open_batch: engine.handle_datagram authenticates and decrypts in
 //!                     place (replay pre-check -> AEAD -> commit), tags inner packets for the TUN
 //!                  -> TUN writes, in order; control packets -> engine.poll_transmit -> send_to
-//! timer due:       engine.handle_timeout (keepalives, DPD, handshakes, rekey, failback)
+//! timer due:       engine.handle_timeout (keepalives, DPD, handshakes, rekey, failback), at the
+//!                  top of each turn and between batches (a keepalive waits for one batch at
+//!                  most); when the loop has not polled for 1 ms the ready sockets are read
+//!                  first, so no liveness deadline is judged with the peer's packets unread;
+//!                  lateness is measured (`tandem_timer_lateness_seconds`)
 //! eventfd:         commands from the control plane (status, metrics, failover, reload, drill,
 //!                  shutdown), answered over oneshot channels
 //! ```

@@ -522,8 +522,18 @@ pub fn render(vpn: &AwsVpn, name: Option<&str>, source: &str) -> Result<Rendered
             "\n[[connection.tunnel]]\nname = \"{tunnel}\"\nlocal = \"{}\"\nremote = \"{}\"\npsk_file = \"{psk_file}\"",
             t.local, t.remote
         );
-        if let Some(inside) = t.inside {
-            let _ = writeln!(c, "inside = \"{inside}\"");
+        match t.inside {
+            // The inside /30 is an interface address: with static routing there is none.
+            Some(inside) if bgp => {
+                let _ = writeln!(c, "inside = \"{inside}\"");
+            }
+            Some(inside) => {
+                let _ = writeln!(
+                    c,
+                    "# inside = \"{inside}\"                  # AWS's inside /30: for routing = \"interfaces\""
+                );
+            }
+            None => {}
         }
         let _ = writeln!(c, "priority = {}", i + 1);
         psks.push((psk_file, Zeroizing::new(format!("{}\n", t.psk.as_str()))));

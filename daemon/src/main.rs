@@ -9,11 +9,27 @@
 use std::io::Read as _;
 use std::process::ExitCode;
 
+use clap::{CommandFactory as _, FromArgMatches as _};
 use tandem::cli::{Cli, Command, EXIT_OK, EXIT_USER_ERROR, ImportSource};
 use zeroize::Zeroizing;
 
+/// What `tandem --version` prints: the crate's version, unless the build stamped another one
+/// with `TANDEM_BUILD_VERSION=V cargo build` (a packager's knob; `packaging/test-deb.sh` builds
+/// the "next version" of its upgrade test from the same tree this way).
+const VERSION: &str = match option_env!("TANDEM_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+fn command() -> clap::Command {
+    Cli::command().version(VERSION)
+}
+
 fn main() -> ExitCode {
-    let cli = match <Cli as clap::Parser>::try_parse() {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             // Help and version go to stdout with status 0; a usage error is a user error (1),
@@ -45,9 +61,13 @@ fn dispatch(command: Command) -> u8 {
             }
         },
         Command::Run(args) => tandem::run::run(&args.config),
-        Command::Status(args) => {
-            with_socket(&args.control, |s| tandem::admin::cmd_status(s, args.json))
-        }
+        Command::Status(args) => with_socket(&args.control, |s| {
+            if args.watch {
+                tandem::admin::cmd_status_watch(s, args.json, args.interval)
+            } else {
+                tandem::admin::cmd_status(s, args.json)
+            }
+        }),
         Command::Reload(args) => with_socket(&args, tandem::admin::cmd_reload),
         Command::Failover(args) => with_socket(&args.control, |s| {
             tandem::admin::cmd_failover(s, &args.connection, args.to.as_deref(), args.auto)
@@ -63,6 +83,15 @@ fn dispatch(command: Command) -> u8 {
         }),
         Command::Events(args) => {
             with_socket(&args.control, |s| tandem::admin::cmd_events(s, args.json))
+        }
+        Command::Completions(args) => {
+            clap_complete::generate(
+                args.shell,
+                &mut crate::command(),
+                "tandem",
+                &mut std::io::stdout(),
+            );
+            EXIT_OK
         }
         Command::Import(ImportSource::Aws(args)) => {
             match tandem::import::import_aws(&args.file, args.name.as_deref(), &args.dir) {

@@ -34,7 +34,12 @@ use crate::notify::Notifier;
 /// The engine's half of a config (the daemon owns this conversion, docs/CONTRACTS.md).
 pub fn engine_config(cfg: &tandem_config::Config) -> EngineConfig {
     EngineConfig {
-        private_key: cfg.gateway.private_key.clone(),
+        // An IKEv2-only gateway has no X25519 key; the engine's Noise side is then unused.
+        private_key: cfg
+            .gateway
+            .private_key
+            .clone()
+            .unwrap_or_else(|| zeroize::Zeroizing::new([0; 32])),
         mtu: cfg.gateway.mtu,
         connections: cfg
             .connections
@@ -50,6 +55,7 @@ pub fn engine_config(cfg: &tandem_config::Config) -> EngineConfig {
                 dpd_timeout: c.dpd_timeout,
                 mss_clamp: c.mss_clamp,
                 rekey_after: c.rekey_after,
+                protocol: c.protocol.clone(),
                 tunnels: c
                     .tunnels
                     .iter()
@@ -60,6 +66,7 @@ pub fn engine_config(cfg: &tandem_config::Config) -> EngineConfig {
                         peer_public_key: t.peer_public_key,
                         psk: t.psk.clone(),
                         priority: t.priority,
+                        ike: t.ike.clone(),
                     })
                     .collect(),
             })
@@ -413,9 +420,7 @@ pub(crate) async fn handle_request(ctx: &Ctx, req: Request) -> Reply {
     let gone = || Reply::error(ErrorKind::Internal, "the data plane is not running");
     match req {
         Request::Status => match ask(ctx, Command::Status).await {
-            Some(st) => Reply::ok(Some(
-                serde_json::to_value(&st).unwrap_or(serde_json::Value::Null),
-            )),
+            Some(report) => Reply::ok(Some(report.to_json())),
             None => gone(),
         },
         Request::Reload => reload(ctx).await,

@@ -45,6 +45,9 @@ fn fixture() -> tempfile::TempDir {
     write(d, "garbage.psk", "this is not a key\n", 0o600);
     std::fs::create_dir(d.join("dir.psk")).unwrap();
     write(d, "peer.pub", &key(9), 0o644);
+    // IKEv2 PSKs are ASCII, as AWS gives them.
+    write(d, "aws1.psk", "tandem.aws_psk_0123456789\n", 0o600);
+    write(d, "aws-short.psk", "secret7\n", 0o600);
     dir
 }
 
@@ -187,7 +190,12 @@ golden_tests!(
     failback_bad_value,
     invalid_tun_name,
     unknown_protocol,
-    ikev2_connection_is_refused,
+    ikev2_weak_proposals_are_refused,
+    ikev2_psk_too_short,
+    ikev2_esn_and_auto_encapsulation_are_refused,
+    ikev2_keys_on_a_tandem_connection,
+    ikev2_tunnel_without_remote,
+    tandem_connection_without_a_private_key,
 );
 
 #[test]

@@ -1,58 +1,19 @@
 //! Zero allocations per packet: a counting `#[global_allocator]` watches the daemon's own
 //! data-path functions (`seal_batch` / `open_batch`) over a steady-state run of full batches in
 //! both directions between two engines. Only the test's own thread is counted (the data path runs
-//! there): the test harness's other threads may allocate at any time, which made a process-wide
-//! count flaky under load.
+//! there, and tandem-testkit's allocator counts per thread): the test harness's other threads may
+//! allocate at any time, which made a process-wide count flaky under load.
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tandem::dataplane::batch::{BATCH, Batch, SlotDest};
 use tandem::dataplane::loopback::{self, EnginePair, TUNNEL};
 use tandem::dataplane::path::{open_batch, seal_batch};
-
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Set on the thread whose allocations are counted (const-initialised: reading it from the
-    /// allocator never allocates).
-    static COUNTED_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-fn counted() -> bool {
-    COUNTING.load(Ordering::Relaxed) && COUNTED_THREAD.try_with(Cell::get).unwrap_or(false)
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if counted() {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if counted() {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use tandem_testkit::{CountingAlloc, Region};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 /// One round: a full batch A -> B and a full batch B -> A. Returns packets delivered.
 fn round(
@@ -110,15 +71,13 @@ fn the_data_path_allocates_nothing_per_packet_in_steady_state() {
         );
     }
 
-    ALLOCS.store(0, Ordering::Relaxed);
-    COUNTED_THREAD.with(|c| c.set(true));
-    COUNTING.store(true, Ordering::Relaxed);
+    let region = Region::new();
     let mut delivered = 0;
     for _ in 0..200 {
         delivered += round(&mut pair, &mut a_tx, &mut b_rx, &mut b_tx, &mut a_rx);
     }
-    COUNTING.store(false, Ordering::Relaxed);
-    let allocs = ALLOCS.load(Ordering::Relaxed);
+    let stats = region.change();
+    let allocs = stats.allocations + stats.reallocations;
 
     assert_eq!(delivered, 200 * 2 * BATCH, "every packet must arrive");
     assert!(

@@ -34,7 +34,7 @@ fn a_batch_of_datagrams_crosses_loopback_in_order_with_sendmmsg_and_recvmmsg() {
         slot.buf[16..16 + slot.len].fill(i as u8);
         slot.addr = b_addr;
     }
-    let sent = sys::send_mmsg(a.as_raw_fd(), &tx.slots, 0..BATCH);
+    let sent = sys::send_mmsg(a.as_raw_fd(), &tx.slots, 0..BATCH).sent;
     assert_eq!(sent, BATCH);
 
     let mut rx = Batch::new(2048);
@@ -196,7 +196,7 @@ fn runs_of_equal_datagrams_go_out_as_udp_gso_and_arrive_separately_in_order() {
         slot.addr = *addr;
     }
     let mut gso = true;
-    let sent = sys::send_mmsg_gso(a.as_raw_fd(), &tx.slots, 0..plan.len(), &mut gso);
+    let sent = sys::send_mmsg_gso(a.as_raw_fd(), &tx.slots, 0..plan.len(), &mut gso).sent;
     assert_eq!(sent, plan.len());
     assert!(
         gso,
@@ -230,4 +230,76 @@ fn runs_of_equal_datagrams_go_out_as_udp_gso_and_arrive_separately_in_order() {
         .collect();
     assert_eq!(drain(&b, at_b.len()), at_b);
     assert_eq!(drain(&c, at_c.len()), at_c);
+}
+
+#[test]
+fn a_full_send_buffer_ends_the_batch_at_once_and_counts_the_rest_as_queue_full() {
+    if skip_unless_root(
+        "a_full_send_buffer_ends_the_batch_at_once_and_counts_the_rest_as_queue_full",
+    ) {
+        return;
+    }
+    // A stalled neighbour, in a namespace of this thread's own: the next hop never answers ARP,
+    // so every datagram waits in the neighbour's queue, still charged to the socket's send
+    // buffer, until the buffer is full. The neighbour queue is made larger than the buffer and
+    // resolution slow (100 probes, 10 s apart), so nothing frees the buffer during the test.
+    std::thread::spawn(|| {
+        sys::unshare_netns().unwrap();
+        for cmd in [
+            "ip link add tdmq0 type veth peer name tdmq1",
+            "ip addr add 10.97.0.1/24 dev tdmq0",
+            "ip link set tdmq0 up",
+            "ip link set tdmq1 arp off up",
+        ] {
+            let out = support::sh(&["sh", "-c", cmd]);
+            assert!(out.status.success(), "{cmd}: {out:?}");
+        }
+        for (knob, v) in [
+            ("unres_qlen_bytes", "67108864"),
+            ("mcast_solicit", "100"),
+            ("retrans_time_ms", "10000"),
+        ] {
+            std::fs::write(format!("/proc/sys/net/ipv4/neigh/tdmq0/{knob}"), v).unwrap();
+        }
+        let sock = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        sock.set_send_buffer_size(64 << 10).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        sock.bind(&SocketAddr::from(([10, 97, 0, 1], 0)).into())
+            .unwrap();
+        let sock: UdpSocket = sock.into();
+        let mut tx = Batch::new(2048);
+        for slot in tx.slots.iter_mut() {
+            slot.start = 16;
+            slot.len = 1400;
+            slot.addr = SocketAddr::from(([10, 97, 0, 2], 9));
+        }
+        let t0 = std::time::Instant::now();
+        let mut total = sys::Sent::default();
+        for _ in 0..4 {
+            let s = sys::send_mmsg(sock.as_raw_fd(), &tx.slots, 0..BATCH);
+            assert_eq!(s.sent + s.queue_full, BATCH, "{s:?}");
+            total.sent += s.sent;
+            total.queue_full += s.queue_full;
+        }
+        let mut gso = true;
+        let s = sys::send_mmsg_gso(sock.as_raw_fd(), &tx.slots, 0..BATCH, &mut gso);
+        let took = t0.elapsed();
+        eprintln!("stalled neighbour: {total:?}, then GSO {s:?}, in {took:?}");
+        // 64 KiB (doubled by the kernel) holds a few dozen 1400-byte datagrams.
+        assert!(total.sent > 0 && total.sent < BATCH, "{total:?}");
+        assert_eq!(total.sent + total.queue_full, 4 * BATCH, "{total:?}");
+        assert_eq!(s.sent, 0, "the buffer is still full: {s:?}");
+        assert_eq!(s.queue_full, BATCH, "{s:?}");
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "the sends waited for the stalled path: {took:?}"
+        );
+    })
+    .join()
+    .unwrap();
 }

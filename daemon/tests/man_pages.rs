@@ -36,7 +36,8 @@ fn render_all() -> Vec<(String, Vec<u8>)> {
             .unwrap();
         pages.push((file, out));
     };
-    for sub in cmd.get_subcommands() {
+    // Hidden subcommands (`completions`, run by the package build) get no page.
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         // `build()` gave each subcommand the display name `tandem-NAME` (the page title) and
         // the bin name `tandem NAME` (its synopsis).
         render(sub.clone(), format!("tandem-{}.{SECTION}", sub.get_name()));
@@ -103,7 +104,10 @@ fn every_subcommand_has_a_page_and_tandem_8_lists_it() {
         .expect("tandem.8 rendered")
         .1;
     let main = String::from_utf8_lossy(main);
-    for sub in Cli::command().get_subcommands() {
+    for sub in Cli::command()
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+    {
         let name = sub.get_name();
         assert!(
             pages.iter().any(|(f, _)| *f == format!("tandem-{name}.8")),

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use tandem_ike::{EspProposal, Identity, IkeProposal};
 use zeroize::Zeroizing;
 
 /// How a connection spreads traffic over its Up tunnels (docs/protocol.md).
@@ -90,8 +91,68 @@ pub struct ConnectionConfig {
     pub mss_clamp: bool,
     /// Time-based rekey.
     pub rekey_after: Duration,
+    /// The handshake protocol of every tunnel of the connection.
+    pub protocol: Protocol,
     /// The tunnels, in config order.
     pub tunnels: Vec<TunnelConfig>,
+}
+
+/// What a connection's tunnels speak (docs/configuration.md, `protocol`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    /// tandem's own Noise handshake and in-tunnel liveness (docs/protocol.md).
+    Tandem,
+    /// Standard IKEv2 with ESP, for standard IPsec peers (docs/protocol.md, "IKEv2").
+    Ikev2(Box<IkeSettings>),
+}
+
+impl Protocol {
+    /// The docs/configuration.md spelling.
+    #[must_use]
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Tandem => "tandem",
+            Protocol::Ikev2(_) => "ikev2",
+        }
+    }
+}
+
+/// `[connection.ike]`: how an IKEv2 connection negotiates (docs/configuration.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IkeSettings {
+    /// IKE SA proposals, most preferred first (never empty).
+    pub proposals: Vec<IkeProposal>,
+    /// Child SA proposals with their PFS group, most preferred first (never empty).
+    pub esp_proposals: Vec<EspProposal>,
+    /// The IKE SA is rekeyed before this age.
+    pub ike_lifetime: Duration,
+    /// A Child SA is rekeyed before this age.
+    pub child_lifetime: Duration,
+    /// Inbound anti-replay window, packets (crypto's `WindowSize` range).
+    pub replay_window: u64,
+    /// Whether this end starts the IKE SA (`false`: wait for the peer).
+    pub initiate: bool,
+}
+
+/// The IKEv2 part of a `[[connection.tunnel]]`: its PSK and the identities both ends prove.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IkeTunnelConfig {
+    /// The tunnel's pre-shared key as the operator gave it (AWS: 8..64 ASCII characters).
+    pub psk: Zeroizing<Vec<u8>>,
+    /// Our identity (default: our address).
+    pub local_id: Identity,
+    /// The identity the peer must prove (default: its address).
+    pub remote_id: Identity,
+}
+
+impl fmt::Debug for IkeTunnelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IkeTunnelConfig")
+            .field("psk", &"<redacted>")
+            .field("local_id", &self.local_id)
+            .field("remote_id", &self.remote_id)
+            .finish()
+    }
 }
 
 /// One `[[connection.tunnel]]`.
@@ -103,10 +164,12 @@ pub struct TunnelConfig {
     pub local: Option<SocketAddr>,
     /// Peer endpoint; `None` = responder-only, learned from authenticated packets.
     pub remote: Option<SocketAddr>,
-    /// The peer's static public key.
+    /// The peer's static public key (tandem protocol; unused by an IKEv2 tunnel).
     pub peer_public_key: [u8; 32],
-    /// This tunnel's pre-shared key.
+    /// This tunnel's pre-shared key (tandem protocol; unused by an IKEv2 tunnel).
     pub psk: Zeroizing<[u8; 32]>,
+    /// The IKEv2 PSK and identities: `Some` exactly when the connection's protocol is IKEv2.
+    pub ike: Option<IkeTunnelConfig>,
     /// Lower is preferred.
     pub priority: u32,
 }
@@ -130,6 +193,7 @@ impl fmt::Debug for TunnelConfig {
             .field("peer_public_key", &"<public>")
             .field("psk", &"<redacted>")
             .field("priority", &self.priority)
+            .field("ike", &self.ike)
             .finish()
     }
 }
@@ -158,7 +222,15 @@ impl ConnectionConfig {
             dpd_timeout: DEFAULT_DPD_TIMEOUT,
             mss_clamp: true,
             rekey_after: DEFAULT_REKEY_AFTER,
+            protocol: Protocol::Tandem,
             tunnels: Vec::new(),
         }
     }
 }
+
+/// Default `ike_lifetime` (docs/configuration.md): AWS's longest phase-1 lifetime, 28800 s.
+pub const DEFAULT_IKE_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+/// Default `child_lifetime`: AWS's longest phase-2 lifetime, 3600 s.
+pub const DEFAULT_CHILD_LIFETIME: Duration = Duration::from_secs(3600);
+/// Default `replay_window` (packets): what AWS configures by default.
+pub const DEFAULT_REPLAY_WINDOW: u64 = 1024;

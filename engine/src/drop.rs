@@ -27,11 +27,16 @@ pub enum DropReason {
     SaExpired,
     /// A handshake message that was valid but stale (replayed initiation, unexpected response).
     Handshake,
+    /// A sealed datagram the kernel refused because the tunnel socket's send buffer was full
+    /// (`EAGAIN`): the path (a neighbour that never resolves, a queue that does not drain) is
+    /// not taking packets, and the data plane never waits for it. Counted by the daemon, which
+    /// owns the sockets ([`crate::Engine::count_drops`]).
+    SendQueueFull,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Replay,
         DropReason::Auth,
         DropReason::Malformed,
@@ -43,6 +48,7 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::SaExpired,
         DropReason::Handshake,
+        DropReason::SendQueueFull,
     ];
     /// Number of reasons.
     pub const COUNT: usize = Self::ALL.len();
@@ -62,6 +68,7 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::SaExpired => "sa_expired",
             DropReason::Handshake => "handshake",
+            DropReason::SendQueueFull => "send_queue_full",
         }
     }
 }
@@ -76,6 +83,10 @@ impl DropCounters {
     /// Count one drop.
     pub fn add(&mut self, reason: DropReason) {
         self.counts[reason as usize] += 1;
+    }
+    /// Count `n` drops.
+    pub fn add_n(&mut self, reason: DropReason, n: u64) {
+        self.counts[reason as usize] += n;
     }
     /// Drops for one reason.
     #[must_use]

@@ -17,6 +17,7 @@ use rand_core::SeedableRng;
 use tandem_crypto::StaticSecret;
 use tandem_crypto::handshake::{CheckedInitiation, CookieJar, MessageType, mac1_key_for};
 
+use crate::any_tunnel::Tunnel;
 use crate::config::{ConnectionConfig, EngineConfig, Mode, Routing};
 use crate::drop::{DropCounters, DropReason};
 use crate::failover::{PinError, Selector, Switch};
@@ -24,7 +25,7 @@ use crate::inner::{self, IcmpError, InnerHeader};
 use crate::port::SharedPort;
 use crate::router::{ConnectionId, PrefixSet, Router};
 use crate::schedule::{Schedule, Window};
-use crate::tunnel::{Ctx, Received, Tunnel, handshake_drop};
+use crate::tunnel::{Ctx, Received, handshake_drop};
 use crate::types::{
     AdminError, ConnectionStatus, Event, FailoverTarget, NetAction, ReloadSummary, Silence, Status,
     Transmit, TunAction, TunnelCounters, TunnelId, TunnelInfo, TunnelState, TunnelStatus,
@@ -94,6 +95,7 @@ const EVENT_QUEUE: usize = 256;
 /// Groups the tunnels with a fixed local address into shared ports, one per address.
 fn shared_ports(
     infos: &[TunnelInfo],
+    ikev2: &[bool],
     secret: &StaticSecret,
 ) -> (Vec<SharedPort>, HashMap<SocketAddr, usize>) {
     let public = secret.public_key();
@@ -106,6 +108,7 @@ fn shared_ports(
             ports.len() - 1
         });
         ports[p].members.push(TunnelId(i as u16));
+        ports[p].ikev2 |= ikev2[i];
     }
     (ports, by_local)
 }
@@ -168,7 +171,8 @@ impl Engine {
     pub fn new(cfg: EngineConfig, rng_seed: [u8; 32], now: Instant, unix_now: Duration) -> Self {
         let secret = StaticSecret::from_bytes(*cfg.private_key);
         let (conns, tunnels, infos, router) = build(&cfg, &secret, now, now, |_, _| None);
-        let (ports, port_of_local) = shared_ports(&infos, &secret);
+        let ikev2: Vec<bool> = tunnels.iter().map(Tunnel::is_ike).collect();
+        let (ports, port_of_local) = shared_ports(&infos, &ikev2, &secret);
         let own_mac1_key = mac1_key_for(&secret.public_key());
         let mut engine = Engine {
             secret,
@@ -574,7 +578,24 @@ impl Engine {
         }
         let port = *self.port_of_local.get(&local).ok_or(DropReason::NoTunnel)?;
         let d = &buf[datagram.clone()];
-        if d.len() >= 4 && d[..4] == tandem_crypto::handshake::NON_ESP_MARKER {
+        let marker = d.len() >= 4 && d[..4] == tandem_crypto::handshake::NON_ESP_MARKER;
+        if marker && self.ports[port].ikev2 {
+            // IKE: the tunnel whose peer this is (the config gives each IKEv2 path its own
+            // remote address on a local address).
+            let members = &self.ports[port].members;
+            let tunnel = members
+                .iter()
+                .find(|m| self.tunnels[usize::from(m.0)].remote() == Some(from))
+                .or_else(|| {
+                    members.iter().find(|m| {
+                        self.tunnels[usize::from(m.0)].remote().map(|r| r.ip()) == Some(from.ip())
+                    })
+                })
+                .copied()
+                .ok_or(DropReason::Handshake)?;
+            return self.datagram(tunnel, from, buf, datagram, now);
+        }
+        if marker {
             return self
                 .port_handshake(port, from, &buf[datagram], now)
                 .map(|()| NetAction::Consumed);
@@ -808,6 +829,7 @@ impl Engine {
             .map(|c| ConnectionStatus {
                 name: c.cfg.name.clone(),
                 mode: c.cfg.mode,
+                protocol: c.cfg.protocol.as_str(),
                 active_tunnel: c
                     .selector
                     .active()
@@ -819,6 +841,8 @@ impl Engine {
                     .map(|&tid| {
                         let t = &self.tunnels[usize::from(tid.0)];
                         let c = t.counters();
+                        let ike = t.ike_status();
+                        let hex = |spi: Option<u64>| spi.map(|s| format!("{s:016x}"));
                         TunnelStatus {
                             name: t.name().to_owned(),
                             state: t.state(),
@@ -833,6 +857,9 @@ impl Engine {
                             tx_packets: c.tx_packets,
                             rtt_ms: c.rtt.map(|d| d.as_secs_f64() * 1000.0),
                             failovers: c.failovers,
+                            ike_spi_i: ike.and_then(|i| hex(i.0)),
+                            ike_spi_r: ike.and_then(|i| hex(i.1)),
+                            ike_state: ike.map(|i| i.2),
                         }
                     })
                     .collect(),
@@ -905,7 +932,8 @@ impl Engine {
         let ci = self.find(connection)?;
         let m = self.find_member(ci, tunnel)?;
         let idx = usize::from(self.conns[ci].members[m].0);
-        self.tunnels[idx].set_silence(mode, now);
+        let (mut ctx, tunnels) = self.ctx();
+        tunnels[idx].set_silence(mode, now, &mut ctx);
         self.refresh(idx, now);
         Ok(())
     }
@@ -957,7 +985,8 @@ impl Engine {
         self.tunnels = tunnels;
         self.infos = infos;
         self.router = router;
-        (self.ports, self.port_of_local) = shared_ports(&self.infos, &self.secret);
+        let ikev2: Vec<bool> = self.tunnels.iter().map(Tunnel::is_ike).collect();
+        (self.ports, self.port_of_local) = shared_ports(&self.infos, &ikev2, &self.secret);
         self.own_mac1_key = mac1_key_for(&self.secret.public_key());
         self.spis = self
             .tunnels
@@ -1004,7 +1033,8 @@ impl Engine {
     pub fn close(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
         for i in 0..self.tunnels.len() {
-            self.tunnels[i].close(now);
+            let (mut ctx, tunnels) = self.ctx();
+            tunnels[i].close(now, &mut ctx);
             self.refresh(i, now);
         }
     }
@@ -1013,6 +1043,12 @@ impl Engine {
     #[must_use]
     pub fn drop_counters(&self) -> &DropCounters {
         &self.drops
+    }
+
+    /// Counts `n` drops the shell saw itself (a full socket send buffer:
+    /// [`DropReason::SendQueueFull`]), so that every drop is in one set of counters.
+    pub fn count_drops(&mut self, reason: DropReason, n: u64) {
+        self.drops.add_n(reason, n);
     }
 
     /// Drill: a DPD echo over the connection's active tunnel; the reply arrives as

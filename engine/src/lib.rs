@@ -8,11 +8,13 @@
 //! after); nothing on the data path allocates.
 #![forbid(unsafe_code)]
 
+mod any_tunnel;
 pub mod checksum;
 pub mod config;
 pub mod drop;
 pub mod failover;
 mod gateway;
+mod ike_tunnel;
 pub mod inner;
 pub mod liveness;
 mod port;
@@ -22,7 +24,10 @@ mod schedule;
 mod tunnel;
 mod types;
 
-pub use config::{ConnectionConfig, EngineConfig, Mode, Routing, TunnelConfig};
+pub use config::{
+    ConnectionConfig, EngineConfig, IkeSettings, IkeTunnelConfig, Mode, Protocol, Routing,
+    TunnelConfig,
+};
 pub use drop::{DropCounters, DropReason};
 pub use failover::SwitchReason;
 pub use gateway::{Engine, ICMP_ERRORS_PER_SECOND};

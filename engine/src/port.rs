@@ -7,7 +7,8 @@
 //!   hash and a 48-byte AEAD, no DH — tunnels whose peer was last seen at the source are tried
 //!   first, so a rekey from a known peer finds its tunnel at once;
 //! - a handshake response or cookie reply by the tunnels whose initiation in flight went to the
-//!   datagram's source.
+//!   datagram's source;
+//! - on a port of IKEv2 tunnels, an IKE message by the tunnel whose peer is its source.
 //!
 //! The cookie mechanism works per port: past a load threshold that grows with the number of
 //! tunnels on the port, an initiation without a valid `mac2` for its source gets a cookie reply
@@ -36,6 +37,9 @@ pub(crate) const PORT_COOKIE_QUEUE: usize = 128;
 pub(crate) struct SharedPort {
     pub local: SocketAddr,
     pub members: Vec<TunnelId>,
+    /// Its tunnels speak IKEv2 (the config keeps the protocols on separate local addresses):
+    /// a datagram with the non-ESP marker is an IKE message for the tunnel of its source.
+    pub ikev2: bool,
     pub cookies: CookieJar,
     initiations: RateWindow,
     /// Cookie replies to send; bounded, oldest dropped first.
@@ -56,6 +60,7 @@ impl SharedPort {
         SharedPort {
             local,
             members: Vec::new(),
+            ikev2: false,
             cookies,
             initiations: RateWindow::default(),
             cookie_out: Ring::default(),

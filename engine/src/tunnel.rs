@@ -1,4 +1,6 @@
-//! One tunnel (one path of a connection): handshake driving, SAs, keepalives/DPD, liveness.
+//! One tunnel (one path of a connection) of the tandem protocol: Noise handshake driving, SAs,
+//! keepalives/DPD, liveness. IKEv2 tunnels are `ike_tunnel`'s; `any_tunnel` puts both behind one
+//! interface for the gateway.
 //!
 //! Flow of a received datagram: handshake marker -> handshake message (responder / initiator),
 //! or ESP: SPI -> inbound SA (up to [`IN_SLOTS`] confirmed ones, plus the one unconfirmed SA of
@@ -220,6 +222,10 @@ struct Liveness {
     last_rx: Option<Instant>,
     /// The peer's latest liveness message says it hears us.
     peer_hears_us: bool,
+    /// The ESP SPI and sequence number of the message `peer_hears_us` came from: an older
+    /// message of the same SA that arrives later (reordered on the path) carries an older view
+    /// and is not taken (a stale "I do not hear you" would take a healed tunnel Down again).
+    view_from: Option<(u32, u64)>,
     /// The peer sent a closing notice (cleared by its next data or liveness message).
     peer_closed: bool,
     /// Our view at the last `refresh` (a change is sent to the peer at once).
@@ -236,6 +242,18 @@ impl Liveness {
     fn forget(&mut self) {
         self.last_rx = None;
         self.peer_hears_us = false;
+        self.view_from = None;
+    }
+
+    /// Takes the peer's view from the message with ESP `(spi, seq)` unless a newer message of
+    /// the same SA already gave one. Another SA's message is taken (a rekey restarts the
+    /// sequence; its messages are the newer ones).
+    fn take_view(&mut self, hears_you: bool, spi: u32, seq: u64) {
+        if self.view_from.is_some_and(|(s, q)| s == spi && seq <= q) {
+            return;
+        }
+        self.peer_hears_us = hears_you;
+        self.view_from = Some((spi, seq));
     }
 }
 
@@ -254,7 +272,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn unix_at(&self, now: Instant) -> Duration {
+    pub(crate) fn unix_at(&self, now: Instant) -> Duration {
         self.unix_epoch
             .saturating_add(now.saturating_duration_since(self.epoch))
     }
@@ -269,7 +287,7 @@ pub(crate) enum Received {
 }
 
 /// One tunnel.
-pub(crate) struct Tunnel {
+pub(crate) struct NoiseTunnel {
     id: TunnelId,
     conn: ConnectionId,
     cfg: TunnelConfig,
@@ -322,9 +340,9 @@ pub(crate) struct Tunnel {
     epoch: Instant,
 }
 
-impl std::fmt::Debug for Tunnel {
+impl std::fmt::Debug for NoiseTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tunnel")
+        f.debug_struct("NoiseTunnel")
             .field("id", &self.id)
             .field("name", &self.cfg.name)
             .field("state", &self.state)
@@ -352,7 +370,7 @@ fn timer_settings(conn_cfg: &ConnectionConfig) -> (Duration, Duration, Duration)
     )
 }
 
-impl Tunnel {
+impl NoiseTunnel {
     pub fn new(
         id: TunnelId,
         conn: ConnectionId,
@@ -366,7 +384,7 @@ impl Tunnel {
         let psk = Psk::from_bytes(*cfg.psk);
         let responder = Responder::new(secret, peer, &psk).ok();
         let (dpd_interval, dpd_timeout, rekey_after) = timer_settings(conn_cfg);
-        let mut t = Tunnel {
+        let mut t = NoiseTunnel {
             id,
             conn,
             cfg: cfg.clone(),
@@ -1001,14 +1019,21 @@ impl Tunnel {
             NEXT_HEADER_DUMMY => Ok(Received::Consumed),
             NEXT_HEADER_LIVENESS => {
                 let msg = LivenessMsg::parse(&buf[opened.payload]).ok_or(DropReason::Malformed)?;
-                self.handle_liveness(msg, now, ctx);
+                self.handle_liveness(msg, (spi, opened.seq), now, ctx);
                 Ok(Received::Consumed)
             }
             _ => Err(DropReason::Malformed),
         }
     }
 
-    fn handle_liveness(&mut self, msg: LivenessMsg, now: Instant, ctx: &mut Ctx<'_>) {
+    /// A liveness message that opened on ESP `(spi, seq)`.
+    fn handle_liveness(
+        &mut self,
+        msg: LivenessMsg,
+        (spi, seq): (u32, u64),
+        now: Instant,
+        ctx: &mut Ctx<'_>,
+    ) {
         if msg.kind == LivenessKind::Closing {
             // Down at once: forget that we heard the peer; it must be heard anew.
             self.liveness.peer_closed = true;
@@ -1016,7 +1041,7 @@ impl Tunnel {
             return;
         }
         self.liveness.peer_closed = false;
-        self.liveness.peer_hears_us = msg.hears_you;
+        self.liveness.take_view(msg.hears_you, spi, seq);
         match msg.kind {
             LivenessKind::EchoRequest => self.echo_replies.push(Echo {
                 id: msg.id,
@@ -1348,8 +1373,15 @@ mod tests {
     /// inline too).
     #[test]
     fn a_tunnel_is_small_enough_for_a_head_end() {
-        let size = std::mem::size_of::<super::Tunnel>();
+        let size = std::mem::size_of::<super::NoiseTunnel>();
         let sa = std::mem::size_of::<super::InboundSa>();
-        assert!(size <= 4096, "Tunnel is {size} bytes (an InboundSa {sa})");
+        assert!(
+            size <= 4096,
+            "NoiseTunnel is {size} bytes (an InboundSa {sa})"
+        );
+        // The gateway stores either driver in one enum: the IKEv2 one must not make every
+        // tunnel bigger.
+        let any = std::mem::size_of::<crate::any_tunnel::Tunnel>();
+        assert!(any <= 4096, "a gateway's Tunnel is {any} bytes");
     }
 }

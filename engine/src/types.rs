@@ -23,8 +23,11 @@ const _: () = assert!(HEADROOM >= tandem_crypto::esp::HEADROOM);
 const _: () = assert!(HEADROOM >= crate::inner::ICMP_HEADROOM);
 const _: () = assert!(HEADROOM % 64 == 0);
 const _: () = assert!(TAILROOM >= tandem_crypto::esp::TAILROOM);
-/// Size of a buffer big enough for any datagram `poll_transmit` writes.
-pub const MAX_CONTROL_DATAGRAM: usize = 256;
+/// Size of a buffer big enough for any datagram `poll_transmit` writes: an IKEv2 message with
+/// its non-ESP marker must fit in one IPv6 packet of the minimum MTU (1280 - 40 - 8 = 1232,
+/// RFC 8200 §5), as IKE messages are not fragmented by tandem; the largest one tandem sends (an
+/// IKE_SA_INIT with three P-384 proposals and NAT-D) is about 400 bytes.
+pub const MAX_CONTROL_DATAGRAM: usize = 1232;
 
 /// Index of a tunnel in the engine's flat table over all connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -239,6 +242,28 @@ pub enum Event {
         /// docs/protocol.md key-log tail: 64 hex digits of key then 8 of salt. Secret: only for the key log.
         keylog: String,
     },
+    /// An IKE SA was established or rekeyed (only after [`Engine::set_keylog`]`(true)`): the
+    /// IKE line of the debugging key log (docs/protocol.md).
+    ///
+    /// [`Engine::set_keylog`]: crate::Engine::set_keylog
+    IkeSaInstalled {
+        /// The tunnel.
+        tunnel: TunnelId,
+        /// The initiator's IKE SPI.
+        spi_i: u64,
+        /// The responder's IKE SPI.
+        spi_r: u64,
+        /// `aes256gcm16 <SK_ei><salt> <SK_er><salt>` in hex. Secret: only for the key log.
+        keylog: String,
+    },
+    /// An IKE SA attempt or an established IKE SA failed (refused proposals, authentication,
+    /// no answer): the reason, readable, for the log. Never carries key material.
+    IkeFailed {
+        /// The tunnel.
+        tunnel: TunnelId,
+        /// What happened, e.g. "the peer answered AUTHENTICATION_FAILED".
+        reason: String,
+    },
     /// A drill probe came back.
     ProbeReply {
         /// The connection.
@@ -266,6 +291,8 @@ pub struct ConnectionStatus {
     pub name: String,
     /// Mode.
     pub mode: Mode,
+    /// `tandem` or `ikev2`.
+    pub protocol: &'static str,
     /// Active tunnel's name.
     pub active_tunnel: Option<String>,
     /// Whether an operator pinned the active tunnel.
@@ -303,6 +330,15 @@ pub struct TunnelStatus {
     pub rtt_ms: Option<f64>,
     /// Times traffic moved away from this tunnel.
     pub failovers: u64,
+    /// IKEv2 tunnels: the current IKE SA's initiator SPI, 16 hex digits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ike_spi_i: Option<String>,
+    /// IKEv2 tunnels: the current IKE SA's responder SPI, 16 hex digits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ike_spi_r: Option<String>,
+    /// IKEv2 tunnels: the IKE SA's state (`established`, `ike-auth-sent`, `none`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ike_state: Option<&'static str>,
 }
 
 /// Target of a planned switch.

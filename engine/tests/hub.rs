@@ -110,6 +110,7 @@ impl Hub {
                     peer_public_key: public(1 + b),
                     psk: Zeroizing::new(hub_psk),
                     priority: t + 1,
+                    ike: None,
                 });
                 bc.tunnels.push(TunnelConfig {
                     name: format!("tunnel{}", t + 1),
@@ -118,6 +119,7 @@ impl Hub {
                     peer_public_key: public(0),
                     psk: Zeroizing::new(psk(b, t)),
                     priority: t + 1,
+                    ike: None,
                 });
                 owner.insert(branch_addr(b, t), 1 + b as usize);
             }

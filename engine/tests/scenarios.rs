@@ -1243,3 +1243,44 @@ fn under_a_flood_cookie_replies_go_to_each_initiations_source_and_the_real_peer_
     assert_eq!(sim.state(Side::A, 0), TunnelState::Up);
     assert_no_loss(&sim, 1, secs(2), secs(24) - ms(50));
 }
+
+#[test]
+fn a_stale_liveness_view_reordered_behind_a_newer_one_does_not_take_a_healed_tunnel_down_again() {
+    // Fast timers, and every link reorders: half the packets arrive 8 ms late, more than the
+    // 5 ms between keepalives. A one-way cut A -> B makes B say "I do not hear you"; when it
+    // heals, B says "I hear you" at once, and an older "I do not hear you" that was delayed
+    // must not undo that.
+    let setup = Setup {
+        dpd_interval: ms(10),
+        dpd_timeout: ms(30),
+        ..Setup::default()
+    };
+    let mut sim = Sim::new(setup);
+    sim.set_links(|l| {
+        l.reorder = 0.5;
+        l.reorder_delay = ms(8);
+    });
+    sim.run_until(secs(5));
+    let mut flaps = Vec::new();
+    for _ in 0..30 {
+        let t = sim.elapsed();
+        sim.cut(0, Side::A, true);
+        sim.run_until(t + ms(200));
+        assert_eq!(sim.state(Side::A, 0), TunnelState::Down, "the cut was seen");
+        let healed = sim.now;
+        sim.cut(0, Side::A, false);
+        sim.run_until(t + ms(700));
+        for side in [Side::A, Side::B] {
+            let after: Vec<_> = sim
+                .transitions(side, 0)
+                .into_iter()
+                .filter(|(at, _)| *at >= healed)
+                .collect();
+            if after.iter().any(|(_, s)| *s == TunnelState::Down) {
+                flaps.push((side, after));
+            }
+            assert_eq!(sim.state(side, 0), TunnelState::Up, "healed: {side:?} Up");
+        }
+    }
+    assert!(flaps.is_empty(), "Down again after the heal: {flaps:?}");
+}

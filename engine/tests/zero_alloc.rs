@@ -6,15 +6,14 @@
 
 mod common;
 
-use std::alloc::System;
 use std::time::Duration;
 
 use common::*;
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tandem_engine::{HEADROOM, MAX_CONTROL_DATAGRAM, NetAction, TAILROOM, TunAction, TunnelId};
+use tandem_testkit::{CountingAlloc, Region};
 
 #[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 const PACKETS: u64 = 100_000;
 
@@ -63,12 +62,12 @@ fn steady_state(mode: tandem_engine::Mode) {
     let from_b: Vec<_> = (0..2).map(|t| addr(Side::B, t)).collect();
 
     // The counter counts (so a zero below means something).
-    let probe = Region::new(GLOBAL);
+    let probe = Region::new();
     let v = std::hint::black_box(vec![1u8; 10]);
     assert!(probe.change().allocations >= 1);
     drop(v);
 
-    let region = Region::new(GLOBAL);
+    let region = Region::new();
     for i in 0..PACKETS {
         // 20 µs per round: 2 s of virtual time, so keepalives and echoes run too.
         now += Duration::from_micros(20);

@@ -5,7 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use tandem_crypto::SaKeys;
-use tandem_ike::wire::{self, ExchangeType, FLAG_INITIATOR, Header, Message, Notify, NotifyType, Payload};
+use tandem_ike::wire::{
+    self, ExchangeType, FLAG_INITIATOR, Header, Message, Notify, NotifyType, Payload,
+};
 
 fn keys() -> SaKeys {
     SaKeys {

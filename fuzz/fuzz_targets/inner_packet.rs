@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use tandem_engine::liveness::{LIVENESS_MSG_LEN, LivenessMsg};
 use tandem_engine::inner::{self, InnerHeader};
+use tandem_engine::liveness::{LIVENESS_MSG_LEN, LivenessMsg};
 use tandem_engine::{
     ConnectionConfig, Engine, EngineConfig, HEADROOM, TAILROOM, TunAction, TunnelConfig,
 };
@@ -37,6 +37,7 @@ fn engine() -> Engine {
         peer_public_key: [9; 32],
         psk: [7; 32].into(),
         priority: 1,
+        ike: None,
     }];
     let cfg = EngineConfig {
         private_key: [5; 32].into(),

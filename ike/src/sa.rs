@@ -40,6 +40,7 @@ use rand_core::CryptoRng;
 use tandem_crypto::SaKeys;
 use tracing::{debug, warn};
 
+use crate::frag::{self, Added, Fragmentation, Reassembly};
 use crate::keys::{
     AUTH_METHOD_PSK, DhGroup, IkeKeys, KeyShare, Psk, auth_eq, derive_child_keys, derive_ike_keys,
     psk_auth,
@@ -52,7 +53,7 @@ use crate::proposal::{
 use crate::ts;
 use crate::wire::{
     ExchangeType, FLAG_INITIATOR, FLAG_RESPONSE, Header, Identity, Message, Notify, NotifyType,
-    ParseError, Payload, TrafficSelector, find_notify, open_sk, seal_message,
+    ParseError, Payload, TrafficSelector, find_notify, open_sk, parse_chain, seal_message,
 };
 use up::Up;
 
@@ -101,6 +102,16 @@ pub struct Config {
     /// NAT traversal (RFC 7296 §2.23): NAT-D notifies in IKE_SA_INIT, and whether to force
     /// UDP encapsulation. `None`: no NAT-D is sent and IKE stays on port 500.
     pub nat_t: Option<NatT>,
+}
+
+/// Settings of an IKE SA beyond its [`Config`], with defaults ([`IkeSa::initiate_with`],
+/// [`IkeSa::respond_with`]; [`IkeSa::initiate`] and [`IkeSa::respond`] use the defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Options {
+    /// IKE fragmentation (RFC 7383): on by default with
+    /// [`frag::DEFAULT_FRAGMENT_SIZE`]-byte datagrams.
+    pub fragmentation: Fragmentation,
 }
 
 /// Which end of the IKE SA we are (the original initiator keeps its role through rekeys).
@@ -245,15 +256,18 @@ pub enum Dropped {
 struct Pending {
     message_id: u32,
     exchange: ExchangeType,
-    bytes: Vec<u8>,
+    /// The request's datagrams: one, or its fragments.
+    datagrams: Vec<Vec<u8>>,
     deadline: Instant,
     retransmits: u32,
 }
 
 struct CachedResponse {
     message_id: u32,
+    /// The request as received (its first fragment if it was fragmented).
     request: Vec<u8>,
-    response: Vec<u8>,
+    /// The response's datagrams: one, or its fragments.
+    response: Vec<Vec<u8>>,
 }
 
 struct InitSent {
@@ -299,6 +313,17 @@ enum State {
 pub struct IkeSa {
     role: Role,
     config: Config,
+    options: Options,
+    /// Both ends announced IKEV2_FRAGMENTATION_SUPPORTED and ours is on: encrypted messages
+    /// larger than the fragment size go out in fragments (RFC 7383 §2.3).
+    fragmenting: bool,
+    /// The peer's fragmented request and fragmented response being reassembled.
+    reassembly_request: Option<Reassembly>,
+    reassembly_response: Option<Reassembly>,
+    /// The inner payloads of a message just reassembled from fragments (each fragment already
+    /// authenticated with the peer's key of the current state): what the handler's
+    /// [`IkeSa::open_peer`] returns instead of opening an SK payload.
+    reassembled: Option<Vec<Payload>>,
     spi_i: u64,
     spi_r: u64,
     state: State,
@@ -418,12 +443,22 @@ impl IkeSa {
     /// Starts an IKE SA as initiator: IKE_SA_INIT with the first IKE proposal's group in KE,
     /// ready in [`IkeSa::poll_transmit`]. `config.ike_proposals` must not be empty.
     pub fn initiate<R: CryptoRng + ?Sized>(config: Config, now: Instant, rng: &mut R) -> Self {
+        Self::initiate_with(config, Options::default(), now, rng)
+    }
+
+    /// [`IkeSa::initiate`] with [`Options`].
+    pub fn initiate_with<R: CryptoRng + ?Sized>(
+        config: Config,
+        options: Options,
+        now: Instant,
+        rng: &mut R,
+    ) -> Self {
         let group = config
             .ike_proposals
             .first()
             .map_or(DhGroup::Ecp384, |p| p.group);
         let spi_i = random_ike_spi(rng);
-        let mut sa = Self::new(Role::Initiator, config, spi_i);
+        let mut sa = Self::new(Role::Initiator, config, options, spi_i);
         let init = InitSent {
             ke: KeyShare::generate(group, rng),
             ni: random_nonce(rng),
@@ -438,15 +473,25 @@ impl IkeSa {
     /// An IKE SA that waits for a peer's IKE_SA_INIT (the driver creates one per new initiator
     /// SPI).
     pub fn respond(config: Config) -> Self {
-        let mut sa = Self::new(Role::Responder, config, 0);
+        Self::respond_with(config, Options::default())
+    }
+
+    /// [`IkeSa::respond`] with [`Options`].
+    pub fn respond_with(config: Config, options: Options) -> Self {
+        let mut sa = Self::new(Role::Responder, config, options, 0);
         sa.state = State::AwaitInit;
         sa
     }
 
-    fn new(role: Role, config: Config, spi_i: u64) -> Self {
+    fn new(role: Role, config: Config, options: Options, spi_i: u64) -> Self {
         Self {
             role,
             config,
+            options,
+            fragmenting: false,
+            reassembly_request: None,
+            reassembly_response: None,
+            reassembled: None,
             spi_i,
             spi_r: 0,
             state: State::Failed,
@@ -494,6 +539,18 @@ impl IkeSa {
         self.encapsulate
     }
 
+    /// The transport for a datagram this SA gave [`IkeSa::poll_transmit`]: the NAT-T port
+    /// after IKE_SA_INIT when [`IkeSa::udp_encapsulation`] holds, else as `start` (see
+    /// [`nat::transport_for`]).
+    pub fn transport_for(&self, datagram: &[u8], start: nat::Transport) -> nat::Transport {
+        nat::transport_for(datagram, start, self.encapsulate)
+    }
+
+    /// Whether both ends negotiated IKE fragmentation (RFC 7383) and ours is on.
+    pub fn fragmentation_negotiated(&self) -> bool {
+        self.fragmenting
+    }
+
     /// Whether IKE_AUTH completed.
     pub fn is_established(&self) -> bool {
         matches!(self.state, State::Established(_))
@@ -514,14 +571,25 @@ impl IkeSa {
     /// When [`IkeSa::handle_timeout`] must next be called: a retransmission or an expiry.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.pending.as_ref().map(|p| p.deadline), self.expires) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.pending.as_ref().map(|p| p.deadline),
+            self.expires,
+            self.reassembly_request.as_ref().map(Reassembly::expires),
+            self.reassembly_response.as_ref().map(Reassembly::expires),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Retransmits the outstanding request, or gives up, when its deadline has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        for slot in [&mut self.reassembly_request, &mut self.reassembly_response] {
+            if slot.as_ref().is_some_and(|r| now >= r.expires()) {
+                debug!("dropping an incomplete fragmented message");
+                *slot = None;
+            }
+        }
         if self.expires.is_some_and(|t| now >= t) {
             self.fail(Failure::HalfOpenExpired);
             return;
@@ -539,7 +607,26 @@ impl IkeSa {
         }
         p.retransmits += 1;
         p.deadline = now + RETRANSMIT_INITIAL * (1 << p.retransmits);
-        self.transmit.push_back(p.bytes.clone());
+        self.transmit.extend(p.datagrams.iter().cloned());
+    }
+
+    /// Whether a request of ours waits for its response (retransmitted on its timer).
+    pub fn request_in_flight(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Sends the request in flight again now, the same bytes (RFC 7296 §2.1), without counting a
+    /// retransmission or moving its timer: a driver whose liveness checks run faster than this
+    /// SA's retransmission schedule probes a silent path with it, and the peer answers a
+    /// duplicate from its response cache. Returns false when no request is in flight.
+    pub fn resend_request(&mut self) -> bool {
+        match &self.pending {
+            Some(p) => {
+                self.transmit.extend(p.datagrams.iter().cloned());
+                true
+            }
+            None => false,
+        }
     }
 
     fn fail(&mut self, failure: Failure) {
@@ -572,25 +659,84 @@ impl IkeSa {
         iv
     }
 
+    /// The largest IKE message we send whole, when fragmentation was negotiated.
+    fn fragment_limit(&self) -> Option<usize> {
+        let Fragmentation::On { max_datagram } = self.options.fragmentation else {
+            return None;
+        };
+        if !self.fragmenting {
+            return None;
+        }
+        let peer = self
+            .config
+            .nat_t
+            .map(|n| n.remote.ip())
+            .or(match &self.config.remote_id {
+                Identity::Ipv4(a) => Some((*a).into()),
+                Identity::Ipv6(a) => Some((*a).into()),
+                _ => None,
+            });
+        Some(frag::max_message_len(max_datagram, peer))
+    }
+
+    /// Seals an encrypted message with a fresh IV: one datagram, or its fragments when
+    /// fragmentation was negotiated and the whole message is larger than the fragment size
+    /// (RFC 7383 §2.5; never IKE_SA_INIT, which is not encrypted anyway).
+    fn seal(&mut self, header: &Header, inner: &[Payload], key: &SaKeys) -> Vec<Vec<u8>> {
+        let iv = self.take_iv();
+        let whole = seal_message(header, inner, key, iv);
+        match self.fragment_limit() {
+            Some(max) if whole.len() > max => {
+                frag::seal_fragments(header, inner, key, &mut self.next_iv, max)
+            }
+            _ => vec![whole],
+        }
+    }
+
+    /// The peer's SK key in the current state (what its encrypted messages open with).
+    fn peer_key(&self) -> Option<SaKeys> {
+        match &self.state {
+            State::AwaitAuth(a) => Some(a.keys.sk_ei.clone()),
+            State::AuthSent(a) => Some(a.keys.sk_er.clone()),
+            State::Established(up) => Some(up.peer_key(self.role)),
+            _ => None,
+        }
+    }
+
+    /// Opens the peer's encrypted message: the payloads reassembled from fragments if the
+    /// message came in fragments (already authenticated with this state's peer key), else the
+    /// SK payload of `datagram`.
+    fn open_peer(
+        &mut self,
+        datagram: &[u8],
+        msg: &Message,
+        key: &SaKeys,
+    ) -> Result<Vec<Payload>, ParseError> {
+        match self.reassembled.take() {
+            Some(inner) => Ok(inner),
+            None => open_sk(datagram, msg, key),
+        }
+    }
+
     fn send_request(
         &mut self,
         exchange: ExchangeType,
         message_id: u32,
-        bytes: Vec<u8>,
+        datagrams: Vec<Vec<u8>>,
         now: Instant,
     ) {
-        self.transmit.push_back(bytes.clone());
+        self.transmit.extend(datagrams.iter().cloned());
         self.pending = Some(Pending {
             message_id,
             exchange,
-            bytes,
+            datagrams,
             deadline: now + RETRANSMIT_INITIAL,
             retransmits: 0,
         });
     }
 
-    fn send_response(&mut self, message_id: u32, request: &[u8], response: Vec<u8>) {
-        self.transmit.push_back(response.clone());
+    fn send_response(&mut self, message_id: u32, request: &[u8], response: Vec<Vec<u8>>) {
+        self.transmit.extend(response.iter().cloned());
         self.cached = Some(CachedResponse {
             message_id,
             request: request.to_vec(),
@@ -638,12 +784,18 @@ impl IkeSa {
         if let Some(nat) = &self.config.nat_t {
             payloads.extend(nat_d_payloads(nat, self.spi_i, 0));
         }
+        if self.options.fragmentation != Fragmentation::Off {
+            payloads.push(Payload::Notify(Notify::new(
+                NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
+                Vec::new(),
+            )));
+        }
         let msg = Message {
             header: self.header(ExchangeType::IkeSaInit, 0, false),
             payloads,
         };
         init.request = msg.to_bytes();
-        self.send_request(ExchangeType::IkeSaInit, 0, init.request.clone(), now);
+        self.send_request(ExchangeType::IkeSaInit, 0, vec![init.request.clone()], now);
         self.state = State::InitSent(Box::new(init));
     }
 
@@ -654,6 +806,9 @@ impl IkeSa {
         datagram: &[u8],
         rng: &mut R,
     ) -> Result<(), Dropped> {
+        if frag::is_fragment(datagram) {
+            return self.handle_fragment(now, datagram, rng);
+        }
         let msg = Message::parse(datagram).map_err(Dropped::Malformed)?;
         let h = msg.header;
         if self.is_old_sa(&h) {
@@ -789,6 +944,8 @@ impl IkeSa {
             self.encapsulate =
                 nat::detect(nat, self.spi_i, self.spi_r, &sources, destination).unwrap_or(false);
         }
+        self.fragmenting = self.options.fragmentation != Fragmentation::Off
+            && find_notify(payloads, NotifyType::IKEV2_FRAGMENTATION_SUPPORTED).is_some();
         let keys = derive_ike_keys(
             chosen.prf,
             &init.ni,
@@ -827,9 +984,8 @@ impl IkeSa {
             Payload::TsR(self.config.remote_ts.clone()),
         ];
         let header = self.header(ExchangeType::IkeAuth, 1, false);
-        let iv = self.take_iv();
-        let bytes = seal_message(&header, &inner, &keys.sk_ei, iv);
-        self.send_request(ExchangeType::IkeAuth, 1, bytes, now);
+        let datagrams = self.seal(&header, &inner, &keys.sk_ei);
+        self.send_request(ExchangeType::IkeAuth, 1, datagrams, now);
         self.state = State::AuthSent(Box::new(AuthSent {
             keys,
             proposal: chosen,
@@ -847,7 +1003,7 @@ impl IkeSa {
         msg: &Message,
         auth: Box<AuthSent>,
     ) -> Result<(), Dropped> {
-        let inner = match open_sk(datagram, msg, &auth.keys.sk_er) {
+        let inner = match self.open_peer(datagram, msg, &auth.keys.sk_er) {
             Ok(p) => p,
             Err(_) => {
                 self.state = State::AuthSent(auth);
@@ -980,7 +1136,7 @@ impl IkeSa {
             && c.message_id == h.message_id
             && c.request == datagram
         {
-            self.transmit.push_back(c.response.clone());
+            self.transmit.extend(c.response.iter().cloned());
             return Ok(());
         }
         match std::mem::replace(&mut self.state, State::Failed) {
@@ -1054,7 +1210,7 @@ impl IkeSa {
                 let offered = proposal::describe(sa);
                 warn!(%offered, "IKE_SA_INIT: no acceptable proposal, answering NO_PROPOSAL_CHOSEN");
                 let reply = reply_notify(self, NotifyType::NO_PROPOSAL_CHOSEN, Vec::new());
-                self.send_response(0, datagram, reply);
+                self.send_response(0, datagram, vec![reply]);
                 self.fail(Failure::NoProposalChosen { offered });
                 return Ok(());
             }
@@ -1084,6 +1240,15 @@ impl IkeSa {
                 out.extend(nat_d_payloads(nat, self.spi_i, self.spi_r));
             }
         }
+        if self.options.fragmentation != Fragmentation::Off
+            && find_notify(payloads, NotifyType::IKEV2_FRAGMENTATION_SUPPORTED).is_some()
+        {
+            self.fragmenting = true;
+            out.push(Payload::Notify(Notify::new(
+                NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
+                Vec::new(),
+            )));
+        }
         let response = Message {
             header: self.header(ExchangeType::IkeSaInit, 0, true),
             payloads: out,
@@ -1097,7 +1262,7 @@ impl IkeSa {
             self.spi_i,
             self.spi_r,
         );
-        self.send_response(0, datagram, response.clone());
+        self.send_response(0, datagram, vec![response.clone()]);
         self.expires = Some(now + HALF_OPEN_TIMEOUT);
         self.state = State::AwaitAuth(Box::new(AwaitAuth {
             keys,
@@ -1117,7 +1282,7 @@ impl IkeSa {
         a: Box<AwaitAuth>,
         rng: &mut R,
     ) -> Result<(), Dropped> {
-        let inner = match open_sk(datagram, msg, &a.keys.sk_ei) {
+        let inner = match self.open_peer(datagram, msg, &a.keys.sk_ei) {
             Ok(p) => p,
             Err(_) => {
                 self.state = State::AwaitAuth(a);
@@ -1162,15 +1327,13 @@ impl IkeSa {
         let header = self.header(ExchangeType::IkeAuth, 1, true);
         if let Some(reason) = reason {
             // RFC 7296 §2.21.2: the response carries AUTHENTICATION_FAILED, and no SA is made.
-            let iv = self.take_iv();
-            let reply = seal_message(
+            let reply = self.seal(
                 &header,
                 &[Payload::Notify(Notify::new(
                     NotifyType::AUTHENTICATION_FAILED,
                     Vec::new(),
                 ))],
                 &k.sk_er,
-                iv,
             );
             self.send_response(1, datagram, reply);
             self.fail(Failure::AuthenticationFailed { reason });
@@ -1236,8 +1399,7 @@ impl IkeSa {
         if let FirstChild::Refused(ty) = child {
             out.push(Payload::Notify(Notify::new(ty, Vec::new())));
         }
-        let iv = self.take_iv();
-        let reply = seal_message(&header, &out, &k.sk_er, iv);
+        let reply = self.seal(&header, &out, &k.sk_er);
         self.send_response(1, datagram, reply);
         self.expires = None;
         let a = *a;
@@ -1257,5 +1419,87 @@ impl IkeSa {
         self.state = State::Established(Box::new(Up::new(a.keys, a.proposal, children)));
         self.set_ids_after_auth();
         Ok(())
+    }
+}
+
+impl IkeSa {
+    /// A datagram carrying an Encrypted Fragment payload (RFC 7383 §2.6): checked against the
+    /// state like a whole message (SPIs, direction, message ID), authenticated with the peer's
+    /// key, stored; the completed message goes to the same handlers as a whole one.
+    fn handle_fragment<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        rng: &mut R,
+    ) -> Result<(), Dropped> {
+        let f = frag::parse_fragment(datagram).map_err(Dropped::Malformed)?;
+        let h = f.header;
+        let from_initiator = self.role == Role::Responder;
+        if h.spi_i != self.spi_i || h.spi_r != self.spi_r || h.from_initiator() != from_initiator {
+            return Err(Dropped::WrongSpi);
+        }
+        if h.exchange == ExchangeType::IkeSaInit {
+            return Err(Dropped::Invalid("IKE_SA_INIT is never fragmented"));
+        }
+        if h.is_response() {
+            let Some(p) = &self.pending else {
+                return Err(Dropped::UnexpectedResponse);
+            };
+            if p.message_id != h.message_id || p.exchange != h.exchange {
+                return Err(Dropped::UnexpectedResponse);
+            }
+        } else {
+            if let Some(c) = &self.cached
+                && c.message_id == h.message_id
+            {
+                // A retransmitted request we answered: the response goes again once per
+                // retransmission, on its first fragment; the other fragments are redundant.
+                if f.number == 1 && c.request == datagram {
+                    self.transmit.extend(c.response.iter().cloned());
+                }
+                return Ok(());
+            }
+            let expected = match &self.state {
+                State::AwaitAuth(_) => 1,
+                State::Established(up) => up.peer_next(),
+                _ => return Err(Dropped::UnexpectedRequest),
+            };
+            if h.message_id != expected {
+                return Err(Dropped::UnexpectedRequest);
+            }
+        }
+        let Some(key) = self.peer_key() else {
+            return Err(Dropped::UnexpectedRequest);
+        };
+        let plain = f.open(&key).map_err(|_| Dropped::DecryptFailed)?;
+        let slot = if h.is_response() {
+            &mut self.reassembly_response
+        } else {
+            &mut self.reassembly_request
+        };
+        match Reassembly::add(slot, now, &f, plain) {
+            Added::Stored | Added::Duplicate => Ok(()),
+            Added::Refused(why) => Err(Dropped::Invalid(why)),
+            Added::Complete {
+                first_payload,
+                plain,
+                first_datagram,
+            } => {
+                let inner =
+                    parse_chain(first_payload, &plain, false).map_err(Dropped::Malformed)?;
+                self.reassembled = Some(inner);
+                let msg = Message {
+                    header: h,
+                    payloads: Vec::new(),
+                };
+                let result = if h.is_response() {
+                    self.handle_response(now, &first_datagram, msg, rng)
+                } else {
+                    self.handle_request(now, &first_datagram, msg, rng)
+                };
+                self.reassembled = None;
+                result
+            }
+        }
     }
 }

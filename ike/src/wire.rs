@@ -92,6 +92,8 @@ pub mod payload_type {
     pub const TSR: u8 = 45;
     /// Encrypted and Authenticated.
     pub const SK: u8 = 46;
+    /// Encrypted and Authenticated Fragment (RFC 7383 §2.5).
+    pub const SKF: u8 = 53;
 }
 
 /// Protocol IDs of proposals, notifies and deletes (§3.3.1).
@@ -622,7 +624,7 @@ pub enum Payload {
 }
 
 impl Payload {
-    fn type_number(&self) -> u8 {
+    pub(crate) fn type_number(&self) -> u8 {
         use payload_type as t;
         match self {
             Self::Sa(_) => t::SA,
@@ -945,7 +947,11 @@ fn parse_body(ty: u8, critical: bool, body: &[u8]) -> Result<Payload, ParseError
 
 /// Parses a payload chain that starts with payload type `first` and fills `buf` exactly.
 /// `allow_sk`: whether an Encrypted payload may appear (only in the outer chain).
-fn parse_chain(mut next: u8, buf: &[u8], allow_sk: bool) -> Result<Vec<Payload>, ParseError> {
+pub(crate) fn parse_chain(
+    mut next: u8,
+    buf: &[u8],
+    allow_sk: bool,
+) -> Result<Vec<Payload>, ParseError> {
     let mut r = Reader::new(buf);
     let mut payloads = Vec::new();
     while next != payload_type::NONE {
@@ -980,7 +986,7 @@ fn parse_chain(mut next: u8, buf: &[u8], allow_sk: bool) -> Result<Vec<Payload>,
     Ok(payloads)
 }
 
-fn write_chain(payloads: &[Payload], out: &mut Vec<u8>, after_last: u8) {
+pub(crate) fn write_chain(payloads: &[Payload], out: &mut Vec<u8>, after_last: u8) {
     for (i, p) in payloads.iter().enumerate() {
         let next = match (p, payloads.get(i + 1)) {
             (Payload::Encrypted { first_payload, .. }, _) => *first_payload,
@@ -1007,7 +1013,7 @@ pub struct Message {
     pub payloads: Vec<Payload>,
 }
 
-fn write_header(h: &Header, next: u8, out: &mut Vec<u8>) {
+pub(crate) fn write_header(h: &Header, next: u8, out: &mut Vec<u8>) {
     out.extend_from_slice(&h.spi_i.to_be_bytes());
     out.extend_from_slice(&h.spi_r.to_be_bytes());
     out.push(next);
@@ -1094,14 +1100,14 @@ pub fn find_notify(payloads: &[Payload], ty: NotifyType) -> Option<&Notify> {
     })
 }
 
-fn aead_key(keys: &SaKeys) -> LessSafeKey {
+pub(crate) fn aead_key(keys: &SaKeys) -> LessSafeKey {
     // AES_256_GCM takes exactly 32 bytes, which the array type guarantees.
     #[allow(clippy::expect_used)]
     let unbound = UnboundKey::new(&AES_256_GCM, &keys.key).expect("32-byte AES-256 key");
     LessSafeKey::new(unbound)
 }
 
-fn sk_nonce(keys: &SaKeys, iv: &[u8; SK_IV_LEN]) -> Nonce {
+pub(crate) fn sk_nonce(keys: &SaKeys, iv: &[u8; SK_IV_LEN]) -> Nonce {
     let mut n = [0u8; 12];
     n[..4].copy_from_slice(&keys.salt);
     n[4..].copy_from_slice(iv);
@@ -1113,18 +1119,32 @@ fn sk_nonce(keys: &SaKeys, iv: &[u8; SK_IV_LEN]) -> Nonce {
 /// header and the SK generic header, plaintext = payloads || no padding || pad length 0.
 /// `iv` must never repeat for a key: the caller passes a per-SA message counter.
 pub fn seal_message(header: &Header, inner: &[Payload], keys: &SaKeys, iv: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+    let mut plain = Vec::with_capacity(256);
+    write_chain(inner, &mut plain, payload_type::NONE);
+    let first = inner.first().map_or(0, Payload::type_number);
+    seal_plaintext(header, first, &plain, keys, iv)
+}
+
+/// [`seal_message`] for an inner payload chain given as bytes (`plain`, whose first payload has
+/// type `first_payload`), sealed as is: what a fuzzer uses to reach the code behind the AEAD.
+pub fn seal_plaintext(
+    header: &Header,
+    first_payload: u8,
+    plain: &[u8],
+    keys: &SaKeys,
+    iv: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + GENERIC_HEADER_LEN + plain.len() + 32);
     write_header(header, payload_type::SK, &mut out);
     let sk_start = out.len();
-    let first = inner.first().map_or(0, Payload::type_number);
-    out.push(first);
+    out.push(first_payload);
     out.push(0);
     out.extend_from_slice(&[0, 0]);
     let aad_end = out.len();
     let iv = iv.to_be_bytes();
     out.extend_from_slice(&iv);
     let pt_start = out.len();
-    write_chain(inner, &mut out, payload_type::NONE);
+    out.extend_from_slice(plain);
     out.push(0); // Pad Length: GCM needs no padding (RFC 5282 §3)
     let sk_len = (out.len() - sk_start + SK_ICV_LEN) as u16;
     out[sk_start + 2..sk_start + 4].copy_from_slice(&sk_len.to_be_bytes());
@@ -1139,6 +1159,12 @@ pub fn seal_message(header: &Header, inner: &[Payload], keys: &SaKeys, iv: u64) 
         .expect("IKE message far below the AES-GCM length limit");
     out.extend_from_slice(tag.as_ref());
     out
+}
+
+/// Parses an inner payload chain (the plaintext of an SK payload, or of reassembled
+/// fragments) that starts with payload type `first_payload`.
+pub fn parse_payloads(first_payload: u8, plain: &[u8]) -> Result<Vec<Payload>, ParseError> {
+    parse_chain(first_payload, plain, false)
 }
 
 /// Authenticates and decrypts the SK payload of `datagram` (already parsed as `msg`) with the

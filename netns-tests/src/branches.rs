@@ -321,6 +321,7 @@ fn engine_for(plan: &Plan, b: u32) -> Engine {
             peer_public_key: plan.hub_public,
             psk: Zeroizing::new(psk(b, t, plan.run)),
             priority: t as u32 + 1,
+            ike: None,
         });
     }
     let cfg = EngineConfig {

@@ -128,6 +128,12 @@ pub struct Charon {
 impl Charon {
     /// Starts charon in `ns` and waits for its vici socket.
     pub fn start(ns: &Netns) -> Result<Self, Error> {
+        Self::start_with(ns, "")
+    }
+
+    /// [`Charon::start`] with more `strongswan.conf` settings inside the `charon { }` section
+    /// (one `key = value` per line, e.g. `fragment_size = 576` or `cookie_threshold = 1`).
+    pub fn start_with(ns: &Netns, settings: &str) -> Result<Self, Error> {
         if !Path::new(CHARON_BIN).exists() {
             return Err(Error::Tandem(format!(
                 "{CHARON_BIN} is missing: apt-get install strongswan-charon strongswan-swanctl \
@@ -149,6 +155,7 @@ impl Charon {
   install_routes = no
   install_virtual_ip = no
   retransmit_tries = 2
+{settings}
   plugins {{
     vici {{
       socket = unix://{socket}
@@ -220,8 +227,14 @@ impl Charon {
 
     /// Loads the connection and its secret.
     pub fn load(&self, conn: &AwsLikeConn) -> Result<(), Error> {
+        self.load_conf(&conn.swanctl_conf())
+    }
+
+    /// Loads a `swanctl.conf` text (connections and secrets), e.g. an [`AwsLikeConn`]'s with a
+    /// test's changes.
+    pub fn load_conf(&self, text: &str) -> Result<(), Error> {
         let file: PathBuf = self.dir().join("swanctl.conf");
-        write_private(&file, &conn.swanctl_conf())?;
+        write_private(&file, text)?;
         self.swanctl(["--load-conns".as_ref(), "--file".as_ref(), file.as_os_str()])?;
         self.swanctl(["--load-creds".as_ref(), "--file".as_ref(), file.as_os_str()])?;
         Ok(())

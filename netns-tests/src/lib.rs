@@ -6,19 +6,25 @@
 //! background processes, CPU/RSS), [`charon`] (strongSwan as an AWS-like IKEv2 peer), [`topo`] (the [`topo::Lab`] builder), [`impair`] (nftables
 //! blackholes and random loss), [`wanem`] (the userspace WAN emulator), [`probe`] (the 1 ms probe
 //! stream), [`traffic`] (iperf3 and ping), [`tandem`] (keys, configs, daemons, status),
-//! [`report`] (aligned tables); [`branches`] (N branch gateways in one process, real engines)
+//! [`report`] (aligned tables); [`routed`] (route-based tunnels: inside addresses, carriers,
+//! `ip monitor` watches), [`frr`] (FRR's zebra + bgpd in a namespace) and [`ha`] (an HA pair
+//! of office gateways under BGP); [`branches`] (N branch gateways in one process, real engines)
 //! and [`scale`] (the head-end at scale: one hub, N branches, cost against N).
 
 pub mod branches;
+pub mod budget;
 pub mod capture;
 pub mod charon;
 pub mod drill;
+pub mod frr;
+pub mod ha;
 pub mod helper;
 pub mod impair;
 pub mod netns;
 pub mod probe;
 pub mod process;
 pub mod report;
+pub mod routed;
 pub mod scale;
 pub mod tandem;
 pub mod topo;

@@ -138,7 +138,8 @@ fn opt<T: std::str::FromStr>(
     }
 }
 
-/// `probe send --to ADDR:PORT [--interval-us 1000] [--size 64] [--max-secs 600] [--linger-ms 500]`
+/// `probe send --to ADDR:PORT [--interval-us 1000] [--size 64] [--max-secs 600] [--linger-ms 500]
+/// [--from-port 0]` (a fixed source port makes the stream one known flow, for ECMP tests)
 pub fn sender_main(args: &[String]) -> Result<(), String> {
     let opts = parse_opts(args)?;
     let to: SocketAddr = opts
@@ -152,10 +153,11 @@ pub fn sender_main(args: &[String]) -> Result<(), String> {
     let size: usize = opt(&opts, "size", 64usize)?.max(HEADER_LEN);
     let max = Duration::from_secs(opt(&opts, "max-secs", 600)?);
     let linger = Duration::from_millis(opt(&opts, "linger-ms", 500)?);
+    let from_port: u16 = opt(&opts, "from-port", 0u16)?;
     let bind: SocketAddr = if to.is_ipv4() {
-        "0.0.0.0:0".parse().map_err(|e| format!("{e}"))?
+        SocketAddr::from(([0, 0, 0, 0], from_port))
     } else {
-        "[::]:0".parse().map_err(|e| format!("{e}"))?
+        SocketAddr::from(([0u16; 8], from_port))
     };
     let sock = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
     sock.connect(to).map_err(|e| format!("connect {to}: {e}"))?;
@@ -285,6 +287,17 @@ impl ProbeStream {
     /// Starts a 1 ms stream from `ns` to `target` (a reflector).
     pub fn start(ns: &Netns, target: SocketAddr) -> Result<Self, Error> {
         Self::start_with(ns, target, Duration::from_millis(1), 64)
+    }
+
+    /// Starts a 1 ms stream from `ns` to `target` from source port `port` (one known flow).
+    pub fn start_from(ns: &Netns, target: SocketAddr, port: u16) -> Result<Self, Error> {
+        let mut cmd = helper_command(ns, "send");
+        cmd.args(["--to", &target.to_string()])
+            .args(["--from-port", &port.to_string()])
+            .stdout(std::process::Stdio::piped());
+        Ok(ProbeStream {
+            bg: Bg::spawn(cmd)?,
+        })
     }
 
     /// Starts a stream with a given interval and probe size.

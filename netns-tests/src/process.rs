@@ -52,9 +52,17 @@ impl Bg {
         drop(self.child.stdin.take());
     }
 
-    /// Waits up to `timeout` for the process to exit, then collects its piped stdout.
+    /// Waits up to `timeout` for the process to exit and collects its piped stdout. The pipe is
+    /// drained while waiting: a child that writes more than a pipe holds (iperf3's JSON after a
+    /// long run) would otherwise block on the write and never exit.
     pub fn wait_output(mut self, timeout: Duration) -> Result<String, Error> {
         let deadline = Instant::now() + timeout;
+        let reader = self.child.stdout.take().map(|mut s| {
+            std::thread::spawn(move || {
+                let mut out = String::new();
+                s.read_to_string(&mut out).map(|_| out)
+            })
+        });
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => break,
@@ -65,12 +73,15 @@ impl Bg {
                 Err(e) => return Err(Error::Spawn(self.desc.clone(), e)),
             }
         }
-        let mut out = String::new();
-        if let Some(mut s) = self.child.stdout.take() {
-            s.read_to_string(&mut out)
-                .map_err(|e| Error::Spawn(self.desc.clone(), e))?;
+        match reader.map(std::thread::JoinHandle::join) {
+            None => Ok(String::new()),
+            Some(Ok(Ok(out))) => Ok(out),
+            Some(Ok(Err(e))) => Err(Error::Spawn(self.desc.clone(), e)),
+            Some(Err(_)) => Err(Error::Spawn(
+                self.desc.clone(),
+                std::io::Error::other("stdout reader panicked"),
+            )),
         }
-        Ok(out)
     }
 
     /// Stops the process (SIGTERM, then SIGKILL after `grace`) and reaps it.

@@ -157,6 +157,9 @@ pub struct TandemOpts {
     pub log: &'static str,
     /// Extra environment for both daemons (e.g. tuning knobs for a same-run A/B bench).
     pub env: Vec<(String, String)>,
+    /// `timers = "<profile>"` instead of explicit `dpd_interval` / `dpd_timeout` lines (those
+    /// two fields must then hold the profile's values: the bounds are computed from them).
+    pub timers: Option<&'static str>,
 }
 
 impl Default for TandemOpts {
@@ -173,6 +176,7 @@ impl Default for TandemOpts {
             keylog: false,
             log: "info",
             env: Vec::new(),
+            timers: None,
         }
     }
 }
@@ -320,15 +324,20 @@ impl TandemSetup {
         t += &format!(
             "\n[control]\nsocket = \"{d}/{side}.sock\"\n\n[[connection]]\nname = \"{CONNECTION}\"\n\
              local_subnets = [{ln}]\nremote_subnets = [{rn}]\n\
-             mode = \"{mode}\"\nfailback = \"{fb}\"\ndpd_interval = \"{di}\"\ndpd_timeout = \"{dt}\"\n\
-             mss_clamp = {mss}\n",
+             mode = \"{mode}\"\nfailback = \"{fb}\"\n{timers}mss_clamp = {mss}\n",
             side = side.name(),
             ln = quote(local_nets),
             rn = quote(remote_nets),
             mode = o.mode,
             fb = o.failback.map_or("never".to_string(), dur),
-            di = dur(o.dpd_interval),
-            dt = dur(o.dpd_timeout),
+            timers = match o.timers {
+                Some(p) => format!("timers = \"{p}\"\n"),
+                None => format!(
+                    "dpd_interval = \"{}\"\ndpd_timeout = \"{}\"\n",
+                    dur(o.dpd_interval),
+                    dur(o.dpd_timeout)
+                ),
+            },
             mss = o.mss_clamp,
         );
         for &(isp, peer_pub) in tunnels {
@@ -380,8 +389,36 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `tandem run -c <side>.toml` inside `ns`, logging to `<side>.log`.
     pub fn start(setup: &TandemSetup, side: Side, ns: &Netns) -> Result<Self, Error> {
+        let mut env = setup.opts().env.clone();
+        env.push(("RUST_LOG".into(), setup.opts().log.into()));
+        if setup.opts().keylog {
+            env.push((
+                "TANDEM_KEYLOG".into(),
+                setup.keylog_path(side).display().to_string(),
+            ));
+        }
+        Self::start_files(
+            ns,
+            side,
+            &setup.config_path(side),
+            &setup.socket_path(side),
+            &setup.log_path(side),
+            &env,
+        )
+    }
+
+    /// Starts `tandem run -c CONFIG` inside `ns` with `env`, logging to `log`, and waits until
+    /// its control socket (`socket`, as the config names it) answers. `side` only labels it.
+    pub fn start_files(
+        ns: &Netns,
+        side: Side,
+        config: &Path,
+        socket: &Path,
+        log: &Path,
+        env: &[(String, String)],
+    ) -> Result<Self, Error> {
         let bin = tandem_bin()?;
-        let log = setup.log_path(side);
+        let log = log.to_path_buf();
         let logf = OpenOptions::new()
             .create(true)
             .append(true)
@@ -393,20 +430,16 @@ impl Daemon {
         let mut cmd = ns.command(&bin);
         cmd.arg("run")
             .arg("-c")
-            .arg(setup.config_path(side))
-            .env("RUST_LOG", setup.opts().log)
+            .arg(config)
             .stdout(logf)
             .stderr(logf2);
-        if setup.opts().keylog {
-            cmd.env("TANDEM_KEYLOG", setup.keylog_path(side));
-        }
-        for (k, v) in &setup.opts().env {
+        for (k, v) in env {
             cmd.env(k, v);
         }
         let mut d = Daemon {
             side,
-            socket: setup.socket_path(side),
-            config: setup.config_path(side),
+            socket: socket.to_path_buf(),
+            config: config.to_path_buf(),
             log,
             bg: Bg::spawn(cmd)?,
         };
@@ -587,6 +620,17 @@ impl Status {
     pub fn all_up(&self) -> bool {
         self.conn()["tunnels"].as_array().is_some_and(|ts| {
             !ts.is_empty() && ts.iter().all(|t| t["state"].as_str() == Some("up"))
+        })
+    }
+
+    /// Whether every tunnel of every connection is `up` (and there is at least one).
+    pub fn every_tunnel_up(&self) -> bool {
+        self.0["connections"].as_array().is_some_and(|cs| {
+            cs.iter().all(|c| {
+                c["tunnels"].as_array().is_some_and(|ts| {
+                    !ts.is_empty() && ts.iter().all(|t| t["state"].as_str() == Some("up"))
+                })
+            })
         })
     }
 

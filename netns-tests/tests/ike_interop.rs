@@ -9,6 +9,12 @@
 //! the IKE SA is ESTABLISHED on charon with our SPIs, the first Child SA is INSTALLED with our
 //! SPIs swapped, and the Child SA keys we derived are byte for byte the keys charon logged. A
 //! wrong PSK gives AUTHENTICATION_FAILED on both sides, in both roles.
+//!
+//! Hardening, each way: COOKIEs (RFC 7296 §2.6) — charon retries with the cookie of a tandem
+//! responder in cookie mode, and tandem retries with the cookie charon demands once it holds a
+//! half-open IKE SA (`cookie_threshold = 1`); IKE fragmentation (RFC 7383) — an IKE_AUTH of 70
+//! traffic selectors goes in 576-byte fragments both ways with either end initiating (charon's
+//! `fragment_size = 576`), charon reassembling ours and we reassembling its.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -22,8 +28,9 @@ use tandem_crypto::rand_core::SeedableRng;
 use tandem_ike::nat::{IKE_PORT, NAT_T_PORT, NON_ESP_MARKER};
 use tandem_ike::ts::ipv4_prefix;
 use tandem_ike::{
-    ChildSa, Config, DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, EspProposal, Established, Event,
-    Failure, FirstChild, Identity, IkeProposal, IkeSa, NatT, NotifyType, Psk, Role,
+    Admission, AdmissionPolicy, ChildSa, Config, CookieJar, DEFAULT_ESP_PROPOSALS,
+    DEFAULT_IKE_PROPOSALS, EspProposal, Established, Event, Failure, FirstChild, Fragmentation,
+    Identity, IkeProposal, IkeSa, NatT, NotifyType, Options, Psk, Role, frag,
 };
 use tandem_netns_tests::charon::{AwsLikeConn, Charon};
 use tandem_netns_tests::topo::{Family, Isp, Lab, cgw_wan, vpcgw_wan};
@@ -96,6 +103,13 @@ struct Driver {
     /// IKE datagrams sent and received, for the report.
     sent: usize,
     received: usize,
+    /// Of those, IKE fragments (RFC 7383).
+    fragments_sent: usize,
+    fragments_received: usize,
+    /// Options of the IKE SAs this driver makes as responder.
+    options: Options,
+    /// As responder: the cookie gate every new IKE_SA_INIT passes first (RFC 7296 §2.6).
+    jar: Option<CookieJar>,
 }
 
 /// What a driver run ended with.
@@ -122,15 +136,15 @@ impl Driver {
             rng: rng(),
             sent: 0,
             received: 0,
+            fragments_sent: 0,
+            fragments_received: 0,
+            options: Options::default(),
+            jar: None,
         }
     }
 
-    fn send(&mut self, sa: &IkeSa, bytes: &[u8]) {
-        let port = match sa.role() {
-            Role::Responder => self.last_rx_port,
-            Role::Initiator if sa.udp_encapsulation() => NAT_T_PORT,
-            Role::Initiator => IKE_PORT,
-        };
+    /// Sends an IKE message to the peer's port `port` (behind the marker on 4500).
+    fn send_to_port(&mut self, bytes: &[u8], port: u16) {
         if port == NAT_T_PORT {
             let mut d = NON_ESP_MARKER.to_vec();
             d.extend_from_slice(bytes);
@@ -139,6 +153,16 @@ impl Driver {
             self.s500.send_to(bytes, (self.peer, port)).unwrap();
         }
         self.sent += 1;
+        self.fragments_sent += usize::from(frag::is_fragment(bytes));
+    }
+
+    fn send(&mut self, sa: &IkeSa, bytes: &[u8]) {
+        let port = match sa.role() {
+            Role::Responder => self.last_rx_port,
+            Role::Initiator if sa.udp_encapsulation() => NAT_T_PORT,
+            Role::Initiator => IKE_PORT,
+        };
+        self.send_to_port(bytes, port);
     }
 
     /// One IKE message from either socket (the marker stripped; ESP on 4500 is skipped).
@@ -162,6 +186,7 @@ impl Driver {
             };
             self.last_rx_port = from.port();
             self.received += 1;
+            self.fragments_received += usize::from(frag::is_fragment(d));
             return Some(d.to_vec());
         }
         None
@@ -206,7 +231,21 @@ impl Driver {
                     return (Outcome::Timeout, None);
                 }
                 if let Some(d) = self.recv() {
-                    let mut sa = IkeSa::respond(responder);
+                    if let Some(jar) = self.jar.as_mut() {
+                        match jar.admit(&d, self.peer, 0) {
+                            Admission::Admit => {}
+                            Admission::Cookie(reply) => {
+                                let port = self.last_rx_port;
+                                self.send_to_port(&reply, port);
+                                continue;
+                            }
+                            Admission::Drop(why) => {
+                                eprintln!("refused: {why}");
+                                continue;
+                            }
+                        }
+                    }
+                    let mut sa = IkeSa::respond_with(responder, self.options);
                     if let Err(e) = sa.handle_datagram(Instant::now(), &d, &mut self.rng) {
                         eprintln!("dropped: {e}");
                     }
@@ -717,5 +756,540 @@ fn child_and_ike_sa_rekeys_from_either_side_agree_with_charon() {
         raw_values(&raw, "initiator-spi"),
         [format!("{spi_i2:016x}")],
         "{raw}"
+    );
+}
+
+#[test]
+fn charon_initiating_to_a_tandem_responder_in_cookie_mode_retries_with_the_cookie() {
+    let Some((lab, charon)) = lab_with_charon() else {
+        return;
+    };
+    let aws = "aes256gcm16-prfsha256-ecp384";
+    charon
+        .load(&charon_conn(PSK, aws, "aes256gcm16-ecp384"))
+        .unwrap();
+    let keys_before = charon.child_keys().len();
+    let config = tandem_config(
+        PSK,
+        vec![aws.parse().unwrap()],
+        DEFAULT_ESP_PROPOSALS.to_vec(),
+    );
+    let tandem = spawn_in_netns(&lab.cgw, move || {
+        let mut d = Driver::bind();
+        // Threshold 0: every IKE_SA_INIT without a valid cookie gets one (a responder under
+        // load, RFC 7296 §2.6).
+        let policy = AdmissionPolicy {
+            threshold: 0,
+            ..AdmissionPolicy::default()
+        };
+        d.jar = Some(CookieJar::new(policy, Instant::now(), &mut d.rng));
+        let (outcome, _) = d.run(None, config, Instant::now());
+        (outcome, d.jar.map(|j| j.cookies_issued()))
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
+    let (outcome, issued) = tandem.join().unwrap();
+    let Outcome::Established(est, took) = outcome else {
+        panic!("{outcome:?}\n{initiate:?}\n{}", charon.log());
+    };
+    initiate.unwrap();
+    eprintln!(
+        "charon -> tandem with a COOKIE round trip: established in {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert_eq!(issued, Some(1), "exactly one COOKIE answer");
+    let log = charon.log();
+    assert!(
+        log.contains("parsed IKE_SA_INIT response 0 [ N(COOKIE) ]"),
+        "charon saw our COOKIE: {log}"
+    );
+    assert_charon_agrees(&charon, &est, keys_before);
+}
+
+#[test]
+fn tandem_initiating_to_charon_under_half_open_load_retries_with_charons_cookie() {
+    if !tandem_netns_tests::can_run_as_root("ike_interop") {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    // One half-open IKE SA is load enough: charon demands cookies from then on.
+    let charon = Charon::start_with(
+        &lab.vpcgw,
+        "  dos_protection = yes\n  cookie_threshold = 1\n  cookie_threshold_ip = 1",
+    )
+    .unwrap();
+    let aws = "aes256gcm16-prfsha256-ecp384";
+    charon
+        .load(&charon_conn(PSK, aws, "aes256gcm16-ecp384"))
+        .unwrap();
+    let keys_before = charon.child_keys().len();
+    let config = tandem_config(
+        PSK,
+        vec![aws.parse().unwrap()],
+        DEFAULT_ESP_PROPOSALS.to_vec(),
+    );
+    let (outcome, sent) = spawn_in_netns(&lab.cgw, move || {
+        let mut d = Driver::bind();
+        // The load: an IKE_SA_INIT that charon answers and that never gets its IKE_AUTH.
+        let start = Instant::now();
+        let mut half_open = IkeSa::initiate(config.clone(), start, &mut d.rng);
+        let first = half_open.poll_transmit().unwrap();
+        d.send(&half_open, &first);
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        while d.recv().is_none() {
+            assert!(Instant::now() < deadline, "charon did not answer");
+        }
+        let sent_before = d.sent;
+        let start = Instant::now();
+        let sa = IkeSa::initiate(config.clone(), start, &mut d.rng);
+        let (out, _) = d.run(Some(sa), config, start);
+        (out, d.sent - sent_before)
+    })
+    .join()
+    .unwrap();
+    let Outcome::Established(est, took) = outcome else {
+        panic!("{outcome:?}\n{}", charon.log());
+    };
+    eprintln!(
+        "tandem -> charon with charon's COOKIE: established in {:.1} ms, {sent} datagrams sent",
+        took.as_secs_f64() * 1e3
+    );
+    let log = charon.log();
+    assert!(
+        log.contains("generating IKE_SA_INIT response 0 [ N(COOKIE) ]"),
+        "charon demanded a cookie: {log}"
+    );
+    // IKE_SA_INIT, its retry with the cookie, IKE_AUTH.
+    assert_eq!(sent, 3);
+    // charon still lists the half-open SA of the load next to ours (until its own half-open
+    // timeout), so look for ours among them.
+    let FirstChild::Created(child) = &est.child else {
+        panic!("{:?}", est.child);
+    };
+    assert_charon_lists(&charon, est.spi_i, est.spi_r, child);
+    assert_logged_child_keys(&charon, child, true, keys_before);
+}
+
+/// `n` TCP-port selectors inside the VPC's 10.20.0.0/16 (ports 1000, 1001, ...), as swanctl's
+/// comma-separated list. Ports, not subnets: charon's kernel-libipsec installs one route per
+/// remote subnet and fails on the second, while selectors that share the subnet share its route.
+fn many_port_selectors(n: u16) -> String {
+    (0..n)
+        .map(|i| format!("10.20.0.0/16[tcp/{}]", 1000 + i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Our side with `n` port selectors towards the VPC: an IKE_AUTH with 16 x `n` bytes of TSr.
+fn many_ts_config(n: u16) -> Config {
+    let mut c = tandem_config(
+        PSK,
+        vec!["aes256gcm16-prfsha256-ecp384".parse().unwrap()],
+        DEFAULT_ESP_PROPOSALS.to_vec(),
+    );
+    c.remote_ts = (0..n)
+        .map(|i| tandem_ike::TrafficSelector {
+            ip_proto: 6,
+            start_port: 1000 + i,
+            end_port: 1000 + i,
+            ..ipv4_prefix(Ipv4Addr::new(10, 20, 0, 0), 16)
+        })
+        .collect();
+    c
+}
+
+/// Fragments of at most this IP datagram size, both sides: IPv4's minimum.
+const FRAGMENT_SIZE: usize = 576;
+/// Selectors towards the VPC: 70 x 16 bytes, an IKE_AUTH of about 1.5 KB each way (charon
+/// installs a policy per selector, 10-15 ms each).
+const MANY_TS: u16 = 70;
+
+fn small_fragments() -> Options {
+    let mut o = Options::default();
+    o.fragmentation = Fragmentation::On {
+        max_datagram: FRAGMENT_SIZE,
+    };
+    o
+}
+
+fn charon_with_fragments(lab: &Lab) -> Charon {
+    let charon =
+        Charon::start_with(&lab.vpcgw, &format!("  fragment_size = {FRAGMENT_SIZE}")).unwrap();
+    let mut conn = charon_conn(PSK, "aes256gcm16-prfsha256-ecp384", "aes256gcm16-ecp384");
+    conn.local_ts = many_port_selectors(MANY_TS);
+    charon.load(&conn).unwrap();
+    charon
+}
+
+/// Both directions of a large IKE_AUTH went in fragments: charon split its message and
+/// reassembled ours; we sent and received fragments.
+fn assert_fragmented_both_ways(charon: &Charon, sent: usize, received: usize) {
+    let log = charon.log();
+    assert!(sent > 1, "we sent {sent} fragments");
+    assert!(received > 1, "we received {received} fragments: {log}");
+    assert!(
+        log.contains("reassembled fragmented IKE message"),
+        "charon reassembled ours: {log}"
+    );
+    assert!(
+        log.contains("splitting IKE message"),
+        "charon fragmented its own: {log}"
+    );
+}
+
+#[test]
+fn a_large_ike_auth_goes_in_fragments_both_ways_with_charon_in_both_roles() {
+    if !tandem_netns_tests::can_run_as_root("ike_interop") {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let charon = charon_with_fragments(&lab);
+
+    // tandem initiates.
+    let keys_before = charon.child_keys().len();
+    let config = many_ts_config(MANY_TS);
+    let (outcome, sent, received) = spawn_in_netns(&lab.cgw, move || {
+        let mut d = Driver::bind();
+        let start = Instant::now();
+        let sa = IkeSa::initiate_with(config.clone(), small_fragments(), start, &mut d.rng);
+        let (out, _) = d.run(Some(sa), config, start);
+        (out, d.fragments_sent, d.fragments_received)
+    })
+    .join()
+    .unwrap();
+    let Outcome::Established(est, took) = outcome else {
+        panic!("{outcome:?}\n{}", charon.log());
+    };
+    eprintln!(
+        "tandem -> charon, IKE_AUTH in fragments: established in {:.1} ms ({sent} fragments sent, {received} received)",
+        took.as_secs_f64() * 1e3
+    );
+    assert_fragmented_both_ways(&charon, sent, received);
+    let FirstChild::Created(child) = &est.child else {
+        panic!("{:?}", est.child);
+    };
+    assert_eq!(child.remote_ts.len(), usize::from(MANY_TS));
+    assert_charon_agrees(&charon, &est, keys_before);
+    charon
+        .swanctl(["--terminate", "--ike", "aws", "--force"])
+        .unwrap();
+
+    // charon initiates.
+    let keys_before = charon.child_keys().len();
+    let config = many_ts_config(MANY_TS);
+    let tandem = spawn_in_netns(&lab.cgw, move || {
+        let mut d = Driver::bind();
+        d.options = small_fragments();
+        let (out, _) = d.run(None, config, Instant::now());
+        (out, d.fragments_sent, d.fragments_received)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
+    let (outcome, sent, received) = tandem.join().unwrap();
+    let Outcome::Established(est, _) = outcome else {
+        panic!("{outcome:?}\n{initiate:?}\n{}", charon.log());
+    };
+    initiate.unwrap();
+    eprintln!(
+        "charon -> tandem, IKE_AUTH in fragments: {sent} fragments sent, {received} received"
+    );
+    assert_eq!(est.role, Role::Responder);
+    assert!(sent > 1 && received > 1, "{sent}/{received}");
+    assert_charon_agrees(&charon, &est, keys_before);
+}
+
+/// The attacker's addresses: a /24 that `vpcgw` owns through a `local` route (so a socket can
+/// bind any of them) and that `isp1` and `cgw` route back to it, so our COOKIE answers go
+/// somewhere (and are ignored) as they would for real spoofed sources.
+const FLOOD_NET: &str = "203.0.113.0/24";
+/// Spoofed IKE_SA_INITs in the flood (each a new SPIi, from 250 source addresses).
+const FLOOD_INITS: u32 = 10_000;
+/// Junk datagrams in the flood, at 500 and 4500.
+const FLOOD_JUNK: u32 = 2_000;
+
+/// One IKE SA of the responder table, and where its peer last sent from.
+struct Entry {
+    sa: IkeSa,
+    peer: SocketAddr,
+    nat_t: bool,
+}
+
+/// What the responder table saw.
+#[derive(Debug, Default)]
+struct TableReport {
+    peak_sas: usize,
+    peak_half_open: usize,
+    cookies: u64,
+    refused: usize,
+    dropped: usize,
+    established_with_charon: bool,
+    /// Datagrams received (the kernel drops what overflows the socket buffer).
+    received: usize,
+    /// New IKE_SA_INITs that reached the gate and were admitted.
+    admitted: usize,
+}
+
+/// A tandem-ike responder for any source on cgw's 500/4500: the COOKIE gate, a table of IKE
+/// SAs by (source, SPIi), half-open expiry; until `stop` and charon's SA is up (or `until`).
+fn serve_table(stop: &std::sync::atomic::AtomicBool, until: Instant) -> TableReport {
+    use std::sync::atomic::Ordering;
+    let s500 = UdpSocket::bind((cgw_addr(), IKE_PORT)).unwrap();
+    let s4500 = UdpSocket::bind((cgw_addr(), NAT_T_PORT)).unwrap();
+    for s in [&s500, &s4500] {
+        s.set_nonblocking(true).unwrap();
+    }
+    let mut rng = rng();
+    let mut jar = CookieJar::new(AdmissionPolicy::default(), Instant::now(), &mut rng);
+    let mut table: std::collections::HashMap<(IpAddr, u64), Entry> =
+        std::collections::HashMap::new();
+    let mut report = TableReport::default();
+    let mut buf = [0u8; 65_536];
+    while Instant::now() < until
+        && !(stop.load(Ordering::Relaxed) && report.established_with_charon)
+    {
+        let mut got = false;
+        for (s, nat_t) in [(&s500, false), (&s4500, true)] {
+            let Ok((n, from)) = s.recv_from(&mut buf) else {
+                continue;
+            };
+            got = true;
+            report.received += 1;
+            let d = if nat_t {
+                match tandem_ike::nat::classify_nat_t(&buf[..n]) {
+                    tandem_ike::nat::NatTDatagram::Ike(ike) => ike.to_vec(),
+                    _ => {
+                        report.dropped += 1;
+                        continue;
+                    }
+                }
+            } else {
+                buf[..n].to_vec()
+            };
+            let Some(spi_i) = d
+                .get(..8)
+                .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+            else {
+                report.dropped += 1;
+                continue;
+            };
+            let now = Instant::now();
+            let key = (from.ip(), spi_i);
+            if !table.contains_key(&key) {
+                let half_open = table.values().filter(|e| !e.sa.is_established()).count();
+                match jar.admit(&d, from.ip(), half_open) {
+                    Admission::Admit => {
+                        report.admitted += 1;
+                        let sa = IkeSa::respond(tandem_config(
+                            PSK,
+                            vec!["aes256gcm16-prfsha256-ecp384".parse().unwrap()],
+                            DEFAULT_ESP_PROPOSALS.to_vec(),
+                        ));
+                        table.insert(
+                            key,
+                            Entry {
+                                sa,
+                                peer: from,
+                                nat_t,
+                            },
+                        );
+                    }
+                    Admission::Cookie(reply) => {
+                        let framed = if nat_t {
+                            tandem_ike::nat::Transport::NatT.frame(&reply)
+                        } else {
+                            reply
+                        };
+                        let _ = s.send_to(&framed, from);
+                        continue;
+                    }
+                    Admission::Drop(why) => {
+                        match why {
+                            tandem_ike::cookie::Refused::Full => report.refused += 1,
+                            tandem_ike::cookie::Refused::NotInit => report.dropped += 1,
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(e) = table.get_mut(&key) else {
+                continue;
+            };
+            e.peer = from;
+            e.nat_t = nat_t;
+            if e.sa.handle_datagram(now, &d, &mut rng).is_err() {
+                report.dropped += 1;
+            }
+        }
+        // Send what the SAs queued, collect their events, expire half-open ones.
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        for (key, e) in table.iter_mut() {
+            if e.sa.poll_timeout().is_some_and(|t| t <= now) {
+                e.sa.handle_timeout(now);
+            }
+            while let Some(out) = e.sa.poll_transmit() {
+                let (s, framed) = if e.nat_t {
+                    (&s4500, tandem_ike::nat::Transport::NatT.frame(&out))
+                } else {
+                    (&s500, out)
+                };
+                let _ = s.send_to(&framed, e.peer);
+            }
+            while let Some(ev) = e.sa.poll_event() {
+                match ev {
+                    Event::Established(_) if e.peer.ip() == vpcgw_addr() => {
+                        report.established_with_charon = true;
+                    }
+                    Event::Failed(_) => failed.push(*key),
+                    _ => {}
+                }
+            }
+        }
+        for k in failed {
+            table.remove(&k);
+        }
+        report.peak_sas = report.peak_sas.max(table.len());
+        let half_open = table.values().filter(|e| !e.sa.is_established()).count();
+        report.peak_half_open = report.peak_half_open.max(half_open);
+        if !got {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    report.cookies = jar.cookies_issued();
+    report
+}
+
+/// Floods cgw from `FLOOD_NET`: spoofed IKE_SA_INITs (one real request, a new SPIi each) and
+/// junk (random lengths and bytes, truncated headers, bare markers) at 500 and 4500.
+fn flood() -> (u32, u32) {
+    let mut rng = rng();
+    let template = {
+        // The proposal the responder accepts: an admitted request costs it a DH and a
+        // half-open SA (one it refuses with NO_PROPOSAL_CHOSEN costs nothing).
+        let mut sa = IkeSa::initiate(
+            tandem_config(
+                PSK,
+                vec!["aes256gcm16-prfsha256-ecp384".parse().unwrap()],
+                DEFAULT_ESP_PROPOSALS.to_vec(),
+            ),
+            Instant::now(),
+            &mut rng,
+        );
+        sa.poll_transmit().unwrap()
+    };
+    let socks: Vec<UdpSocket> = (1..=250u8)
+        .map(|i| UdpSocket::bind((Ipv4Addr::new(203, 0, 113, i), 0)).unwrap())
+        .collect();
+    let (mut inits, mut junk) = (0, 0);
+    for i in 0..FLOOD_INITS {
+        let s = &socks[i as usize % socks.len()];
+        let mut d = template.clone();
+        d[..8].copy_from_slice(&(u64::from(i) + 0x7700_0000_0000_0000).to_be_bytes());
+        if s.send_to(&d, (cgw_addr(), IKE_PORT)).is_ok() {
+            inits += 1;
+        }
+        if i % (FLOOD_INITS / FLOOD_JUNK) == 0 {
+            // Junk of 0..300 bytes from a small LCG: bare, behind the marker, or after a cut
+            // IKE header; at 500 or 4500.
+            let mut x = u64::from(i).wrapping_mul(6_364_136_223_846_793_005) | 1;
+            let n = (x % 300) as usize;
+            let bytes: Vec<u8> = (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    (x >> 56) as u8
+                })
+                .collect();
+            let j = match i % 3 {
+                1 => [&NON_ESP_MARKER[..], &bytes].concat(),
+                2 => [&template[..20], &bytes].concat(),
+                _ => bytes,
+            };
+            let port = if i % 2 == 0 { IKE_PORT } else { NAT_T_PORT };
+            if s.send_to(&j, (cgw_addr(), port)).is_ok() {
+                junk += 1;
+            }
+        }
+        if i % 50 == 0 {
+            // At most ~50,000 datagrams a second, so that most reach the responder on this
+            // 2-core machine: the point is what the responder keeps, not how fast the kernel
+            // drops what overflows its socket buffer.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    (inits, junk)
+}
+
+#[test]
+fn an_ike_sa_init_flood_and_junk_from_many_sources_get_cookies_and_charon_still_connects() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some((lab, charon)) = lab_with_charon() else {
+        return;
+    };
+    lab.vpcgw
+        .ipw(&format!("route add local {FLOOD_NET} dev lo"))
+        .unwrap();
+    lab.isp(Isp::One)
+        .ipw(&format!(
+            "route add {FLOOD_NET} via {} dev vpcgw",
+            vpcgw_addr()
+        ))
+        .unwrap();
+    lab.cgw
+        .ipw(&format!("route add {FLOOD_NET} via 192.0.2.254 dev isp1"))
+        .unwrap();
+    charon
+        .load(&charon_conn(
+            PSK,
+            "aes256gcm16-prfsha256-ecp384",
+            "aes256gcm16-ecp384",
+        ))
+        .unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let until = Instant::now() + Duration::from_secs(30);
+    let responder = {
+        let stop = stop.clone();
+        spawn_in_netns(&lab.cgw, move || serve_table(&stop, until))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let flooder = spawn_in_netns(&lab.vpcgw, flood);
+    // charon connects while the flood is on: the half-open table is already at the threshold.
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
+    let took = start.elapsed();
+    let (inits, junk) = flooder.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let report = responder.join().unwrap();
+    eprintln!(
+        "flood: {inits} IKE_SA_INITs + {junk} junk from 250 sources; responder: {report:?}; \
+         charon connected in {:.0} ms",
+        took.as_secs_f64() * 1e3
+    );
+    initiate.unwrap_or_else(|e| panic!("{e:?}\n{}", charon.log()));
+    assert!(report.established_with_charon);
+    let threshold = AdmissionPolicy::default().threshold;
+    assert!(
+        report.peak_half_open <= threshold + 1,
+        "half-open state bounded by the threshold (+ charon's): {report:?}"
+    );
+    assert!(
+        report.peak_sas <= threshold + 1,
+        "no more IKE SAs than that: {report:?}"
+    );
+    // Every new IKE_SA_INIT that reached the gate was admitted (the first `threshold`, and
+    // charon's retry with its cookie) or answered with a cookie.
+    assert!(
+        report.admitted <= threshold + 1,
+        "admitted only up to the threshold: {report:?}"
+    );
+    assert!(
+        report.cookies >= u64::from(inits) / 2,
+        "most of the flood reached the gate and got cookies, not state: {report:?}"
+    );
+    assert!(report.dropped > 0, "junk was dropped: {report:?}");
+    let log = charon.log();
+    assert!(
+        log.contains("parsed IKE_SA_INIT response 0 [ N(COOKIE) ]"),
+        "charon was asked for a cookie and retried: {log}"
     );
 }

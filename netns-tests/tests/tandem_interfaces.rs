@@ -3,8 +3,7 @@
 //! route, and the carrier follows the tunnel's state. With the drill timers (100 ms / 300 ms).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Stdio;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -13,6 +12,7 @@ use tandem_netns_tests::drill::gap_bound;
 use tandem_netns_tests::impair::{Direction, NftImpairment};
 use tandem_netns_tests::netns::Netns;
 use tandem_netns_tests::probe::{ProbeStream, Reflector};
+use tandem_netns_tests::routed::{self, Monitor, carrier, inside, make_route_based};
 use tandem_netns_tests::tandem::{Daemon, Side, TandemOpts, TandemPair, TandemSetup};
 use tandem_netns_tests::topo::{Family, Lab, vpc_ip};
 use tandem_netns_tests::traffic::{ping, wait_reachable};
@@ -27,97 +27,8 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// cgw's and vpcgw's inside addresses of tunnel `n` (1 or 2): 169.254.100.{1,2} and .{5,6}.
-fn inside(side: Side, n: u8) -> Ipv4Addr {
-    let base = 4 * (n - 1);
-    Ipv4Addr::new(169, 254, 100, base + if side == Side::Cgw { 1 } else { 2 })
-}
-
-/// The lab configs turned route-based: both selectors 0.0.0.0/0 (the BGP set-up), an inside
-/// /30 per tunnel.
-fn route_based(setup: &TandemSetup, side: Side) {
-    setup
-        .edit_config(side, |text| {
-            let mut out = String::new();
-            for line in text.lines() {
-                if line.starts_with("local_subnets") {
-                    out += "local_subnets = [\"0.0.0.0/0\", \"::/0\"]\n";
-                } else if line.starts_with("remote_subnets") {
-                    out += "remote_subnets = [\"0.0.0.0/0\", \"::/0\"]\nrouting = \"interfaces\"\n";
-                } else if let Some(n) = line.strip_prefix("priority = ") {
-                    let n: u8 = n.trim().parse().unwrap();
-                    out += &format!("{line}\ninside = \"{}/30\"\n", inside(side, n));
-                } else {
-                    out += line;
-                    out.push('\n');
-                }
-            }
-            out
-        })
-        .unwrap();
-}
-
-fn carrier(ns: &Netns, ifname: &str) -> String {
-    ns.run("cat", [format!("/sys/class/net/{ifname}/carrier")])
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|e| format!("error: {e}"))
-}
-
 fn wait_carrier(ns: &Netns, ifname: &str, want: &str, timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        let c = carrier(ns, ifname);
-        if c == want {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "{} {ifname}: carrier {c}, expected {want} within {timeout:?}",
-            ns.role()
-        );
-        sleep(ms(10));
-    }
-}
-
-/// Watches `ip monitor link` inside `ns` (event-driven: no polling that would compete with the
-/// daemons for the CPU) for the first report of `ifname` without carrier.
-struct CarrierWatch {
-    child: std::process::Child,
-    off: std::sync::mpsc::Receiver<Instant>,
-}
-
-impl CarrierWatch {
-    fn start(ns: &Netns, ifname: &str) -> Self {
-        use std::io::BufRead;
-        let mut child = ns
-            .command("ip")
-            .args(["monitor", "link"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, off) = std::sync::mpsc::channel();
-        let needle = format!(": {ifname}:");
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { return };
-                if line.contains(&needle) && line.contains("NO-CARRIER") {
-                    let _ = tx.send(Instant::now());
-                    return;
-                }
-            }
-        });
-        CarrierWatch { child, off }
-    }
-
-    /// When the carrier went off, measured from `t0`.
-    fn wait(mut self, t0: Instant, timeout: Duration) -> Option<Duration> {
-        let r = self.off.recv_timeout(timeout).ok().map(|t| t - t0);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        r
-    }
+    routed::wait_carrier(ns, ifname, want, timeout).unwrap();
 }
 
 /// The kernel skips routes through a link without carrier (a per-interface setting), and takes
@@ -144,8 +55,8 @@ fn each_tunnel_is_an_interface_whose_carrier_follows_liveness_cuts_and_pins() {
     let lab = Lab::new().unwrap();
     let opts = TandemOpts::default();
     let setup = TandemSetup::new(opts.clone()).unwrap();
-    route_based(&setup, Side::Cgw);
-    route_based(&setup, Side::Vpcgw);
+    make_route_based(&setup, Side::Cgw).unwrap();
+    make_route_based(&setup, Side::Vpcgw).unwrap();
     // 1) A head-end alone: its interfaces exist, with their inside address, and no carrier.
     let vpcgw = Daemon::start(&setup, Side::Vpcgw, &lab.vpcgw).unwrap();
     sleep(ms(300));
@@ -167,11 +78,17 @@ fn each_tunnel_is_an_interface_whose_carrier_follows_liveness_cuts_and_pins() {
     pair.wait_both_up(Duration::from_secs(10)).unwrap();
     // The head-end's retried initiation completes as a rekey about a second after start: let it.
     pair.wait_settled(ms(1500), Duration::from_secs(8)).unwrap();
-    // 2) Up: carrier on, on both sides, both interfaces.
+    // 2) Up: carrier on, on both sides, both interfaces, and so in `tandem status`.
     for ns in [&lab.cgw, &lab.vpcgw] {
         for ifname in [IF1, IF2] {
             wait_carrier(ns, ifname, "1", Duration::from_secs(2));
         }
+    }
+    let st = pair.vpcgw.status().unwrap();
+    for (t, ifname) in [("tunnel1", IF1), ("tunnel2", IF2)] {
+        let t = st.tunnel(t).unwrap();
+        assert_eq!(t["ifname"], ifname, "{t}");
+        assert_eq!(t["carrier"], true, "{t}");
     }
     // 3) Each tunnel carries its own /30: the standby tunnel2 too, and that is where it goes.
     let before = pair
@@ -212,13 +129,13 @@ fn each_tunnel_is_an_interface_whose_carrier_follows_liveness_cuts_and_pins() {
     .unwrap();
     sleep(ms(500));
     // 5) A silent cut of isp1: tunnel1's carrier drops within dpd_timeout + one dpd_interval.
-    let watch = CarrierWatch::start(&lab.cgw, IF1);
-    let watch_far = CarrierWatch::start(&lab.vpcgw, IF1);
+    let watch = Monitor::carrier_off(&lab.cgw, IF1).unwrap();
+    let watch_far = Monitor::carrier_off(&lab.vpcgw, IF1).unwrap();
     sleep(ms(200));
     let t0 = Instant::now();
     let cut = NftImpairment::blackhole(&lab.isp1, "cgw", Direction::Both).unwrap();
-    let carrier_off = watch.wait(t0, Duration::from_secs(5));
-    let far_off = watch_far.wait(t0, Duration::from_secs(5));
+    let carrier_off = watch.wait(t0, Duration::from_secs(5)).map(|(d, _)| d);
+    let far_off = watch_far.wait(t0, Duration::from_secs(5)).map(|(d, _)| d);
     sleep(ms(700));
     let report = probe.stop().unwrap();
     let bound = opts.dpd_timeout + opts.dpd_interval;
@@ -235,23 +152,35 @@ fn each_tunnel_is_an_interface_whose_carrier_follows_liveness_cuts_and_pins() {
     let (Some(a), Some(b)) = (carrier_off, far_off) else {
         panic!("tunnel1's carrier never went off: {}", logs());
     };
-    // The first side to lose tunnel1 does so within the DPD bound. KNOWN ISSUE (open): in this
-    // mode the other side sometimes stays Up about a second longer (not seen with static
-    // routing on the same lab); until that is understood the second side is held to 2 s.
+    // Both sides announce the link down within the DPD bound (+ 50 ms of scheduling: measured
+    // 307-426 ms with a 400 ms bound). Without the operational-state change after the carrier
+    // (daemon/src/dataplane/ifaces.rs) the kernel's link watcher, which handles carrier-off at
+    // most once a second per machine, announced the second side ~1.3 s after the cut.
     assert!(
-        a.min(b) <= bound + ms(50),
+        a.max(b) <= bound + ms(50),
         "carrier off after {a:?} / {b:?} > {bound:?} + 50 ms\n{}",
         logs()
     );
-    assert!(
-        a.max(b) <= Duration::from_secs(2),
-        "{a:?} / {b:?}\n{}",
-        logs()
-    );
     assert_eq!(carrier(&lab.cgw, IF2), "1");
-    // The kernel moved the traffic to tunnel2 once tunnel1's link went down.
-    // The traffic gap is the later side's switch: the drill bound after the same known issue.
-    let gap = gap_bound(&pair).max(a.max(b) + ms(50));
+    // `tandem status` shows each tunnel's interface and its carrier.
+    let st = pair.cgw.status().unwrap();
+    for (t, ifname, on) in [("tunnel1", IF1, false), ("tunnel2", IF2, true)] {
+        let t = st.tunnel(t).unwrap();
+        assert_eq!(t["ifname"], ifname, "{t}");
+        assert_eq!(t["carrier"], on, "{t}");
+    }
+    let table = pair.cgw.status_text().unwrap();
+    let row = |t: &str| {
+        table
+            .lines()
+            .find(|l| l.trim_start().starts_with(t))
+            .map(|l| l.split_whitespace().rev().take(2).collect::<Vec<_>>())
+    };
+    assert!(table.contains("CARRIER"), "{table}");
+    assert_eq!(row("tunnel1 "), Some(vec!["off", IF1]), "{table}");
+    assert_eq!(row("tunnel2 "), Some(vec!["on", IF2]), "{table}");
+    // The kernel moved the traffic to tunnel2 once tunnel1's link went down, on both sides.
+    let gap = gap_bound(&pair);
     assert!(
         report.largest_gap_ms <= gap.as_secs_f64() * 1e3,
         "largest gap {} ms > {gap:?}: {report}",

@@ -42,6 +42,48 @@ pub struct MetricsSnapshot {
     pub tunnels: Vec<TunnelMetric>,
     /// Drops per reason label.
     pub drops: Vec<(&'static str, u64)>,
+    /// How late the data plane ran its due timers (keepalives, liveness checks, handshakes).
+    pub timer_lateness: Lateness,
+}
+
+/// Upper bounds (seconds) of the [`Lateness`] buckets: from the loop's normal wake-up precision
+/// (tens of µs) to the `fast` profile's `dpd_timeout` (30 ms) and beyond, where a late timer
+/// costs a false failover (docs/failover-profiles.md).
+pub const LATENESS_BUCKETS: [f64; 10] = [
+    0.000_1, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1,
+];
+
+/// A Prometheus histogram of timer lateness (due deadline -> handled), kept by the data plane
+/// as plain counters: one compare per bucket, no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Lateness {
+    /// Observations at or below each bound of [`LATENESS_BUCKETS`] (not cumulative), and above
+    /// the last one.
+    pub counts: [u64; LATENESS_BUCKETS.len() + 1],
+    /// Sum of all observations, seconds.
+    pub sum: f64,
+    /// Largest observation, seconds.
+    pub max: f64,
+}
+
+impl Lateness {
+    /// Records one timer run `late` after its deadline.
+    pub fn record(&mut self, late: std::time::Duration) {
+        let secs = late.as_secs_f64();
+        let i = LATENESS_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENESS_BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum += secs;
+        self.max = self.max.max(secs);
+    }
+
+    /// Observations.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -142,6 +184,25 @@ pub fn render(s: &MetricsSnapshot) -> String {
             "tandem_dropped_packets_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    let name = "tandem_timer_lateness_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} How long after its deadline the data plane ran a due timer (keepalive, liveness check, handshake)\n# TYPE {name} histogram"
+    );
+    let l = &s.timer_lateness;
+    let mut cumulative = 0;
+    for (bound, n) in LATENESS_BUCKETS.iter().zip(&l.counts) {
+        cumulative += n;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", l.count());
+    let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", l.sum, l.count());
+    let name = "tandem_timer_lateness_max_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The latest timer run so far, seconds after its deadline\n# TYPE {name} gauge\n{name} {}",
+        l.max
+    );
     out
 }
 
@@ -168,6 +229,13 @@ mod tests {
                 priority: 2,
             }],
             drops: vec![("replay", 7), ("no_route", 0)],
+            timer_lateness: {
+                let mut l = Lateness::default();
+                l.record(std::time::Duration::from_micros(50));
+                l.record(std::time::Duration::from_millis(4));
+                l.record(std::time::Duration::from_millis(40));
+                l
+            },
         };
         let text = render(&s);
         for m in [
@@ -181,6 +249,14 @@ mod tests {
             "tandem_tunnel_priority{connection=\"prod\",tunnel=\"t\\\"1\"} 2",
             "tandem_dropped_packets_total{reason=\"replay\"} 7",
             "tandem_dropped_packets_total{reason=\"no_route\"} 0",
+            "tandem_timer_lateness_seconds_bucket{le=\"0.0001\"} 1",
+            "tandem_timer_lateness_seconds_bucket{le=\"0.002\"} 1",
+            "tandem_timer_lateness_seconds_bucket{le=\"0.005\"} 2",
+            "tandem_timer_lateness_seconds_bucket{le=\"0.03\"} 2",
+            "tandem_timer_lateness_seconds_bucket{le=\"0.05\"} 3",
+            "tandem_timer_lateness_seconds_bucket{le=\"+Inf\"} 3",
+            "tandem_timer_lateness_seconds_count 3",
+            "tandem_timer_lateness_max_seconds 0.04",
         ] {
             assert!(text.contains(m), "missing {m} in\n{text}");
         }

@@ -71,7 +71,27 @@ pub struct Drill {
     failback_time: Option<Duration>,
     reply: Option<ReplyTx>,
     timeline: Timeline,
+    /// Route-based tunnels only: the kernel's route changes, to time the routing daemon.
+    routes: Option<RoutingWatch>,
 }
+
+/// Routing convergence on this host for a drill on a tunnel with an interface: from the
+/// silenced tunnel's carrier going off to the first change a routing daemon makes to this
+/// host's routing table (a route whose protocol is not the kernel's, a redirect or `ip route`'s
+/// default "boot": FRR's are `bgp`, `ospf`, `static`, …).
+#[derive(Debug)]
+struct RoutingWatch {
+    monitor: super::sys::RouteMonitor,
+    buf: Box<[u8]>,
+    carrier_off: Option<Instant>,
+    route_changed: Option<Instant>,
+}
+
+/// Route protocols at or below this are the kernel's own or an administrator's
+/// (`RTPROT_UNSPEC`, `_REDIRECT`, `_KERNEL`, `_BOOT`; linux/rtnetlink.h).
+const RTPROT_BOOT: u8 = 3;
+/// Receive buffer for route notifications (a few messages of ~100 bytes each per read).
+const ROUTE_BUF_LEN: usize = 8192;
 
 /// What the picture needs, recorded as the drill runs (instants from [`Timeline::began`]).
 #[derive(Debug)]
@@ -167,7 +187,51 @@ impl Drill {
             failback_time: None,
             reply: Some(reply),
             timeline,
+            routes: None,
         })
+    }
+
+    /// The silenced tunnel has an interface: watch this host's routes to time the routing
+    /// daemon's reaction to its carrier (a drill without it reports no routing figure).
+    pub fn watch_routes(&mut self) {
+        match super::sys::RouteMonitor::new() {
+            Ok(monitor) => {
+                self.routes = Some(RoutingWatch {
+                    monitor,
+                    buf: vec![0u8; ROUTE_BUF_LEN].into_boxed_slice(),
+                    carrier_off: None,
+                    route_changed: None,
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "drill: cannot watch route changes"),
+        }
+    }
+
+    /// The silenced tunnel.
+    pub fn tunnel(&self) -> TunnelId {
+        self.tunnel
+    }
+
+    /// The silenced tunnel's interface carrier as it is now.
+    pub fn on_carrier(&mut self, on: bool, now: Instant) {
+        if let Some(w) = self.routes.as_mut() {
+            if !on && self.silenced_at.is_some() && w.carrier_off.is_none() {
+                w.carrier_off = Some(now);
+            }
+        }
+    }
+
+    fn poll_routes(&mut self, now: Instant) {
+        let Some(w) = self.routes.as_mut() else {
+            return;
+        };
+        let mut changed = false;
+        w.monitor.drain(&mut w.buf, |c| {
+            changed |= c.protocol > RTPROT_BOOT;
+        });
+        if changed && w.carrier_off.is_some() && w.route_changed.is_none() {
+            w.route_changed = Some(now);
+        }
     }
 
     /// The connection drilled.
@@ -191,6 +255,7 @@ impl Drill {
 
     /// Send due probes and move through the phases; returns the report when the drill is over.
     pub fn on_tick(&mut self, engine: &mut Engine, now: Instant) -> Option<(ReplyTx, Reply)> {
+        self.poll_routes(now);
         if self.phase != Phase::Draining {
             let mut n = 0;
             while self.next_probe <= now && n < MAX_CATCH_UP {
@@ -378,6 +443,11 @@ impl Drill {
             "probes_sent": self.sent,
             "probes_lost": self.sent.saturating_sub(self.replied),
             "failback_ms": ms(self.failback_time),
+            "carrier_off_ms": ms(self.routes.as_ref().and_then(|w| w.carrier_off)
+                .zip(self.silenced_at)
+                .map(|(c, s)| c.saturating_duration_since(s))),
+            "routing_convergence_ms": ms(self.routes.as_ref().and_then(|w| w.route_changed.zip(w.carrier_off))
+                .map(|(r, c)| r.saturating_duration_since(c))),
             "settings": {
                 "probe_interval_ms": PROBE_INTERVAL.as_millis() as u64,
                 "warmup_ms": WARMUP.as_millis() as u64,

@@ -11,6 +11,15 @@
 //! Invariant: an interface's carrier is on exactly while its tunnel is Up and no other tunnel of
 //! its connection is pinned by `tandem failover` ([`Ifaces::sync_carrier`], run after every
 //! drain of engine events). New interfaces start with the carrier off.
+//!
+//! Why each carrier change is followed by an operational-state change ([`set_link`]): Linux
+//! applies a carrier change to routes and announces it (RTM_NEWLINK, which routing daemons
+//! watch) from its link watcher, which handles a "carrier off" at most once a second for the
+//! whole machine (only some "up" events count as urgent). So when two tunnels, or the two ends
+//! of one tunnel on one host, lost their carrier within a second of each other, the second
+//! was seen up to a second late, and traffic kept going into a dead tunnel. Setting
+//! `IFLA_OPERSTATE` to DORMANT (UP when the carrier returns) is applied and announced at once;
+//! the link watcher later settles the state from the carrier (DOWN, or UP) as usual.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -44,6 +53,8 @@ pub struct Iface {
     /// Receive-side coalescer for this device's writes.
     pub gro: TunGro,
     spec: IfaceSpec,
+    /// The device's interface index (for link-state messages).
+    ifindex: u32,
     /// The carrier as last set.
     carrier: bool,
 }
@@ -92,21 +103,40 @@ fn open(spec: &IfaceSpec, mtu: u16, offload: bool) -> io::Result<Iface> {
     if let (Some(_), Some(IpNet::V6(n))) = (v4, v6) {
         dev.add_address_v6(n.addr(), n.prefix_len())?;
     }
+    let ifindex = sys::if_index(&spec.ifname)?;
     // No carrier until the tunnel is Up: a routing daemon must not see a link before it works.
-    sys::set_tun_carrier(dev.as_fd(), false)?;
+    set_link(dev.as_fd(), ifindex, false)?;
     Ok(Iface {
         dev,
         vnet,
         gro: TunGro::new().with_udp(uso),
         spec: spec.clone(),
+        ifindex,
         carrier: false,
     })
+}
+
+/// Turns the carrier of the TUN behind `fd` (interface `ifindex`) on or off, and its
+/// operational state to match at once (module doc: the link watcher's delay).
+fn set_link(fd: std::os::fd::BorrowedFd<'_>, ifindex: u32, on: bool) -> io::Result<()> {
+    sys::set_tun_carrier(fd, on)?;
+    let state = if on {
+        sys::OperState::Up
+    } else {
+        sys::OperState::Dormant
+    };
+    sys::set_operstate(ifindex, state)
 }
 
 impl Iface {
     /// The device's name (`ifname`).
     pub fn ifname(&self) -> &str {
         &self.spec.ifname
+    }
+
+    /// Whether tandem has the carrier on.
+    pub fn carrier(&self) -> bool {
+        self.carrier
     }
 }
 
@@ -247,7 +277,7 @@ impl Ifaces {
             if want == f.carrier {
                 continue;
             }
-            match sys::set_tun_carrier(f.dev.as_fd(), want) {
+            match set_link(f.dev.as_fd(), f.ifindex, want) {
                 Ok(()) => {
                     f.carrier = want;
                     tracing::info!(ifname = %f.spec.ifname, carrier = want, pinned_elsewhere, "tunnel interface carrier");

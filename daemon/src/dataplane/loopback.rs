@@ -43,6 +43,7 @@ fn config(
         peer_public_key: peer_public,
         psk: Zeroizing::new([9u8; 32]),
         priority: 1,
+        ike: None,
     });
     EngineConfig {
         private_key: Zeroizing::new(private),

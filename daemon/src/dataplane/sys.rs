@@ -1,8 +1,8 @@
 //! The syscall layer: the only `unsafe` in tandem.
 //!
 //! Thin, allocation-free wrappers over epoll (`epoll_pwait2`: timeouts to the nanosecond),
-//! eventfd, `recvmmsg`/`sendmmsg`, the rtnetlink route messages and the TUN carrier ioctl. Every
-//! `unsafe` block states why it is sound. Everything above this module is safe Rust working on
+//! eventfd, `recvmmsg`/`sendmmsg`, the rtnetlink route and link-state messages and the TUN carrier
+//! ioctl. Every `unsafe` block states why it is sound. Everything above this module is safe Rust working on
 //! [`Slot`]s.
 
 use std::fs::File;
@@ -357,10 +357,22 @@ pub fn recv_mmsg(fd: RawFd, slots: &mut [Slot], offset: usize) -> io::Result<usi
     Ok(got)
 }
 
+/// What one batched send did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Datagrams handed to the kernel.
+    pub sent: usize,
+    /// Datagrams not sent because the socket's send buffer was full (`EAGAIN` on a non-blocking
+    /// socket): the first refusal ends the batch, the rest of it is counted here too.
+    pub queue_full: usize,
+}
+
 /// Send `slots[i].buf[start..start + len]` to `slots[i].addr` for every index yielded by `which`
-/// (at most [`MAX_MMSG`] of them; more are ignored), in order, on one socket. Returns how many
-/// were handed to the kernel; a datagram the kernel refuses is skipped and counted as not sent.
-pub fn send_mmsg(fd: RawFd, slots: &[Slot], which: impl Iterator<Item = usize>) -> usize {
+/// (at most [`MAX_MMSG`] of them; more are ignored), in order, on one socket. A datagram the
+/// kernel refuses (unreachable, too big) is skipped; on a full send buffer (`EAGAIN`, the socket
+/// is non-blocking) the rest is given up and counted in [`Sent::queue_full`]: the data plane never
+/// waits for a path that does not drain.
+pub fn send_mmsg(fd: RawFd, slots: &[Slot], which: impl Iterator<Item = usize>) -> Sent {
     // SAFETY: all-zero is a valid value for these plain C structs.
     let mut hdrs: [libc::mmsghdr; MAX_MMSG] = unsafe { mem::zeroed() };
     // SAFETY: as above.
@@ -392,18 +404,28 @@ pub fn send_mmsg(fd: RawFd, slots: &[Slot], which: impl Iterator<Item = usize>) 
             unsafe { libc::sendmmsg(fd, hdrs[next..].as_mut_ptr(), (n - next) as libc::c_uint, 0) };
         if rc < 0 {
             let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    return Sent {
+                        sent,
+                        queue_full: n - next,
+                    };
+                }
+                // The first remaining datagram was refused (no route, unreachable, too big…):
+                // skip it.
+                _ => next += 1,
             }
-            // The first remaining datagram was refused (no route, unreachable, too big…): skip it.
-            next += 1;
             continue;
         }
         let rc = rc as usize;
         sent += rc;
         next += rc;
     }
-    sent
+    Sent {
+        sent,
+        queue_full: 0,
+    }
 }
 
 /// `UDP_SEGMENT` (linux/udp.h): the cmsg/sockopt carrying the UDP GSO segment size.
@@ -429,13 +451,13 @@ struct GsoCmsg([u8; 24]);
 ///
 /// `*gso` says whether to try; when the kernel refuses a GSO send (EIO: no checksum offload on
 /// the route's device; EINVAL: too old), it is cleared and the rest goes out as [`send_mmsg`].
-/// Returns how many datagrams were handed to the kernel.
+/// A full send buffer ends the batch as in [`send_mmsg`].
 pub fn send_mmsg_gso(
     fd: RawFd,
     slots: &[Slot],
     which: impl Iterator<Item = usize>,
     gso: &mut bool,
-) -> usize {
+) -> Sent {
     if !*gso {
         return send_mmsg(fd, slots, which);
     }
@@ -528,7 +550,17 @@ pub fn send_mmsg_gso(
                     // No GSO on this path: send the rest one datagram per message, from now on.
                     *gso = false;
                     let from = msg_first_iov[next];
-                    return sent + send_mmsg(fd, slots, iov_slot[from..n_iov].iter().copied());
+                    let rest = send_mmsg(fd, slots, iov_slot[from..n_iov].iter().copied());
+                    return Sent {
+                        sent: sent + rest.sent,
+                        queue_full: rest.queue_full,
+                    };
+                }
+                Some(e) if e == libc::EAGAIN || e == libc::EWOULDBLOCK => {
+                    return Sent {
+                        sent,
+                        queue_full: msg_segs[next..n_msg].iter().sum(),
+                    };
                 }
                 _ => {
                     // This message was refused (unreachable, too big…): skip it.
@@ -540,7 +572,10 @@ pub fn send_mmsg_gso(
         sent += msg_segs[next..next + rc as usize].iter().sum::<usize>();
         next += rc as usize;
     }
-    sent
+    Sent {
+        sent,
+        queue_full: 0,
+    }
 }
 
 fn zeroed_storage() -> libc::sockaddr_storage {
@@ -562,12 +597,6 @@ pub enum RouteOp {
 
 /// Install (or remove) `dst/prefix` via interface `ifindex` in the main table, over rtnetlink.
 pub fn route(op: RouteOp, ifindex: u32, dst: IpAddr, prefix: u8) -> io::Result<()> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(
-        Domain::from(libc::AF_NETLINK),
-        Type::RAW,
-        Some(Protocol::from(libc::NETLINK_ROUTE)),
-    )?;
     let (family, addr): (u8, Vec<u8>) = match dst {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
@@ -603,9 +632,21 @@ pub fn route(op: RouteOp, ifindex: u32, dst: IpAddr, prefix: u8) -> io::Result<(
     msg.extend_from_slice(&8u16.to_ne_bytes());
     msg.extend_from_slice(&libc::RTA_OIF.to_ne_bytes());
     msg.extend_from_slice(&ifindex.to_ne_bytes());
+    rtnl_request(&mut msg)
+}
+
+/// Sends one rtnetlink request (`msg`: an `nlmsghdr` whose length is patched here, then its
+/// body) with NLM_F_ACK and reads the kernel's answer: Ok on a zero error code.
+fn rtnl_request(msg: &mut [u8]) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(
+        Domain::from(libc::AF_NETLINK),
+        Type::RAW,
+        Some(Protocol::from(libc::NETLINK_ROUTE)),
+    )?;
     let len = msg.len() as u32;
     msg[..4].copy_from_slice(&len.to_ne_bytes());
-    (&sock).write_all(&msg)?;
+    (&sock).write_all(msg)?;
     let mut reply = [0u8; 1024];
     let n = (&sock).read(&mut reply)?;
     // nlmsghdr (16) + nlmsgerr { error: i32, msg: nlmsghdr }
@@ -617,6 +658,42 @@ pub fn route(op: RouteOp, ifindex: u32, dst: IpAddr, prefix: u8) -> io::Result<(
         return Err(io::Error::from_raw_os_error(-errno));
     }
     Err(io::Error::other("unexpected rtnetlink reply"))
+}
+
+/// `IFLA_OPERSTATE` (linux/if_link.h; libc exports it for Android only).
+const IFLA_OPERSTATE: u16 = 16;
+
+/// RFC 2863 operational states a link may be set to from userspace (linux/if.h `IF_OPER_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperState {
+    /// `IF_OPER_DORMANT`: up but waiting for an external event; not running.
+    Dormant = libc::IF_OPER_DORMANT as isize,
+    /// `IF_OPER_UP`.
+    Up = libc::IF_OPER_UP as isize,
+}
+
+/// Sets the operational state of interface `ifindex` (RTM_NEWLINK with `IFLA_OPERSTATE`). The
+/// kernel applies it and announces it at once (NETDEV_CHANGE: the FIB marks the link's routes
+/// linkdown or live again; RTM_NEWLINK to listeners such as zebra), unlike a carrier change,
+/// whose announcement waits for the link watcher (see `ifaces.rs`). It only moves between
+/// UP/UNKNOWN and DORMANT; the link watcher later settles the state from the carrier.
+pub fn set_operstate(ifindex: u32, state: OperState) -> io::Result<()> {
+    let mut msg = Vec::with_capacity(48);
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, patched by rtnl_request
+    msg.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: kernel assigns
+    // struct ifinfomsg: family, pad, type, index, flags, change (0: flags untouched)
+    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    // IFLA_OPERSTATE: one byte, padded to 4.
+    msg.extend_from_slice(&5u16.to_ne_bytes());
+    msg.extend_from_slice(&IFLA_OPERSTATE.to_ne_bytes());
+    msg.extend_from_slice(&[state as u8, 0, 0, 0]);
+    rtnl_request(&mut msg)
 }
 
 /// The interface index of `name` (0 if unknown).
@@ -679,4 +756,186 @@ pub fn set_tun_carrier(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// rtnetlink route notifications (drills measure routing convergence)
+
+/// `SOL_NETLINK` / `NETLINK_ADD_MEMBERSHIP` (linux/netlink.h).
+const SOL_NETLINK: libc::c_int = 270;
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+/// `RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE` (linux/rtnetlink.h).
+const ROUTE_GROUPS: [u32; 2] = [7, 11];
+
+/// One route added, replaced or deleted in this namespace's routing tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteChange {
+    /// RTM_DELROUTE (else RTM_NEWROUTE).
+    pub deleted: bool,
+    /// `rtm_protocol`: who installed it (2 kernel, 3 boot/`ip route`, 186 BGP, …).
+    pub protocol: u8,
+    /// `RTA_OIF`, when the message carries one.
+    pub oif: Option<u32>,
+}
+
+/// A non-blocking netlink socket subscribed to the kernel's IPv4 and IPv6 route changes.
+#[derive(Debug)]
+pub struct RouteMonitor {
+    sock: socket2::Socket,
+}
+
+impl RouteMonitor {
+    /// Opens and subscribes the socket.
+    pub fn new() -> io::Result<Self> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let sock = Socket::new(
+            Domain::from(libc::AF_NETLINK),
+            Type::RAW,
+            Some(Protocol::from(libc::NETLINK_ROUTE)),
+        )?;
+        sock.set_nonblocking(true)?;
+        // A netlink socket receives multicast only once bound (port id 0: the kernel picks).
+        // SAFETY: an all-zero `sockaddr_nl` is valid; only the family is set.
+        let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `addr` is a live `sockaddr_nl` and the length passed is its size; the fd is
+        // the socket's own.
+        let rc = unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for group in ROUTE_GROUPS {
+            // SAFETY: NETLINK_ADD_MEMBERSHIP reads one `u32` (the group number) through the
+            // pointer, which points at a live local of that size; the fd is the socket's own.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    SOL_NETLINK,
+                    NETLINK_ADD_MEMBERSHIP,
+                    (&group as *const u32).cast(),
+                    mem::size_of::<u32>() as libc::socklen_t,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(RouteMonitor { sock })
+    }
+
+    /// Reads every queued notification without blocking and calls `f` for each route message.
+    /// Malformed messages are skipped (they come from the kernel; nothing to count).
+    pub fn drain(&self, buf: &mut [u8], mut f: impl FnMut(RouteChange)) {
+        while let Ok(n) = (&self.sock).read(buf) {
+            if n == 0 {
+                return;
+            }
+            parse_route_messages(&buf[..n], &mut f);
+        }
+    }
+}
+
+/// Walks the `nlmsghdr`s of one datagram, reporting RTM_NEWROUTE / RTM_DELROUTE.
+fn parse_route_messages(mut data: &[u8], f: &mut impl FnMut(RouteChange)) {
+    const NLMSG_HDR: usize = 16;
+    const RTMSG: usize = 12;
+    let align = |n: usize| (n + 3) & !3;
+    while data.len() >= NLMSG_HDR {
+        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        let kind = u16::from_ne_bytes([data[4], data[5]]);
+        if len < NLMSG_HDR || len > data.len() {
+            return;
+        }
+        let msg = &data[..len];
+        if (kind == libc::RTM_NEWROUTE || kind == libc::RTM_DELROUTE) && len >= NLMSG_HDR + RTMSG {
+            let protocol = msg[NLMSG_HDR + 5];
+            let mut oif = None;
+            let mut attrs = &msg[NLMSG_HDR + RTMSG..];
+            while attrs.len() >= 4 {
+                let alen = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+                let atype = u16::from_ne_bytes([attrs[2], attrs[3]]);
+                if alen < 4 || alen > attrs.len() {
+                    break;
+                }
+                if atype == libc::RTA_OIF && alen >= 8 {
+                    oif = Some(u32::from_ne_bytes([attrs[4], attrs[5], attrs[6], attrs[7]]));
+                }
+                attrs = &attrs[align(alen).min(attrs.len())..];
+            }
+            f(RouteChange {
+                deleted: kind == libc::RTM_DELROUTE,
+                protocol,
+                oif,
+            });
+        }
+        data = &data[align(len).min(data.len())..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RouteChange, parse_route_messages};
+
+    /// An RTM_NEWROUTE/RTM_DELROUTE for a route with `protocol` and an `RTA_OIF`.
+    fn route_msg(kind: u16, protocol: u8, oif: u32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]); // flags, seq, pid
+        m.extend_from_slice(&[libc::AF_INET as u8, 24, 0, 0, 254, protocol, 0, 1]);
+        m.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+        m.extend_from_slice(&8u16.to_ne_bytes());
+        m.extend_from_slice(&libc::RTA_OIF.to_ne_bytes());
+        m.extend_from_slice(&oif.to_ne_bytes());
+        let len = m.len() as u32;
+        m[..4].copy_from_slice(&len.to_ne_bytes());
+        m
+    }
+
+    fn parse(data: &[u8]) -> Vec<RouteChange> {
+        let mut out = Vec::new();
+        parse_route_messages(data, &mut |c| out.push(c));
+        out
+    }
+
+    #[test]
+    fn route_notifications_give_kind_protocol_and_interface() {
+        let mut two = route_msg(libc::RTM_NEWROUTE, 186, 7);
+        two.extend(route_msg(libc::RTM_DELROUTE, 2, 9));
+        assert_eq!(
+            parse(&two),
+            [
+                RouteChange {
+                    deleted: false,
+                    protocol: 186,
+                    oif: Some(7)
+                },
+                RouteChange {
+                    deleted: true,
+                    protocol: 2,
+                    oif: Some(9)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_or_lying_route_notifications_are_skipped_without_panic() {
+        let m = route_msg(libc::RTM_NEWROUTE, 186, 7);
+        for cut in 0..m.len() {
+            let _ = parse(&m[..cut]);
+        }
+        let mut lying = m.clone();
+        lying[..4].copy_from_slice(&1000u32.to_ne_bytes()); // longer than the datagram
+        assert!(parse(&lying).is_empty());
+        let mut bad_attr = m;
+        bad_attr[28..30].copy_from_slice(&200u16.to_ne_bytes()); // attribute past the end
+        assert_eq!(parse(&bad_attr)[0].oif, None);
+    }
 }

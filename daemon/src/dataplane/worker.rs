@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tandem_engine::{
-    Direction, Engine, EngineConfig, Event, FailoverTarget, TunnelId, TunnelState,
+    Direction, DropReason, Engine, EngineConfig, Event, FailoverTarget, TunnelId, TunnelState,
 };
 use tun_rs::VIRTIO_NET_HDR_LEN;
 
@@ -20,7 +20,7 @@ use super::gro::TunGro;
 use super::ifaces::{IfaceSpec, Ifaces, TOKEN_IFACE_BASE};
 use super::path::{Receiver, open_batch_routed, seal_batch, seal_batch_on};
 use super::sys::{self, EMPTY_EVENT, Epoll, EventFd, RouteOp};
-use crate::admin::metrics::{MetricsSnapshot, TunnelMetric};
+use crate::admin::metrics::{Lateness, MetricsSnapshot, TunnelMetric};
 use crate::admin::{ErrorKind, Event as Notice, EventRecord, Reply};
 use crate::notify::Notifier;
 
@@ -67,6 +67,19 @@ const BUSY_POLL: Duration = Duration::from_micros(100);
 /// events and about 200 KB per the slowest listener.
 pub const EVENT_QUEUE: usize = 1024;
 
+/// When a timer is due and the loop last looked at its fds longer ago than this (it was busy
+/// with batches, or not scheduled), the ready sockets are read first: a liveness deadline is
+/// judged only after what the peer sent has been read, not while it waits in our own receive
+/// queue. 1 ms is a few batches; a loop that just woke from its wait never pays the extra poll.
+const POLL_STALE: Duration = Duration::from_millis(1);
+
+/// Timers this late are logged (a warning, at most every [`LATE_WARN_EVERY`]): a third of the
+/// shortest `dpd_timeout` the `fast` profile uses, so a loop that is late by this much is
+/// already eating into that profile's margin (docs/failover-profiles.md).
+const LATE_WARN: Duration = Duration::from_millis(10);
+/// At most one "timers ran late" line per this period.
+const LATE_WARN_EVERY: Duration = Duration::from_secs(1);
+
 /// Longest the loop sleeps with no timer due: bounds the watchdog ping period when systemd does
 /// not ask for one, and how stale a sleeping loop's view of time can get.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -89,13 +102,59 @@ pub fn sleep_budget(
     }
 }
 
+/// What the data plane hands the control plane for `tandem status`: copies of the engine's
+/// figures and of each tunnel interface's name and carrier, keyed by (connection, tunnel).
+#[derive(Debug)]
+pub struct StatusReport {
+    pub engine: tandem_engine::Status,
+    pub ifaces: HashMap<(String, String), (String, bool)>,
+}
+
+impl StatusReport {
+    /// The docs/cli.md status document: the engine's status with `ifname` and `carrier` on every
+    /// tunnel (`null` for tunnels without an interface).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value;
+        let mut doc = serde_json::to_value(&self.engine).unwrap_or(Value::Null);
+        let Some(conns) = doc.get_mut("connections").and_then(Value::as_array_mut) else {
+            return doc;
+        };
+        for c in conns {
+            let name = c
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let Some(tunnels) = c.get_mut("tunnels").and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for t in tunnels.iter_mut().filter_map(Value::as_object_mut) {
+                let tname = t
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let (ifname, carrier) = match self.ifaces.get(&(name.clone(), tname)) {
+                    Some((ifname, carrier)) => {
+                        (Value::from(ifname.as_str()), Value::from(*carrier))
+                    }
+                    None => (Value::Null, Value::Null),
+                };
+                t.insert("ifname".into(), ifname);
+                t.insert("carrier".into(), carrier);
+            }
+        }
+        doc
+    }
+}
+
 /// A command from the control plane, answered on its channel.
 #[derive(Debug)]
 pub enum Command {
     /// The figures of the docs/cli.md status document. The data plane only copies them out of
     /// the engine; the control plane turns them into JSON, so a status call holds the packet
     /// loop for a copy, not for building a document of ~500 bytes per tunnel.
-    Status(tokio::sync::oneshot::Sender<tandem_engine::Status>),
+    Status(tokio::sync::oneshot::Sender<StatusReport>),
     /// Prometheus figures.
     Metrics(tokio::sync::oneshot::Sender<MetricsSnapshot>),
     /// `tandem failover`.
@@ -251,6 +310,12 @@ pub struct DataPlane {
     busy_poll: Duration,
     /// When the last data packet was read (from the TUN, or a socket's that carried data).
     last_packet: Instant,
+    /// When the loop last learned which fds are ready (an epoll wait returned).
+    last_poll: Instant,
+    /// How late due timers ran (metrics: `tandem_timer_lateness_seconds`).
+    lateness: Lateness,
+    /// The last "timers ran late" line, and the worst lateness and count since.
+    late_warn: (Option<Instant>, Duration, u32),
     drill: Option<Drill>,
     /// Where `tandem events` listeners and the hook runner take events from.
     events: tokio::sync::broadcast::Sender<EventRecord>,
@@ -360,6 +425,10 @@ fn bind_socket(
     // Best effort: a smaller buffer only costs throughput under bursts.
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    // Never block the loop on one path: a send that finds the buffer full (a neighbour that
+    // never resolves holds every datagram, charged to this buffer) is dropped and counted
+    // (`send_queue_full`), and every other tunnel keeps being served.
+    sock.set_nonblocking(true)?;
     sock.bind(&bind.into())?;
     Ok((sock.into(), bind))
 }
@@ -465,6 +534,9 @@ impl DataPlane {
                 .and_then(|v| v.parse().ok())
                 .map_or(BUSY_POLL, Duration::from_micros),
             last_packet: Instant::now(),
+            last_poll: Instant::now(),
+            lateness: Lateness::default(),
+            late_warn: (None, Duration::ZERO, 0),
             drill: None,
             events,
             status_dirty: true,
@@ -653,10 +725,8 @@ impl DataPlane {
             .map(|ms| Instant::now() + Duration::from_millis(ms));
         let mut events = [EMPTY_EVENT; EPOLL_EVENTS];
         loop {
+            self.run_due_timers();
             let now = Instant::now();
-            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
-                self.engine.handle_timeout(now);
-            }
             if let Some(d) = self.drill.as_mut() {
                 if let Some(reply) = d.on_tick(&mut self.engine, now) {
                     let connection = d.connection().to_owned();
@@ -697,6 +767,7 @@ impl DataPlane {
                     return;
                 }
             };
+            self.last_poll = Instant::now();
             for ev in &events[..n] {
                 match sys::event_token(ev) {
                     TOKEN_TUN => self.on_tun_readable(),
@@ -709,8 +780,73 @@ impl DataPlane {
                     t if t >= TOKEN_IFACE_BASE => {
                         self.on_iface_readable((t - TOKEN_IFACE_BASE) as u16);
                     }
-                    t => self.on_socket_readable((t - TOKEN_SOCKET_BASE) as u16),
+                    t => self.on_socket_readable((t - TOKEN_SOCKET_BASE) as u16, true),
                 }
+            }
+        }
+    }
+
+    /// Runs the engine's timers if one is due, and sends what they queued (keepalives first of
+    /// all). Called at the top of every loop turn and between batches, so a keepalive or a
+    /// liveness check waits for at most one batch, not a whole turn of the loop. If the loop has
+    /// not polled its fds for [`POLL_STALE`], the ready sockets are read first.
+    fn run_due_timers(&mut self) {
+        let Some(due) = self.engine.poll_timeout() else {
+            return;
+        };
+        let mut now = Instant::now();
+        if due > now {
+            return;
+        }
+        if now.saturating_duration_since(self.last_poll) > POLL_STALE {
+            self.read_ready_sockets();
+            now = Instant::now();
+        }
+        let late = now.saturating_duration_since(due);
+        self.lateness.record(late);
+        if late >= LATE_WARN {
+            self.warn_late(late, now);
+        }
+        self.engine.handle_timeout(now);
+        self.flush_control();
+    }
+
+    /// Logs (at most once per [`LATE_WARN_EVERY`]) that timers ran [`LATE_WARN`] or more after
+    /// their deadline, with the worst lateness since the last such line.
+    fn warn_late(&mut self, late: Duration, now: Instant) {
+        let (last, worst, count) = &mut self.late_warn;
+        *worst = (*worst).max(late);
+        *count += 1;
+        if last.is_some_and(|t| now.saturating_duration_since(t) < LATE_WARN_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            late_ms = format_args!("{:.1}", worst.as_secs_f64() * 1e3),
+            times = *count,
+            "timers ran late: the data plane did not run in time (a busy or starved host); a late keepalive or liveness check can look like a dead path at a short dpd_timeout"
+        );
+        *last = Some(now);
+        *worst = Duration::ZERO;
+        *count = 0;
+    }
+
+    /// One non-blocking look at the fds; reads the sockets that are ready (the TUN and the rest
+    /// wait for the loop's next turn: level-triggered, they are reported again).
+    fn read_ready_sockets(&mut self) {
+        let mut events = [EMPTY_EVENT; EPOLL_EVENTS];
+        let n = match self.epoll.wait(&mut events, 0) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "epoll_wait before timers failed");
+                return;
+            }
+        };
+        self.last_poll = Instant::now();
+        for ev in &events[..n] {
+            match sys::event_token(ev) {
+                TOKEN_TUN | TOKEN_WAKE => {}
+                t if t >= TOKEN_IFACE_BASE => {}
+                t => self.on_socket_readable((t - TOKEN_SOCKET_BASE) as u16, false),
             }
         }
     }
@@ -768,7 +904,7 @@ impl DataPlane {
             let now = Instant::now();
             self.last_packet = now;
             let _ = seal_batch(&mut self.engine, &mut self.tx, now);
-            flush_batch(
+            let full = flush_batch(
                 &self.tun,
                 self.vnet,
                 None,
@@ -777,9 +913,11 @@ impl DataPlane {
                 &self.tunnel_socket,
                 &mut self.tx,
             );
+            self.count_queue_full(full);
             if !more {
                 return;
             }
+            self.run_due_timers();
         }
     }
 
@@ -807,7 +945,7 @@ impl DataPlane {
             let now = Instant::now();
             self.last_packet = now;
             let _ = seal_batch_on(&mut self.engine, TunnelId(id), &mut self.tx, now);
-            flush_batch(
+            let full = flush_batch(
                 &iface.dev,
                 iface.vnet,
                 None,
@@ -816,9 +954,11 @@ impl DataPlane {
                 &self.tunnel_socket,
                 &mut self.tx,
             );
+            self.count_queue_full(full);
             if !more {
                 return;
             }
+            self.run_due_timers();
         }
     }
 
@@ -838,8 +978,9 @@ impl DataPlane {
             &mut self.sizes,
         )
     }
-    /// recvmmsg -> open -> TUN, up to [`BATCHES_PER_WAKE`] batches.
-    fn on_socket_readable(&mut self, slot: u16) {
+    /// recvmmsg -> open -> TUN, up to [`BATCHES_PER_WAKE`] batches; due timers run between
+    /// batches when `timers` is set (not when this is itself the read before the timers).
+    fn on_socket_readable(&mut self, slot: u16, timers: bool) {
         let Some(Some(s)) = self.sockets.get(usize::from(slot)) else {
             return;
         };
@@ -871,7 +1012,7 @@ impl DataPlane {
                 self.last_packet = now;
             }
             let gro = self.vnet.then_some(&mut self.gro);
-            flush_batch(
+            let full = flush_batch(
                 &self.tun,
                 self.vnet,
                 gro,
@@ -880,11 +1021,15 @@ impl DataPlane {
                 &self.tunnel_socket,
                 &mut self.rx,
             );
+            self.count_queue_full(full);
             if out.consumed > 0 {
                 self.flush_control();
             }
             if n < BATCH {
                 break;
+            }
+            if timers {
+                self.run_due_timers();
             }
         }
     }
@@ -904,14 +1049,25 @@ impl DataPlane {
                 // (queued skbs are charged to it) and stall every tunnel. A refused one is lost,
                 // as on a full link; the protocol retries handshakes and keepalives.
                 let sock = socket2::SockRef::from(&s.sock);
-                if let Err(e) = sock.send_to_with_flags(
+                match sock.send_to_with_flags(
                     &self.control_buf[..t.len],
                     &t.dst.into(),
                     libc::MSG_DONTWAIT,
                 ) {
-                    tracing::trace!(error = %e, dst = %t.dst, "control send failed");
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.engine.count_drops(DropReason::SendQueueFull, 1);
+                    }
+                    Err(e) => tracing::trace!(error = %e, dst = %t.dst, "control send failed"),
                 }
             }
+        }
+    }
+
+    /// Counts sealed datagrams a full socket send buffer refused.
+    fn count_queue_full(&mut self, n: u64) {
+        if n > 0 {
+            self.engine.count_drops(DropReason::SendQueueFull, n);
         }
     }
 
@@ -996,11 +1152,41 @@ impl DataPlane {
                     tracing::debug!(connection = %conn, tunnel = %name, direction = direction.as_str(), spi = format_args!("{spi:#010x}"), "SA installed");
                     self.write_keylog(*tunnel, *direction, *spi, keylog, &conn, &name);
                 }
+                Event::IkeSaInstalled {
+                    tunnel,
+                    spi_i,
+                    spi_r,
+                    keylog,
+                } => {
+                    let (conn, name) = self.names(*tunnel);
+                    tracing::debug!(connection = %conn, tunnel = %name, spi_i = format_args!("{spi_i:016x}"), spi_r = format_args!("{spi_r:016x}"), "IKE SA installed");
+                    if let Some(file) = self.keylog.as_mut() {
+                        use std::io::Write as _;
+                        let secs = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        let line = format!(
+                            "{secs} {conn} {name} ike {spi_i:016x} {spi_r:016x} {keylog}\n"
+                        );
+                        if let Err(e) = file.write_all(line.as_bytes()) {
+                            tracing::warn!(error = %e, "cannot write the key log");
+                        }
+                    }
+                }
+                Event::IkeFailed { tunnel, reason } => {
+                    let (conn, name) = self.names(*tunnel);
+                    tracing::warn!(connection = %conn, tunnel = %name, "IKE: {reason}");
+                }
                 other => tracing::debug!(event = ?other, "engine event"),
             }
         }
         // Cheap when nothing changed (no syscall): carriers follow states and pins.
         self.ifaces.sync_carrier(&self.engine);
+        if let Some(d) = self.drill.as_mut() {
+            if let Some(f) = self.ifaces.get(d.tunnel().0) {
+                d.on_carrier(f.carrier(), now);
+            }
+        }
         if self.status_dirty {
             self.status_dirty = false;
             // ---- systemd notify hook: STATUS=<one-line summary> on every change. ----
@@ -1114,7 +1300,7 @@ impl DataPlane {
             let now = Instant::now();
             match cmd {
                 Command::Status(reply) => {
-                    let _ = reply.send(self.engine.status(now));
+                    let _ = reply.send(self.status_report(now));
                 }
                 Command::Metrics(reply) => {
                     let _ = reply.send(self.metrics(now));
@@ -1172,7 +1358,10 @@ impl DataPlane {
                         reply,
                         now,
                     ) {
-                        Ok(d) => {
+                        Ok(mut d) => {
+                            if self.ifaces.get(d.tunnel().0).is_some() {
+                                d.watch_routes();
+                            }
                             let (tunnel, duration_ms) = (
                                 d.tunnel_name().to_owned(),
                                 u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
@@ -1314,6 +1503,28 @@ impl DataPlane {
         self.handle_events(now);
     }
 
+    /// The `tandem status --json` document (docs/cli.md "Status"): the engine's status, and per
+    /// tunnel its interface, `ifname` and `carrier` (both `null` for a tunnel without one).
+    /// The figures of a status call: the engine's, plus each tunnel interface's name and
+    /// carrier. Copies only; [`StatusReport::to_json`] builds the document off this thread.
+    fn status_report(&self, now: Instant) -> StatusReport {
+        let ifaces = self
+            .engine
+            .tunnels()
+            .filter_map(|(id, info)| {
+                let f = self.ifaces.get(id.0)?;
+                Some((
+                    (info.connection.clone(), info.name.clone()),
+                    (f.ifname().to_owned(), f.carrier()),
+                ))
+            })
+            .collect();
+        StatusReport {
+            engine: self.engine.status(now),
+            ifaces,
+        }
+    }
+
     fn metrics(&self, now: Instant) -> MetricsSnapshot {
         let st = self.engine.status(now);
         let mut tunnels = Vec::new();
@@ -1354,7 +1565,11 @@ impl DataPlane {
             .iter()
             .map(|(r, n)| (r.as_str(), n))
             .collect();
-        MetricsSnapshot { tunnels, drops }
+        MetricsSnapshot {
+            tunnels,
+            drops,
+            timer_lateness: self.lateness,
+        }
     }
 }
 
@@ -1446,6 +1661,10 @@ fn write_inner(slot: &mut super::batch::Slot, vnet: bool, write: &mut impl FnMut
 
 /// Write every slot tagged `Socket` to its socket (one `sendmmsg` per socket, in slot order, so
 /// per-tunnel order is kept) and every slot tagged `Tun` to the TUN (in order).
+///
+/// Returns how many sealed datagrams were dropped on a full socket send buffer (the caller
+/// counts them as `send_queue_full`).
+#[must_use]
 fn flush_batch(
     tun: &tun_rs::SyncDevice,
     vnet: bool,
@@ -1454,7 +1673,8 @@ fn flush_batch(
     sockets: &mut [Option<TunnelSocket>],
     tunnel_socket: &[u16],
     batch: &mut Batch,
-) {
+) -> u64 {
+    let mut queue_full = 0u64;
     let mut write = |b: &[u8]| {
         if let Err(e) = tun.send(b) {
             tracing::trace!(error = %e, "TUN write failed");
@@ -1470,7 +1690,9 @@ fn flush_batch(
                     let slots = &batch.slots[..filled];
                     let which = (i..filled).filter(|&j| slots[j].dest == SlotDest::Socket(s));
                     let was = sock.gso;
-                    let _ = sys::send_mmsg_gso(sock.sock.as_raw_fd(), slots, which, &mut sock.gso);
+                    let sent =
+                        sys::send_mmsg_gso(sock.sock.as_raw_fd(), slots, which, &mut sock.gso);
+                    queue_full += sent.queue_full as u64;
                     if was && !sock.gso {
                         tracing::info!(
                             "UDP GSO refused by the kernel on this path; sending datagrams one by one"
@@ -1523,4 +1745,5 @@ fn flush_batch(
         x.flush_gro();
     }
     batch.filled = 0;
+    queue_full
 }

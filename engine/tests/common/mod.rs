@@ -24,6 +24,8 @@ use tandem_engine::{
     ConnectionConfig, Direction, EngineConfig, Event, HEADROOM, MAX_CONTROL_DATAGRAM, Mode,
     NetAction, TAILROOM, TunAction, TunnelConfig, TunnelId, TunnelState,
 };
+use tandem_engine::{IkeSettings, IkeTunnelConfig, Protocol};
+use tandem_ike::Identity;
 use zeroize::Zeroizing;
 
 pub use tandem_engine::Engine;
@@ -204,6 +206,7 @@ pub fn config(setup: &Setup, side: Side) -> EngineConfig {
             peer_public_key: public(side.other()),
             psk: Zeroizing::new(psk),
             priority: t as u32 + 1,
+            ike: None,
         });
     }
     EngineConfig {
@@ -702,4 +705,39 @@ pub fn seed32(seed: u64, salt: u64) -> [u8; 32] {
 
 fn unit(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// [`config`] turned into an IKEv2 connection: an ASCII PSK per tunnel (B's differs on the
+/// tunnels in `setup.wrong_psk`), identities = addresses, A initiates and B waits; `lifetimes`
+/// = (IKE SA, Child SA).
+fn id(a: IpAddr) -> Identity {
+    match a {
+        IpAddr::V4(v) => Identity::Ipv4(v),
+        IpAddr::V6(v) => Identity::Ipv6(v),
+    }
+}
+
+pub fn ike_config(setup: &Setup, side: Side, lifetimes: (Duration, Duration)) -> EngineConfig {
+    let mut cfg = config(setup, side);
+    let c = &mut cfg.connections[0];
+    c.protocol = Protocol::Ikev2(Box::new(IkeSettings {
+        proposals: tandem_ike::DEFAULT_IKE_PROPOSALS.to_vec(),
+        esp_proposals: tandem_ike::DEFAULT_ESP_PROPOSALS.to_vec(),
+        ike_lifetime: lifetimes.0,
+        child_lifetime: lifetimes.1,
+        replay_window: 1024,
+        initiate: side == Side::A,
+    }));
+    for (t, tunnel) in c.tunnels.iter_mut().enumerate() {
+        let mut psk = format!("aws-like-psk-for-tunnel-{t}");
+        if side == Side::B && setup.wrong_psk.contains(&t) {
+            psk.push('x');
+        }
+        tunnel.ike = Some(IkeTunnelConfig {
+            psk: Zeroizing::new(psk.into_bytes()),
+            local_id: id(addr(side, t).ip()),
+            remote_id: id(addr(side.other(), t).ip()),
+        });
+    }
+    cfg
 }

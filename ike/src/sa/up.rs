@@ -30,6 +30,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use rand_core::CryptoRng;
+use tandem_crypto::SaKeys;
 use tracing::{debug, warn};
 
 use super::{
@@ -77,7 +78,7 @@ struct OldIke {
     keys: IkeKeys,
     /// The cached response to the rekey request (the peer may retransmit it).
     rekey_request: Vec<u8>,
-    rekey_response: Vec<u8>,
+    rekey_response: Vec<Vec<u8>>,
     rekey_message_id: u32,
 }
 
@@ -116,6 +117,19 @@ impl Up {
             queue: VecDeque::new(),
             peer_rekey: None,
             old: None,
+        }
+    }
+
+    /// The message ID the peer's next request must carry.
+    pub(super) fn peer_next(&self) -> u32 {
+        self.peer_next
+    }
+
+    /// The key the peer's messages are sealed with.
+    pub(super) fn peer_key(&self, role: Role) -> SaKeys {
+        match role {
+            Role::Initiator => self.keys.sk_er.clone(),
+            Role::Responder => self.keys.sk_ei.clone(),
         }
     }
 }
@@ -310,9 +324,8 @@ impl IkeSa {
             Role::Responder => up.keys.sk_er.clone(),
         };
         let header = self.header(exchange, id, false);
-        let iv = self.take_iv();
-        let bytes = seal_message(&header, &payloads, &key, iv);
-        self.send_request(exchange, id, bytes, now);
+        let datagrams = self.seal(&header, &payloads, &key);
+        self.send_request(exchange, id, datagrams, now);
     }
 
     /// Whether `h` belongs to the IKE SA this one replaced.
@@ -333,7 +346,7 @@ impl IkeSa {
         let h = msg.header;
         if !h.is_response() && h.message_id == old.rekey_message_id && datagram == old.rekey_request
         {
-            self.transmit.push_back(old.rekey_response.clone());
+            self.transmit.extend(old.rekey_response.iter().cloned());
             return Ok(());
         }
         let peer_key = match old.role {
@@ -394,7 +407,7 @@ impl IkeSa {
             Role::Initiator => up.keys.sk_er.clone(),
             Role::Responder => up.keys.sk_ei.clone(),
         };
-        let inner = match open_sk(datagram, msg, &peer_key) {
+        let inner = match self.open_peer(datagram, msg, &peer_key) {
             Ok(p) => p,
             Err(_) => {
                 self.state = State::Established(up);
@@ -412,8 +425,7 @@ impl IkeSa {
             Role::Responder => up.keys.sk_er.clone(),
         };
         let header = self.header(h.exchange, h.message_id, true);
-        let iv = self.take_iv();
-        let response = seal_message(&header, &reply, &our_key, iv);
+        let response = self.seal(&header, &reply, &our_key);
         self.send_response(h.message_id, datagram, response.clone());
         match after {
             After::Keep => self.state = State::Established(up),
@@ -667,7 +679,7 @@ impl IkeSa {
             Role::Initiator => up.keys.sk_er.clone(),
             Role::Responder => up.keys.sk_ei.clone(),
         };
-        let inner = match open_sk(datagram, msg, &peer_key) {
+        let inner = match self.open_peer(datagram, msg, &peer_key) {
             Ok(p) => p,
             Err(_) => {
                 self.state = State::Established(up);
@@ -907,6 +919,9 @@ impl IkeSa {
         up.outstanding = None;
         up.peer_rekey = None;
         up.old = Some(old);
+        // Fragments of the replaced SA's messages can never complete under the new keys.
+        self.reassembly_request = None;
+        self.reassembly_response = None;
         self.events.push_back(Event::IkeRekeyed {
             spi_i: new.spi_i,
             spi_r: new.spi_r,

@@ -13,7 +13,7 @@
 //!   `tandem:K=V;K2=V2` runs tandem with that environment (same-run A/B of a tuning knob).
 //!   `--pings N` sets the ping count (50); `--ping-only` skips iperf3 (latency A/B).
 //! - `lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT]
-//!   [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE]` — the false-failover budget,
+//!   [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] [--out DIR]` — the false-failover budget,
 //!   per timer profile, on a fresh lab whose two ISPs run the WAN emulator (delay, jitter and
 //!   random loss, both ways): the daemons' idle CPU per tunnel; then `--duration` seconds of
 //!   saturating TCP both ways, counting false Down events; then `--cuts` silent blackholes of
@@ -50,7 +50,7 @@ use tandem_netns_tests::{Error, can_run_as_root};
 /// a capped stream keeps the queue empty, so a lost probe is the move's fault.
 const PLANNED_MOVE_TCP_MBPS: u32 = 50;
 
-const USAGE: &str = "usage: lab demo [--report FILE.html] | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare LABEL=TANDEM,LABEL=TANDEM]";
+const USAGE: &str = "usage: lab demo [--report FILE.html] | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] [--out DIR] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare LABEL=TANDEM,LABEL=TANDEM]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -858,6 +858,7 @@ mod budget {
     use super::*;
     use std::net::SocketAddr;
     use std::time::SystemTime;
+    use tandem_netns_tests::budget::{Panel, histogram_svg};
     use tandem_netns_tests::impair::NftImpairment;
     use tandem_netns_tests::probe::{ProbeStream, REFLECT_PORT, Reflector};
     use tandem_netns_tests::tandem::Side;
@@ -870,7 +871,7 @@ mod budget {
     /// Long enough for any phase; the clients are killed when the phase ends.
     const FOREVER_SECS: u32 = 1_000_000;
 
-    #[derive(Debug, Clone, Copy)]
+    #[derive(Debug, Clone)]
     struct Opts {
         duration: u32,
         cuts: u32,
@@ -878,6 +879,8 @@ mod budget {
         delay: Duration,
         jitter: Duration,
         idle: u32,
+        /// Where the table, JSON, SVG and the daemons' logs go.
+        out: Option<PathBuf>,
     }
 
     /// A profile's name and DPD timers (interval, timeout); `drill` is the lab's drill timers.
@@ -906,6 +909,8 @@ mod budget {
         detection_ms: Vec<f64>,
         gap_ms: Vec<f64>,
         failed_cuts: u32,
+        /// False Downs under load by `side tunnel cause`.
+        false_down_causes: BTreeMap<String, u64>,
     }
 
     fn arg<T: std::str::FromStr>(v: &str) -> Result<T, Error> {
@@ -921,6 +926,7 @@ mod budget {
             delay: ms(5),
             jitter: ms(4),
             idle: 10,
+            out: None,
         };
         let mut json = PathBuf::from("lab-budget.json");
         let mut it = args.iter();
@@ -935,6 +941,7 @@ mod budget {
                 "--jitter-ms" => o.jitter = ms(arg(v)?),
                 "--idle-secs" => o.idle = arg(v)?,
                 "--json" => json = PathBuf::from(v),
+                "--out" => o.out = Some(PathBuf::from(v)),
                 _ => return Err(Error::Tandem(USAGE.into())),
             }
         }
@@ -947,9 +954,20 @@ mod budget {
             o.duration, o.cuts, o.loss, o.delay, o.jitter
         );
         let mut rows = Vec::new();
-        for p in &profiles {
-            rows.push(one_profile(p, o)?);
+        if let Some(dir) = &o.out {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.display().to_string(), e))?;
         }
+        for p in &profiles {
+            rows.push(one_profile(p, &o)?);
+            // After each profile, so a long run that is stopped keeps what it measured.
+            write_outputs(&rows, &o, &json)?;
+        }
+        Ok(())
+    }
+
+    /// The table (printed, and `DIR/budget.txt`), the JSON (`--json`, and `DIR/budget.json`) and
+    /// the histogram (`DIR/budget.svg`).
+    fn write_outputs(rows: &[Row], o: &Opts, json: &std::path::Path) -> Result<(), Error> {
         let mut t = Table::new(
             &format!(
                 "False-failover budget ({} s under load, {} cuts per profile)",
@@ -965,7 +983,7 @@ mod budget {
                 "TCP up/down (Mbit/s)",
             ],
         );
-        for r in &rows {
+        for r in rows {
             let mbps = |x: &Option<IperfResult>| {
                 x.map_or("-".into(), |x| format!("{:.0}", x.bits_per_second / 1e6))
             };
@@ -982,35 +1000,53 @@ mod budget {
                 format!("{} / {}", mbps(&r.tcp_up), mbps(&r.tcp_down)),
             ]);
         }
-        println!("\n{}", t.render());
+        let table = t.render();
+        println!("\n{table}");
         let doc = serde_json::json!({ "opts": {
             "duration_secs": o.duration, "cuts": o.cuts, "loss_pct": o.loss,
             "delay_ms": o.delay.as_millis() as u64, "jitter_ms": o.jitter.as_millis() as u64,
             "idle_secs": o.idle }, "rows": rows });
-        std::fs::write(
-            &json,
-            serde_json::to_string_pretty(&doc).unwrap_or_default(),
-        )
-        .map_err(|e| Error::Io(json.display().to_string(), e))?;
+        let doc = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        let write = |path: &std::path::Path, text: &str| {
+            std::fs::write(path, text).map_err(|e| Error::Io(path.display().to_string(), e))
+        };
+        write(json, &doc)?;
         println!("JSON written to {}", json.display());
+        if let Some(dir) = &o.out {
+            let titles: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} ({} / {} ms)",
+                        r.profile, r.dpd_interval_ms, r.dpd_timeout_ms
+                    )
+                })
+                .collect();
+            let panels: Vec<Panel<'_>> = rows
+                .iter()
+                .zip(&titles)
+                .map(|(r, title)| Panel {
+                    title,
+                    detection_ms: &r.detection_ms,
+                    gap_ms: &r.gap_ms,
+                })
+                .collect();
+            write(&dir.join("budget.txt"), &table)?;
+            write(&dir.join("budget.json"), &doc)?;
+            write(&dir.join("budget.svg"), &histogram_svg(&panels))?;
+            println!(
+                "table, JSON and histogram written to {}/budget.{{txt,json,svg}}",
+                dir.display()
+            );
+        }
         Ok(())
     }
 
     /// `min / median / p99 / max` of `v`.
     fn spread(v: &[f64]) -> String {
-        if v.is_empty() {
-            return "-".into();
-        }
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
-        let at = |p: f64| s[((s.len() - 1) as f64 * p).round() as usize];
-        format!(
-            "{:.0} / {:.0} / {:.0} / {:.0}",
-            s[0],
-            at(0.5),
-            at(0.99),
-            s[s.len() - 1]
-        )
+        tandem_netns_tests::budget::spread(v).map_or("-".into(), |(a, b, c, d)| {
+            format!("{a:.0} / {b:.0} / {c:.0} / {d:.0}")
+        })
     }
 
     /// Seconds since midnight UTC (the daemons' log timestamps are UTC RFC 3339).
@@ -1028,6 +1064,26 @@ mod budget {
         let m: f64 = it.next()?.parse().ok()?;
         let s: f64 = it.next()?.parse().ok()?;
         Some(h * 3600.0 + m * 60.0 + s)
+    }
+
+    /// Down transitions in a daemon's log after its first `skip` lines, by `side tunnel cause`
+    /// (the cause says which end lost the other: `DpdTimeout` = this side heard nothing for
+    /// `dpd_timeout`, `PeerDoesNotHearUs` = the peer's keepalive said so).
+    fn down_causes(d: &Daemon, side: &str, skip: usize, into: &mut BTreeMap<String, u64>) {
+        for l in d.log_text().lines().skip(skip) {
+            if !(l.contains("tunnel state changed") && l.contains("to=\"down\"")) {
+                continue;
+            }
+            let field = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .unwrap_or("?")
+                    .trim_matches('"')
+                    .to_string()
+            };
+            let key = format!("{side} {} {}", field("tunnel="), field("cause="));
+            *into.entry(key).or_default() += 1;
+        }
     }
 
     /// Down transitions in a daemon's log, optionally of one tunnel only.
@@ -1056,7 +1112,7 @@ mod budget {
         ))
     }
 
-    fn one_profile(name: &str, o: Opts) -> Result<Row, Error> {
+    fn one_profile(name: &str, o: &Opts) -> Result<Row, Error> {
         let (interval, timeout) = profile(name)?;
         println!("== profile {name}: dpd_interval {interval:?}, dpd_timeout {timeout:?}");
         let lab = Progress::run("build the lab", Lab::new)?;
@@ -1103,6 +1159,10 @@ mod budget {
 
         // 2) Saturating TCP both ways for `duration`: every Down is a false one.
         let d0: u64 = daemons.iter().map(|d| downs(d, None)).sum();
+        let lines0: Vec<usize> = daemons
+            .iter()
+            .map(|d| d.log_text().lines().count())
+            .collect();
         let (up, down) = tcp_both_ways(&lab, o.duration)?;
         Progress::run(&format!("TCP both ways, {} s", o.duration), || {
             std::thread::sleep(Duration::from_secs(u64::from(o.duration)));
@@ -1110,6 +1170,22 @@ mod budget {
         row.tcp_up = up.finish().ok();
         row.tcp_down = down.finish().ok();
         row.false_downs_under_load = daemons.iter().map(|d| downs(d, None)).sum::<u64>() - d0;
+        for (d, (side, skip)) in daemons.iter().zip(["cgw", "vpcgw"].into_iter().zip(lines0)) {
+            down_causes(d, side, skip, &mut row.false_down_causes);
+        }
+        if let Some(dir) = &o.out {
+            for (d, side) in daemons.iter().zip(["cgw", "vpcgw"]) {
+                let path = dir.join(format!("{name}-{side}.log"));
+                std::fs::write(&path, d.log_text())
+                    .map_err(|e| Error::Io(path.display().to_string(), e))?;
+            }
+        }
+        if !row.false_down_causes.is_empty() {
+            println!(
+                "  false Downs by side, tunnel, cause: {:?}",
+                row.false_down_causes
+            );
+        }
         println!(
             "  false Downs under load: {} (TCP up {:?} Mbit/s, down {:?} Mbit/s)",
             row.false_downs_under_load,

@@ -1,0 +1,615 @@
+//! tandem as an AWS customer gateway, with ESP data, against two strongSwan charons that stand in
+//! for the two AWS endpoints of a Site-to-Site VPN connection: charon on `vpcgw` (isp1,
+//! 192.0.2.2) ends tunnel1, charon on `vpcgw2` (isp2, 198.51.100.2) ends tunnel2, each
+//! configured as AWS configures its endpoints (IKEv2, its own PSK, aes256gcm16-prfsha256-ecp384,
+//! ESP aes256gcm16 with PFS, no ESN, replay window 1024, UDP encapsulation forced, kernel-libipsec
+//! because this kernel's XFRM has no AES-GCM). `tandem run` on `cgw` with a `protocol = "ikev2"`
+//! connection; the office (10.10.0.10) and the VPC (10.20.0.10) talk through it.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::fs::OpenOptions;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tandem_netns_tests::charon::{AwsLikeConn, Charon};
+use tandem_netns_tests::netns::Netns;
+use tandem_netns_tests::probe::{ProbeStream, Reflector};
+use tandem_netns_tests::process::Bg;
+use tandem_netns_tests::tandem::{Status, TempDir, tandem_bin, tandem_cmd, write_private};
+use tandem_netns_tests::topo::{
+    Family, HeadEnds, Isp, Lab, cgw_wan, isp_if, office_ip, vpc_ip, vpcgw_wan,
+};
+use tandem_netns_tests::traffic::{Iperf3Server, IperfOpts, iperf3, ping, wait_reachable};
+
+/// The two tunnels' PSKs, ASCII as AWS gives them.
+const PSKS: [&str; 2] = [
+    "tunnel1.psk_from_aws.0123456789",
+    "tunnel2.psk_from_aws.9876543210",
+];
+/// How long both tunnels may take to come Up (measured: about 100 ms; charon is quick).
+const UP_TIMEOUT: Duration = Duration::from_secs(10);
+const PROBE_PORT: u16 = 7001;
+
+fn v4(isp: Isp) -> (IpAddr, IpAddr) {
+    (cgw_wan(isp, Family::V4), vpcgw_wan(isp, Family::V4))
+}
+
+/// charon's side of tunnel `isp`, as AWS would have it, with IKE on port 4500 from the first
+/// message when charon initiates (tandem listens only there, with the non-ESP marker).
+fn charon_conf(isp: Isp, cgw: IpAddr, psk: &str, dpd: &str, ike: &str, esp: &str) -> String {
+    let vpcgw = v4(isp).1;
+    AwsLikeConn {
+        local: vpcgw,
+        remote: cgw,
+        psk: psk.into(),
+        ike_proposal: ike.into(),
+        esp_proposal: esp.into(),
+        local_ts: "10.20.0.0/16".into(),
+        remote_ts: "10.10.0.0/16".into(),
+    }
+    .swanctl_conf()
+    .replace(
+        "    encap = yes\n",
+        "    encap = yes\n    local_port = 4500\n    remote_port = 4500\n",
+    )
+    .replace("dpd_delay = 10s", &format!("dpd_delay = {dpd}"))
+}
+
+/// The lab with two head-ends, a charon on each with its connection loaded and the route into
+/// its libipsec TUN device, the VPC routed via `vpcgw`.
+struct AwsLab {
+    lab: Lab,
+    charons: [Charon; 2],
+    dir: TempDir,
+    tandem: Option<Bg>,
+}
+
+impl AwsLab {
+    fn new(test: &str, psks: [&str; 2], dpd: &str, ike: &str, esp: &str) -> Option<Self> {
+        Self::with_cgw(test, psks, dpd, ike, esp, [v4(Isp::One).0, v4(Isp::Two).0])
+    }
+
+    /// [`AwsLab::new`] with the customer gateway address each charon expects (AWS gives one
+    /// customer gateway address to both of its endpoints).
+    fn with_cgw(
+        test: &str,
+        psks: [&str; 2],
+        dpd: &str,
+        ike: &str,
+        esp: &str,
+        cgw: [IpAddr; 2],
+    ) -> Option<Self> {
+        if !tandem_netns_tests::can_run_as_root(test) {
+            return None;
+        }
+        let lab = Lab::build(HeadEnds::Two).unwrap();
+        let charons = [Isp::One, Isp::Two].map(|isp| {
+            let ns = lab.head_end(isp);
+            let c = Charon::start(ns).unwrap();
+            let psk = psks[isp as usize];
+            c.load_conf(&charon_conf(isp, cgw[isp as usize], psk, dpd, ike, esp))
+                .unwrap();
+            route_into_libipsec(ns);
+            c
+        });
+        lab.vpc_via(Isp::One).unwrap();
+        Some(AwsLab {
+            lab,
+            charons,
+            dir: TempDir::new("ike-tunnels").unwrap(),
+            tandem: None,
+        })
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("tandem.log")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Writes the PSK files and `config` (with `SOCKET` replaced) and starts `tandem run` on cgw.
+    fn start_tandem(&mut self, config: &str) {
+        for (i, psk) in PSKS.iter().enumerate() {
+            let path = self.dir.path().join(format!("tunnel{}.psk", i + 1));
+            write_private(&path, &format!("{psk}\n")).unwrap();
+        }
+        let path = self.dir.path().join("aws.toml");
+        let text = config.replace("SOCKET", &self.socket().display().to_string());
+        write_private(&path, &text).unwrap();
+        self.start_tandem_with(&path);
+    }
+
+    fn start_tandem_with(&mut self, config: &Path) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut cmd = self.lab.cgw.command(tandem_bin().unwrap());
+        cmd.arg("run")
+            .arg("-c")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("TANDEM_KEYLOG", self.dir.path().join("keys.log"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.tandem = Some(Bg::spawn(cmd).unwrap());
+    }
+
+    fn status(&self) -> Option<Status> {
+        let sock = self.socket().display().to_string();
+        let text = tandem_cmd(&["status", "--json", "--socket", &sock], None).ok()?;
+        serde_json::from_str(&text).ok().map(Status)
+    }
+
+    /// Waits until `done(status)`; returns how long it took.
+    fn wait(&self, what: &str, timeout: Duration, done: impl Fn(&Status) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.status().is_some_and(|s| done(&s)) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{what} not within {timeout:?}: {:?}\n--- tandem log\n{}\n--- charon1 log tail\n{}",
+                self.status().map(|s| s.0),
+                self.log(),
+                tail(&self.charons[0].log(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn charon(&self, isp: Isp) -> &Charon {
+        &self.charons[isp as usize]
+    }
+}
+
+impl Drop for AwsLab {
+    fn drop(&mut self) {
+        if let Some(t) = self.tandem.as_mut() {
+            t.stop(Duration::from_secs(3));
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// charon's kernel-libipsec carries ESP through a TUN device (`ipsec0`) whose routes it would
+/// install in a table of its own; the lab routes the office prefix into it directly.
+fn route_into_libipsec(ns: &Netns) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ns.ip(["link", "show", "ipsec0"]).is_err() {
+        assert!(Instant::now() < deadline, "no ipsec0 in {}", ns.name());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ns.ip(["link", "set", "ipsec0", "up"]).unwrap();
+    ns.ip(["route", "replace", "10.10.0.0/16", "dev", "ipsec0"])
+        .unwrap();
+}
+
+/// tandem's config: the AWS connection, tunnel1 over isp1 and tunnel2 over isp2.
+fn tandem_config(initiate: bool, extra_ike: &str) -> String {
+    let (l1, r1) = v4(Isp::One);
+    let (l2, r2) = v4(Isp::Two);
+    format!(
+        r#"[control]
+socket = "SOCKET"
+
+[[connection]]
+name = "aws"
+protocol = "ikev2"
+local_subnets = ["10.10.0.0/24"]
+remote_subnets = ["10.20.0.0/24"]
+dpd_interval = "100ms"
+dpd_timeout = "300ms"
+failback = "1s"
+
+[connection.ike]
+proposals = ["aes256gcm16-prfsha256-ecp384"]
+esp_proposals = ["aes256gcm16-ecp384"]
+initiate = {initiate}
+{extra_ike}
+[[connection.tunnel]]
+name = "tunnel1"
+local = "{l1}"
+remote = "{r1}"
+psk_file = "tunnel1.psk"
+priority = 1
+
+[[connection.tunnel]]
+name = "tunnel2"
+local = "{l2}"
+remote = "{r2}"
+psk_file = "tunnel2.psk"
+priority = 2
+"#
+    )
+}
+
+const AWS_IKE: &str = "aes256gcm16-prfsha256-ecp384";
+const AWS_ESP: &str = "aes256gcm16-ecp384";
+
+fn both_up(s: &Status) -> bool {
+    s.both_up()
+}
+
+/// Ping both ways through the active tunnel, then iperf3 TCP both ways.
+fn traffic_both_ways(aws: &AwsLab) {
+    let office = &aws.lab.office;
+    let vpc = &aws.lab.vpc;
+    let (o, v) = (office_ip(Family::V4), vpc_ip(Family::V4));
+    wait_reachable(office, v, Duration::from_secs(5)).unwrap();
+    for (from, to) in [(office, v), (vpc, o)] {
+        let p = ping(from, to, 20, Duration::from_millis(10)).unwrap();
+        assert_eq!(p.received, 20, "ping {} -> {to}: {p:?}", from.name());
+    }
+    // One server per direction: an iperf3 server refuses a test while it winds the last one down.
+    for (reverse, port) in [(false, 5201), (true, 5202)] {
+        let server = Iperf3Server::start(vpc, port).unwrap();
+        let r = iperf3(
+            office,
+            v,
+            server.port(),
+            IperfOpts {
+                secs: 2,
+                reverse,
+                ..IperfOpts::default()
+            },
+        )
+        .unwrap();
+        eprintln!(
+            "iperf3 TCP office {} vpc through charon: {:.3} Gbit/s",
+            if reverse { "<-" } else { "->" },
+            r.gbps()
+        );
+        assert!(r.gbps() > 0.005, "TCP barely moved: {r:?}");
+    }
+}
+
+#[test]
+fn tandem_initiates_both_aws_like_tunnels_and_carries_ping_and_tcp_both_ways() {
+    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
+        return;
+    };
+    let start = Instant::now();
+    aws.start_tandem(&tandem_config(true, ""));
+    aws.wait("both tunnels up", UP_TIMEOUT, both_up);
+    eprintln!(
+        "tandem run -> both IKEv2 tunnels Up against charon: {:.0} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let s = aws.status().unwrap();
+    assert_eq!(s.0["connections"][0]["protocol"], "ikev2");
+    for t in ["tunnel1", "tunnel2"] {
+        let tv = s.tunnel(t).unwrap();
+        assert_eq!(tv["ike_state"], "established", "{t}: {tv}");
+        assert_eq!(tv["ike_spi_i"].as_str().map(str::len), Some(16), "{tv}");
+    }
+    // charon agrees: its IKE SA has our SPIs and its Child SA is installed.
+    let raw = aws.charon(Isp::One).list_sas().unwrap();
+    let spi_i = s.tunnel("tunnel1").unwrap()["ike_spi_i"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(raw.contains(&format!("initiator-spi={spi_i}")), "{raw}");
+    assert!(raw.contains("state=INSTALLED"), "{raw}");
+    traffic_both_ways(&aws);
+    // The key log has the IKE line and the ESP lines.
+    let keys = std::fs::read_to_string(aws.dir.path().join("keys.log")).unwrap();
+    assert!(
+        keys.lines()
+            .any(|l| l.contains(&format!(" aws tunnel1 ike {spi_i} "))),
+        "{keys}"
+    );
+    assert!(
+        keys.lines().filter(|l| l.contains(" aes256gcm16 ")).count() >= 6,
+        "{keys}"
+    );
+}
+
+#[test]
+fn charon_initiates_to_a_waiting_tandem_and_traffic_flows() {
+    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
+        return;
+    };
+    aws.start_tandem(&tandem_config(false, ""));
+    // tandem waits: nothing comes Up by itself.
+    std::thread::sleep(Duration::from_millis(500));
+    let s = aws.status().unwrap();
+    assert_eq!(s.state("tunnel1").as_deref(), Some("connecting"));
+    let start = Instant::now();
+    for isp in [Isp::One, Isp::Two] {
+        aws.charon(isp)
+            .swanctl(["--initiate", "--ike", "aws", "--child", "net"])
+            .unwrap();
+    }
+    aws.wait("both tunnels up", UP_TIMEOUT, both_up);
+    eprintln!(
+        "charon --initiate x2 -> both tunnels Up on tandem: {:.0} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    traffic_both_ways(&aws);
+}
+
+/// `swanctl --rekey` of the Child SA and the IKE SA from charon's side, and tandem's own rekeys
+/// (short lifetimes), under a 1 ms probe stream office -> VPC: nothing lost.
+#[test]
+fn child_and_ike_rekeys_from_either_side_lose_no_probe() {
+    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
+        return;
+    };
+    // tandem rekeys the Child SA at 9 s and the IKE SA at 10.8 s of their lives.
+    aws.start_tandem(&tandem_config(
+        true,
+        "ike_lifetime = \"12s\"\nchild_lifetime = \"10s\"\n",
+    ));
+    aws.wait("both tunnels up", UP_TIMEOUT, both_up);
+    let _reflector = Reflector::start(&aws.lab.vpc, PROBE_PORT).unwrap();
+    let target = SocketAddr::new(vpc_ip(Family::V4), PROBE_PORT);
+    wait_reachable(&aws.lab.office, vpc_ip(Family::V4), Duration::from_secs(5)).unwrap();
+    let spis_before = aws.status().unwrap().spis("tunnel1").unwrap();
+    let stream = ProbeStream::start(&aws.lab.office, target).unwrap();
+    let charon = aws.charon(Isp::One);
+    std::thread::sleep(Duration::from_millis(500));
+    for args in [
+        ["--rekey", "--child", "net"],
+        ["--rekey", "--ike", "aws"],
+        ["--rekey", "--child", "net"],
+    ] {
+        charon.swanctl(args).unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    // tandem's own Child SA rekey (at 9 s) and IKE SA rekey (at 10.8 s) happen in this window.
+    let settle = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let report = stream.stop().unwrap();
+    eprintln!("probes through tunnel1 across 5 rekeys: {report}");
+    let s = aws.status().unwrap();
+    assert_ne!(s.spis("tunnel1").unwrap(), spis_before, "rekeyed");
+    let handshakes = s.num("tunnel1", "handshakes").unwrap_or(0.0);
+    let log = aws.log();
+    let rekeys = log
+        .lines()
+        .filter(|l| {
+            l.contains("handshake completed") && l.contains("tunnel1") && l.contains("rekey=true")
+        })
+        .count();
+    eprintln!("tunnel1: {rekeys} Child SA rekeys logged ({handshakes} handshakes in status)");
+    assert!(rekeys >= 3, "{log}");
+    assert_eq!(s.state("tunnel1").as_deref(), Some("up"));
+    assert_eq!(report.lost, 0, "{report}\n{log}");
+    // About 15 s at 1 ms; a sender starved on a loaded host sends fewer, which proves less.
+    assert!(report.sent > 10_000, "{report}");
+}
+
+/// A silent blackhole of isp1 (nftables drop on cgw's isp1 link, both ways): tandem's liveness
+/// probes go unanswered and it moves to tunnel2 within dpd_timeout + one dpd_interval; charon's
+/// own DPD (1 s) and tandem's probes answer each other meanwhile on tunnel2.
+#[test]
+fn a_silent_blackhole_of_isp1_moves_traffic_to_tunnel2_within_dpd_timeout_plus_one_interval() {
+    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "1s", AWS_IKE, AWS_ESP) else {
+        return;
+    };
+    aws.start_tandem(&tandem_config(true, ""));
+    aws.wait("both tunnels up", UP_TIMEOUT, both_up);
+    // charon's DPD (every second when idle) is answered: after 3 s both are still Up and
+    // charon still has its SAs.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = aws.status().unwrap();
+    assert!(s.both_up(), "{:?}", s.0);
+    let log = aws.charon(Isp::Two).log();
+    assert!(
+        log.contains("sending DPD request") || log.contains("INFORMATIONAL request"),
+        "charon sent no DPD:\n{}",
+        tail(&log, 30)
+    );
+    assert!(
+        aws.charon(Isp::Two)
+            .list_sas()
+            .unwrap()
+            .contains("state=ESTABLISHED"),
+        "charon dropped its IKE SA"
+    );
+    let bound = Duration::from_millis(300 + 100);
+    let cut = Instant::now();
+    aws.lab
+        .cgw
+        .nft(&format!(
+            "table inet ikecut {{\n chain i {{ type filter hook input priority 0; iifname \"{0}\" drop; }}\n chain o {{ type filter hook output priority 0; oifname \"{0}\" drop; }}\n}}",
+            isp_if(Isp::One)
+        ))
+        .unwrap();
+    let took = aws.wait("tunnel2 active", Duration::from_secs(5), |s| {
+        s.active().as_deref() == Some("tunnel2")
+    });
+    // From before the drop rules went in, to the status poll that saw the switch (10 ms apart).
+    let _ = took;
+    let took = cut.elapsed();
+    eprintln!(
+        "blackhole of isp1 -> tandem switched to tunnel2 after {:.0} ms (bound {} ms)",
+        took.as_secs_f64() * 1e3,
+        bound.as_millis()
+    );
+    assert!(took <= bound + Duration::from_millis(50), "{took:?}");
+    // Traffic takes tunnel2 (the VPC answers via vpcgw2).
+    aws.lab.vpc_via(Isp::Two).unwrap();
+    let p = ping(
+        &aws.lab.office,
+        vpc_ip(Family::V4),
+        20,
+        Duration::from_millis(10),
+    )
+    .unwrap();
+    assert_eq!(p.received, 20, "{p:?}");
+}
+
+/// A wrong PSK on tunnel1: AUTHENTICATION_FAILED is logged, tunnel1 never comes Up, tunnel2
+/// carries the traffic.
+#[test]
+fn a_wrong_psk_on_tunnel1_is_logged_keeps_it_down_and_tunnel2_carries_traffic() {
+    let wrong = ["not.the.psk.tandem.has.for.it", PSKS[1]];
+    let Some(mut aws) = AwsLab::new("ike_tunnels", wrong, "10s", AWS_IKE, AWS_ESP) else {
+        return;
+    };
+    aws.start_tandem(&tandem_config(true, ""));
+    aws.wait("tunnel2 active", UP_TIMEOUT, |s| {
+        s.active().as_deref() == Some("tunnel2")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let s = aws.status().unwrap();
+    assert_eq!(
+        s.state("tunnel1").as_deref(),
+        Some("connecting"),
+        "{:?}",
+        s.0
+    );
+    let log = aws.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("tunnel1") && l.contains("AUTHENTICATION_FAILED")),
+        "{log}"
+    );
+    aws.lab.vpc_via(Isp::Two).unwrap();
+    let p = ping(
+        &aws.lab.office,
+        vpc_ip(Family::V4),
+        10,
+        Duration::from_millis(10),
+    )
+    .unwrap();
+    assert_eq!(p.received, 10, "{p:?}");
+}
+
+/// A peer that offers only AES-CBC / SHA-1 / MODP-1024: tandem (responder here) answers
+/// NO_PROPOSAL_CHOSEN and logs what it offered.
+#[test]
+fn a_cbc_sha1_modp1024_peer_gets_no_proposal_chosen_and_a_log_line_naming_its_offer() {
+    let Some(mut aws) = AwsLab::new(
+        "ike_tunnels",
+        PSKS,
+        "10s",
+        "aes128-sha1-modp1024",
+        "aes128-sha1-modp1024",
+    ) else {
+        return;
+    };
+    aws.start_tandem(&tandem_config(false, ""));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = aws.charon(Isp::One).swanctl([
+        "--initiate",
+        "--ike",
+        "aws",
+        "--child",
+        "net",
+        "--timeout",
+        "5",
+    ]);
+    assert!(r.is_err(), "charon's weak offer was accepted: {r:?}");
+    let clog = aws.charon(Isp::One).log();
+    assert!(clog.contains("NO_PROPOSAL_CHOSEN"), "{}", tail(&clog, 30));
+    let log = aws.log();
+    assert!(
+        log.lines().any(|l| l.contains("NO_PROPOSAL_CHOSEN")
+            && l.contains("tunnel1")
+            && l.contains("AES_CBC")),
+        "{log}"
+    );
+    assert_eq!(
+        aws.status().unwrap().state("tunnel1").as_deref(),
+        Some("connecting")
+    );
+}
+
+/// The config `tandem import aws` writes from the AWS-style XML fixture, with its placeholder
+/// subnets filled in (and a control socket of the test's own), brings both tunnels Up against
+/// two charons configured with the XML's PSKs: AWS gives one customer gateway address
+/// (192.0.2.1) to both endpoints, so the lab routes it over isp2 too.
+#[test]
+fn the_config_tandem_import_aws_writes_brings_both_tunnels_up() {
+    let xml =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/tests/fixtures/aws/static-ikev1.xml");
+    let text = std::fs::read_to_string(&xml).unwrap();
+    let psk_of = |n: usize| -> String {
+        let s = text.split("<pre_shared_key>").nth(n).unwrap();
+        s.split("</pre_shared_key>").next().unwrap().to_owned()
+    };
+    let psks = [psk_of(1), psk_of(2)];
+    let cgw = v4(Isp::One).0;
+    let Some(mut aws) = AwsLab::with_cgw(
+        "ike_tunnels",
+        [&psks[0], &psks[1]],
+        "10s",
+        "aes256gcm16-prfsha384-ecp384",
+        "aes256gcm16-ecp384",
+        [cgw, cgw],
+    ) else {
+        return;
+    };
+    // 192.0.2.1 <-> 198.51.100.2 over isp2.
+    let isp2 = aws.lab.isp(Isp::Two);
+    isp2.ip(["route", "add", "192.0.2.1/32", "dev", "cgw"])
+        .unwrap();
+    aws.lab
+        .head_end(Isp::Two)
+        .ip([
+            "route",
+            "add",
+            "192.0.2.1/32",
+            "via",
+            "198.51.100.254",
+            "dev",
+            "isp2",
+        ])
+        .unwrap();
+    let dir = aws.dir.path().to_owned();
+    let out = tandem_cmd(
+        &[
+            "import",
+            "aws",
+            &xml.display().to_string(),
+            "--dir",
+            &dir.display().to_string(),
+            "--name",
+            "aws",
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(out.contains("wrote"), "{out}");
+    let config = dir.join("aws.toml");
+    let written = std::fs::read_to_string(&config).unwrap();
+    let filled = written
+        .replace("# local_subnets = ", "local_subnets = ")
+        .replace("# remote_subnets = ", "remote_subnets = ")
+        + &format!("\n[control]\nsocket = \"{}\"\n", aws.socket().display());
+    write_private(&config, &filled).unwrap();
+    let start = Instant::now();
+    aws.start_tandem_with(&config);
+    aws.wait("both tunnels up", UP_TIMEOUT, both_up);
+    eprintln!(
+        "imported AWS config: both tunnels Up after {:.0} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    wait_reachable(&aws.lab.office, vpc_ip(Family::V4), Duration::from_secs(5)).unwrap();
+    let p = ping(
+        &aws.lab.vpc,
+        office_ip(Family::V4),
+        10,
+        Duration::from_millis(10),
+    )
+    .unwrap();
+    assert_eq!(p.received, 10, "{p:?}");
+}
