@@ -41,6 +41,7 @@ pub(crate) fn check(sink: &mut Sink<'_>, connections: &[RawConnection], tun_name
     interfaces(sink, connections, tun_name);
     remote_subnets_between_connections(sink, connections);
     endpoint_pairs(sink, connections);
+    ports_and_protocols(sink, connections);
     for c in connections {
         tunnel_names(sink, c);
         subnets_within(sink, &c.local_subnets);
@@ -228,6 +229,62 @@ fn endpoint_pairs(sink: &mut Sink<'_>, connections: &[RawConnection]) {
                     .entry(local.value)
                     .or_default()
                     .push((t, t.path.as_str()));
+            }
+        }
+    }
+}
+
+/// A local address and port speaks one protocol (the engine reads a datagram with the non-ESP
+/// marker as a Noise handshake or an IKE message by its port), and the IKEv2 tunnels on it are
+/// told apart by their peer's address, so no two of them may have the same one.
+fn ports_and_protocols(sink: &mut Sink<'_>, connections: &[RawConnection]) {
+    let mut first: HashMap<std::net::SocketAddr, (bool, &str, usize)> = HashMap::new();
+    let mut ike_peers: HashMap<(std::net::SocketAddr, std::net::IpAddr), (&str, usize)> =
+        HashMap::new();
+    for c in connections {
+        let Some(protocol) = &c.protocol else {
+            continue;
+        };
+        let ikev2 = matches!(protocol, crate::Protocol::Ikev2(_));
+        for t in c.tunnels.iter().filter(|t| t.endpoints_ok) {
+            let Some(local) = &t.local else { continue };
+            match first.get(&local.value) {
+                Some((kind, path, at)) if *kind != ikev2 => {
+                    let line = sink.place(*at, local.span.start);
+                    let name = |k: bool| if k { "ikev2" } else { "tandem" };
+                    sink.error(
+                        &local.span,
+                        &local.path,
+                        format!(
+                            "local {} is used by {path} ({line}) with protocol \"{}\": one local address and port speaks one protocol; give the protocol \"{}\" tunnels another address or port",
+                            local.value,
+                            name(*kind),
+                            name(ikev2)
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    first.insert(local.value, (ikev2, &t.path, local.span.start));
+                }
+            }
+            let Some(remote) = t.remote.as_ref().filter(|_| ikev2) else {
+                continue;
+            };
+            let key = (local.value, remote.value.ip());
+            if let Some((path, at)) = ike_peers.get(&key) {
+                let line = sink.place(*at, remote.span.start);
+                sink.error(
+                    &remote.span,
+                    &remote.path,
+                    format!(
+                        "the IKEv2 peer {} on local {} is already {path}'s ({line}): IKE messages find their tunnel by the peer's address",
+                        remote.value.ip(),
+                        local.value
+                    ),
+                );
+            } else {
+                ike_peers.insert(key, (&t.path, remote.span.start));
             }
         }
     }

@@ -196,6 +196,7 @@ golden_tests!(
     ikev2_keys_on_a_tandem_connection,
     ikev2_tunnel_without_remote,
     tandem_connection_without_a_private_key,
+    ikev2_and_tandem_on_one_local_port,
 );
 
 #[test]
