@@ -173,7 +173,8 @@ fn each_tunnel_is_an_interface_whose_carrier_follows_liveness_cuts_and_pins() {
     let row = |t: &str| {
         table
             .lines()
-            .find(|l| l.trim_start().starts_with(t))
+            // The active tunnel's row starts with a `*`.
+            .find(|l| l.trim_start().trim_start_matches('*').starts_with(t))
             .map(|l| l.split_whitespace().rev().take(2).collect::<Vec<_>>())
     };
     assert!(table.contains("CARRIER"), "{table}");
