@@ -245,6 +245,12 @@ impl Engine {
             .map(|(i, t)| (TunnelId(i as u16), t))
     }
 
+    /// One tunnel's static facts (O(1), unlike searching [`Engine::tunnels`]).
+    #[must_use]
+    pub fn tunnel_info(&self, tunnel: TunnelId) -> Option<&TunnelInfo> {
+        self.infos.get(usize::from(tunnel.0))
+    }
+
     /// Counters of one tunnel.
     #[must_use]
     pub fn tunnel_counters(&self, tunnel: TunnelId) -> Option<&TunnelCounters> {

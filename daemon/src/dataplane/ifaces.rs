@@ -269,9 +269,8 @@ impl Ifaces {
             let id = TunnelId(i as u16);
             let up = engine.tunnel_state(id) == Some(TunnelState::Up);
             let pinned_elsewhere = engine
-                .tunnels()
-                .nth(i)
-                .and_then(|(_, info)| engine.pinned_tunnel(info.connection_id))
+                .tunnel_info(id)
+                .and_then(|info| engine.pinned_tunnel(info.connection_id))
                 .is_some_and(|p| p != id);
             let want = up && !pinned_elsewhere;
             if want == f.carrier {
