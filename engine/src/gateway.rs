@@ -245,6 +245,22 @@ impl Engine {
             .map(|(i, t)| (TunnelId(i as u16), t))
     }
 
+    /// The shortest keepalive slack of any connection: [`KEEPALIVE_SLACK_PCT`](crate::KEEPALIVE_SLACK_PCT)
+    /// % of its keepalive interval (`dpd_interval` / [`KEEPALIVES_PER_INTERVAL`](crate::KEEPALIVES_PER_INTERVAL);
+    /// 2.5 ms at the defaults). Zero without connections. A keepalive may be sent this much early;
+    /// the data plane may read control datagrams this much late (docs/protocol.md, "Timers").
+    #[must_use]
+    pub fn keepalive_slack(&self) -> Duration {
+        self.conns
+            .iter()
+            .map(|c| {
+                c.cfg.dpd_interval / crate::KEEPALIVES_PER_INTERVAL * crate::KEEPALIVE_SLACK_PCT
+                    / 100
+            })
+            .min()
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// One tunnel's static facts (O(1), unlike searching [`Engine::tunnels`]).
     #[must_use]
     pub fn tunnel_info(&self, tunnel: TunnelId) -> Option<&TunnelInfo> {

@@ -395,3 +395,26 @@ fn a_timer_event_handles_a_few_tunnels_not_all_of_them_and_keepalives_share_wake
         "{calls} timer events for {visits} keepalives: they do not share wake-ups"
     );
 }
+
+#[test]
+fn the_keepalive_slack_is_the_shortest_of_any_connection() {
+    let mut cfg = EngineConfig {
+        private_key: Zeroizing::new(key(0)),
+        mtu: 1400,
+        connections: Vec::new(),
+    };
+    let now = Instant::now();
+    let engine = Engine::new(cfg.clone(), [1; 32], now, Duration::ZERO);
+    assert_eq!(engine.keepalive_slack(), Duration::ZERO);
+    let mut slow = connection("slow", "10.0.0.0/16", "10.1.0.0/16");
+    slow.dpd_interval = ms(250);
+    let mut fast = connection("fast", "10.0.0.0/16", "10.2.0.0/16");
+    fast.dpd_interval = ms(10);
+    cfg.connections = vec![slow.clone()];
+    let engine = Engine::new(cfg.clone(), [1; 32], now, Duration::ZERO);
+    // 2 % of a keepalive interval of 125 ms.
+    assert_eq!(engine.keepalive_slack(), Duration::from_micros(2500));
+    cfg.connections = vec![slow, fast];
+    let engine = Engine::new(cfg, [1; 32], now, Duration::ZERO);
+    assert_eq!(engine.keepalive_slack(), Duration::from_micros(100));
+}

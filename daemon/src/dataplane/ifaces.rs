@@ -22,7 +22,7 @@
 //! the link watcher later settles the state from the carrier (DOWN, or UP) as usual.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use ipnet::IpNet;
 use tandem_engine::{Engine, TunnelId, TunnelState};
@@ -144,6 +144,14 @@ impl Ifaces {
     /// Tunnel `id`'s interface, if it has one.
     pub fn get(&self, id: u16) -> Option<&Iface> {
         self.by_tunnel.get(usize::from(id)).and_then(Option::as_ref)
+    }
+
+    /// Every open interface with its epoll token (`TOKEN_IFACE_BASE + tunnel id`).
+    pub fn tokens(&self) -> impl Iterator<Item = (BorrowedFd<'_>, u64)> {
+        self.live.iter().filter_map(|&i| {
+            let f = self.by_tunnel.get(i)?.as_ref()?;
+            Some((f.dev.as_fd(), TOKEN_IFACE_BASE + i as u64))
+        })
     }
 
     /// As [`Self::get`], mutable.

@@ -19,12 +19,14 @@
 //!   saturating TCP both ways, counting false Down events; then `--cuts` silent blackholes of
 //!   isp1 under the same load, each giving the detection time (cut -> cgw's log says it
 //!   switched) and the 1 ms probe stream's largest gap; min/median/p99/max of both.
-//! - `lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare A=BIN,B=BIN]` — the
+//! - `lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare A=BIN,B=BIN] [--sender-pays]` — the
 //!   head-end at scale (`--compare`: each N against each hub binary, in turn, in one run): one
 //!   `tandem run` hub, N emulated branches (two tunnels each, real engines) on one port, one run
 //!   per N: time to all Up, handshake throughput, RSS, idle CPU, `status --json` latency and
 //!   size, detection of a silenced tunnel, a reload of ±min(100, N/2) branches under probes.
 //!   Writes `DIR/scale.txt` (table), `DIR/scale.json`, `DIR/scale.svg` (cost against N).
+//!   The branch namespace receives the hub's datagrams in a NAPI kernel thread; with
+//!   `--sender-pays` the veth delivers them inside the hub's send calls, charged to its CPU.
 //!
 //! Needs root. Finds `tandem` next to itself (build both with
 //! `cargo build --release -p tandem -p tandem-netns-tests`) or in `$TANDEM_BIN`.
@@ -50,7 +52,7 @@ use tandem_netns_tests::{Error, can_run_as_root};
 /// a capped stream keeps the queue empty, so a lost probe is the move's fault.
 const PLANNED_MOVE_TCP_MBPS: u32 = 50;
 
-const USAGE: &str = "usage: lab demo [--report FILE.html] | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] [--out DIR] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare LABEL=TANDEM,LABEL=TANDEM]";
+const USAGE: &str = "usage: lab demo [--report FILE.html] | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] [--out DIR] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare LABEL=TANDEM,LABEL=TANDEM] [--sender-pays]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -1276,8 +1278,13 @@ fn scale(args: &[String]) -> Result<(), Error> {
     let mut idle: Option<u64> = None;
     // (label, hub binary): `None` is the one `tandem_bin` finds.
     let mut builds: Vec<(String, Option<PathBuf>)> = vec![(String::new(), None)];
+    let mut sender_pays = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--sender-pays" {
+            sender_pays = true;
+            continue;
+        }
         let v = it.next().ok_or_else(|| Error::Tandem(USAGE.into()))?;
         match a.as_str() {
             "--compare" => {
@@ -1321,6 +1328,7 @@ fn scale(args: &[String]) -> Result<(), Error> {
             }
             opts.bin = bin.clone();
             opts.label = label.clone();
+            opts.branch_napi_thread = !sender_pays;
             eprintln!("== {n} branches ({} tunnels) {label}", 2 * n);
             let r = run(&opts, &mut |line| eprintln!("  {line}"))?;
             results.push(r);
