@@ -654,8 +654,10 @@ impl IkeTunnel {
         match e {
             IkeEvent::Established(_) => {
                 // The peer's new IKE SA is authenticated: it replaces ours (the peer restarted,
-                // or it initiated first). Its event is handled as the current SA's.
-                self.drop_children(ctx);
+                // reauthenticated, or it initiated first). Its event is handled as the current
+                // SA's. The old Child SAs still open what the peer sent on them before it
+                // switched (a make-before-break reauthentication), for the grace period.
+                self.retire_children(now);
                 self.sa = self.incoming.take();
                 self.sa_start = self.incoming_start;
                 self.on_event(e, now, ctx);
@@ -766,6 +768,21 @@ impl IkeTunnel {
             self.timers
                 .set(Timer::Connect, now.checked_add(self.backoff(ctx.rng)));
         }
+    }
+
+    /// Every inbound Child SA opens packets for [`RETIRED_INBOUND_GRACE`] more, then goes;
+    /// nothing is sent on them.
+    fn retire_children(&mut self, now: Instant) {
+        let at = now.checked_add(RETIRED_INBOUND_GRACE);
+        for s in self.inbound.iter_mut().flatten() {
+            if s.retire_at.is_none() {
+                s.retire_at = at;
+            }
+        }
+        self.arm_retire();
+        self.current = None;
+        self.next = None;
+        self.rekeying = None;
     }
 
     fn drop_children(&mut self, ctx: &mut Ctx<'_>) {
