@@ -13,14 +13,21 @@ pub fn is_root() -> bool {
 /// Whether a test that needs root may run: true as root; otherwise it skips loudly (`what`
 /// says what it needs) — unless `CI` is set, where not being root is a failure.
 pub fn can_run_as_root(what: &str) -> bool {
-    if is_root() {
+    available(
+        is_root(),
+        &format!("{what} need root"),
+        "CI must run these tests as root",
+    )
+}
+
+/// `present` (a tool, a privilege the test needs), or the test skips loudly saying `why` —
+/// unless `CI` is set, where it fails with `in_ci`.
+pub fn available(present: bool, why: &str, in_ci: &str) -> bool {
+    if present {
         return true;
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run these tests as root"
-    );
-    eprintln!("SKIPPING: {what} need root");
+    assert!(std::env::var_os("CI").is_none(), "{in_ci}");
+    eprintln!("SKIPPING: {why}");
     false
 }
 
