@@ -263,6 +263,27 @@ fn wanted_sockets(
     wanted
 }
 
+/// Adds a socket on the IKE port (500) of every IKEv2 tunnel with a bare local address
+/// (`connection/tunnel`, that port, remote): IKE_SA_INIT arrives and leaves there without a
+/// marker (RFC 7296 §2.23); it belongs to no tunnel (the engine finds the tunnel by the peer).
+fn add_ike_ports(
+    wanted: &mut Vec<WantedSocket>,
+    ports: impl Iterator<Item = (String, Option<SocketAddr>, Option<SocketAddr>)>,
+) {
+    for (name, ike_local, remote) in ports {
+        let Some(local) = ike_local else { continue };
+        if wanted.iter().any(|w| w.local == Some(local)) {
+            continue;
+        }
+        wanted.push(WantedSocket {
+            name,
+            local: Some(local),
+            remote,
+            tunnels: Vec::new(),
+        });
+    }
+}
+
 /// Where a tunnel's socket comes from after a reload.
 #[derive(Debug)]
 enum SocketPlan {
@@ -615,13 +636,23 @@ impl DataPlane {
 
     /// Bind a socket for every tunnel of the engine's current configuration (start-up).
     fn sync_sockets(&mut self) -> Result<(), StartError> {
-        let wanted = wanted_sockets(self.engine.tunnels().map(|(_, info)| {
+        let mut wanted = wanted_sockets(self.engine.tunnels().map(|(_, info)| {
             (
                 format!("{}/{}", info.connection, info.name),
                 info.local,
                 info.remote,
             )
         }));
+        add_ike_ports(
+            &mut wanted,
+            self.engine.tunnels().map(|(_, info)| {
+                (
+                    format!("{}/{}", info.connection, info.name),
+                    info.ike_local,
+                    info.remote,
+                )
+            }),
+        );
         let plan = self.plan_sockets(&wanted)?;
         self.install_sockets(plan, &wanted)
     }
@@ -1168,7 +1199,16 @@ impl DataPlane {
     /// Send every control datagram the engine has queued.
     fn flush_control(&mut self) {
         while let Some(t) = self.engine.poll_transmit(&mut self.control_buf) {
-            if let Some(Some(s)) = self.socket_of(t.tunnel) {
+            let socket = match t.via {
+                // An IKEv2 tunnel's port 500: the socket bound there (O(sockets), IKE
+                // messages are rare).
+                Some(via) => self
+                    .sockets
+                    .iter()
+                    .find(|s| s.as_ref().is_some_and(|s| s.fixed && s.bind == via)),
+                None => self.socket_of(t.tunnel),
+            };
+            if let Some(Some(s)) = socket {
                 // Never block the data plane on a control datagram: a cookie reply to an
                 // address whose neighbour never resolves would otherwise fill the send buffer
                 // (queued skbs are charged to it) and stall every tunnel. A refused one is lost,
@@ -1545,11 +1585,23 @@ impl DataPlane {
         }
         // Bind what the new configuration needs before anything is committed: a socket that
         // cannot be bound refuses the reload and the running configuration stays as it was.
-        let wanted = wanted_sockets(cfg.connections.iter().flat_map(|c| {
+        let mut wanted = wanted_sockets(cfg.connections.iter().flat_map(|c| {
             c.tunnels
                 .iter()
                 .map(move |t| (format!("{}/{}", c.name, t.name), t.local, t.remote))
         }));
+        add_ike_ports(
+            &mut wanted,
+            cfg.connections.iter().flat_map(|c| {
+                c.tunnels.iter().map(move |t| {
+                    (
+                        format!("{}/{}", c.name, t.name),
+                        t.ike.as_ref().and_then(|i| i.local_ike),
+                        t.remote,
+                    )
+                })
+            }),
+        );
         let plan = match self.plan_sockets(&wanted) {
             Ok(p) => p,
             Err(e) => {
