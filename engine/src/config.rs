@@ -4,7 +4,7 @@
 //! whether they are set.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -143,6 +143,19 @@ pub struct IkeTunnelConfig {
     pub local_id: Identity,
     /// The identity the peer must prove (default: its address).
     pub remote_id: Identity,
+    /// Where drill probes go (`probe_target`, `probe_source`; default from `inside`): `None`
+    /// when the tunnel has neither, and then a drill measures detection only.
+    pub probe: Option<IkeProbe>,
+}
+
+/// The addresses of an IKEv2 tunnel's drill probes: ICMP echo requests sealed into its Child
+/// SA (docs/protocol.md, "Drill probes on IKEv2 tunnels"). Both of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IkeProbe {
+    /// Inside `local_subnets`: the reply comes back through the Child SA to it.
+    pub source: IpAddr,
+    /// Inside `remote_subnets`, and answers pings (the peer's inside address by default).
+    pub target: IpAddr,
 }
 
 impl fmt::Debug for IkeTunnelConfig {
@@ -151,6 +164,7 @@ impl fmt::Debug for IkeTunnelConfig {
             .field("psk", &"<redacted>")
             .field("local_id", &self.local_id)
             .field("remote_id", &self.remote_id)
+            .field("probe", &self.probe)
             .finish()
     }
 }
