@@ -1349,6 +1349,8 @@ impl Walker<'_, '_, '_> {
             local_id: local_id?,
             remote_id: remote_id?,
             probe: None,
+            local_ike: None,
+            remote_ike: None,
         })
     }
 
@@ -1482,7 +1484,14 @@ impl Walker<'_, '_, '_> {
     ) -> RawTunnel {
         self.check_keys(tab, TUNNEL_KEYS);
         let name = self.name(tab, "tunnel");
-        // IKEv2 endpoints may be bare addresses: the NAT-T port 4500 (RFC 3948) is implied.
+        // IKEv2 endpoints may be bare addresses: the NAT-T port 4500 (RFC 3948) is implied,
+        // and IKE starts on port 500 of that address (RFC 7296 §2.23).
+        let bare = |key: &str| -> Option<std::net::IpAddr> {
+            let s = self.value(tab, key)?.get_ref().as_str()?;
+            s.parse::<std::net::IpAddr>().ok()
+        };
+        let bare_local = bare("local").filter(|_| ikev2);
+        let bare_remote = bare("remote").filter(|_| ikev2);
         let addr = |s: &str| {
             if ikev2 && let Ok(ip) = s.parse::<std::net::IpAddr>() {
                 return Ok(SocketAddr::new(ip, tandem_ike::nat::NAT_T_PORT));
@@ -1603,7 +1612,18 @@ impl Walker<'_, '_, '_> {
         let ike = if ikev2 {
             let probe = self.ike_probe(tab, &inside, subnets);
             self.ike_identities(tab, local.as_ref(), remote.as_ref(), ike_psk)
-                .map(|i| IkeTunnelConfig { probe, ..i })
+                .map(|mut ike| {
+                    ike.probe = probe;
+                    // Port 500 only where the address is bare, and never on the unspecified
+                    // address (it would take port 500 of every address of the host).
+                    ike.local_ike = bare_local
+                        .filter(|ip| !ip.is_unspecified())
+                        .map(|ip| SocketAddr::new(ip, tandem_ike::nat::IKE_PORT));
+                    ike.remote_ike = bare_remote
+                        .filter(|_| ike.local_ike.is_some())
+                        .map(|ip| SocketAddr::new(ip, tandem_ike::nat::IKE_PORT));
+                    ike
+                })
         } else {
             for key in ["local_id", "remote_id", "probe_target", "probe_source"] {
                 if let Some(v) = self.value(tab, key) {

@@ -186,9 +186,15 @@ impl Tunnel {
         both!(self, t => t.seal_data(buf, packet, next_header, now))
     }
 
-    pub fn poll_transmit(&mut self, buf: &mut [u8], now: Instant) -> Option<(SocketAddr, usize)> {
+    /// The next control datagram: destination, length, and the local address to send it from
+    /// when that is not the tunnel's own socket (an IKEv2 tunnel's port 500).
+    pub fn poll_transmit(
+        &mut self,
+        buf: &mut [u8],
+        now: Instant,
+    ) -> Option<(SocketAddr, usize, Option<SocketAddr>)> {
         match self {
-            Tunnel::Noise(t) => t.poll_transmit(buf, now),
+            Tunnel::Noise(t) => t.poll_transmit(buf, now).map(|(d, l)| (d, l, None)),
             Tunnel::Ike(t) => t.poll_transmit(buf, now),
         }
     }
@@ -242,6 +248,20 @@ impl Tunnel {
         match self {
             Tunnel::Noise(t) => t.handle_handshake(from, msg, now, ctx),
             Tunnel::Ike(t) => t.handle_ike(from, msg, now, ctx),
+        }
+    }
+
+    /// A datagram on an IKEv2 tunnel's IKE port (500): an IKE message without a marker.
+    pub fn handle_ike_plain(
+        &mut self,
+        from: SocketAddr,
+        msg: &[u8],
+        now: Instant,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), DropReason> {
+        match self {
+            Tunnel::Noise(_) => Err(DropReason::Handshake),
+            Tunnel::Ike(t) => t.handle_ike_plain(from, msg, now, ctx),
         }
     }
 

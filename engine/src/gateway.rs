@@ -110,6 +110,19 @@ fn shared_ports(
         ports[p].members.push(TunnelId(i as u16));
         ports[p].ikev2 |= ikev2[i];
     }
+    // IKEv2 tunnels with a bare local address also answer on its port 500 (the config keeps
+    // every other tunnel off that address and port).
+    for (i, info) in infos.iter().enumerate() {
+        let Some(local) = info.ike_local else {
+            continue;
+        };
+        let p = *by_local.entry(local).or_insert_with(|| {
+            ports.push(SharedPort::new(local, CookieJar::new(&public)));
+            ports.len() - 1
+        });
+        ports[p].members.push(TunnelId(i as u16));
+        ports[p].plain_ike = true;
+    }
     (ports, by_local)
 }
 
@@ -142,6 +155,7 @@ fn build(
                 connection_id: conn_id,
                 local: t.local,
                 remote: t.remote,
+                ike_local: t.ike.as_ref().and_then(|i| i.local_ike),
                 priority: t.priority,
             });
             members.push(id);
@@ -583,6 +597,11 @@ impl Engine {
             return Err(DropReason::Malformed);
         }
         let port = *self.port_of_local.get(&local).ok_or(DropReason::NoTunnel)?;
+        if self.ports[port].plain_ike {
+            return self
+                .ike_port(port, from, &buf[datagram], now)
+                .map(|()| NetAction::Consumed);
+        }
         let d = &buf[datagram.clone()];
         let marker = d.len() >= 4 && d[..4] == tandem_crypto::handshake::NON_ESP_MARKER;
         if marker && self.ports[port].ikev2 {
@@ -613,6 +632,30 @@ impl Engine {
             return Err(DropReason::UnknownSpi);
         }
         self.datagram(tunnel, from, buf, datagram, now)
+    }
+
+    /// A datagram on an IKE port (500): an IKE message without a marker, for the tunnel whose
+    /// peer has the source address (RFC 7296 §2.23: IKE_SA_INIT starts here, then moves).
+    fn ike_port(
+        &mut self,
+        port: usize,
+        from: SocketAddr,
+        msg: &[u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let members = &self.ports[port].members;
+        let idx = members
+            .iter()
+            .map(|m| usize::from(m.0))
+            .find(|&i| self.tunnels[i].remote().map(|r| r.ip()) == Some(from.ip()))
+            .ok_or(DropReason::Handshake)?;
+        if self.tunnels[idx].is_silenced() {
+            return Err(DropReason::Silenced);
+        }
+        let (mut ctx, tunnels) = self.ctx();
+        let r = tunnels[idx].handle_ike_plain(from, msg, now, &mut ctx);
+        self.refresh(idx, now);
+        r
     }
 
     /// A handshake message on a shared port.
@@ -764,13 +807,14 @@ impl Engine {
                     tunnel: first,
                     dst,
                     len: reply.len(),
+                    via: None,
                 });
             }
         }
         // The tunnels seal with a time only for the reject-after check; use the latest we saw.
         let now = self.last_now;
         while let Some(i) = self.schedule.pop_ready() {
-            if let Some((dst, len)) = self.tunnels[i].poll_transmit(buf, now) {
+            if let Some((dst, len, via)) = self.tunnels[i].poll_transmit(buf, now) {
                 // It may have more: back in the queue, after the others (round robin). Sealing
                 // may have asked for a rekey: its deadline may have moved.
                 self.touch(i);
@@ -778,6 +822,7 @@ impl Engine {
                     tunnel: TunnelId(i as u16),
                     dst,
                     len,
+                    via,
                 });
             }
         }
