@@ -893,6 +893,8 @@ impl Engine {
                         let t = &self.tunnels[usize::from(tid.0)];
                         let c = t.counters();
                         let ike = t.ike_status();
+                        let (ike_proposal, esp_proposal) =
+                            t.ike_proposals().unwrap_or((None, None));
                         let hex = |spi: Option<u64>| spi.map(|s| format!("{s:016x}"));
                         TunnelStatus {
                             name: t.name().to_owned(),
@@ -911,6 +913,8 @@ impl Engine {
                             ike_spi_i: ike.and_then(|i| hex(i.0)),
                             ike_spi_r: ike.and_then(|i| hex(i.1)),
                             ike_state: ike.map(|i| i.2),
+                            ike_proposal,
+                            esp_proposal,
                         }
                     })
                     .collect(),

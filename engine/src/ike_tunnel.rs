@@ -38,8 +38,10 @@ use tandem_ike::nat::{NON_ESP_MARKER, NatT, Transport};
 use tandem_ike::wire::{ExchangeType, parse_header};
 use tandem_ike::{ChildSa, Dropped, Event as IkeEvent, Failure, FirstChild, IkeSa, Psk, Role};
 
-use crate::config::{ConnectionConfig, IkeSettings, Protocol, TunnelConfig};
+use crate::config::{ConnectionConfig, IkeProbe, IkeSettings, Protocol, TunnelConfig};
 use crate::drop::DropReason;
+use crate::ike_probe::{self, ProbeReply};
+use crate::ring::Ring;
 use crate::router::ConnectionId;
 use crate::tunnel::{Ctx, Received};
 use crate::types::{Direction, Event, Silence, StateCause, TunnelCounters, TunnelId, TunnelState};
@@ -52,6 +54,9 @@ const IKE_IN_SLOTS: usize = 4;
 /// threads (strongSwan's libipsec) may send such packets after its answer to the DELETE
 /// (strongSwan itself keeps a rekeyed inbound SA 5 s for the same reason). Never used to send.
 const RETIRED_INBOUND_GRACE: Duration = Duration::from_secs(5);
+/// Tuning: drill probes queued per tunnel between two `poll_transmit` drains (drill probes run
+/// at 1 ms; the daemon drains after every batch), as for tandem-protocol echoes.
+const PROBE_QUEUE: usize = 8;
 /// Tuning: a failed or refused IKE SA is tried again after this, doubling ...
 const RETRY_BASE: Duration = Duration::from_secs(1);
 /// ... up to this (a peer that refuses us is not asked more often).
@@ -209,6 +214,8 @@ enum Route {
 struct OutSa {
     sa: OutboundSa,
     in_spi: u32,
+    /// The ESP proposal negotiated for it (for status).
+    proposal: tandem_ike::EspProposal,
 }
 
 /// One IKEv2 tunnel. See the module documentation.
@@ -253,6 +260,12 @@ pub(crate) struct IkeTunnel {
     /// IKE messages to send (without the marker), oldest first, and how each travels.
     out: VecDeque<(Route, Vec<u8>)>,
     counters: TunnelCounters,
+    /// Drill probe addresses (`None`: this tunnel sends no probes).
+    probe: Option<IkeProbe>,
+    /// Drill probes to send: (id, send time in ns since the engine's epoch).
+    probes: Ring<(u64, u64), PROBE_QUEUE>,
+    /// The negotiated IKE proposal of the current IKE SA.
+    ike_proposal: Option<tandem_ike::IkeProposal>,
 }
 
 impl std::fmt::Debug for IkeTunnel {
@@ -396,6 +409,9 @@ impl IkeTunnel {
             attempt: 0,
             out: VecDeque::new(),
             counters: TunnelCounters::default(),
+            probe: tike.probe,
+            probes: Ring::default(),
+            ike_proposal: None,
             settings,
         };
         if t.settings.initiate && t.remote.is_some() {
@@ -461,6 +477,26 @@ impl IkeTunnel {
 
     pub fn spi_out(&self) -> Option<u32> {
         self.current.as_ref().map(|c| c.sa.spi().get())
+    }
+
+    /// The negotiated (IKE, ESP) proposals of the current IKE SA and Child SA, for status.
+    pub fn proposals(&self) -> (Option<String>, Option<String>) {
+        (
+            self.sa
+                .as_ref()
+                .filter(|s| s.is_established())
+                .and(self.ike_proposal)
+                .map(|p| p.to_string()),
+            self.current.as_ref().map(|c| c.proposal.to_string()),
+        )
+    }
+
+    /// Queues drill probe `id` (sent at `timestamp`, ns since the engine's epoch); nothing when
+    /// the tunnel has no probe addresses.
+    pub fn queue_probe(&mut self, id: u64, timestamp: u64) {
+        if self.probe.is_some() {
+            self.probes.push((id, timestamp));
+        }
     }
 
     /// (SPIi, SPIr, state) of the IKE SA for status.
@@ -680,6 +716,7 @@ impl IkeTunnel {
                 self.attempt = 0;
                 self.timers.set(Timer::Connect, None);
                 self.keylog_ike(est.spi_i, est.spi_r, &est.keys, ctx);
+                self.ike_proposal = Some(est.proposal);
                 let lifetime = self.settings.ike_lifetime;
                 self.timers.set(
                     Timer::IkeRekey,
@@ -739,9 +776,13 @@ impl IkeTunnel {
                 }
             }
             IkeEvent::IkeRekeyed {
-                spi_i, spi_r, keys, ..
+                spi_i,
+                spi_r,
+                keys,
+                proposal,
             } => {
                 self.heard_at(now);
+                self.ike_proposal = Some(proposal);
                 self.keylog_ike(spi_i, spi_r, &keys, ctx);
                 let role = self.sa.as_ref().map_or(Role::Initiator, IkeSa::role);
                 self.timers.set(
@@ -883,6 +924,7 @@ impl IkeTunnel {
         let out = OutSa {
             sa: outbound,
             in_spi: in_spi.get(),
+            proposal: child.proposal,
         };
         if send_now || self.current.is_none() {
             self.current = Some(out);
@@ -1016,6 +1058,7 @@ impl IkeTunnel {
         buf: &mut [u8],
         range: Range<usize>,
         now: Instant,
+        ctx: &mut Ctx<'_>,
     ) -> Result<Received, DropReason> {
         let len = range.len() as u64;
         let spi = esp::peek_spi(&buf[range.clone()]).ok_or(DropReason::Malformed)?;
@@ -1036,7 +1079,24 @@ impl IkeTunnel {
         }
         match opened.next_header {
             NEXT_HEADER_IPV4 | NEXT_HEADER_IPV6 => {
-                Ok(Received::Inner(opened.payload, opened.next_header))
+                let Some(addrs) = self.probe.as_ref() else {
+                    return Ok(Received::Inner(opened.payload, opened.next_header));
+                };
+                match ike_probe::match_reply(&buf[opened.payload.clone()], addrs) {
+                    ProbeReply::NotOurs => Ok(Received::Inner(opened.payload, opened.next_header)),
+                    ProbeReply::Ours { id, timestamp } => {
+                        let sent = ctx.epoch.checked_add(Duration::from_nanos(timestamp));
+                        let rtt = sent.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+                        ctx.events.push_back(Event::ProbeReply {
+                            connection: self.conn,
+                            tunnel: self.id,
+                            id,
+                            rtt,
+                        });
+                        Ok(Received::Consumed)
+                    }
+                    ProbeReply::Malformed => Err(DropReason::Malformed),
+                }
             }
             NEXT_HEADER_DUMMY => Ok(Received::Consumed),
             _ => Err(DropReason::Malformed),
@@ -1115,14 +1175,17 @@ impl IkeTunnel {
 
     /// Writes the next IKE message into `buf`: its destination, length, and the local address
     /// to send it from when that is our IKE port rather than the tunnel's socket. On the NAT-T
-    /// port it goes behind the non-ESP marker, on the IKE port as is.
+    /// port it goes behind the non-ESP marker, on the IKE port as is. With no IKE message
+    /// waiting, the next drill probe, sealed into the current Child SA.
     pub fn poll_transmit(
         &mut self,
         buf: &mut [u8],
+        now: Instant,
     ) -> Option<(SocketAddr, usize, Option<SocketAddr>)> {
         let remote = self.remote?;
         if self.silence == Silence::Silent {
             self.out.clear();
+            self.probes.clear();
             return None;
         }
         while let Some((route, msg)) = self.out.pop_front() {
@@ -1139,6 +1202,23 @@ impl IkeTunnel {
                 b[..marker.len()].copy_from_slice(marker);
                 b[marker.len()..].copy_from_slice(&msg);
                 return Some((dst, len, via));
+            }
+        }
+        while let Some((id, timestamp)) = self.probes.pop() {
+            if self.is_silenced() {
+                continue;
+            }
+            let addrs = self.probe?;
+            let packet = ike_probe::write_request(buf, esp::HEADROOM, &addrs, id, timestamp)?;
+            let nh = if addrs.source.is_ipv4() {
+                NEXT_HEADER_IPV4
+            } else {
+                NEXT_HEADER_IPV6
+            };
+            // A probe that cannot be sealed (no Child SA yet, SA spent) is a lost probe.
+            if let Ok((to, datagram)) = self.seal_data(buf, packet, nh, now) {
+                debug_assert_eq!(datagram.start, 0);
+                return Some((to, datagram.end, None));
             }
         }
         None

@@ -345,6 +345,14 @@ pub struct TunnelStatus {
     /// IKEv2 tunnels: the IKE SA's state (`established`, `ike-auth-sent`, `none`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ike_state: Option<&'static str>,
+    /// IKEv2 tunnels: the negotiated IKE proposal (`aes256gcm16-prfsha256-ecp384`), once
+    /// established.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ike_proposal: Option<String>,
+    /// IKEv2 tunnels: the sending Child SA's ESP proposal with its PFS group
+    /// (`aes256gcm16-ecp384`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub esp_proposal: Option<String>,
 }
 
 /// Target of a planned switch.

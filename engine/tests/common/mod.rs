@@ -808,6 +808,7 @@ pub fn ike_config(setup: &Setup, side: Side, lifetimes: (Duration, Duration)) ->
             psk: Zeroizing::new(psk.into_bytes()),
             local_id: id(addr(side, t).ip()),
             remote_id: id(addr(side.other(), t).ip()),
+            probe: None,
             local_ike: None,
             remote_ike: None,
         });
