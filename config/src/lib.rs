@@ -208,7 +208,7 @@ pub use tandem_engine::Mode;
 /// Shared TUN with routes, or one interface per tunnel: the engine's type (one definition).
 pub use tandem_engine::Routing;
 /// A connection's protocol and IKEv2 settings: the engine's types (one definition).
-pub use tandem_engine::{IkeSettings, IkeTunnelConfig, Protocol};
+pub use tandem_engine::{IkeProbe, IkeSettings, IkeTunnelConfig, Protocol};
 
 /// `[[connection]]`: one site-to-site link carried by redundant tunnels.
 #[derive(Debug, Clone)]

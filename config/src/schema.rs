@@ -5,7 +5,7 @@
 //! field that failed is left out (`None`) and the checks that need it are skipped, so one mistake
 //! is reported once. A [`Config`] is assembled only when the sink stayed empty.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,7 +28,7 @@ use crate::{
     REJECT_AFTER, Routing, SecretKey, TimerProfile, Tunnel, TunnelInterface,
 };
 use tandem_engine::config::{
-    DEFAULT_CHILD_LIFETIME, DEFAULT_IKE_LIFETIME, DEFAULT_REPLAY_WINDOW, IkeSettings,
+    DEFAULT_CHILD_LIFETIME, DEFAULT_IKE_LIFETIME, DEFAULT_REPLAY_WINDOW, IkeProbe, IkeSettings,
     IkeTunnelConfig, Protocol,
 };
 use tandem_ike::{EspProposal, Identity, IkeProposal};
@@ -104,6 +104,8 @@ const TUNNEL_KEYS: &[&str] = &[
     "inside",
     "local_id",
     "remote_id",
+    "probe_target",
+    "probe_source",
 ];
 
 /// Every key the walk accepts, by table (`""` is the top level), in the order of the reference
@@ -1072,7 +1074,8 @@ impl Walker<'_, '_, '_> {
         match self.table_array(tab, "tunnel") {
             Some(list) => {
                 for (i, t) in list.iter().enumerate() {
-                    tunnels.push(self.tunnel(t, i, has_peer_key, peer_key, ikev2));
+                    let subnets = (&local_subnets[..], &remote_subnets[..]);
+                    tunnels.push(self.tunnel(t, i, has_peer_key, peer_key, ikev2, subnets));
                 }
                 if list.is_empty() {
                     self.sink.error(
@@ -1345,6 +1348,128 @@ impl Walker<'_, '_, '_> {
             psk: psk?,
             local_id: local_id?,
             remote_id: remote_id?,
+            probe: None,
+            local_ike: None,
+            remote_ike: None,
+        })
+    }
+
+    /// `probe_target` / `probe_source`: where an IKEv2 tunnel's drill probes go
+    /// (docs/configuration.md). The target defaults to the other host of the tunnel's `inside`
+    /// network, the source to the tunnel's inside address of the target's family, else to the
+    /// first host of the first local subnet of that family. An explicit address outside the
+    /// selectors is an error: the peer would drop the probe or route the reply elsewhere.
+    fn ike_probe(
+        &mut self,
+        tab: &Tab<'_, '_>,
+        inside: &[At<IpNet>],
+        (local, remote): (&[At<IpNet>], &[At<IpNet>]),
+    ) -> Option<IkeProbe> {
+        let ip = |s: &str| {
+            s.parse::<IpAddr>()
+                .map_err(|_| format!("invalid address \"{s}\": expected an IP address"))
+        };
+        let target = self.parsed(tab, "probe_target", ip);
+        let source = self.parsed(tab, "probe_source", ip);
+        if (target.is_none() && self.value(tab, "probe_target").is_some())
+            || (source.is_none() && self.value(tab, "probe_source").is_some())
+        {
+            return None;
+        }
+        let within = |nets: &[At<IpNet>], a: IpAddr| nets.iter().any(|n| n.value.contains(&a));
+        let same_family = |a: IpAddr, b: IpAddr| a.is_ipv4() == b.is_ipv4();
+        let target_value = match &target {
+            Some(t) => {
+                if !within(remote, t.value) {
+                    self.sink.error(
+                        &t.span,
+                        &t.path,
+                        format!(
+                            "probe_target {} is not in remote_subnets: the peer sends only its subnets' traffic through the tunnel",
+                            t.value
+                        ),
+                    );
+                    return None;
+                }
+                t.value
+            }
+            None => {
+                if let Some(s) = &source {
+                    self.sink.error(
+                        &s.span,
+                        &s.path,
+                        "probe_source needs probe_target (or an inside address): the address the probes go to",
+                    );
+                    return None;
+                }
+                // The other host of the inside network (two hosts: network + 1 and + 2).
+                let peer = inside.iter().find_map(|n| inside_peer(n.value))?;
+                if !within(remote, peer) {
+                    return None;
+                }
+                peer
+            }
+        };
+        let source_value = match &source {
+            Some(s) => {
+                if !same_family(s.value, target_value) {
+                    self.sink.error(
+                        &s.span,
+                        &s.path,
+                        format!(
+                            "probe_source {} and probe_target {target_value} are of different address families",
+                            s.value
+                        ),
+                    );
+                    return None;
+                }
+                if !within(local, s.value) {
+                    self.sink.error(
+                        &s.span,
+                        &s.path,
+                        format!(
+                            "probe_source {} is not in local_subnets: the peer sends replies only to our subnets through the tunnel",
+                            s.value
+                        ),
+                    );
+                    return None;
+                }
+                s.value
+            }
+            None => {
+                let from_inside = inside
+                    .iter()
+                    .map(|n| n.value.addr())
+                    .find(|a| same_family(*a, target_value) && within(local, *a));
+                let first_host = || {
+                    local
+                        .iter()
+                        .map(|n| n.value)
+                        .find(|n| same_family(n.addr(), target_value))
+                        .map(first_host)
+                };
+                match from_inside.or_else(first_host) {
+                    Some(a) => a,
+                    None => {
+                        let (span, path) = match &target {
+                            Some(t) => (t.span.clone(), t.path.clone()),
+                            None => (tab.span.clone(), join(&tab.path, "probe_source")),
+                        };
+                        self.sink.error(
+                            &span,
+                            &path,
+                            format!(
+                                "no local subnet of the family of probe_target {target_value}: set probe_source"
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(IkeProbe {
+            source: source_value,
+            target: target_value,
         })
     }
 
@@ -1355,10 +1480,18 @@ impl Walker<'_, '_, '_> {
         conn_has_key: bool,
         conn_key: Option<[u8; 32]>,
         ikev2: bool,
+        subnets: (&[At<IpNet>], &[At<IpNet>]),
     ) -> RawTunnel {
         self.check_keys(tab, TUNNEL_KEYS);
         let name = self.name(tab, "tunnel");
-        // IKEv2 endpoints may be bare addresses: the NAT-T port 4500 (RFC 3948) is implied.
+        // IKEv2 endpoints may be bare addresses: the NAT-T port 4500 (RFC 3948) is implied,
+        // and IKE starts on port 500 of that address (RFC 7296 §2.23).
+        let bare = |key: &str| -> Option<std::net::IpAddr> {
+            let s = self.value(tab, key)?.get_ref().as_str()?;
+            s.parse::<std::net::IpAddr>().ok()
+        };
+        let bare_local = bare("local").filter(|_| ikev2);
+        let bare_remote = bare("remote").filter(|_| ikev2);
         let addr = |s: &str| {
             if ikev2 && let Ok(ip) = s.parse::<std::net::IpAddr>() {
                 return Ok(SocketAddr::new(ip, tandem_ike::nat::NAT_T_PORT));
@@ -1477,9 +1610,22 @@ impl Walker<'_, '_, '_> {
             None => Vec::new(),
         };
         let ike = if ikev2 {
+            let probe = self.ike_probe(tab, &inside, subnets);
             self.ike_identities(tab, local.as_ref(), remote.as_ref(), ike_psk)
+                .map(|mut ike| {
+                    ike.probe = probe;
+                    // Port 500 only where the address is bare, and never on the unspecified
+                    // address (it would take port 500 of every address of the host).
+                    ike.local_ike = bare_local
+                        .filter(|ip| !ip.is_unspecified())
+                        .map(|ip| SocketAddr::new(ip, tandem_ike::nat::IKE_PORT));
+                    ike.remote_ike = bare_remote
+                        .filter(|_| ike.local_ike.is_some())
+                        .map(|ip| SocketAddr::new(ip, tandem_ike::nat::IKE_PORT));
+                    ike
+                })
         } else {
-            for key in ["local_id", "remote_id"] {
+            for key in ["local_id", "remote_id", "probe_target", "probe_source"] {
                 if let Some(v) = self.value(tab, key) {
                     let span = self.sp(v.span());
                     self.sink.error(
@@ -1507,6 +1653,42 @@ impl Walker<'_, '_, '_> {
             inside,
             inside_span,
         }
+    }
+}
+
+/// The other host of an inside network (`inside`: a /30 or /126 whose hosts are network + 1
+/// and network + 2, the tunnel's two ends); `None` for any other address of it.
+fn inside_peer(n: IpNet) -> Option<IpAddr> {
+    let offset = |a: IpAddr, net: IpAddr| -> u128 {
+        match (a, net) {
+            (IpAddr::V4(a), IpAddr::V4(n)) => u128::from(u32::from(a).wrapping_sub(u32::from(n))),
+            (IpAddr::V6(a), IpAddr::V6(n)) => u128::from(a).wrapping_sub(u128::from(n)),
+            _ => 0,
+        }
+    };
+    let other = match offset(n.addr(), n.network()) {
+        1 => 2u32,
+        2 => 1,
+        _ => return None,
+    };
+    Some(match n {
+        IpNet::V4(v) => IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(v.network()).wrapping_add(other),
+        )),
+        IpNet::V6(v) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v.network()).wrapping_add(u128::from(other)),
+        )),
+    })
+}
+
+/// The first host of a subnet: network + 1, or the address itself for a /32 or /128 (or /31,
+/// /127, where both addresses are hosts).
+fn first_host(n: IpNet) -> IpAddr {
+    match n {
+        IpNet::V4(v) if v.prefix_len() >= 31 => IpAddr::V4(v.network()),
+        IpNet::V6(v) if v.prefix_len() >= 127 => IpAddr::V6(v.network()),
+        IpNet::V4(v) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(v.network()) + 1)),
+        IpNet::V6(v) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v.network()) + 1)),
     }
 }
 

@@ -288,6 +288,37 @@ fn ports_and_protocols(sink: &mut Sink<'_>, connections: &[RawConnection]) {
             }
         }
     }
+    // A bare IKEv2 `local` also listens on port 500 of its address (IKE_SA_INIT, no marker):
+    // no tunnel may name that address and port explicitly.
+    let mut implied: HashMap<std::net::SocketAddr, (&str, usize)> = HashMap::new();
+    for c in connections {
+        for t in &c.tunnels {
+            if let (Some(ike500), Some(local)) =
+                (t.ike.as_ref().and_then(|i| i.local_ike), &t.local)
+            {
+                implied.entry(ike500).or_insert((&t.path, local.span.start));
+            }
+        }
+    }
+    for c in connections {
+        for t in c.tunnels.iter().filter(|t| t.endpoints_ok) {
+            let Some(local) = &t.local else { continue };
+            if t.ike.as_ref().is_some_and(|i| i.local_ike.is_some()) {
+                continue;
+            }
+            if let Some((path, at)) = implied.get(&local.value) {
+                let line = sink.place(*at, local.span.start);
+                sink.error(
+                    &local.span,
+                    &local.path,
+                    format!(
+                        "local {} is the IKE port of {path}'s bare local address ({line}), where its IKEv2 exchanges start without the non-ESP marker: give this tunnel another address or port, or give {path} an explicit port",
+                        local.value
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn addresses(sink: &mut Sink<'_>, c: &RawConnection) {

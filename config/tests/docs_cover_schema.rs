@@ -80,7 +80,7 @@ fn the_reference_documents_no_key_the_parser_would_refuse() {
 /// Tunnel keys that only a `routing = "interfaces"` connection may have.
 const INTERFACE_KEYS: [&str; 2] = ["ifname", "inside"];
 /// Keys that only a `protocol = "ikev2"` connection may have (its example shows them).
-const IKE_TUNNEL_KEYS: [&str; 2] = ["local_id", "remote_id"];
+const IKE_TUNNEL_KEYS: [&str; 4] = ["local_id", "remote_id", "probe_target", "probe_source"];
 
 #[test]
 fn the_complete_example_in_the_reference_is_a_valid_config() {

@@ -161,8 +161,8 @@ Examples:
 Writes DIR/NAME.toml (an IKEv2 connection with two tunnels) and DIR/NAME-tunnel1.psk,
 DIR/NAME-tunnel2.psk (mode 0600); never overwrites a file. With static routing, fill in
 local_subnets and remote_subnets before use. Prints the `aws ec2 modify-vpn-tunnel-options`
-command for each tunnel that AWS set up with IKEv1, CBC, SHA-1 or a MODP group, and the FRR
-neighbour lines when the connection uses BGP; never prints a PSK.
+command for each tunnel that AWS set up with IKEv1, CBC, SHA-1 or a MODP group, and an FRR
+bgpd config (neighbours, timers, route maps) when the connection uses BGP; never prints a PSK.
 Exit status 1, with nothing written, if the XML is malformed or lacks an element.")]
     Aws(ImportAwsArgs),
 }

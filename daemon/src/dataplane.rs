@@ -49,7 +49,16 @@
 //!   `TANDEM_TUN_OFFLOAD=0`, the TUN is plain (one packet per read and write).
 //! - UDP: runs of equal-size sealed datagrams to one peer leave as one `UDP_SEGMENT` (GSO)
 //!   message whose iovecs point at the slots (no copy); a path that refuses GSO falls back to
-//!   one datagram per `sendmmsg` entry. Receive is `recvmmsg` without GRO.
+//!   one datagram per `sendmmsg` entry. Receive: the sockets have `UDP_GRO` on, so the kernel
+//!   keeps a GSO sender's run whole (instead of segmenting it into one skb per datagram before
+//!   the socket queue) and coalesces what a GRO-capable NIC received; one `recvmmsg` entry is
+//!   then a run of datagrams of one size from one sender (`sys::recv_mmsg_gro`, the size in a
+//!   cmsg), which `path::open_coalesced` opens in place, datagram by datagram, where it landed
+//!   (no copy), before [`gro::TunGro`] coalesces the inner packets again for the TUN. Each
+//!   entry needs a 64 KiB buffer, so a receive takes `worker::GRO_MSGS` (32) entries; the
+//!   area is mapped lazily, so only what traffic touches is resident. A kernel without
+//!   `UDP_GRO` (or `TANDEM_UDP_GRO=0`) gets the slot path: `recvmmsg` of [`batch::BATCH`]
+//!   single datagrams.
 //!
 //! # Tuning constants
 //!
@@ -58,7 +67,8 @@
 //! GSO send), `worker::SEGMENT_RESERVE` (64 free slots before an offloaded TUN read),
 //! `worker::BATCHES_PER_WAKE` (4, batches from one fd before serving the others),
 //! `worker::SOCKET_BUFFER` (4 MiB socket buffers), `worker::EPOLL_EVENTS` (16),
-//! `worker::BUSY_POLL` (100 µs): each documented where it is defined.
+//! `worker::BUSY_POLL` (100 µs), `worker::GRO_MSGS` (32 coalesced messages per receive): each
+//! documented where it is defined.
 //!
 //! # Busy polling
 //!
@@ -71,7 +81,7 @@
 //!
 //! # Not (yet) done
 //!
-//! `UDP_GRO` on the sockets, and multi-queue TUN / one worker per core: one data-plane thread.
+//! Multi-queue TUN / one worker per core: one data-plane thread.
 
 pub mod batch;
 pub mod drill;

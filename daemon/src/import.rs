@@ -603,24 +603,55 @@ fn advice(vpn: &AwsVpn, name: &str, bgp: bool) -> String {
         hold_time,
     } = vpn.routing
     {
-        let _ = writeln!(
-            a,
-            "\nFRR (bgpd), one eBGP neighbour per tunnel over its inside /30:\n\nrouter bgp {local_asn}"
-        );
-        let keepalive = hold_time / 3;
-        for t in &vpn.tunnels {
-            if let Some(n) = t.remote_inside {
-                let _ = writeln!(a, " neighbor {n} remote-as {remote_asn}");
-                let _ = writeln!(a, " neighbor {n} timers {keepalive} {hold_time}");
-            }
-        }
-        let _ = writeln!(
-            a,
-            " address-family ipv4 unicast\n  \
-             ! network 10.10.0.0/16   (your on-premises prefixes)\n \
-             exit-address-family"
-        );
+        a.push_str(&frr_snippet(vpn, local_asn, remote_asn, hold_time));
     }
+    a
+}
+
+/// The office prefix the printed FRR config announces until the user puts theirs in its place.
+const OFFICE_PREFIX_PLACEHOLDER: &str = "10.10.0.0/16";
+
+/// A complete FRR `bgpd` config for the connection (docs/routing.md explains each line): one eBGP
+/// neighbour per tunnel over its inside /30 with the XML's hold time (keepalive a third of it,
+/// RFC 4271 §10) and a one-second connect retry (FRR's default, 120 s, would leave a healed
+/// tunnel unused for minutes); route maps in and out, without which FRR 8 exchanges no routes
+/// on an eBGP session (`bgp ebgp-requires-policy`); the office prefix as a `network` line to
+/// replace; and tunnel2 as the standby, its announcements prepended twice so that AWS sends
+/// over tunnel1, as the config's priorities do.
+fn frr_snippet(vpn: &AwsVpn, local_asn: u32, remote_asn: u32, hold_time: u32) -> String {
+    let mut a = String::new();
+    let _ = writeln!(
+        a,
+        "\nFRR (bgpd.conf), one eBGP neighbour per tunnel over its inside /30, tunnel2 the standby\n\
+         (docs/routing.md); put your office prefixes in place of {OFFICE_PREFIX_PLACEHOLDER}:\n\n\
+         router bgp {local_asn}"
+    );
+    let keepalive = hold_time / 3;
+    let neighbours: Vec<(usize, Ipv4Addr)> = vpn
+        .tunnels
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.remote_inside.map(|n| (i, n)))
+        .collect();
+    for (_, n) in &neighbours {
+        let _ = writeln!(a, " neighbor {n} remote-as {remote_asn}");
+        let _ = writeln!(a, " neighbor {n} timers {keepalive} {hold_time}");
+        let _ = writeln!(a, " neighbor {n} timers connect 1");
+    }
+    let _ = writeln!(
+        a,
+        " address-family ipv4 unicast\n  network {OFFICE_PREFIX_PLACEHOLDER}"
+    );
+    for (i, n) in &neighbours {
+        let out = if *i == 0 { "ALL" } else { "STANDBY" };
+        let _ = writeln!(a, "  neighbor {n} route-map ALL in");
+        let _ = writeln!(a, "  neighbor {n} route-map {out} out");
+    }
+    let _ = writeln!(
+        a,
+        " exit-address-family\n!\nroute-map ALL permit 10\n!\n\
+         route-map STANDBY permit 10\n set as-path prepend {local_asn} {local_asn}\n!"
+    );
     a
 }
 

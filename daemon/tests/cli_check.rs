@@ -197,6 +197,8 @@ golden_tests!(
     ikev2_tunnel_without_remote,
     tandem_connection_without_a_private_key,
     ikev2_and_tandem_on_one_local_port,
+    ikev2_probe_addresses_outside_the_selectors,
+    ikev2_bare_local_takes_port_500,
 );
 
 #[test]

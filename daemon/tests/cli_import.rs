@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 //! `tandem import aws` as a real process on the XML fixtures in `tests/fixtures/aws/` (the first,
 //! `static-ikev1.xml`, is the example AWS returns; the others are variants: BGP, IKEv2 already,
 //! one tunnel weak, and broken ones). Each case has one golden file in `tests/golden_import/`
@@ -7,6 +7,8 @@
 //!
 //! To regenerate after a deliberate change, run with `TANDEM_BLESS=1` and review the diff. Under
 //! `CI` blessing is refused: a CI run that rewrote the goldens would pass whatever the output says.
+
+mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -141,8 +143,109 @@ fn the_aws_example_becomes_an_ikev2_config_two_0600_psk_files_and_the_ikev2_advi
 }
 
 #[test]
-fn a_bgp_connection_gets_route_based_selectors_and_the_frr_neighbour_lines() {
+fn a_bgp_connection_gets_route_based_selectors_and_an_frr_bgpd_config() {
     golden("bgp_ikev2", "bgp-ikev2.xml", &["--name", "office"]);
+}
+
+/// FRR's bgpd from the distribution (`apt-get install frr`), as the lab runs it.
+const BGPD: &str = "/usr/lib/frr/bgpd";
+
+/// The errors `bgpd --dryrun` logs about `config`: it reads the file and exits, with status 0
+/// whatever the file holds, so its log is the verdict — every line with an FRR error code
+/// (`[EC n]`) but those about zebra, which a dry run does not talk to (a `network` line asks it
+/// for the prefix's next hop), and every `%` message of its console. In a network namespace of
+/// its own.
+fn bgpd_errors(dir: &Path, config: &str) -> Vec<String> {
+    let file = dir.join("bgpd.conf");
+    std::fs::write(&file, config).unwrap();
+    // bgpd reads its config as the `frr` user.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new("unshare")
+        .args(["--net", "--", BGPD, "--dryrun", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Its console messages ("% Specify remote-as ...") go to stdout.
+    let console = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    console
+        .lines()
+        .filter(|l| l.starts_with('%'))
+        .chain(
+            log.lines()
+                .filter(|l| l.contains("[EC ") && !l.contains("zclient")),
+        )
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Root (for the namespace) and bgpd, or the test skips (loudly; under CI it fails).
+fn bgpd_can_run(what: &str) -> bool {
+    support::can_run_as_root(what)
+        && support::available(
+            Path::new(BGPD).exists(),
+            &format!("{what}: {BGPD} is missing (apt-get install frr)"),
+            "CI must have FRR's bgpd: apt-get install frr",
+        )
+}
+
+/// A scratch directory the `frr` user can read (bgpd reads its config as `frr`; tempdir() makes
+/// 0700 ones).
+fn frr_readable_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn the_printed_frr_config_is_read_by_a_real_bgpd_without_an_error() {
+    if !bgpd_can_run("bgpd's check of the printed FRR config") {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = import(&fixture("bgp-ikev2.xml"), out.path(), &["--name", "office"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let start = run
+        .stdout
+        .find("router bgp ")
+        .unwrap_or_else(|| panic!("no FRR config printed:\n{}", run.stdout));
+    let frr = &run.stdout[start..];
+    for line in ["route-map ALL in", "route-map STANDBY out", "network "] {
+        assert!(frr.contains(line), "no `{line}` in:\n{frr}");
+    }
+    let dir = frr_readable_dir();
+    // The check can see an error: a line bgpd does not know is logged with an error code.
+    let bad = format!("{frr} neighbor 192.0.2.9 no-such-option\n");
+    let errors = bgpd_errors(dir.path(), &bad);
+    assert!(!errors.is_empty(), "bgpd logged no error for a bad line");
+    let errors = bgpd_errors(dir.path(), frr);
+    assert!(
+        errors.is_empty(),
+        "bgpd refused lines of:\n{frr}\n{errors:#?}"
+    );
+}
+
+#[test]
+fn the_frr_example_of_docs_routing_md_is_read_by_a_real_bgpd_without_an_error() {
+    if !bgpd_can_run("bgpd's check of the FRR example") {
+        return;
+    }
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/routing.md");
+    let text = std::fs::read_to_string(&doc).unwrap();
+    let section = &text[text
+        .find("\n## FRR\n")
+        .expect("no FRR section in routing.md")..];
+    let block = section
+        .split("```")
+        .nth(1)
+        .expect("no config block in routing.md's FRR section");
+    assert!(block.contains("router bgp "), "{block}");
+    let errors = bgpd_errors(frr_readable_dir().path(), block);
+    assert!(
+        errors.is_empty(),
+        "bgpd refused lines of:\n{block}\n{errors:#?}"
+    );
 }
 
 #[test]

@@ -233,6 +233,81 @@ fn runs_of_equal_datagrams_go_out_as_udp_gso_and_arrive_separately_in_order() {
 }
 
 #[test]
+fn a_udp_gro_socket_takes_a_gso_run_whole_and_splits_it_by_the_segment_size_it_reports() {
+    use std::os::fd::AsFd;
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    sys::set_udp_gro(b.as_fd()).unwrap();
+    // 40 x 1000 B and a 500 B tail (one GSO run), then one 300 B datagram.
+    let mut plan: Vec<usize> = vec![1000; 40];
+    plan.extend([500, 300]);
+    let mut tx = Batch::new(2048);
+    for (i, len) in plan.iter().enumerate() {
+        let slot = &mut tx.slots[i];
+        slot.start = 64;
+        slot.len = *len;
+        slot.buf[64..64 + len].fill(i as u8);
+        slot.addr = b_addr;
+    }
+    let mut gso = true;
+    let sent = sys::send_mmsg_gso(a.as_raw_fd(), &tx.slots, 0..plan.len(), &mut gso).sent;
+    assert_eq!(sent, plan.len());
+    assert!(gso, "loopback supports UDP GSO");
+
+    let mut area = vec![0u8; 4 * sys::GRO_MSG_MAX];
+    let blank = sys::GroMsg {
+        len: 0,
+        seg: 1,
+        addr: a_addr,
+    };
+    let mut msgs = vec![blank; 4];
+    let mut got: Vec<(sys::GroMsg, Vec<u8>)> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while got.iter().map(|(m, _)| m.len).sum::<usize>() < plan.iter().sum::<usize>()
+        && std::time::Instant::now() < deadline
+    {
+        let n = sys::recv_mmsg_gro(b.as_raw_fd(), &mut area, sys::GRO_MSG_MAX, &mut msgs).unwrap();
+        for (m, chunk) in msgs[..n].iter().zip(area.chunks(sys::GRO_MSG_MAX)) {
+            got.push((*m, chunk[..m.len].to_vec()));
+        }
+    }
+    // The run arrives as one message (the kernel keeps a GSO send whole for a GRO socket),
+    // the lone datagram as another.
+    assert_eq!(
+        got.len(),
+        2,
+        "messages: {:?}",
+        got.iter().map(|(m, _)| *m).collect::<Vec<_>>()
+    );
+    let (run, single) = (&got[0], &got[1]);
+    assert_eq!(
+        (run.0.len, run.0.seg, run.0.addr),
+        (40 * 1000 + 500, 1000, a_addr)
+    );
+    assert_eq!((single.0.len, single.0.seg), (300, 300));
+    // Split by the reported segment size, every datagram is where it was sent, in order.
+    let split: Vec<(usize, u8)> = run
+        .1
+        .chunks(run.0.seg)
+        .chain(single.1.chunks(single.0.seg))
+        .map(|d| {
+            assert!(
+                d.iter().all(|&b| b == d[0]),
+                "a datagram's bytes were mixed"
+            );
+            (d.len(), d[0])
+        })
+        .collect();
+    let want: Vec<(usize, u8)> = plan
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (*l, i as u8))
+        .collect();
+    assert_eq!(split, want);
+}
+
+#[test]
 fn a_full_send_buffer_ends_the_batch_at_once_and_counts_the_rest_as_queue_full() {
     if skip_unless_root(
         "a_full_send_buffer_ends_the_batch_at_once_and_counts_the_rest_as_queue_full",

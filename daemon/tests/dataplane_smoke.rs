@@ -9,121 +9,43 @@
 
 mod support;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 use support::is_root;
+use support::lab::Lab;
 use support::sh;
 
-const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
-
-/// Two namespaces, two veth pairs, a scratch directory and the daemons; all removed on drop.
-struct Lab {
-    a: String,
-    b: String,
-    dir: PathBuf,
-    daemons: Vec<Child>,
+/// Namespaces a and b joined by two veth pairs: `u1` with IPv4 (172.30.1.1 and .2) and `u2` with
+/// IPv6 (fd00:30:2::1 and ::2).
+fn new_lab() -> Lab {
+    let lab = Lab::new("smk", &["a", "b"]);
+    lab.veth("u1", ["a", "b"], ["172.30.1.1/24", "172.30.1.2/24"]);
+    lab.veth("u2", ["a", "b"], ["fd00:30:2::1/64", "fd00:30:2::2/64"]);
+    lab
 }
 
-impl Lab {
-    fn new() -> Lab {
-        let id = support::unique_id();
-        let lab = Lab {
-            a: format!("tdsmk{id}a"),
-            b: format!("tdsmk{id}b"),
-            dir: std::env::temp_dir().join(format!("tandem-smoke-{id}")),
-            daemons: Vec::new(),
-        };
-        let _ = std::fs::remove_dir_all(&lab.dir);
-        std::fs::create_dir_all(&lab.dir).unwrap();
-        sh(&["ip", "netns", "add", &lab.a]);
-        sh(&["ip", "netns", "add", &lab.b]);
-        for ns in [&lab.a, &lab.b] {
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        sh(&[
-            "ip", "-n", &lab.a, "link", "add", "u1", "type", "veth", "peer", "name", "u1", "netns",
-            &lab.b,
-        ]);
-        sh(&[
-            "ip", "-n", &lab.a, "link", "add", "u2", "type", "veth", "peer", "name", "u2", "netns",
-            &lab.b,
-        ]);
-        for (ns, v4, v6) in [
-            (&lab.a, "172.30.1.1/24", "fd00:30:2::1/64"),
-            (&lab.b, "172.30.1.2/24", "fd00:30:2::2/64"),
-        ] {
-            sh(&["ip", "-n", ns, "addr", "add", v4, "dev", "u1"]);
-            sh(&["ip", "-n", ns, "addr", "add", v6, "dev", "u2", "nodad"]);
-            sh(&["ip", "-n", ns, "link", "set", "u1", "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "u2", "up"]);
-        }
-        lab
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn tandem(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut child = Command::new(TANDEM)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(bytes) = stdin {
-            input.write_all(bytes).unwrap();
-        }
-        drop(input);
-        child.wait_with_output().unwrap()
-    }
-
-    fn write_secret(&self, name: &str, content: &[u8]) {
-        use std::os::unix::fs::PermissionsExt;
-        let p = self.path(name);
-        std::fs::write(&p, content).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-
-    fn keys(&self) {
-        for side in ["a", "b"] {
-            let key = self.tandem(&["genkey"], None).stdout;
-            self.write_secret(&format!("{side}.key"), &key);
-            let public = self.tandem(&["pubkey"], Some(&key));
-            assert!(public.status.success());
-            std::fs::write(self.path(&format!("{side}.pub")), &public.stdout).unwrap();
-        }
-        for t in ["t1", "t2"] {
-            let psk = self.tandem(&["genpsk"], None).stdout;
-            self.write_secret(&format!("{t}.psk"), &psk);
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn config(
-        &self,
-        side: &str,
-        peer: &str,
-        local: &str,
-        remote: &str,
-        ends: [(&str, &str); 2],
-        extra_remote: &str,
-    ) -> String {
-        let addr = if side == "a" {
-            "10.201.1.1/24"
-        } else {
-            "10.201.2.1/24"
-        };
-        let metrics = if side == "a" {
-            "metrics_listen = \"127.0.0.1:9810\"\n"
-        } else {
-            ""
-        };
-        format!(
-            r#"[gateway]
+fn config(
+    lab: &Lab,
+    side: &str,
+    peer: &str,
+    local: &str,
+    remote: &str,
+    ends: [(&str, &str); 2],
+    extra_remote: &str,
+) -> String {
+    let addr = if side == "a" {
+        "10.201.1.1/24"
+    } else {
+        "10.201.2.1/24"
+    };
+    let metrics = if side == "a" {
+        "metrics_listen = \"127.0.0.1:9810\"\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"[gateway]
 private_key_file = "{dir}/{side}.key"
 tun_name = "tdm{side}"
 mtu = 1400
@@ -155,109 +77,25 @@ remote = "{r2}"
 psk_file = "{dir}/t2.psk"
 priority = 2
 "#,
-            dir = self.dir.display(),
-            l1 = ends[0].0,
-            r1 = ends[0].1,
-            l2 = ends[1].0,
-            r2 = ends[1].1,
-        )
-    }
-
-    fn start(&mut self, ns: &str, config: &Path, log: &str) {
-        let log = std::fs::File::create(self.path(log)).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, TANDEM, "run", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemons.push(child);
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for l in ["a.log", "b.log"] {
-            s += &format!(
-                "--- {l}\n{}\n",
-                std::fs::read_to_string(self.path(l)).unwrap_or_default()
-            );
-        }
-        s
-    }
-
-    fn status(&self, side: &str) -> Option<serde_json::Value> {
-        let sock = self.path(&format!("{side}.sock"));
-        let out = self.tandem(
-            &["status", "--json", "--socket", sock.to_str().unwrap()],
-            None,
-        );
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if cond() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("timed out waiting for {what}\n{}", self.logs());
-    }
-
-    fn ping(&self, ns: &str, dst: &str) -> bool {
-        Command::new("ip")
-            .args([
-                "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", dst,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    }
-
-    fn stop(&mut self) -> Vec<Option<i32>> {
-        let mut codes = Vec::new();
-        for child in &mut self.daemons {
-            // `ip netns exec` execs the daemon: the child pid is the daemon's.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for child in &mut self.daemons {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut code = None;
-            while Instant::now() < deadline {
-                if let Some(st) = child.try_wait().unwrap() {
-                    code = st.code();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            codes.push(code);
-        }
-        codes
-    }
+        dir = lab.dir.display(),
+        l1 = ends[0].0,
+        r1 = ends[0].1,
+        l2 = ends[1].0,
+        r2 = ends[1].1,
+    )
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for child in &mut self.daemons {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Three pings from namespace `ns` to `dst`, 200 ms apart: whether any was answered.
+fn ping(ns: &str, dst: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", dst,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
 }
 
 fn tunnel<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -481,7 +319,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         );
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = new_lab();
     lab.keys();
     let a_ends = [
         ("172.30.1.1:4500", "172.30.1.2:4500"),
@@ -494,23 +332,23 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     let a_cfg = lab.path("a.toml");
     std::fs::write(
         &a_cfg,
-        lab.config("a", "b", "10.201.1.0/24", "10.201.2.0/24", a_ends, ""),
+        config(&lab, "a", "b", "10.201.1.0/24", "10.201.2.0/24", a_ends, ""),
     )
     .unwrap();
     let b_cfg = lab.path("b.toml");
     std::fs::write(
         &b_cfg,
-        lab.config("b", "a", "10.201.2.0/24", "10.201.1.0/24", b_ends, ""),
+        config(&lab, "b", "a", "10.201.2.0/24", "10.201.1.0/24", b_ends, ""),
     )
     .unwrap();
-    let check = lab.tandem(&["check", "-c", a_cfg.to_str().unwrap()], None);
+    let check = lab.tandem(&["check", "-c", a_cfg.to_str().unwrap()], b"");
     assert!(
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
 
-    let (a, b) = (lab.a.clone(), lab.b.clone());
+    let (a, b) = (lab.ns("a"), lab.ns("b"));
     lab.start(&a, &a_cfg, "a.log");
     lab.start(&b, &b_cfg, "b.log");
     // Whichever tunnel came up first carried traffic; t1 (priority 1) is active once it has been
@@ -525,16 +363,8 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     );
 
     // Traffic crosses, on the preferred tunnel.
-    assert!(
-        lab.ping(&a, "10.201.2.1"),
-        "ping a -> b failed\n{}",
-        lab.logs()
-    );
-    assert!(
-        lab.ping(&b, "10.201.1.1"),
-        "ping b -> a failed\n{}",
-        lab.logs()
-    );
+    assert!(ping(&a, "10.201.2.1"), "ping a -> b failed\n{}", lab.logs());
+    assert!(ping(&b, "10.201.1.1"), "ping b -> a failed\n{}", lab.logs());
     // A bulk TCP stream both ways, checked byte for byte (TSO super-packets split before
     // sealing when the TUN has offloads).
     let (got, ok) = tcp_transfer(&a, &b, "10.201.2.1:5001", 8 << 20);
@@ -618,7 +448,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     // The human table names both tunnels.
     let sock_a = lab.path("a.sock");
     let sock_a = sock_a.to_str().unwrap();
-    let table = lab.tandem(&["status", "--socket", sock_a], None);
+    let table = lab.tandem(&["status", "--socket", sock_a], b"");
     let table = String::from_utf8_lossy(&table.stdout).to_string();
     assert!(
         table.contains("t1") && table.contains("t2") && table.contains("up"),
@@ -626,10 +456,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     );
 
     // Planned failover to the IPv6 tunnel, pinned; traffic follows; then unpin.
-    let out = lab.tandem(
-        &["failover", "conn", "--to", "t2", "--socket", sock_a],
-        None,
-    );
+    let out = lab.tandem(&["failover", "conn", "--to", "t2", "--socket", sock_a], b"");
     assert!(
         out.status.success(),
         "{}",
@@ -640,7 +467,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     assert_eq!(st["connections"][0]["pinned"], true);
     let before = tunnel(&st, "t2")["tx_packets"].as_u64().unwrap();
     assert!(
-        lab.ping(&a, "10.201.2.1"),
+        ping(&a, "10.201.2.1"),
         "ping over t2 failed\n{}",
         lab.logs()
     );
@@ -651,7 +478,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         after >= before + 3,
         "pings did not use t2: {before} -> {after}"
     );
-    let out = lab.tandem(&["failover", "conn", "--auto", "--socket", sock_a], None);
+    let out = lab.tandem(&["failover", "conn", "--auto", "--socket", sock_a], b"");
     assert!(
         out.status.success(),
         "{}",
@@ -660,7 +487,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     assert_eq!(lab.status("a").unwrap()["connections"][0]["pinned"], false);
 
     // User errors exit 1; an absent daemon exits 2.
-    let out = lab.tandem(&["failover", "nope", "--socket", sock_a], None);
+    let out = lab.tandem(&["failover", "nope", "--socket", sock_a], b"");
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -668,7 +495,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
     let missing = lab.path("missing.sock");
-    let out = lab.tandem(&["status", "--socket", missing.to_str().unwrap()], None);
+    let out = lab.tandem(&["status", "--socket", missing.to_str().unwrap()], b"");
     assert_eq!(out.status.code(), Some(2));
 
     // An invalid new config is refused with its error; the old one keeps running.
@@ -678,7 +505,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         good.replace("dpd_timeout = \"300ms\"", "dpd_timeout = \"soon\""),
     )
     .unwrap();
-    let out = lab.tandem(&["reload", "--socket", sock_a], None);
+    let out = lab.tandem(&["reload", "--socket", sock_a], b"");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
@@ -691,7 +518,8 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     // still flows.
     std::fs::write(
         &a_cfg,
-        lab.config(
+        config(
+            &lab,
             "a",
             "b",
             "10.201.1.0/24",
@@ -702,7 +530,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         .replace("mtu = 1400", "mtu = 1380"),
     )
     .unwrap();
-    let out = lab.tandem(&["reload", "--socket", sock_a], None);
+    let out = lab.tandem(&["reload", "--socket", sock_a], b"");
     assert!(
         out.status.success(),
         "{}",
@@ -721,7 +549,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         both_up(lab.status("a"))
     });
     assert!(
-        lab.ping(&a, "10.201.2.1"),
+        ping(&a, "10.201.2.1"),
         "ping after reload failed\n{}",
         lab.logs()
     );
@@ -729,7 +557,8 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
     // SIGHUP reloads too.
     std::fs::write(
         &a_cfg,
-        lab.config(
+        config(
+            &lab,
             "a",
             "b",
             "10.201.1.0/24",
@@ -740,7 +569,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
         .replace("mtu = 1400", "mtu = 1380"),
     )
     .unwrap();
-    let pid = lab.daemons[0].id().to_string();
+    let pid = lab.children[0].id().to_string();
     sh(&["kill", "-HUP", &pid]);
     lab.wait_for("the SIGHUP reload's route", Duration::from_secs(10), || {
         let routes = sh(&["ip", "-n", &a, "route", "show", "dev", "tdma"]);
@@ -762,7 +591,7 @@ fn two_daemons_carry_pings_and_answer_status_failover_reload_and_metrics() {
             "--report",
             page.to_str().unwrap(),
         ],
-        None,
+        b"",
     );
     let report = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(

@@ -12,90 +12,28 @@
 mod support;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::lab::{Lab, TANDEM};
 use support::sh;
 
-const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
-
-/// Two namespaces joined by one veth, a scratch directory, and the processes; all removed on drop.
-struct Lab {
-    a: String,
-    b: String,
-    dir: PathBuf,
-    children: Vec<Child>,
+/// Namespaces a and b joined by veth `u1` (172.30.7.1 and .2), and a `hooks` directory.
+fn new_lab() -> Lab {
+    let lab = Lab::new("evt", &["a", "b"]);
+    std::fs::create_dir_all(lab.path("hooks")).unwrap();
+    lab.veth("u1", ["a", "b"], ["172.30.7.1/24", "172.30.7.2/24"]);
+    lab
 }
 
-impl Lab {
-    fn new() -> Lab {
-        let id = support::unique_id();
-        let lab = Lab {
-            a: format!("tdevt{id}a"),
-            b: format!("tdevt{id}b"),
-            dir: std::env::temp_dir().join(format!("tandem-events-{id}")),
-            children: Vec::new(),
-        };
-        let _ = std::fs::remove_dir_all(&lab.dir);
-        std::fs::create_dir_all(lab.dir.join("hooks")).unwrap();
-        sh(&["ip", "netns", "add", &lab.a]);
-        sh(&["ip", "netns", "add", &lab.b]);
-        sh(&[
-            "ip", "-n", &lab.a, "link", "add", "u1", "type", "veth", "peer", "name", "u1", "netns",
-            &lab.b,
-        ]);
-        for (ns, v4) in [(&lab.a, "172.30.7.1/24"), (&lab.b, "172.30.7.2/24")] {
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&["ip", "-n", ns, "addr", "add", v4, "dev", "u1"]);
-            sh(&["ip", "-n", ns, "link", "set", "u1", "up"]);
-        }
-        lab
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn tandem(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = Command::new(TANDEM)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn write_secret(&self, name: &str, content: &[u8]) {
-        use std::os::unix::fs::PermissionsExt;
-        let p = self.path(name);
-        std::fs::write(&p, content).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-
-    fn keys(&self) {
-        for side in ["a", "b"] {
-            let key = self.tandem(&["genkey"], b"").stdout;
-            self.write_secret(&format!("{side}.key"), &key);
-            let public = self.tandem(&["pubkey"], &key).stdout;
-            std::fs::write(self.path(&format!("{side}.pub")), public).unwrap();
-        }
-        for t in ["t1", "t2"] {
-            let psk = self.tandem(&["genpsk"], b"").stdout;
-            self.write_secret(&format!("{t}.psk"), &psk);
-        }
-    }
-
-    fn config(&self, side: &str, peer: &str, hooks: &str) -> String {
-        let (me, them, local, remote) = if side == "a" {
-            ("172.30.7.1", "172.30.7.2", "10.207.1.0/24", "10.207.2.0/24")
-        } else {
-            ("172.30.7.2", "172.30.7.1", "10.207.2.0/24", "10.207.1.0/24")
-        };
-        format!(
-            r#"[gateway]
+fn config(lab: &Lab, side: &str, peer: &str, hooks: &str) -> String {
+    let (me, them, local, remote) = if side == "a" {
+        ("172.30.7.1", "172.30.7.2", "10.207.1.0/24", "10.207.2.0/24")
+    } else {
+        ("172.30.7.2", "172.30.7.1", "10.207.2.0/24", "10.207.1.0/24")
+    };
+    format!(
+        r#"[gateway]
 private_key_file = "{dir}/{side}.key"
 tun_name = "tdv{side}"
 
@@ -125,83 +63,32 @@ remote = "{them}:4501"
 psk_file = "{dir}/t2.psk"
 priority = 2
 "#,
-            dir = self.dir.display(),
-        )
-    }
-
-    fn start(&mut self, ns: &str, config: &Path, log: &str) {
-        let log = std::fs::File::create(self.path(log)).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, TANDEM, "run", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-    }
-
-    /// `tandem events --json` on side a, its output in `file`.
-    fn listen(&mut self, file: &str) {
-        let out = std::fs::File::create(self.path(file)).unwrap();
-        let child = Command::new(TANDEM)
-            .args(["events", "--json", "--socket"])
-            .arg(self.path("a.sock"))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-    }
-
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.path(file)).unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- a.log\n{}\n--- b.log\n{}",
-            self.read("a.log"),
-            self.read("b.log")
-        )
-    }
-
-    /// One control request on side a, answered.
-    fn request(&self, body: &str) -> serde_json::Value {
-        let mut s = UnixStream::connect(self.path("a.sock")).unwrap();
-        s.write_all(body.as_bytes()).unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
-        serde_json::from_str(&reply).unwrap()
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if cond() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("timed out waiting for {what}\n{}", self.logs());
-    }
+        dir = lab.dir.display(),
+    )
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// `tandem events --json` on side a, its output in `file`.
+fn listen(lab: &mut Lab, file: &str) {
+    let out = std::fs::File::create(lab.path(file)).unwrap();
+    let child = Command::new(TANDEM)
+        .args(["events", "--json", "--socket"])
+        .arg(lab.path("a.sock"))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    lab.children.push(child);
+}
+
+/// One control request on side a, answered.
+fn request(lab: &Lab, body: &str) -> serde_json::Value {
+    let mut s = UnixStream::connect(lab.path("a.sock")).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap()
 }
 
 /// The events of one listener's output, parsed.
@@ -229,7 +116,7 @@ fn events_reach_every_reading_listener_a_stalled_one_is_dropped_and_hooks_run_wi
     if !support::can_run_as_root("the events and hooks test (namespaces, TUN)") {
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = new_lab();
     lab.keys();
     // The hook writes its environment to hooks/<state>-<tunnel> (and its pid next to it); going
     // down it then hangs, to be killed at the 1 s timeout.
@@ -248,16 +135,16 @@ fn events_reach_every_reading_listener_a_stalled_one_is_dropped_and_hooks_run_wi
         h = hook.display()
     );
     let a_cfg = lab.path("a.toml");
-    std::fs::write(&a_cfg, lab.config("a", "b", &hooks)).unwrap();
+    std::fs::write(&a_cfg, config(&lab, "a", "b", &hooks)).unwrap();
     let b_cfg = lab.path("b.toml");
-    std::fs::write(&b_cfg, lab.config("b", "a", "")).unwrap();
-    let (a, b) = (lab.a.clone(), lab.b.clone());
+    std::fs::write(&b_cfg, config(&lab, "b", "a", "")).unwrap();
+    let (a, b) = (lab.ns("a"), lab.ns("b"));
     lab.start(&a, &a_cfg, "a.log");
     lab.wait_for("a's control socket", Duration::from_secs(10), || {
         UnixStream::connect(lab.path("a.sock")).is_ok()
     });
-    lab.listen("l1.jsonl");
-    lab.listen("l2.jsonl");
+    listen(&mut lab, "l1.jsonl");
+    listen(&mut lab, "l2.jsonl");
     let mut stalled = UnixStream::connect(lab.path("a.sock")).unwrap();
     stalled.write_all(b"{\"command\":\"events\"}\n").unwrap();
     std::thread::sleep(Duration::from_millis(300)); // the listeners subscribe
@@ -315,7 +202,7 @@ fn events_reach_every_reading_listener_a_stalled_one_is_dropped_and_hooks_run_wi
     // 2. A drill: start and end reach the listeners; t1 leaving Up runs on_down, which hangs
     //    and is killed at the 1 s timeout.
     lab.wait_for("t1 active again", Duration::from_secs(10), || {
-        lab.request(r#"{"command":"status"}"#)["data"]["connections"][0]["active_tunnel"] == "t1"
+        request(&lab, r#"{"command":"status"}"#)["data"]["connections"][0]["active_tunnel"] == "t1"
     });
     let drill = lab.tandem(
         &[
@@ -370,7 +257,7 @@ fn events_reach_every_reading_listener_a_stalled_one_is_dropped_and_hooks_run_wi
     // 3. A flood of planned switches: the listener that never reads fills its socket and is
     //    dropped; the reading ones get every switch.
     lab.wait_for("t1 active again", Duration::from_secs(10), || {
-        lab.request(r#"{"command":"status"}"#)["data"]["connections"][0]["active_tunnel"] == "t1"
+        request(&lab, r#"{"command":"status"}"#)["data"]["connections"][0]["active_tunnel"] == "t1"
     });
     let before = events(&lab.read("l1.jsonl")).len();
     let mut switches = 0;
@@ -382,9 +269,10 @@ fn events_reach_every_reading_listener_a_stalled_one_is_dropped_and_hooks_run_wi
             lab.logs()
         );
         for to in ["t2", "t1"] {
-            let r = lab.request(&format!(
-                r#"{{"command":"failover","connection":"conn","to":"{to}"}}"#
-            ));
+            let r = request(
+                &lab,
+                &format!(r#"{{"command":"failover","connection":"conn","to":"{to}"}}"#),
+            );
             assert_eq!(r["ok"], true, "{r}");
             switches += 1;
         }
@@ -432,5 +320,5 @@ fn events_reach_every_reading_listener_a_stalled_one_is_dropped_and_hooks_run_wi
         refusal.contains("too many event listeners"),
         "a 17th listener was not refused: {refusal:?}"
     );
-    assert_eq!(lab.request(r#"{"command":"status"}"#)["ok"], true);
+    assert_eq!(request(&lab, r#"{"command":"status"}"#)["ok"], true);
 }

@@ -17,11 +17,10 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use support::is_root;
-
-const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+use support::lab::Lab;
 
 /// Series Prometheus itself adds: `up` for every scrape target, `ALERTS` for every pending or
 /// firing alert. The rules and the dashboard may use these besides the daemon's own.
@@ -425,69 +424,38 @@ fn check_refs(what: &str, expr: &str, exported: &Exported) -> Vec<String> {
 
 /// A scratch namespace (loopback only) with two daemons whose two tunnels run over 127.0.0.1;
 /// namespace, daemons and files are removed on drop, also when an assertion fails.
-struct Pair {
-    ns: String,
-    dir: PathBuf,
-    daemons: Vec<Child>,
-}
-
-impl Pair {
-    fn start() -> Pair {
-        let id = support::unique_id();
-        let mut pair = Pair {
-            ns: format!("tdmon{id}"),
-            dir: std::env::temp_dir().join(format!("tandem-monitoring-{id}")),
-            daemons: Vec::new(),
+fn start_pair() -> Lab {
+    let mut lab = Lab::new("mon", &[""]);
+    lab.keys();
+    let ns = lab.ns("");
+    for (side, peer, local, remote, ports, metrics) in [
+        (
+            "a",
+            "b",
+            "10.211.1.0/24",
+            "10.211.2.0/24",
+            [(14501, 14511), (14502, 14512)],
+            true,
+        ),
+        (
+            "b",
+            "a",
+            "10.211.2.0/24",
+            "10.211.1.0/24",
+            [(14511, 14501), (14512, 14502)],
+            false,
+        ),
+    ] {
+        let cfg = lab.path(&format!("{side}.toml"));
+        let metrics = if metrics {
+            "metrics_listen = \"127.0.0.1:9810\"\n"
+        } else {
+            ""
         };
-        let _ = std::fs::remove_dir_all(&pair.dir);
-        std::fs::create_dir_all(&pair.dir).unwrap();
-        run(Command::new("ip").args(["netns", "add", &pair.ns]));
-        run(Command::new("ip").args(["-n", &pair.ns, "link", "set", "lo", "up"]));
-        for side in ["a", "b"] {
-            let key = run(Command::new(TANDEM).arg("genkey")).stdout;
-            pair.secret(&format!("{side}.key"), &key);
-            let mut p = Command::new(TANDEM)
-                .arg("pubkey")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            p.stdin.take().unwrap().write_all(&key).unwrap();
-            let public = p.wait_with_output().unwrap().stdout;
-            std::fs::write(pair.dir.join(format!("{side}.pub")), public).unwrap();
-        }
-        for t in ["t1", "t2"] {
-            let psk = run(Command::new(TANDEM).arg("genpsk")).stdout;
-            pair.secret(&format!("{t}.psk"), &psk);
-        }
-        for (side, peer, local, remote, ports, metrics) in [
-            (
-                "a",
-                "b",
-                "10.211.1.0/24",
-                "10.211.2.0/24",
-                [(14501, 14511), (14502, 14512)],
-                true,
-            ),
-            (
-                "b",
-                "a",
-                "10.211.2.0/24",
-                "10.211.1.0/24",
-                [(14511, 14501), (14512, 14502)],
-                false,
-            ),
-        ] {
-            let cfg = pair.dir.join(format!("{side}.toml"));
-            let metrics = if metrics {
-                "metrics_listen = \"127.0.0.1:9810\"\n"
-            } else {
-                ""
-            };
-            std::fs::write(
-                &cfg,
-                format!(
-                    r#"[gateway]
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[gateway]
 private_key_file = "{side}.key"
 tun_name = "tdmon{side}"
 
@@ -516,85 +484,43 @@ remote = "127.0.0.1:{r2}"
 psk_file = "t2.psk"
 priority = 2
 "#,
-                    l1 = ports[0].0,
-                    r1 = ports[0].1,
-                    l2 = ports[1].0,
-                    r2 = ports[1].1,
-                ),
-            )
-            .unwrap();
-            let log = std::fs::File::create(pair.dir.join(format!("{side}.log"))).unwrap();
-            let child = Command::new("ip")
-                .args(["netns", "exec", &pair.ns, TANDEM, "run", "-c"])
-                .arg(&cfg)
-                .env("RUST_LOG", "info")
-                .env_remove("NOTIFY_SOCKET")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            pair.daemons.push(child);
-        }
-        pair
+                l1 = ports[0].0,
+                r1 = ports[0].1,
+                l2 = ports[1].0,
+                r2 = ports[1].1,
+            ),
+        )
+        .unwrap();
+        lab.start(&ns, &cfg, &format!("{side}.log"));
     }
-
-    fn secret(&self, name: &str, content: &[u8]) {
-        use std::os::unix::fs::PermissionsExt;
-        let p = self.dir.join(name);
-        std::fs::write(&p, content).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-
-    fn logs(&self) -> String {
-        ["a.log", "b.log"]
-            .iter()
-            .map(|l| {
-                format!(
-                    "--- {l}\n{}\n",
-                    std::fs::read_to_string(self.dir.join(l)).unwrap_or_default()
-                )
-            })
-            .collect()
-    }
-
-    /// One GET /metrics from inside the namespace; None while the endpoint is not there yet.
-    fn scrape(&self) -> Option<String> {
-        let ns = PathBuf::from(format!("/run/netns/{}", self.ns));
-        std::thread::spawn(move || {
-            tandem::dataplane::sys::enter_netns(&ns).ok()?;
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9810").ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .ok()?;
-            let mut reply = String::new();
-            s.read_to_string(&mut reply).ok()?;
-            let (head, body) = reply.split_once("\r\n\r\n")?;
-            head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
-        })
-        .join()
-        .unwrap()
-    }
+    lab
 }
 
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for child in &mut self.daemons {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// One GET /metrics from inside the pair's namespace; None while the endpoint is not there yet.
+fn scrape(pair: &Lab) -> Option<String> {
+    let ns = PathBuf::from(format!("/run/netns/{}", pair.ns("")));
+    std::thread::spawn(move || {
+        tandem::dataplane::sys::enter_netns(&ns).ok()?;
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9810").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).ok()?;
+        let (head, body) = reply.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    })
+    .join()
+    .unwrap()
 }
 
 /// A scrape of a daemon whose tunnels are both Up and have an RTT sample, so that every series
 /// the daemon can export is in it.
-fn full_scrape(pair: &Pair) -> String {
+fn full_scrape(pair: &Lab) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = None;
     while Instant::now() < deadline {
-        if let Some(body) = pair.scrape() {
+        if let Some(body) = scrape(pair) {
             let up = body
                 .lines()
                 .filter(|l| l.starts_with("tandem_tunnel_up{") && l.ends_with(" 1"))
@@ -685,7 +611,7 @@ fn dashboard_and_rules_use_only_metrics_a_running_daemon_exports() {
     if !is_root() {
         return skip_or_fail(test, "needs root (a network namespace and TUN devices)");
     }
-    let pair = Pair::start();
+    let pair = start_pair();
     let body = full_scrape(&pair);
     drop(pair);
     let exported = parse_exposition(&body);

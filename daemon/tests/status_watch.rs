@@ -15,151 +15,63 @@
 
 mod support;
 use std::io::{Read as _, Write as _};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::sh;
-
-const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+use support::lab::{Lab, TANDEM};
 /// How long each watch runs: two redraws at the default 1 s interval, with room for a slow start.
 const WATCH_FOR: Duration = Duration::from_millis(2500);
 
-struct Lab {
-    ns: String,
-    dir: PathBuf,
-    children: Vec<Child>,
+/// Side a's control socket.
+fn socket(lab: &Lab) -> String {
+    lab.path("a.sock").display().to_string()
 }
 
-impl Lab {
-    fn new() -> Lab {
-        let id = support::unique_id();
-        let lab = Lab {
-            ns: format!("tdsw{id}"),
-            dir: std::env::temp_dir().join(format!("tandem-status-watch-{id}")),
-            children: Vec::new(),
-        };
-        let _ = std::fs::remove_dir_all(&lab.dir);
-        std::fs::create_dir_all(&lab.dir).unwrap();
-        sh(&["ip", "netns", "add", &lab.ns]);
-        sh(&["ip", "-n", &lab.ns, "link", "set", "lo", "up"]);
-        lab
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn socket(&self) -> String {
-        self.path("a.sock").display().to_string()
-    }
-
-    /// Keys, PSKs and the two configs: a on 127.0.0.1, b on 127.0.0.2; b has no t2.
-    fn configure(&self) {
-        let d = &self.dir;
-        for side in ["a", "b"] {
-            let key = support::stdout_of(Command::new(TANDEM).arg("genkey"));
-            support::write_secret(d, &format!("{side}.key"), &key);
-            let public = Command::new(TANDEM)
-                .arg("pubkey")
-                .stdin(std::fs::File::open(d.join(format!("{side}.key"))).unwrap())
-                .output()
-                .unwrap();
-            std::fs::write(d.join(format!("{side}.pub")), public.stdout).unwrap();
-        }
-        for t in ["t1", "t2"] {
-            let psk = support::stdout_of(Command::new(TANDEM).arg("genpsk"));
-            support::write_secret(d, &format!("{t}.psk"), &psk);
-        }
-        let config = |side: &str,
-                      peer: &str,
-                      me: &str,
-                      them: &str,
-                      subnets: [&str; 2],
-                      t2: bool| {
-            let mut text = format!(
-                "[gateway]\nprivate_key_file = \"{dir}/{side}.key\"\ntun_name = \"tdw{side}\"\n\n\
-                 [control]\nsocket = \"{dir}/{side}.sock\"\n\n\
-                 [[connection]]\nname = \"office\"\npeer_public_key_file = \"{dir}/{peer}.pub\"\n\
-                 local_subnets = [\"{}\"]\nremote_subnets = [\"{}\"]\n\n\
-                 [[connection.tunnel]]\nname = \"t1\"\nlocal = \"{me}:4500\"\n\
-                 remote = \"{them}:4500\"\npsk_file = \"{dir}/t1.psk\"\npriority = 1\n",
-                subnets[0],
-                subnets[1],
+/// Keys, PSKs and the two configs: a on 127.0.0.1, b on 127.0.0.2; b has no t2.
+fn configure(lab: &Lab) {
+    lab.keys();
+    let d = &lab.dir;
+    let config = |side: &str, peer: &str, me: &str, them: &str, subnets: [&str; 2], t2: bool| {
+        let mut text = format!(
+            "[gateway]\nprivate_key_file = \"{dir}/{side}.key\"\ntun_name = \"tdw{side}\"\n\n\
+             [control]\nsocket = \"{dir}/{side}.sock\"\n\n\
+             [[connection]]\nname = \"office\"\npeer_public_key_file = \"{dir}/{peer}.pub\"\n\
+             local_subnets = [\"{}\"]\nremote_subnets = [\"{}\"]\n\n\
+             [[connection.tunnel]]\nname = \"t1\"\nlocal = \"{me}:4500\"\n\
+             remote = \"{them}:4500\"\npsk_file = \"{dir}/t1.psk\"\npriority = 1\n",
+            subnets[0],
+            subnets[1],
+            dir = d.display()
+        );
+        if t2 {
+            text.push_str(&format!(
+                "\n[[connection.tunnel]]\nname = \"t2\"\nlocal = \"{me}:4501\"\n\
+                 remote = \"{them}:4501\"\npsk_file = \"{dir}/t2.psk\"\npriority = 2\n",
                 dir = d.display()
-            );
-            if t2 {
-                text.push_str(&format!(
-                    "\n[[connection.tunnel]]\nname = \"t2\"\nlocal = \"{me}:4501\"\n\
-                     remote = \"{them}:4501\"\npsk_file = \"{dir}/t2.psk\"\npriority = 2\n",
-                    dir = d.display()
-                ));
-            }
-            text
-        };
-        let (a_net, b_net) = ("10.208.1.0/24", "10.208.2.0/24");
-        let a = config("a", "b", "127.0.0.1", "127.0.0.2", [a_net, b_net], true);
-        let b = config("b", "a", "127.0.0.2", "127.0.0.1", [b_net, a_net], false);
-        support::write_secret(d, "a.toml", &a);
-        support::write_secret(d, "b.toml", &b);
-    }
-
-    fn start(&mut self, side: &str) {
-        let log = std::fs::File::create(self.path(&format!("{side}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, TANDEM, "run", "-c"])
-            .arg(self.path(&format!("{side}.toml")))
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("TANDEM_KEYLOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-    }
-
-    fn logs(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.path(f)).unwrap_or_default();
-        format!("--- a.log\n{}\n--- b.log\n{}", read("a.log"), read("b.log"))
-    }
-
-    fn status_json(&self) -> Option<serde_json::Value> {
-        let out = Command::new(TANDEM)
-            .args(["status", "--json", "--socket", &self.socket()])
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).unwrap())
-    }
-
-    /// `tandem ARGS` under a pseudo-terminal (`script -qfec`), its keyboard a pipe.
-    fn under_pty(&self, args: &str, no_color: bool) -> Child {
-        let mut cmd = Command::new("script");
-        cmd.args(["-qfec", &format!("{TANDEM} {args}"), "/dev/null"])
-            .env("TERM", "xterm-256color")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if no_color {
-            cmd.env("NO_COLOR", "1");
-        } else {
-            cmd.env_remove("NO_COLOR");
+            ));
         }
-        cmd.spawn().unwrap()
-    }
+        text
+    };
+    let (a_net, b_net) = ("10.208.1.0/24", "10.208.2.0/24");
+    let a = config("a", "b", "127.0.0.1", "127.0.0.2", [a_net, b_net], true);
+    let b = config("b", "a", "127.0.0.2", "127.0.0.1", [b_net, a_net], false);
+    lab.write_secret("a.toml", &a);
+    lab.write_secret("b.toml", &b);
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// `tandem ARGS` under a pseudo-terminal (`script -qfec`), its keyboard a pipe.
+fn under_pty(args: &str, no_color: bool) -> Child {
+    let mut cmd = Command::new("script");
+    cmd.args(["-qfec", &format!("{TANDEM} {args}"), "/dev/null"])
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    } else {
+        cmd.env_remove("NO_COLOR");
     }
+    cmd.spawn().unwrap()
 }
 
 /// Waits for `child` to exit within `limit` and returns its stdout; kills it and fails otherwise.
@@ -199,13 +111,19 @@ fn status_watch_redraws_in_colour_on_a_terminal_and_plainly_when_piped_or_no_col
     if !support::can_run_as_root("status --watch tests (network namespace, TUN)") {
         return;
     }
-    let mut lab = Lab::new();
-    lab.configure();
-    lab.start("a");
-    lab.start("b");
+    let mut lab = Lab::new("sw", &[""]);
+    configure(&lab);
+    let ns = lab.ns("");
+    for side in ["a", "b"] {
+        lab.start(
+            &ns,
+            &lab.path(&format!("{side}.toml")),
+            &format!("{side}.log"),
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let up = lab.status_json().is_some_and(|s| {
+        let up = lab.status("a").is_some_and(|s| {
             s["connections"][0]["tunnels"][0]["state"] == "up"
                 && s["connections"][0]["tunnels"][1]["state"] == "connecting"
         });
@@ -220,12 +138,12 @@ fn status_watch_redraws_in_colour_on_a_terminal_and_plainly_when_piped_or_no_col
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let watch = format!("status --watch --socket {}", lab.socket());
+    let watch = format!("status --watch --socket {}", socket(&lab));
     // The three watches run side by side for the same 2.5 s.
-    let mut coloured = lab.under_pty(&watch, false);
-    let mut no_color = lab.under_pty(&watch, true);
+    let mut coloured = under_pty(&watch, false);
+    let mut no_color = under_pty(&watch, true);
     let piped = Command::new(TANDEM)
-        .args(["status", "--watch", "--socket", &lab.socket()])
+        .args(["status", "--watch", "--socket", &socket(&lab)])
         .env_remove("NO_COLOR")
         .env("TERM", "xterm-256color")
         .stdout(Stdio::piped())
@@ -287,17 +205,13 @@ fn status_watch_redraws_in_colour_on_a_terminal_and_plainly_when_piped_or_no_col
     );
 
     // One-shot status: coloured on a terminal, plain through a pipe.
-    let once = format!("status --socket {}", lab.socket());
-    let tty = output_within(
-        lab.under_pty(&once, false),
-        Duration::from_secs(5),
-        "status",
-    );
+    let once = format!("status --socket {}", socket(&lab));
+    let tty = output_within(under_pty(&once, false), Duration::from_secs(5), "status");
     assert!(tty.contains("\x1b[32mup\x1b[0m"), "{tty:?}");
-    let pipe = support::stdout_of(Command::new(TANDEM).args(["status", "--socket", &lab.socket()]));
+    let pipe = support::stdout_of(Command::new(TANDEM).args(["status", "--socket", &socket(&lab)]));
     assert!(!pipe.contains('\x1b') && pipe.contains(" up "), "{pipe:?}");
 
     // --json keeps exact counters: raw integers, the same the table rounds.
-    let json = lab.status_json().unwrap();
+    let json = lab.status("a").unwrap();
     assert!(json["connections"][0]["tunnels"][0]["rx_bytes"].is_u64());
 }

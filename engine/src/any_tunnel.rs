@@ -3,7 +3,7 @@
 //! "IKEv2"), chosen per connection. Both offer the gateway the same vocabulary — state,
 //! counters, timers, `seal_data` / `handle_esp` in place, `poll_transmit` — so the selector,
 //! failover, drills, status and metrics do not know which one they drive. What only one protocol
-//! has (the Noise responder that a shared port asks about, drill echo probes inside the SA) is
+//! has (the Noise responder that a shared port asks about, RTT echoes inside the SA) is
 //! answered "none" by the other.
 
 use std::net::SocketAddr;
@@ -186,10 +186,16 @@ impl Tunnel {
         both!(self, t => t.seal_data(buf, packet, next_header, now))
     }
 
-    pub fn poll_transmit(&mut self, buf: &mut [u8], now: Instant) -> Option<(SocketAddr, usize)> {
+    /// The next control datagram: destination, length, and the local address to send it from
+    /// when that is not the tunnel's own socket (an IKEv2 tunnel's port 500).
+    pub fn poll_transmit(
+        &mut self,
+        buf: &mut [u8],
+        now: Instant,
+    ) -> Option<(SocketAddr, usize, Option<SocketAddr>)> {
         match self {
-            Tunnel::Noise(t) => t.poll_transmit(buf, now),
-            Tunnel::Ike(t) => t.poll_transmit(buf),
+            Tunnel::Noise(t) => t.poll_transmit(buf, now).map(|(d, l)| (d, l, None)),
+            Tunnel::Ike(t) => t.poll_transmit(buf, now),
         }
     }
 
@@ -197,11 +203,22 @@ impl Tunnel {
         both!(self, t => t.set_send_counter_for_testing(seq))
     }
 
-    /// Queues a DPD echo (drill probe or RTT). IKEv2 SAs carry no tandem liveness messages: a
-    /// standard peer would drop them, so nothing is queued there.
+    /// Queues a DPD echo (drill probe or RTT). IKEv2 SAs carry no tandem liveness messages (a
+    /// standard peer would drop them): there a drill probe is an ICMP echo request to the
+    /// tunnel's probe target (`ike_probe`), and an RTT echo is not sent.
     pub fn queue_echo(&mut self, id: u64, timestamp: u64, probe: bool) {
-        if let Tunnel::Noise(t) = self {
-            t.queue_echo(id, timestamp, probe);
+        match self {
+            Tunnel::Noise(t) => t.queue_echo(id, timestamp, probe),
+            Tunnel::Ike(t) if probe => t.queue_probe(id, timestamp),
+            Tunnel::Ike(_) => {}
+        }
+    }
+
+    /// `ikev2` tunnels: the negotiated (IKE, ESP) proposals.
+    pub fn ike_proposals(&self) -> Option<(Option<String>, Option<String>)> {
+        match self {
+            Tunnel::Noise(_) => None,
+            Tunnel::Ike(t) => Some(t.proposals()),
         }
     }
 
@@ -234,6 +251,20 @@ impl Tunnel {
         }
     }
 
+    /// A datagram on an IKEv2 tunnel's IKE port (500): an IKE message without a marker.
+    pub fn handle_ike_plain(
+        &mut self,
+        from: SocketAddr,
+        msg: &[u8],
+        now: Instant,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), DropReason> {
+        match self {
+            Tunnel::Noise(_) => Err(DropReason::Handshake),
+            Tunnel::Ike(t) => t.handle_ike_plain(from, msg, now, ctx),
+        }
+    }
+
     pub fn handle_claimed_initiation(
         &mut self,
         from: SocketAddr,
@@ -258,7 +289,7 @@ impl Tunnel {
     ) -> Result<Received, DropReason> {
         match self {
             Tunnel::Noise(t) => t.handle_esp(from, buf, range, now, ctx),
-            Tunnel::Ike(t) => t.handle_esp(buf, range, now),
+            Tunnel::Ike(t) => t.handle_esp(buf, range, now, ctx),
         }
     }
 }

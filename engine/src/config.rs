@@ -4,7 +4,7 @@
 //! whether they are set.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -143,6 +143,26 @@ pub struct IkeTunnelConfig {
     pub local_id: Identity,
     /// The identity the peer must prove (default: its address).
     pub remote_id: Identity,
+    /// Where a peer's IKE_SA_INIT is also answered: port 500 of `local`'s address when `local`
+    /// was given as a bare address (RFC 7296 §2.23: IKE starts on 500, then moves to the NAT-T
+    /// port with the non-ESP marker); `None` when `local` named a port (that port only).
+    pub local_ike: Option<SocketAddr>,
+    /// Where our IKE_SA_INIT goes when we initiate: the peer's port 500 when `remote` was a bare
+    /// address and we have a `local_ike` to send it from; else the exchange starts on `remote`.
+    pub remote_ike: Option<SocketAddr>,
+    /// Where drill probes go (`probe_target`, `probe_source`; default from `inside`): `None`
+    /// when the tunnel has neither, and then a drill measures detection only.
+    pub probe: Option<IkeProbe>,
+}
+
+/// The addresses of an IKEv2 tunnel's drill probes: ICMP echo requests sealed into its Child
+/// SA (docs/protocol.md, "Drill probes on IKEv2 tunnels"). Both of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IkeProbe {
+    /// Inside `local_subnets`: the reply comes back through the Child SA to it.
+    pub source: IpAddr,
+    /// Inside `remote_subnets`, and answers pings (the peer's inside address by default).
+    pub target: IpAddr,
 }
 
 impl fmt::Debug for IkeTunnelConfig {
@@ -151,6 +171,9 @@ impl fmt::Debug for IkeTunnelConfig {
             .field("psk", &"<redacted>")
             .field("local_id", &self.local_id)
             .field("remote_id", &self.remote_id)
+            .field("local_ike", &self.local_ike)
+            .field("remote_ike", &self.remote_ike)
+            .field("probe", &self.probe)
             .finish()
     }
 }

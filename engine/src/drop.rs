@@ -32,11 +32,18 @@ pub enum DropReason {
     /// not taking packets, and the data plane never waits for it. Counted by the daemon, which
     /// owns the sockets ([`crate::Engine::count_drops`]).
     SendQueueFull,
+    /// An IKE_SA_INIT request that would have made a new responder IKE SA while such requests
+    /// pile up: answered with a COOKIE (RFC 7296 §2.6) and nothing kept, no DH done. A peer
+    /// that can receive at its address retries with the cookie and gets in.
+    IkeCookie,
+    /// An IKE_SA_INIT request refused outright: even with a valid cookie, the tunnel already
+    /// made as many responder IKE SAs as it allows per second.
+    IkeHalfOpen,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Replay,
         DropReason::Auth,
         DropReason::Malformed,
@@ -49,6 +56,8 @@ impl DropReason {
         DropReason::SaExpired,
         DropReason::Handshake,
         DropReason::SendQueueFull,
+        DropReason::IkeCookie,
+        DropReason::IkeHalfOpen,
     ];
     /// Number of reasons.
     pub const COUNT: usize = Self::ALL.len();
@@ -69,6 +78,8 @@ impl DropReason {
             DropReason::SaExpired => "sa_expired",
             DropReason::Handshake => "handshake",
             DropReason::SendQueueFull => "send_queue_full",
+            DropReason::IkeCookie => "ike_cookie",
+            DropReason::IkeHalfOpen => "ike_half_open",
         }
     }
 }

@@ -110,6 +110,19 @@ fn shared_ports(
         ports[p].members.push(TunnelId(i as u16));
         ports[p].ikev2 |= ikev2[i];
     }
+    // IKEv2 tunnels with a bare local address also answer on its port 500 (the config keeps
+    // every other tunnel off that address and port).
+    for (i, info) in infos.iter().enumerate() {
+        let Some(local) = info.ike_local else {
+            continue;
+        };
+        let p = *by_local.entry(local).or_insert_with(|| {
+            ports.push(SharedPort::new(local, CookieJar::new(&public)));
+            ports.len() - 1
+        });
+        ports[p].members.push(TunnelId(i as u16));
+        ports[p].plain_ike = true;
+    }
     (ports, by_local)
 }
 
@@ -142,6 +155,7 @@ fn build(
                 connection_id: conn_id,
                 local: t.local,
                 remote: t.remote,
+                ike_local: t.ike.as_ref().and_then(|i| i.local_ike),
                 priority: t.priority,
             });
             members.push(id);
@@ -599,6 +613,11 @@ impl Engine {
             return Err(DropReason::Malformed);
         }
         let port = *self.port_of_local.get(&local).ok_or(DropReason::NoTunnel)?;
+        if self.ports[port].plain_ike {
+            return self
+                .ike_port(port, from, &buf[datagram], now)
+                .map(|()| NetAction::Consumed);
+        }
         let d = &buf[datagram.clone()];
         let marker = d.len() >= 4 && d[..4] == tandem_crypto::handshake::NON_ESP_MARKER;
         if marker && self.ports[port].ikev2 {
@@ -629,6 +648,30 @@ impl Engine {
             return Err(DropReason::UnknownSpi);
         }
         self.datagram(tunnel, from, buf, datagram, now)
+    }
+
+    /// A datagram on an IKE port (500): an IKE message without a marker, for the tunnel whose
+    /// peer has the source address (RFC 7296 §2.23: IKE_SA_INIT starts here, then moves).
+    fn ike_port(
+        &mut self,
+        port: usize,
+        from: SocketAddr,
+        msg: &[u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let members = &self.ports[port].members;
+        let idx = members
+            .iter()
+            .map(|m| usize::from(m.0))
+            .find(|&i| self.tunnels[i].remote().map(|r| r.ip()) == Some(from.ip()))
+            .ok_or(DropReason::Handshake)?;
+        if self.tunnels[idx].is_silenced() {
+            return Err(DropReason::Silenced);
+        }
+        let (mut ctx, tunnels) = self.ctx();
+        let r = tunnels[idx].handle_ike_plain(from, msg, now, &mut ctx);
+        self.refresh(idx, now);
+        r
     }
 
     /// A handshake message on a shared port.
@@ -780,13 +823,14 @@ impl Engine {
                     tunnel: first,
                     dst,
                     len: reply.len(),
+                    via: None,
                 });
             }
         }
         // The tunnels seal with a time only for the reject-after check; use the latest we saw.
         let now = self.last_now;
         while let Some(i) = self.schedule.pop_ready() {
-            if let Some((dst, len)) = self.tunnels[i].poll_transmit(buf, now) {
+            if let Some((dst, len, via)) = self.tunnels[i].poll_transmit(buf, now) {
                 // It may have more: back in the queue, after the others (round robin). Sealing
                 // may have asked for a rekey: its deadline may have moved.
                 self.touch(i);
@@ -794,6 +838,7 @@ impl Engine {
                     tunnel: TunnelId(i as u16),
                     dst,
                     len,
+                    via,
                 });
             }
         }
@@ -864,6 +909,8 @@ impl Engine {
                         let t = &self.tunnels[usize::from(tid.0)];
                         let c = t.counters();
                         let ike = t.ike_status();
+                        let (ike_proposal, esp_proposal) =
+                            t.ike_proposals().unwrap_or((None, None));
                         let hex = |spi: Option<u64>| spi.map(|s| format!("{s:016x}"));
                         TunnelStatus {
                             name: t.name().to_owned(),
@@ -882,6 +929,8 @@ impl Engine {
                             ike_spi_i: ike.and_then(|i| hex(i.0)),
                             ike_spi_r: ike.and_then(|i| hex(i.1)),
                             ike_state: ike.map(|i| i.2),
+                            ike_proposal,
+                            esp_proposal,
                         }
                     })
                     .collect(),

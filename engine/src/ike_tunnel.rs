@@ -33,12 +33,15 @@ use tandem_crypto::esp::{
     self, InboundParams, NEXT_HEADER_DUMMY, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6, PeerIv, SeqMode,
 };
 use tandem_crypto::{InboundSa, OpenError, OutboundSa, SealError, Spi, WindowSize};
-use tandem_ike::nat::{NON_ESP_MARKER, NatT};
+use tandem_ike::cookie::{Admission, AdmissionPolicy, CookieJar, Refused};
+use tandem_ike::nat::{NON_ESP_MARKER, NatT, Transport};
 use tandem_ike::wire::{ExchangeType, parse_header};
 use tandem_ike::{ChildSa, Dropped, Event as IkeEvent, Failure, FirstChild, IkeSa, Psk, Role};
 
-use crate::config::{ConnectionConfig, IkeSettings, Protocol, TunnelConfig};
+use crate::config::{ConnectionConfig, IkeProbe, IkeSettings, Protocol, TunnelConfig};
 use crate::drop::DropReason;
+use crate::ike_probe::{self, ProbeReply};
+use crate::ring::Ring;
 use crate::router::ConnectionId;
 use crate::tunnel::{Ctx, Received};
 use crate::types::{Direction, Event, Silence, StateCause, TunnelCounters, TunnelId, TunnelState};
@@ -51,10 +54,77 @@ const IKE_IN_SLOTS: usize = 4;
 /// threads (strongSwan's libipsec) may send such packets after its answer to the DELETE
 /// (strongSwan itself keeps a rekeyed inbound SA 5 s for the same reason). Never used to send.
 const RETIRED_INBOUND_GRACE: Duration = Duration::from_secs(5);
+/// Tuning: drill probes queued per tunnel between two `poll_transmit` drains (drill probes run
+/// at 1 ms; the daemon drains after every batch), as for tandem-protocol echoes.
+const PROBE_QUEUE: usize = 8;
 /// Tuning: a failed or refused IKE SA is tried again after this, doubling ...
 const RETRY_BASE: Duration = Duration::from_secs(1);
 /// ... up to this (a peer that refuses us is not asked more often).
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Tuning: new responder IKE SAs (a peer's IKE_SA_INIT we would answer with a DH) per second
+/// before cookies are demanded (RFC 7296 §2.6). A peer starts one IKE SA at a time (two with an
+/// INVALID_KE_PAYLOAD retry); more in one second means someone sends IKE_SA_INITs in its name.
+const COOKIE_THRESHOLD: usize = 4;
+/// Tuning: new responder IKE SAs per second at which even a request with a valid cookie is
+/// refused: bounds the DH work of one tunnel under a flood from an on-path attacker (who can
+/// read the cookies).
+const MAX_RESPONDERS_PER_SECOND: usize = 16;
+/// Tuning: once cookies were demanded, they stay demanded this long: a flood that pauses
+/// cannot slip a request past the threshold at the start of each second and so replace the
+/// legitimate peer's half-open IKE SA.
+const COOKIE_HOLD: Duration = Duration::from_secs(10);
+
+/// The cookie gate in front of a tunnel's responder IKE SAs: every IKE_SA_INIT request that
+/// would create one passes [`CookieJar::admit`] first (ike/src/cookie.rs).
+struct Gate {
+    jar: CookieJar,
+    /// Start of the current one-second window and responder SAs made in it.
+    window: Instant,
+    made: usize,
+    /// Cookies are demanded until then.
+    hold_until: Option<Instant>,
+}
+
+impl Gate {
+    fn new(now: Instant, rng: &mut (impl rand_core::CryptoRng + ?Sized)) -> Self {
+        Gate {
+            jar: CookieJar::new(
+                AdmissionPolicy {
+                    threshold: COOKIE_THRESHOLD,
+                    max_half_open: MAX_RESPONDERS_PER_SECOND,
+                },
+                now,
+                rng,
+            ),
+            window: now,
+            made: 0,
+            hold_until: None,
+        }
+    }
+
+    /// What to do with the IKE_SA_INIT request `msg` from `from` at `now`.
+    fn admit(&mut self, msg: &[u8], from: IpAddr, now: Instant) -> Admission {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.made = 0;
+        }
+        if self.made >= COOKIE_THRESHOLD {
+            self.hold_until = now.checked_add(COOKIE_HOLD);
+        }
+        let held = self.hold_until.is_some_and(|t| now < t);
+        let load = if held {
+            self.made.max(COOKIE_THRESHOLD)
+        } else {
+            self.made
+        };
+        let a = self.jar.admit(msg, from, load);
+        if a == Admission::Admit {
+            self.made += 1;
+        }
+        a
+    }
+}
+
 /// Tuning: the IKE SA's responder rekeys this much later than its initiator, so that normally
 /// only one end starts a rekey (a collision is still resolved, RFC 7296 §2.8.1).
 fn responder_delay(lifetime: Duration) -> Duration {
@@ -84,8 +154,10 @@ enum Timer {
     IkeRekey = 4,
     /// A deleted inbound Child SA's grace period ends.
     Retire = 5,
+    /// The cookie secret rotates.
+    Cookie = 6,
 }
-const TIMER_COUNT: usize = 6;
+const TIMER_COUNT: usize = 7;
 
 #[derive(Debug, Clone, Default)]
 struct Timers([Option<Instant>; TIMER_COUNT]);
@@ -112,10 +184,38 @@ struct InSa {
     retire_at: Option<Instant>,
 }
 
+/// Where an IKE SA's exchange started (RFC 7296 §2.23): on the NAT-T port (every message
+/// behind the non-ESP marker, to the tunnel's `remote`), or on the IKE port with this peer
+/// address (IKE_SA_INIT there without a marker; later messages move to the NAT-T port once
+/// NAT-D found a NAT or encapsulation is forced, see [`IkeSa::transport_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    NatT,
+    Ike(SocketAddr),
+}
+
+impl Start {
+    fn transport(self) -> Transport {
+        match self {
+            Start::NatT => Transport::NatT,
+            Start::Ike(_) => Transport::Ike,
+        }
+    }
+}
+
+/// An IKE message to send: on the NAT-T port to `remote`, or on the IKE port to this address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    NatT,
+    Ike(SocketAddr),
+}
+
 /// An outbound Child SA and the inbound SPI of the same Child SA.
 struct OutSa {
     sa: OutboundSa,
     in_spi: u32,
+    /// The ESP proposal negotiated for it (for status).
+    proposal: tandem_ike::EspProposal,
 }
 
 /// One IKEv2 tunnel. See the module documentation.
@@ -131,8 +231,18 @@ pub(crate) struct IkeTunnel {
     remote: Option<SocketAddr>,
     /// The IKE SA in use: established, or our attempt.
     sa: Option<IkeSa>,
+    /// Where `sa`'s exchange started.
+    sa_start: Start,
     /// A peer's IKE_SA_INIT we answered: replaces `sa` once authenticated.
     incoming: Option<IkeSa>,
+    /// Where `incoming`'s exchange started.
+    incoming_start: Start,
+    /// Our port 500 (IKE_SA_INIT without the marker), when `local` was a bare address.
+    local_ike: Option<SocketAddr>,
+    /// The peer's port 500, where our IKE_SA_INIT goes, when `remote` was a bare address.
+    remote_ike: Option<SocketAddr>,
+    /// The cookie gate, made at the first IKE_SA_INIT request from the peer.
+    gate: Option<Box<Gate>>,
     inbound: [Option<InSa>; IKE_IN_SLOTS],
     current: Option<OutSa>,
     /// A peer-initiated rekey's outbound SA, used from the first packet on its inbound SA.
@@ -147,9 +257,15 @@ pub(crate) struct IkeTunnel {
     silence: Silence,
     timers: Timers,
     attempt: u32,
-    /// IKE messages to send (without the marker), oldest first.
-    out: VecDeque<Vec<u8>>,
+    /// IKE messages to send (without the marker), oldest first, and how each travels.
+    out: VecDeque<(Route, Vec<u8>)>,
     counters: TunnelCounters,
+    /// Drill probe addresses (`None`: this tunnel sends no probes).
+    probe: Option<IkeProbe>,
+    /// Drill probes to send: (id, send time in ns since the engine's epoch).
+    probes: Ring<(u64, u64), PROBE_QUEUE>,
+    /// The negotiated IKE proposal of the current IKE SA.
+    ike_proposal: Option<tandem_ike::IkeProposal>,
 }
 
 impl std::fmt::Debug for IkeTunnel {
@@ -218,6 +334,14 @@ fn open_drop(e: OpenError) -> DropReason {
     }
 }
 
+/// How a message `sa` handed out travels, for an exchange that started at `start`.
+fn route(sa: &IkeSa, msg: &[u8], start: Start) -> Route {
+    match (sa.transport_for(msg, start.transport()), start) {
+        (Transport::Ike, Start::Ike(peer)) => Route::Ike(peer),
+        _ => Route::NatT,
+    }
+}
+
 fn ike_drop(e: Dropped) -> DropReason {
     match e {
         Dropped::Malformed(_) => DropReason::Malformed,
@@ -265,7 +389,12 @@ impl IkeTunnel {
             ike,
             remote,
             sa: None,
+            sa_start: Start::NatT,
             incoming: None,
+            incoming_start: Start::NatT,
+            local_ike: tike.local_ike,
+            remote_ike: tike.remote_ike,
+            gate: None,
             inbound: Default::default(),
             current: None,
             next: None,
@@ -280,6 +409,9 @@ impl IkeTunnel {
             attempt: 0,
             out: VecDeque::new(),
             counters: TunnelCounters::default(),
+            probe: tike.probe,
+            probes: Ring::default(),
+            ike_proposal: None,
             settings,
         };
         if t.settings.initiate && t.remote.is_some() {
@@ -347,6 +479,26 @@ impl IkeTunnel {
         self.current.as_ref().map(|c| c.sa.spi().get())
     }
 
+    /// The negotiated (IKE, ESP) proposals of the current IKE SA and Child SA, for status.
+    pub fn proposals(&self) -> (Option<String>, Option<String>) {
+        (
+            self.sa
+                .as_ref()
+                .filter(|s| s.is_established())
+                .and(self.ike_proposal)
+                .map(|p| p.to_string()),
+            self.current.as_ref().map(|c| c.proposal.to_string()),
+        )
+    }
+
+    /// Queues drill probe `id` (sent at `timestamp`, ns since the engine's epoch); nothing when
+    /// the tunnel has no probe addresses.
+    pub fn queue_probe(&mut self, id: u64, timestamp: u64) {
+        if self.probe.is_some() {
+            self.probes.push((id, timestamp));
+        }
+    }
+
     /// (SPIi, SPIr, state) of the IKE SA for status.
     pub fn ike_status(&self) -> (Option<u64>, Option<u64>, &'static str) {
         match &self.sa {
@@ -406,6 +558,12 @@ impl IkeTunnel {
         if self.timers.due(Timer::Retire, now) {
             self.retire_due(now, ctx);
         }
+        if self.timers.due(Timer::Cookie, now)
+            && let Some(g) = self.gate.as_mut()
+        {
+            g.jar.handle_timeout(now, ctx.rng);
+            self.timers.set(Timer::Cookie, Some(g.jar.poll_timeout()));
+        }
         if self.timers.due(Timer::Connect, now) {
             self.timers.set(Timer::Connect, None);
             self.connect(now, ctx);
@@ -426,13 +584,40 @@ impl IkeTunnel {
         self.drain(now, ctx);
     }
 
+    /// The IKE SA config for an exchange that starts at `start` with the peer at `peer`: NAT-D
+    /// hashes the addresses IKE_SA_INIT really travels between (RFC 7296 §2.23), so the peer
+    /// sees only the NAT we fake (`force`), not one the port move would suggest.
+    fn config_for(&self, start: Start, peer: Option<SocketAddr>) -> tandem_ike::Config {
+        let mut cfg = self.ike.clone();
+        if let Some(n) = cfg.nat_t.as_mut() {
+            match (start, self.local_ike) {
+                (Start::Ike(p), Some(l)) => {
+                    n.local = l;
+                    n.remote = p;
+                }
+                _ => {
+                    if let Some(p) = peer {
+                        n.remote = p;
+                    }
+                }
+            }
+        }
+        cfg
+    }
+
     /// Starts a new IKE SA as initiator, replacing whatever we had.
     fn connect(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
         if self.is_silenced() || self.remote.is_none() {
             return;
         }
         self.drop_children(ctx);
-        self.sa = Some(IkeSa::initiate(self.ike.clone(), now, ctx.rng));
+        // RFC 7296 §2.23: start on port 500 when both ends are bare addresses, then move.
+        self.sa_start = match (self.local_ike, self.remote_ike) {
+            (Some(_), Some(peer)) => Start::Ike(peer),
+            _ => Start::NatT,
+        };
+        let cfg = self.config_for(self.sa_start, self.remote);
+        self.sa = Some(IkeSa::initiate(cfg, now, ctx.rng));
         self.attempt = self.attempt.saturating_add(1);
         // If this attempt fails silently (lost, or the peer is gone), try again.
         self.timers
@@ -479,7 +664,7 @@ impl IkeTunnel {
             let mut progressed = false;
             if let Some(sa) = self.incoming.as_mut() {
                 while let Some(d) = sa.poll_transmit() {
-                    self.out.push_back(d);
+                    self.out.push_back((route(sa, &d, self.incoming_start), d));
                 }
                 if let Some(e) = sa.poll_event() {
                     progressed = true;
@@ -488,7 +673,7 @@ impl IkeTunnel {
             }
             if let Some(sa) = self.sa.as_mut() {
                 while let Some(d) = sa.poll_transmit() {
-                    self.out.push_back(d);
+                    self.out.push_back((route(sa, &d, self.sa_start), d));
                 }
                 if let Some(e) = sa.poll_event() {
                     progressed = true;
@@ -505,9 +690,12 @@ impl IkeTunnel {
         match e {
             IkeEvent::Established(_) => {
                 // The peer's new IKE SA is authenticated: it replaces ours (the peer restarted,
-                // or it initiated first). Its event is handled as the current SA's.
-                self.drop_children(ctx);
+                // reauthenticated, or it initiated first). Its event is handled as the current
+                // SA's. The old Child SAs still open what the peer sent on them before it
+                // switched (a make-before-break reauthentication), for the grace period.
+                self.retire_children(now);
                 self.sa = self.incoming.take();
+                self.sa_start = self.incoming_start;
                 self.on_event(e, now, ctx);
             }
             IkeEvent::Failed(f) => {
@@ -528,6 +716,7 @@ impl IkeTunnel {
                 self.attempt = 0;
                 self.timers.set(Timer::Connect, None);
                 self.keylog_ike(est.spi_i, est.spi_r, &est.keys, ctx);
+                self.ike_proposal = Some(est.proposal);
                 let lifetime = self.settings.ike_lifetime;
                 self.timers.set(
                     Timer::IkeRekey,
@@ -587,9 +776,13 @@ impl IkeTunnel {
                 }
             }
             IkeEvent::IkeRekeyed {
-                spi_i, spi_r, keys, ..
+                spi_i,
+                spi_r,
+                keys,
+                proposal,
             } => {
                 self.heard_at(now);
+                self.ike_proposal = Some(proposal);
                 self.keylog_ike(spi_i, spi_r, &keys, ctx);
                 let role = self.sa.as_ref().map_or(Role::Initiator, IkeSa::role);
                 self.timers.set(
@@ -616,6 +809,21 @@ impl IkeTunnel {
             self.timers
                 .set(Timer::Connect, now.checked_add(self.backoff(ctx.rng)));
         }
+    }
+
+    /// Every inbound Child SA opens packets for [`RETIRED_INBOUND_GRACE`] more, then goes;
+    /// nothing is sent on them.
+    fn retire_children(&mut self, now: Instant) {
+        let at = now.checked_add(RETIRED_INBOUND_GRACE);
+        for s in self.inbound.iter_mut().flatten() {
+            if s.retire_at.is_none() {
+                s.retire_at = at;
+            }
+        }
+        self.arm_retire();
+        self.current = None;
+        self.next = None;
+        self.rekeying = None;
     }
 
     fn drop_children(&mut self, ctx: &mut Ctx<'_>) {
@@ -716,6 +924,7 @@ impl IkeTunnel {
         let out = OutSa {
             sa: outbound,
             in_spi: in_spi.get(),
+            proposal: child.proposal,
         };
         if send_now || self.current.is_none() {
             self.current = Some(out);
@@ -755,7 +964,8 @@ impl IkeTunnel {
         });
     }
 
-    /// A datagram that starts with the non-ESP marker: an IKE message from `from`.
+    /// A datagram that starts with the non-ESP marker: an IKE message from `from` on the
+    /// NAT-T port.
     pub fn handle_ike(
         &mut self,
         from: SocketAddr,
@@ -766,6 +976,31 @@ impl IkeTunnel {
         let msg = datagram
             .strip_prefix(&NON_ESP_MARKER[..])
             .ok_or(DropReason::Malformed)?;
+        self.handle_ike_message(from, msg, Start::NatT, now, ctx)
+    }
+
+    /// A datagram on our IKE port (500): an IKE message without a marker from `from`.
+    pub fn handle_ike_plain(
+        &mut self,
+        from: SocketAddr,
+        msg: &[u8],
+        now: Instant,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), DropReason> {
+        if self.local_ike.is_none() {
+            return Err(DropReason::Handshake);
+        }
+        self.handle_ike_message(from, msg, Start::Ike(from), now, ctx)
+    }
+
+    fn handle_ike_message(
+        &mut self,
+        from: SocketAddr,
+        msg: &[u8],
+        start: Start,
+        now: Instant,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), DropReason> {
         if self.remote.map(|r| r.ip()) != Some(from.ip()) {
             // IKE is spoken only with the configured peer.
             return Err(DropReason::Handshake);
@@ -774,8 +1009,32 @@ impl IkeTunnel {
         let new_peer_sa = h.exchange == ExchangeType::IkeSaInit && !h.is_response() && h.spi_r == 0;
         let to_incoming = if new_peer_sa {
             if self.incoming.as_ref().is_none_or(|s| s.spi_i() != h.spi_i) {
-                self.incoming = Some(IkeSa::respond(self.ike.clone()));
+                // A new responder SA costs a DH: the cookie gate first (RFC 7296 §2.6).
+                if self.gate.is_none() {
+                    let g = Gate::new(now, ctx.rng);
+                    self.timers.set(Timer::Cookie, Some(g.jar.poll_timeout()));
+                    self.gate = Some(Box::new(g));
+                }
+                let admission = match self.gate.as_mut() {
+                    Some(g) => g.admit(msg, from.ip(), now),
+                    None => Admission::Drop(Refused::NotInit),
+                };
+                match admission {
+                    Admission::Admit => {}
+                    Admission::Cookie(reply) => {
+                        let route = match start {
+                            Start::Ike(peer) => Route::Ike(peer),
+                            Start::NatT => Route::NatT,
+                        };
+                        self.out.push_back((route, reply));
+                        return Err(DropReason::IkeCookie);
+                    }
+                    Admission::Drop(Refused::Full) => return Err(DropReason::IkeHalfOpen),
+                    Admission::Drop(Refused::NotInit) => return Err(DropReason::Malformed),
+                }
+                self.incoming = Some(IkeSa::respond(self.config_for(start, Some(from))));
             }
+            self.incoming_start = start;
             true
         } else {
             self.incoming.as_ref().is_some_and(|s| s.spi_i() == h.spi_i)
@@ -799,6 +1058,7 @@ impl IkeTunnel {
         buf: &mut [u8],
         range: Range<usize>,
         now: Instant,
+        ctx: &mut Ctx<'_>,
     ) -> Result<Received, DropReason> {
         let len = range.len() as u64;
         let spi = esp::peek_spi(&buf[range.clone()]).ok_or(DropReason::Malformed)?;
@@ -819,7 +1079,24 @@ impl IkeTunnel {
         }
         match opened.next_header {
             NEXT_HEADER_IPV4 | NEXT_HEADER_IPV6 => {
-                Ok(Received::Inner(opened.payload, opened.next_header))
+                let Some(addrs) = self.probe.as_ref() else {
+                    return Ok(Received::Inner(opened.payload, opened.next_header));
+                };
+                match ike_probe::match_reply(&buf[opened.payload.clone()], addrs) {
+                    ProbeReply::NotOurs => Ok(Received::Inner(opened.payload, opened.next_header)),
+                    ProbeReply::Ours { id, timestamp } => {
+                        let sent = ctx.epoch.checked_add(Duration::from_nanos(timestamp));
+                        let rtt = sent.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+                        ctx.events.push_back(Event::ProbeReply {
+                            connection: self.conn,
+                            tunnel: self.id,
+                            id,
+                            rtt,
+                        });
+                        Ok(Received::Consumed)
+                    }
+                    ProbeReply::Malformed => Err(DropReason::Malformed),
+                }
             }
             NEXT_HEADER_DUMMY => Ok(Received::Consumed),
             _ => Err(DropReason::Malformed),
@@ -896,20 +1173,52 @@ impl IkeTunnel {
         }
     }
 
-    /// Writes the next IKE message (with the non-ESP marker) into `buf`.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
-        let dst = self.remote?;
+    /// Writes the next IKE message into `buf`: its destination, length, and the local address
+    /// to send it from when that is our IKE port rather than the tunnel's socket. On the NAT-T
+    /// port it goes behind the non-ESP marker, on the IKE port as is. With no IKE message
+    /// waiting, the next drill probe, sealed into the current Child SA.
+    pub fn poll_transmit(
+        &mut self,
+        buf: &mut [u8],
+        now: Instant,
+    ) -> Option<(SocketAddr, usize, Option<SocketAddr>)> {
+        let remote = self.remote?;
         if self.silence == Silence::Silent {
             self.out.clear();
+            self.probes.clear();
             return None;
         }
-        while let Some(msg) = self.out.pop_front() {
-            let len = NON_ESP_MARKER.len() + msg.len();
+        while let Some((route, msg)) = self.out.pop_front() {
+            let (dst, marker, via) = match route {
+                Route::NatT => (remote, &NON_ESP_MARKER[..], None),
+                Route::Ike(peer) => match self.local_ike {
+                    Some(l) => (peer, &[][..], Some(l)),
+                    None => continue,
+                },
+            };
+            let len = marker.len() + msg.len();
             // A message too big for the buffer is not sent (IKE fragmentation is not offered).
             if let Some(b) = buf.get_mut(..len) {
-                b[..NON_ESP_MARKER.len()].copy_from_slice(&NON_ESP_MARKER);
-                b[NON_ESP_MARKER.len()..].copy_from_slice(&msg);
-                return Some((dst, len));
+                b[..marker.len()].copy_from_slice(marker);
+                b[marker.len()..].copy_from_slice(&msg);
+                return Some((dst, len, via));
+            }
+        }
+        while let Some((id, timestamp)) = self.probes.pop() {
+            if self.is_silenced() {
+                continue;
+            }
+            let addrs = self.probe?;
+            let packet = ike_probe::write_request(buf, esp::HEADROOM, &addrs, id, timestamp)?;
+            let nh = if addrs.source.is_ipv4() {
+                NEXT_HEADER_IPV4
+            } else {
+                NEXT_HEADER_IPV6
+            };
+            // A probe that cannot be sealed (no Child SA yet, SA spent) is a lost probe.
+            if let Ok((to, datagram)) = self.seal_data(buf, packet, nh, now) {
+                debug_assert_eq!(datagram.start, 0);
+                return Some((to, datagram.end, None));
             }
         }
         None
@@ -953,7 +1262,7 @@ impl IkeTunnel {
                 {
                     sa.close(now);
                     while let Some(d) = sa.poll_transmit() {
-                        self.out.push_back(d);
+                        self.out.push_back((route(sa, &d, self.sa_start), d));
                     }
                 }
                 self.silence = mode;

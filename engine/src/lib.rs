@@ -14,6 +14,7 @@ pub mod config;
 pub mod drop;
 pub mod failover;
 mod gateway;
+mod ike_probe;
 mod ike_tunnel;
 pub mod inner;
 pub mod liveness;
@@ -25,8 +26,8 @@ mod tunnel;
 mod types;
 
 pub use config::{
-    ConnectionConfig, EngineConfig, IkeSettings, IkeTunnelConfig, Mode, Protocol, Routing,
-    TunnelConfig,
+    ConnectionConfig, EngineConfig, IkeProbe, IkeSettings, IkeTunnelConfig, Mode, Protocol,
+    Routing, TunnelConfig,
 };
 pub use drop::{DropCounters, DropReason};
 pub use failover::SwitchReason;

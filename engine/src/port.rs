@@ -40,6 +40,9 @@ pub(crate) struct SharedPort {
     /// Its tunnels speak IKEv2 (the config keeps the protocols on separate local addresses):
     /// a datagram with the non-ESP marker is an IKE message for the tunnel of its source.
     pub ikev2: bool,
+    /// The IKE port (500) of IKEv2 tunnels with a bare `local`: every datagram is an IKE
+    /// message without a marker, for the tunnel of its source.
+    pub plain_ike: bool,
     pub cookies: CookieJar,
     initiations: RateWindow,
     /// Cookie replies to send; bounded, oldest dropped first.
@@ -61,6 +64,7 @@ impl SharedPort {
             local,
             members: Vec::new(),
             ikev2: false,
+            plain_ike: false,
             cookies,
             initiations: RateWindow::default(),
             cookie_out: Ring::default(),

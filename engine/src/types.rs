@@ -73,6 +73,9 @@ pub struct TunnelInfo {
     pub local: Option<SocketAddr>,
     /// Configured remote (None = responder-only).
     pub remote: Option<SocketAddr>,
+    /// IKEv2 with a bare `local` address: port 500 of it, where IKE_SA_INIT is answered (the
+    /// daemon binds a socket there too; see [`crate::Engine::handle_datagram_at`]).
+    pub ike_local: Option<SocketAddr>,
     /// Priority (lower is preferred).
     pub priority: u32,
 }
@@ -147,6 +150,9 @@ pub struct Transmit {
     pub dst: SocketAddr,
     /// Datagram length.
     pub len: usize,
+    /// Send from the socket bound to this address instead of the tunnel's (an IKEv2 tunnel's
+    /// IKE port 500, [`TunnelInfo::ike_local`]).
+    pub via: Option<SocketAddr>,
 }
 
 /// Why a tunnel changed state.
@@ -339,6 +345,14 @@ pub struct TunnelStatus {
     /// IKEv2 tunnels: the IKE SA's state (`established`, `ike-auth-sent`, `none`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ike_state: Option<&'static str>,
+    /// IKEv2 tunnels: the negotiated IKE proposal (`aes256gcm16-prfsha256-ecp384`), once
+    /// established.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ike_proposal: Option<String>,
+    /// IKEv2 tunnels: the sending Child SA's ESP proposal with its PFS group
+    /// (`aes256gcm16-ecp384`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub esp_proposal: Option<String>,
 }
 
 /// Target of a planned switch.

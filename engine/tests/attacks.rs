@@ -118,7 +118,7 @@ fn forged_cookie_replies_on_one_path_for_ten_minutes_do_not_stall_rekeys() {
 #[test]
 fn withheld_initiations_replayed_later_do_not_keep_a_dead_tunnel_up() {
     let setup = Setup::default();
-    let bound = setup.dpd_timeout + setup.dpd_interval;
+    let bound = setup.failover_bound();
     let mut sim = Sim::new(setup);
     let stock: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
     let armed = Rc::new(RefCell::new(false));
@@ -321,7 +321,7 @@ fn absurd_timers_neither_panic_nor_spin() {
 #[test]
 fn replayed_keepalives_and_data_do_not_keep_a_dead_tunnel_up() {
     let setup = Setup::default();
-    let bound = setup.dpd_timeout + setup.dpd_interval;
+    let bound = setup.failover_bound();
     let mut sim = Sim::new(setup);
     sim.add_bidirectional_traffic(ms(10), secs(2));
     sim.run_until(secs(10));

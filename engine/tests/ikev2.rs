@@ -6,28 +6,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
-use tandem_engine::{Event, Silence, StateCause, TunnelId, TunnelState};
-
-const CONN: &str = "prod-vpc";
-
-fn ike_sim(setup: Setup, lifetimes: (Duration, Duration)) -> Sim {
-    let a = ike_config(&setup, Side::A, lifetimes);
-    let b = ike_config(&setup, Side::B, lifetimes);
-    Sim::with_configs(setup, a, b)
-}
-
-const LONG: (Duration, Duration) = (Duration::from_secs(8 * 3600), Duration::from_secs(3600));
-
-fn counters(sim: &mut Sim, side: Side, t: u16) -> tandem_engine::TunnelCounters {
-    *sim.engine(side).tunnel_counters(TunnelId(t)).unwrap()
-}
+use tandem_engine::{Event, Silence, TunnelState};
 
 #[test]
 fn both_ikev2_tunnels_come_up_data_flows_both_ways_and_liveness_keeps_the_standby_up() {
-    let mut sim = ike_sim(Setup::default(), LONG);
+    let mut sim = Sim::ikev2(Setup::default(), LONG_LIFETIMES);
     sim.add_bidirectional_traffic(ms(20), secs(1));
     sim.run_until(secs(60));
     for side in [Side::A, Side::B] {
@@ -51,7 +35,7 @@ fn both_ikev2_tunnels_come_up_data_flows_both_ways_and_liveness_keeps_the_standb
     assert_no_loss(&sim, 2, secs(1), secs(60) - ms(50));
     // The idle standby stays Up on liveness probes alone: A probes (an empty INFORMATIONAL) at
     // each quiet dpd_interval and B answers; B, hearing A's probes, probes in turn when quiet.
-    let standby = counters(&mut sim, Side::A, 1);
+    let standby = sim.counters(Side::A, 1);
     assert_eq!(standby.tx_packets, 0, "no ESP on the idle standby");
     let now = sim.now;
     let status = sim.engine(Side::A).status(now);
@@ -65,7 +49,7 @@ fn both_ikev2_tunnels_come_up_data_flows_both_ways_and_liveness_keeps_the_standb
 #[test]
 fn child_and_ike_sa_rekeys_under_traffic_lose_nothing() {
     // Child SAs every ~9 s, the IKE SA every ~18 s, for two minutes, at a packet every 5 ms.
-    let mut sim = ike_sim(Setup::default(), (secs(20), secs(10)));
+    let mut sim = Sim::ikev2(Setup::default(), (secs(20), secs(10)));
     sim.add_bidirectional_traffic(ms(5), secs(1));
     sim.run_until(secs(120));
     for side in [Side::A, Side::B] {
@@ -99,27 +83,14 @@ fn child_and_ike_sa_rekeys_under_traffic_lose_nothing() {
 #[test]
 fn a_cut_ikev2_primary_fails_over_within_dpd_timeout_plus_one_interval_on_both_sides() {
     let setup = Setup::default();
-    let bound = setup.dpd_timeout + setup.dpd_interval;
-    let mut sim = ike_sim(setup, LONG);
+    let bound = setup.failover_bound();
+    let mut sim = Sim::ikev2(setup, LONG_LIFETIMES);
     sim.add_bidirectional_traffic(ms(10), secs(1));
     sim.run_until(secs(20));
     let cut = sim.now;
     sim.cut_both(0, true);
     sim.run_until(secs(30));
-    for side in [Side::A, Side::B] {
-        let sw: Vec<_> = sim
-            .switches(side)
-            .into_iter()
-            .filter(|(t, _)| *t >= cut)
-            .collect();
-        assert_eq!(sw.len(), 1, "{side:?}: {sw:?}");
-        assert_eq!(sw[0].1, Some(1));
-        assert!(
-            sw[0].0 - cut <= bound,
-            "{side:?} switched after {:?}",
-            sw[0].0 - cut
-        );
-    }
+    sim.assert_both_switched_once(cut, 1, bound);
     assert_no_loss(&sim, 1, secs(20) + bound + ms(20), secs(30) - ms(50));
     assert_no_loss(&sim, 2, secs(20) + bound + ms(20), secs(30) - ms(50));
     // Healed: the same IKE SA answers the probes again, and traffic fails back.
@@ -133,7 +104,7 @@ fn a_cut_ikev2_primary_fails_over_within_dpd_timeout_plus_one_interval_on_both_s
 
 #[test]
 fn an_ikev2_delete_is_the_closing_notice_and_the_tunnel_comes_back_when_restored() {
-    let mut sim = ike_sim(Setup::default(), LONG);
+    let mut sim = Sim::ikev2(Setup::default(), LONG_LIFETIMES);
     let latency = sim.links[0][0].latency;
     sim.add_bidirectional_traffic(ms(10), secs(1));
     sim.run_until(secs(10));
@@ -142,23 +113,7 @@ fn an_ikev2_delete_is_the_closing_notice_and_the_tunnel_comes_back_when_restored
         .silence(CONN, "tunnel1", Silence::Graceful, t0)
         .unwrap();
     sim.run_until(secs(20));
-    let b = sim
-        .switches(Side::B)
-        .into_iter()
-        .find(|(t, _)| *t >= t0)
-        .unwrap();
-    assert_eq!(b.1, Some(1));
-    assert!(b.0 - t0 <= 2 * latency, "peer moved after {:?}", b.0 - t0);
-    let cause = sim.events_of(Side::B).find_map(|(t, e)| match e {
-        Event::TunnelState {
-            tunnel,
-            to: TunnelState::Down,
-            cause,
-            ..
-        } if t >= t0 && tunnel.0 == 0 => Some(*cause),
-        _ => None,
-    });
-    assert_eq!(cause, Some(StateCause::PeerClosing));
+    sim.assert_peer_moved_on_closing_notice(t0, 2 * latency);
     assert_no_loss(&sim, 1, secs(9), secs(20));
     let t1 = sim.now;
     sim.engine(Side::A)
@@ -178,7 +133,7 @@ fn a_wrong_ikev2_psk_keeps_tunnel1_down_reports_authentication_failed_and_tunnel
         wrong_psk: vec![0],
         ..Setup::default()
     };
-    let mut sim = ike_sim(setup, LONG);
+    let mut sim = Sim::ikev2(setup, LONG_LIFETIMES);
     sim.add_bidirectional_traffic(ms(10), secs(1));
     sim.run_until(secs(30));
     for side in [Side::A, Side::B] {

@@ -165,7 +165,7 @@ fn a_silent_cut_at_fast_timers_is_detected_within_dpd_timeout_plus_one_interval(
         failback: Some(ms(50)),
         ..fast()
     };
-    let bound = setup.dpd_timeout + setup.dpd_interval;
+    let bound = setup.failover_bound();
     let mut sim = Sim::new(setup);
     sim.add_bidirectional_traffic(ms(1), ms(500));
     // 50 cuts, each at another phase of the jittered keepalives; each healed after 200 ms and

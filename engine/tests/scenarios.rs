@@ -36,11 +36,7 @@ fn both_tunnels_come_up_and_the_standby_stays_up_on_keepalives_alone() {
         assert_eq!(sim.active(side), Some(0));
         // The standby carried no data, only keepalives, and rekeyed like the primary.
         assert_eq!(sim.data_sent_per_tunnel[side as usize][1], 0);
-        let c = sim
-            .engine(side)
-            .tunnel_counters(tandem_engine::TunnelId(1))
-            .copied()
-            .unwrap();
+        let c = sim.counters(side, 1);
         assert!(
             c.rx_packets >= 300 * 4 - 10,
             "standby heard {} packets",
@@ -60,34 +56,17 @@ fn both_tunnels_come_up_and_the_standby_stays_up_on_keepalives_alone() {
     assert!(sim.nonces_checked > 30_000);
 }
 
-const CONN: &str = "prod-vpc";
-
-/// Asserts that every packet of `flow` sent in [from, to) was delivered exactly once.
-
 #[test]
 fn primary_cut_both_ways_moves_traffic_to_the_standby_within_dpd_timeout_plus_one_interval() {
     let setup = Setup::default();
-    let bound = setup.dpd_timeout + setup.dpd_interval;
+    let bound = setup.failover_bound();
     let mut sim = Sim::new(setup);
     sim.add_bidirectional_traffic(ms(10), secs(2));
     sim.run_until(secs(30));
     let cut = sim.now;
     sim.cut_both(0, true);
     sim.run_until(secs(40));
-    for side in [Side::A, Side::B] {
-        let sw: Vec<_> = sim
-            .switches(side)
-            .into_iter()
-            .filter(|(t, _)| *t >= cut)
-            .collect();
-        assert_eq!(sw.len(), 1, "{side:?}: {sw:?}");
-        assert_eq!(sw[0].1, Some(1));
-        assert!(
-            sw[0].0 - cut <= bound,
-            "{side:?} switched after {:?}",
-            sw[0].0 - cut
-        );
-    }
+    sim.assert_both_switched_once(cut, 1, bound);
     for flow in [1, 2] {
         // Counted exactly: the packets lost are exactly those sent on the primary after the cut,
         // and there are no more of them than the detection bound allows at 10 ms spacing.
@@ -127,7 +106,7 @@ fn a_one_way_cut_in_either_direction_takes_the_primary_down_on_both_sides_and_bo
  {
     for dir in [Side::A, Side::B] {
         let setup = Setup::default();
-        let bound = setup.dpd_timeout + setup.dpd_interval;
+        let bound = setup.failover_bound();
         let mut sim = Sim::new(setup);
         sim.add_bidirectional_traffic(ms(10), secs(2));
         sim.run_until(secs(30));
@@ -284,11 +263,7 @@ fn rekeying_every_2_s_for_10_minutes_under_traffic_loses_nothing_and_never_reuse
     assert_no_loss(&sim, 2, secs(1), secs(600) - ms(50));
     for side in [Side::A, Side::B] {
         for t in 0..2 {
-            let c = sim
-                .engine(side)
-                .tunnel_counters(tandem_engine::TunnelId(t))
-                .copied()
-                .unwrap();
+            let c = sim.counters(side, t);
             assert!(
                 c.handshakes >= 200,
                 "{side:?} tunnel {t}: {} handshakes",
@@ -388,29 +363,9 @@ fn a_closing_notice_moves_the_peer_within_one_rtt() {
         .silence(CONN, "tunnel1", tandem_engine::Silence::Graceful, t0)
         .unwrap();
     sim.run_until(secs(40));
-    let a = sim
-        .switches(Side::A)
-        .into_iter()
-        .find(|(t, _)| *t >= t0)
-        .unwrap();
-    assert_eq!(a, (t0, Some(1)), "the closing side moves at once");
-    let b = sim
-        .switches(Side::B)
-        .into_iter()
-        .find(|(t, _)| *t >= t0)
-        .unwrap();
-    assert_eq!(b.1, Some(1));
-    assert!(b.0 - t0 <= 2 * latency, "peer moved after {:?}", b.0 - t0);
-    let cause = sim.events_of(Side::B).find_map(|(t, e)| match e {
-        tandem_engine::Event::TunnelState {
-            tunnel,
-            to: TunnelState::Down,
-            cause,
-            ..
-        } if t >= t0 && tunnel.0 == 0 => Some(*cause),
-        _ => None,
-    });
-    assert_eq!(cause, Some(tandem_engine::StateCause::PeerClosing));
+    let a = sim.switches_since(Side::A, t0).first().copied();
+    assert_eq!(a, Some((t0, Some(1))), "the closing side moves at once");
+    sim.assert_peer_moved_on_closing_notice(t0, 2 * latency);
     assert_eq!(sim.state(Side::A, 0), TunnelState::AdminDown);
     // A->B: nothing lost (A moved first). B->A: at most what was in flight for one RTT.
     assert_no_loss(&sim, 1, secs(29), secs(40));
@@ -471,7 +426,7 @@ fn active_active_spreads_flows_over_both_tunnels_and_a_cut_moves_only_the_dead_t
         mode: tandem_engine::Mode::ActiveActive,
         ..Setup::default()
     };
-    let bound = setup.dpd_timeout + setup.dpd_interval;
+    let bound = setup.failover_bound();
     let mut sim = Sim::new(setup);
     for f in 0..16 {
         sim.add_flow(Side::A, 100 + f, ms(20), secs(2) + ms(u64::from(f)));
@@ -1045,7 +1000,7 @@ fn a_silent_drill_behaves_like_a_dead_path_and_both_sides_detect_it_by_dpd() {
         dpd_timeout: ms(300),
         ..Setup::default()
     };
-    let bound = setup.dpd_timeout + setup.dpd_interval;
+    let bound = setup.failover_bound();
     let mut sim = Sim::new(setup);
     sim.add_bidirectional_traffic(ms(1), secs(1));
     sim.run_until(secs(10));

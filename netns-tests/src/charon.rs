@@ -315,3 +315,19 @@ pub fn hex_dumps(log: &str, label: &str) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// charon's kernel-libipsec carries ESP through a TUN device (`ipsec0`) whose routes it would
+/// install in a table of its own; the lab routes `prefix` (the far site) into it directly, once
+/// charon has created the device.
+pub fn route_into_libipsec(ns: &Netns, prefix: &str) -> Result<(), Error> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while ns.ip(["link", "show", "ipsec0"]).is_err() {
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout(format!("no ipsec0 in {}", ns.name())));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ns.ip(["link", "set", "ipsec0", "up"])?;
+    ns.ip(["route", "replace", prefix, "dev", "ipsec0"])?;
+    Ok(())
+}

@@ -162,3 +162,55 @@ pub fn cut_isp1<'a>(
         },
     ))
 }
+
+/// The figures of a `tandem drill` report (`tandem drill` prints one line per figure; a figure
+/// that is missing or not a number is a test failure, never a zero).
+#[derive(Debug)]
+pub struct DrillReport {
+    /// Silence -> the switch away, ms.
+    pub detection_ms: f64,
+    /// The tunnel it switched to.
+    pub switched_to: String,
+    /// The longest interval between two probe replies, ms.
+    pub gap_ms: f64,
+    /// Probes without a reply.
+    pub lost: u64,
+    /// Probes sent.
+    pub sent: u64,
+    /// Restore -> the switch back, ms.
+    pub failback_ms: f64,
+}
+
+impl DrillReport {
+    /// Reads the report `tandem drill` printed; panics (a test failure) on a missing figure.
+    pub fn parse(text: &str) -> DrillReport {
+        let line = |label: &str| -> Vec<&str> {
+            let l = text
+                .lines()
+                .find_map(|l| l.trim_start().strip_prefix(label))
+                .unwrap_or_else(|| panic!("no {label:?} line in the drill report:\n{text}"));
+            l.split_whitespace().collect()
+        };
+        let num = |w: Option<&&str>, what: &str| -> f64 {
+            w.and_then(|w| w.parse().ok())
+                .unwrap_or_else(|| panic!("{what} is not a number in the drill report:\n{text}"))
+        };
+        let detection = line("detection time");
+        let gap = line("traffic gap");
+        let lost = line("probes lost");
+        let failback = line("failback time");
+        assert_eq!(lost.get(1), Some(&"of"), "probes lost N of M:\n{text}");
+        DrillReport {
+            detection_ms: num(detection.first(), "detection time"),
+            // "300.0 ms (switched to tunnel2)"
+            switched_to: detection
+                .get(4)
+                .map(|w| w.trim_end_matches(')').to_string())
+                .unwrap_or_default(),
+            gap_ms: num(gap.first(), "traffic gap"),
+            lost: num(lost.first(), "probes lost") as u64,
+            sent: num(lost.get(2), "probes sent") as u64,
+            failback_ms: num(failback.first(), "failback time"),
+        }
+    }
+}

@@ -160,6 +160,8 @@ pub struct TandemOpts {
     /// `timers = "<profile>"` instead of explicit `dpd_interval` / `dpd_timeout` lines (those
     /// two fields must then hold the profile's values: the bounds are computed from them).
     pub timers: Option<&'static str>,
+    /// The `tandem` binary to run (a same-run A/B of two builds); `None`: [`tandem_bin`].
+    pub bin: Option<PathBuf>,
 }
 
 impl Default for TandemOpts {
@@ -177,6 +179,7 @@ impl Default for TandemOpts {
             log: "info",
             env: Vec::new(),
             timers: None,
+            bin: None,
         }
     }
 }
@@ -397,7 +400,12 @@ impl Daemon {
                 setup.keylog_path(side).display().to_string(),
             ));
         }
-        Self::start_files(
+        let bin = match &setup.opts().bin {
+            Some(b) => b.clone(),
+            None => tandem_bin()?,
+        };
+        Self::start_bin(
+            &bin,
             ns,
             side,
             &setup.config_path(side),
@@ -417,7 +425,19 @@ impl Daemon {
         log: &Path,
         env: &[(String, String)],
     ) -> Result<Self, Error> {
-        let bin = tandem_bin()?;
+        Self::start_bin(&tandem_bin()?, ns, side, config, socket, log, env)
+    }
+
+    /// As [`Self::start_files`], running `bin`.
+    fn start_bin(
+        bin: &Path,
+        ns: &Netns,
+        side: Side,
+        config: &Path,
+        socket: &Path,
+        log: &Path,
+        env: &[(String, String)],
+    ) -> Result<Self, Error> {
         let log = log.to_path_buf();
         let logf = OpenOptions::new()
             .create(true)
@@ -427,7 +447,7 @@ impl Daemon {
         let logf2 = logf
             .try_clone()
             .map_err(|e| Error::Io(log.display().to_string(), e))?;
-        let mut cmd = ns.command(&bin);
+        let mut cmd = ns.command(bin);
         cmd.arg("run")
             .arg("-c")
             .arg(config)

@@ -270,6 +270,39 @@ pub fn ping(ns: &Netns, dst: IpAddr, count: u32, interval: Duration) -> Result<P
     parse_ping(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// Every echo reply's RTT in ms, in order, from `count` pings from `ns` to `dst` `interval`
+/// apart (root may go below ping's 200 ms floor). An answer with no reply line at all is an
+/// error, not an empty list.
+pub fn ping_rtts(
+    ns: &Netns,
+    dst: IpAddr,
+    count: u32,
+    interval: Duration,
+) -> Result<Vec<f64>, Error> {
+    let out = ns
+        .command("ping")
+        .args(["-n", "-c", &count.to_string()])
+        .args(["-i", &format!("{:.3}", interval.as_secs_f64()), "-W", "1"])
+        .arg(dst.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Spawn("ping".into(), e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rtts = parse_ping_rtts(&text);
+    if rtts.is_empty() {
+        return Err(Error::Parse(format!("ping replies: {}", head(&text))));
+    }
+    Ok(rtts)
+}
+
+/// The `time=X ms` of each reply line of `ping` output.
+pub fn parse_ping_rtts(text: &str) -> Vec<f64> {
+    text.lines()
+        .filter_map(|l| l.split(" time=").nth(1))
+        .filter_map(|t| t.trim_end_matches(" ms").trim().parse().ok())
+        .collect()
+}
+
 /// Waits until one ping from `ns` to `dst` is answered, up to `timeout`.
 pub fn wait_reachable(ns: &Netns, dst: IpAddr, timeout: Duration) -> Result<Duration, Error> {
     let start = Instant::now();
@@ -325,6 +358,12 @@ pub fn ping_df(ns: &Netns, dst: IpAddr, payload: u32) -> Result<(bool, String), 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ping_reply_lines_give_one_rtt_each() {
+        let t = "PING 10.20.0.10 (10.20.0.10) 56(84) bytes of data.\n64 bytes from 10.20.0.10: icmp_seq=1 ttl=61 time=0.181 ms\n64 bytes from 10.20.0.10: icmp_seq=2 ttl=61 time=1.05 ms\n\n--- 10.20.0.10 ping statistics ---\nrtt min/avg/max/mdev = 0.181/0.615/1.050/0.434 ms\n";
+        assert_eq!(parse_ping_rtts(t), vec![0.181, 1.05]);
+    }
 
     #[test]
     fn ping_summary_lines_are_parsed() {

@@ -36,6 +36,10 @@ use tandem_netns_tests::charon::{AwsLikeConn, Charon};
 use tandem_netns_tests::topo::{Family, Isp, Lab, cgw_wan, vpcgw_wan};
 
 const PSK: &str = "tandem-aws-like-psk-0123456789";
+/// AWS's IKE proposal (AES-256-GCM-16, PRF SHA-256, ECP-384), the one most tests use.
+const AWS_IKE: &str = "aes256gcm16-prfsha256-ecp384";
+/// AWS's ESP proposal (AES-256-GCM-16 with PFS on ECP-384).
+const AWS_ESP: &str = "aes256gcm16-ecp384";
 /// How long one handshake may take on the lab (measured: ~20 ms; charon's retransmission
 /// starts at 4 s, so anything slower is a lost message, not a slow machine).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -269,6 +273,14 @@ impl Driver {
         (Outcome::Timeout, Some(sa))
     }
 
+    /// Initiates an IKE SA with `config` and `options` and drives it until it is established
+    /// or fails.
+    fn initiate(&mut self, config: Config, options: Options) -> (Outcome, Option<IkeSa>) {
+        let start = Instant::now();
+        let sa = IkeSa::initiate_with(config.clone(), options, start, &mut self.rng);
+        self.run(Some(sa), config, start)
+    }
+
     /// Keeps `sa` going until `done` holds for the events seen so far (or a timeout); returns
     /// them.
     fn serve_until(
@@ -367,23 +379,65 @@ fn assert_charon_agrees(charon: &Charon, est: &Established, keys_before: usize) 
     assert_eq!(*sk_er, key_bytes(&est.keys.sk_er), "SK_er");
 }
 
-/// One lab and one charon on `vpcgw` for a test.
+/// One lab and one charon on `vpcgw` for a test (None: skipped, not root).
 fn lab_with_charon() -> Option<(Lab, Charon)> {
+    lab_with_charon_settings("")
+}
+
+/// [`lab_with_charon`] with more `strongswan.conf` settings in charon's section.
+fn lab_with_charon_settings(settings: &str) -> Option<(Lab, Charon)> {
     if !tandem_netns_tests::can_run_as_root("ike_interop") {
         return None;
     }
     let lab = Lab::new().unwrap();
-    let charon = Charon::start(&lab.vpcgw).unwrap();
+    let charon = Charon::start_with(&lab.vpcgw, settings).unwrap();
     Some((lab, charon))
+}
+
+/// charon configured as AWS configures its endpoints, with our PSK.
+fn load_aws(charon: &Charon) {
+    charon.load(&charon_conn(PSK, AWS_IKE, AWS_ESP)).unwrap();
+}
+
+/// Our side offering AWS's IKE proposal alone, with `psk`.
+fn aws_config(psk: &str) -> Config {
+    tandem_config(
+        psk,
+        vec![AWS_IKE.parse().unwrap()],
+        DEFAULT_ESP_PROPOSALS.to_vec(),
+    )
+}
+
+/// charon drops its IKE SA (and the Child SAs under it), ready for the next case.
+fn terminate(charon: &Charon) {
+    charon
+        .swanctl(["--terminate", "--ike", "aws", "--force"])
+        .unwrap();
+}
+
+/// Starts `responder` (a tandem responder: it binds [`Driver`] and runs it) on a thread in
+/// `cgw`, has charon initiate to it with `swanctl --initiate`, and returns what the responder
+/// returned, what swanctl said, and how long swanctl took.
+fn charon_initiates<T: Send + 'static>(
+    lab: &Lab,
+    charon: &Charon,
+    responder: impl FnOnce() -> T + Send + 'static,
+) -> (T, Result<String, tandem_netns_tests::Error>, Duration) {
+    let tandem = spawn_in_netns(&lab.cgw, responder);
+    // The driver's sockets are bound within a few ms; charon retransmits anyway.
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
+    let took = start.elapsed();
+    (tandem.join().unwrap(), initiate, took)
 }
 
 /// The proposal cases: (charon's IKE proposal, charon's ESP proposal, what tandem offers).
 fn cases() -> Vec<(String, String, Vec<IkeProposal>)> {
-    let aws = "aes256gcm16-prfsha256-ecp384";
     let mut out = vec![(
-        aws.to_string(),
-        "aes256gcm16-ecp384".to_string(),
-        vec![aws.parse().unwrap()],
+        AWS_IKE.to_string(),
+        AWS_ESP.to_string(),
+        vec![AWS_IKE.parse().unwrap()],
     )];
     for p in DEFAULT_IKE_PROPOSALS {
         let group = p.to_string().rsplit('-').next().unwrap().to_string();
@@ -409,10 +463,7 @@ fn tandem_initiates_to_charon_for_every_proposal() {
         let config = tandem_config(PSK, offer, DEFAULT_ESP_PROPOSALS.to_vec());
         let (outcome, sent, received) = spawn_in_netns(&lab.cgw, move || {
             let mut d = Driver::bind();
-            let mut rng = rng();
-            let start = Instant::now();
-            let sa = IkeSa::initiate(config.clone(), start, &mut rng);
-            let (out, _) = d.run(Some(sa), config, start);
+            let (out, _) = d.initiate(config, Options::default());
             (out, d.sent, d.received)
         })
         .join()
@@ -426,9 +477,7 @@ fn tandem_initiates_to_charon_for_every_proposal() {
         );
         assert_eq!(est.proposal.to_string(), ike);
         assert_charon_agrees(&charon, &est, keys_before);
-        charon
-            .swanctl(["--terminate", "--ike", "aws", "--force"])
-            .unwrap();
+        terminate(&charon);
     }
 }
 
@@ -441,16 +490,10 @@ fn charon_initiates_to_tandem_for_every_proposal() {
         charon.load(&charon_conn(PSK, &ike, &esp)).unwrap();
         let keys_before = charon.child_keys().len();
         let config = tandem_config(PSK, offer, DEFAULT_ESP_PROPOSALS.to_vec());
-        let tandem = spawn_in_netns(&lab.cgw, move || {
+        let (outcome, initiate, swanctl_took) = charon_initiates(&lab, &charon, move || {
             let mut d = Driver::bind();
             d.run(None, config, Instant::now()).0
         });
-        // The driver's sockets are bound within a few ms; charon retransmits anyway.
-        std::thread::sleep(Duration::from_millis(50));
-        let start = Instant::now();
-        let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
-        let swanctl_took = start.elapsed();
-        let outcome = tandem.join().unwrap();
         let Outcome::Established(est, _) = outcome else {
             panic!("{ike}: {outcome:?}\n{initiate:?}\n{}", charon.log());
         };
@@ -462,9 +505,7 @@ fn charon_initiates_to_tandem_for_every_proposal() {
         assert_eq!(est.role, Role::Responder);
         assert_eq!(est.proposal.to_string(), ike);
         assert_charon_agrees(&charon, &est, keys_before);
-        charon
-            .swanctl(["--terminate", "--ike", "aws", "--force"])
-            .unwrap();
+        terminate(&charon);
     }
 }
 
@@ -473,20 +514,12 @@ fn a_wrong_psk_is_authentication_failed_on_both_sides_in_both_roles() {
     let Some((lab, charon)) = lab_with_charon() else {
         return;
     };
-    let aws = "aes256gcm16-prfsha256-ecp384";
-    charon
-        .load(&charon_conn(PSK, aws, "aes256gcm16-ecp384"))
-        .unwrap();
-    let offer = vec![aws.parse().unwrap()];
+    load_aws(&charon);
 
     // tandem initiates with the wrong PSK: charon refuses our AUTH.
-    let config = tandem_config("not-the-psk", offer.clone(), DEFAULT_ESP_PROPOSALS.to_vec());
+    let config = aws_config("not-the-psk");
     let outcome = spawn_in_netns(&lab.cgw, move || {
-        let mut d = Driver::bind();
-        let mut rng = rng();
-        let start = Instant::now();
-        let sa = IkeSa::initiate(config.clone(), start, &mut rng);
-        d.run(Some(sa), config, start).0
+        Driver::bind().initiate(config, Options::default()).0
     })
     .join()
     .unwrap();
@@ -507,14 +540,10 @@ fn a_wrong_psk_is_authentication_failed_on_both_sides_in_both_roles() {
     assert!(!raw.contains("ESTABLISHED"), "{raw}");
 
     // charon initiates, we hold the wrong PSK: we refuse charon's AUTH.
-    let config = tandem_config("not-the-psk", offer, DEFAULT_ESP_PROPOSALS.to_vec());
-    let tandem = spawn_in_netns(&lab.cgw, move || {
-        let mut d = Driver::bind();
-        d.run(None, config, Instant::now()).0
+    let config = aws_config("not-the-psk");
+    let (outcome, initiate, _) = charon_initiates(&lab, &charon, move || {
+        Driver::bind().run(None, config, Instant::now()).0
     });
-    std::thread::sleep(Duration::from_millis(50));
-    let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
-    let outcome = tandem.join().unwrap();
     assert!(
         matches!(
             outcome,
@@ -635,23 +664,15 @@ fn child_and_ike_sa_rekeys_from_either_side_agree_with_charon() {
     let Some((lab, charon)) = lab_with_charon() else {
         return;
     };
-    let aws = "aes256gcm16-prfsha256-ecp384";
-    charon
-        .load(&charon_conn(PSK, aws, "aes256gcm16-ecp384"))
-        .unwrap();
-    let config = tandem_config(
-        PSK,
-        vec![aws.parse().unwrap()],
-        DEFAULT_ESP_PROPOSALS.to_vec(),
-    );
+    load_aws(&charon);
+    let config = aws_config(PSK);
     let (steps, step_rx) = std::sync::mpsc::channel::<Step>();
     let (go, go_rx) = std::sync::mpsc::channel::<()>();
     let serve = Duration::from_secs(10);
     let driver = spawn_in_netns(&lab.cgw, move || {
         let mut d = Driver::bind();
-        let start = Instant::now();
-        let sa = IkeSa::initiate(config.clone(), start, &mut d.rng);
-        let (Outcome::Established(est, _), Some(mut sa)) = d.run(Some(sa), config, start) else {
+        let (Outcome::Established(est, _), Some(mut sa)) = d.initiate(config, Options::default())
+        else {
             panic!("no IKE SA");
         };
         steps.send(Step::Established(est)).unwrap();
@@ -764,17 +785,10 @@ fn charon_initiating_to_a_tandem_responder_in_cookie_mode_retries_with_the_cooki
     let Some((lab, charon)) = lab_with_charon() else {
         return;
     };
-    let aws = "aes256gcm16-prfsha256-ecp384";
-    charon
-        .load(&charon_conn(PSK, aws, "aes256gcm16-ecp384"))
-        .unwrap();
+    load_aws(&charon);
     let keys_before = charon.child_keys().len();
-    let config = tandem_config(
-        PSK,
-        vec![aws.parse().unwrap()],
-        DEFAULT_ESP_PROPOSALS.to_vec(),
-    );
-    let tandem = spawn_in_netns(&lab.cgw, move || {
+    let config = aws_config(PSK);
+    let ((outcome, issued), initiate, _) = charon_initiates(&lab, &charon, move || {
         let mut d = Driver::bind();
         // Threshold 0: every IKE_SA_INIT without a valid cookie gets one (a responder under
         // load, RFC 7296 §2.6).
@@ -786,9 +800,6 @@ fn charon_initiating_to_a_tandem_responder_in_cookie_mode_retries_with_the_cooki
         let (outcome, _) = d.run(None, config, Instant::now());
         (outcome, d.jar.map(|j| j.cookies_issued()))
     });
-    std::thread::sleep(Duration::from_millis(50));
-    let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
-    let (outcome, issued) = tandem.join().unwrap();
     let Outcome::Established(est, took) = outcome else {
         panic!("{outcome:?}\n{initiate:?}\n{}", charon.log());
     };
@@ -808,26 +819,15 @@ fn charon_initiating_to_a_tandem_responder_in_cookie_mode_retries_with_the_cooki
 
 #[test]
 fn tandem_initiating_to_charon_under_half_open_load_retries_with_charons_cookie() {
-    if !tandem_netns_tests::can_run_as_root("ike_interop") {
-        return;
-    }
-    let lab = Lab::new().unwrap();
     // One half-open IKE SA is load enough: charon demands cookies from then on.
-    let charon = Charon::start_with(
-        &lab.vpcgw,
+    let Some((lab, charon)) = lab_with_charon_settings(
         "  dos_protection = yes\n  cookie_threshold = 1\n  cookie_threshold_ip = 1",
-    )
-    .unwrap();
-    let aws = "aes256gcm16-prfsha256-ecp384";
-    charon
-        .load(&charon_conn(PSK, aws, "aes256gcm16-ecp384"))
-        .unwrap();
+    ) else {
+        return;
+    };
+    load_aws(&charon);
     let keys_before = charon.child_keys().len();
-    let config = tandem_config(
-        PSK,
-        vec![aws.parse().unwrap()],
-        DEFAULT_ESP_PROPOSALS.to_vec(),
-    );
+    let config = aws_config(PSK);
     let (outcome, sent) = spawn_in_netns(&lab.cgw, move || {
         let mut d = Driver::bind();
         // The load: an IKE_SA_INIT that charon answers and that never gets its IKE_AUTH.
@@ -840,9 +840,7 @@ fn tandem_initiating_to_charon_under_half_open_load_retries_with_charons_cookie(
             assert!(Instant::now() < deadline, "charon did not answer");
         }
         let sent_before = d.sent;
-        let start = Instant::now();
-        let sa = IkeSa::initiate(config.clone(), start, &mut d.rng);
-        let (out, _) = d.run(Some(sa), config, start);
+        let (out, _) = d.initiate(config, Options::default());
         (out, d.sent - sent_before)
     })
     .join()
@@ -882,11 +880,7 @@ fn many_port_selectors(n: u16) -> String {
 
 /// Our side with `n` port selectors towards the VPC: an IKE_AUTH with 16 x `n` bytes of TSr.
 fn many_ts_config(n: u16) -> Config {
-    let mut c = tandem_config(
-        PSK,
-        vec!["aes256gcm16-prfsha256-ecp384".parse().unwrap()],
-        DEFAULT_ESP_PROPOSALS.to_vec(),
-    );
+    let mut c = aws_config(PSK);
     c.remote_ts = (0..n)
         .map(|i| tandem_ike::TrafficSelector {
             ip_proto: 6,
@@ -912,13 +906,13 @@ fn small_fragments() -> Options {
     o
 }
 
-fn charon_with_fragments(lab: &Lab) -> Charon {
-    let charon =
-        Charon::start_with(&lab.vpcgw, &format!("  fragment_size = {FRAGMENT_SIZE}")).unwrap();
-    let mut conn = charon_conn(PSK, "aes256gcm16-prfsha256-ecp384", "aes256gcm16-ecp384");
+/// A lab with charon fragmenting at [`FRAGMENT_SIZE`], loaded with [`MANY_TS`] selectors.
+fn lab_with_charon_fragmenting() -> Option<(Lab, Charon)> {
+    let (lab, charon) = lab_with_charon_settings(&format!("  fragment_size = {FRAGMENT_SIZE}"))?;
+    let mut conn = charon_conn(PSK, AWS_IKE, AWS_ESP);
     conn.local_ts = many_port_selectors(MANY_TS);
     charon.load(&conn).unwrap();
-    charon
+    Some((lab, charon))
 }
 
 /// Both directions of a large IKE_AUTH went in fragments: charon split its message and
@@ -939,20 +933,16 @@ fn assert_fragmented_both_ways(charon: &Charon, sent: usize, received: usize) {
 
 #[test]
 fn a_large_ike_auth_goes_in_fragments_both_ways_with_charon_in_both_roles() {
-    if !tandem_netns_tests::can_run_as_root("ike_interop") {
+    let Some((lab, charon)) = lab_with_charon_fragmenting() else {
         return;
-    }
-    let lab = Lab::new().unwrap();
-    let charon = charon_with_fragments(&lab);
+    };
 
     // tandem initiates.
     let keys_before = charon.child_keys().len();
     let config = many_ts_config(MANY_TS);
     let (outcome, sent, received) = spawn_in_netns(&lab.cgw, move || {
         let mut d = Driver::bind();
-        let start = Instant::now();
-        let sa = IkeSa::initiate_with(config.clone(), small_fragments(), start, &mut d.rng);
-        let (out, _) = d.run(Some(sa), config, start);
+        let (out, _) = d.initiate(config, small_fragments());
         (out, d.fragments_sent, d.fragments_received)
     })
     .join()
@@ -970,22 +960,17 @@ fn a_large_ike_auth_goes_in_fragments_both_ways_with_charon_in_both_roles() {
     };
     assert_eq!(child.remote_ts.len(), usize::from(MANY_TS));
     assert_charon_agrees(&charon, &est, keys_before);
-    charon
-        .swanctl(["--terminate", "--ike", "aws", "--force"])
-        .unwrap();
+    terminate(&charon);
 
     // charon initiates.
     let keys_before = charon.child_keys().len();
     let config = many_ts_config(MANY_TS);
-    let tandem = spawn_in_netns(&lab.cgw, move || {
+    let ((outcome, sent, received), initiate, _) = charon_initiates(&lab, &charon, move || {
         let mut d = Driver::bind();
         d.options = small_fragments();
         let (out, _) = d.run(None, config, Instant::now());
         (out, d.fragments_sent, d.fragments_received)
     });
-    std::thread::sleep(Duration::from_millis(50));
-    let initiate = charon.swanctl(["--initiate", "--ike", "aws", "--child", "net"]);
-    let (outcome, sent, received) = tandem.join().unwrap();
     let Outcome::Established(est, _) = outcome else {
         panic!("{outcome:?}\n{initiate:?}\n{}", charon.log());
     };
@@ -1079,11 +1064,7 @@ fn serve_table(stop: &std::sync::atomic::AtomicBool, until: Instant) -> TableRep
                 match jar.admit(&d, from.ip(), half_open) {
                     Admission::Admit => {
                         report.admitted += 1;
-                        let sa = IkeSa::respond(tandem_config(
-                            PSK,
-                            vec!["aes256gcm16-prfsha256-ecp384".parse().unwrap()],
-                            DEFAULT_ESP_PROPOSALS.to_vec(),
-                        ));
+                        let sa = IkeSa::respond(aws_config(PSK));
                         table.insert(
                             key,
                             Entry {
@@ -1166,15 +1147,7 @@ fn flood() -> (u32, u32) {
     let template = {
         // The proposal the responder accepts: an admitted request costs it a DH and a
         // half-open SA (one it refuses with NO_PROPOSAL_CHOSEN costs nothing).
-        let mut sa = IkeSa::initiate(
-            tandem_config(
-                PSK,
-                vec!["aes256gcm16-prfsha256-ecp384".parse().unwrap()],
-                DEFAULT_ESP_PROPOSALS.to_vec(),
-            ),
-            Instant::now(),
-            &mut rng,
-        );
+        let mut sa = IkeSa::initiate(aws_config(PSK), Instant::now(), &mut rng);
         sa.poll_transmit().unwrap()
     };
     let socks: Vec<UdpSocket> = (1..=250u8)
@@ -1237,13 +1210,7 @@ fn an_ike_sa_init_flood_and_junk_from_many_sources_get_cookies_and_charon_still_
     lab.cgw
         .ipw(&format!("route add {FLOOD_NET} via 192.0.2.254 dev isp1"))
         .unwrap();
-    charon
-        .load(&charon_conn(
-            PSK,
-            "aes256gcm16-prfsha256-ecp384",
-            "aes256gcm16-ecp384",
-        ))
-        .unwrap();
+    load_aws(&charon);
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let until = Instant::now() + Duration::from_secs(30);
     let responder = {

@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tandem_netns_tests::charon::{AwsLikeConn, Charon};
+use tandem_netns_tests::drill::DrillReport;
 use tandem_netns_tests::netns::Netns;
 use tandem_netns_tests::probe::{ProbeStream, Reflector};
 use tandem_netns_tests::process::Bg;
 use tandem_netns_tests::tandem::{Status, TempDir, tandem_bin, tandem_cmd, write_private};
 use tandem_netns_tests::topo::{
-    Family, HeadEnds, Isp, Lab, cgw_wan, isp_if, office_ip, vpc_ip, vpcgw_wan,
+    Family, HeadEnds, Isp, Lab, cgw_wan, isp_if, office_ip, office_net, vpc_ip, vpc_net, vpcgw_wan,
 };
 use tandem_netns_tests::traffic::{Iperf3Server, IperfOpts, iperf3, ping, wait_reachable};
 
@@ -60,7 +61,8 @@ fn charon_conf(isp: Isp, cgw: IpAddr, psk: &str, dpd: &str, ike: &str, esp: &str
 /// its libipsec TUN device, the VPC routed via `vpcgw`.
 struct AwsLab {
     lab: Lab,
-    charons: [Charon; 2],
+    /// One charon per head-end the test needs, with the ISP it ends.
+    charons: Vec<(Isp, Charon)>,
     dir: TempDir,
     tandem: Option<Bg>,
 }
@@ -68,6 +70,26 @@ struct AwsLab {
 impl AwsLab {
     fn new(test: &str, psks: [&str; 2], dpd: &str, ike: &str, esp: &str) -> Option<Self> {
         Self::with_cgw(test, psks, dpd, ike, esp, [v4(Isp::One).0, v4(Isp::Two).0])
+    }
+
+    /// [`AwsLab::new`] with a charon on `vpcgw` (isp1) only, loaded with `conf`: tunnel2 has no
+    /// peer (a test that needs one endpoint starts one charon).
+    fn one_charon(test: &str, conf: &str) -> Option<Self> {
+        if !tandem_netns_tests::can_run_as_root(test) {
+            return None;
+        }
+        let lab = Lab::build(HeadEnds::Two).unwrap();
+        let ns = lab.head_end(Isp::One);
+        let c = Charon::start(ns).unwrap();
+        c.load_conf(conf).unwrap();
+        route_into_libipsec(ns);
+        lab.vpc_via(Isp::One).unwrap();
+        Some(AwsLab {
+            lab,
+            charons: vec![(Isp::One, c)],
+            dir: TempDir::new("ike-tunnels").unwrap(),
+            tandem: None,
+        })
     }
 
     /// [`AwsLab::new`] with the customer gateway address each charon expects (AWS gives one
@@ -84,15 +106,17 @@ impl AwsLab {
             return None;
         }
         let lab = Lab::build(HeadEnds::Two).unwrap();
-        let charons = [Isp::One, Isp::Two].map(|isp| {
-            let ns = lab.head_end(isp);
-            let c = Charon::start(ns).unwrap();
-            let psk = psks[isp as usize];
-            c.load_conf(&charon_conf(isp, cgw[isp as usize], psk, dpd, ike, esp))
-                .unwrap();
-            route_into_libipsec(ns);
-            c
-        });
+        let charons = [Isp::One, Isp::Two]
+            .map(|isp| {
+                let ns = lab.head_end(isp);
+                let c = Charon::start(ns).unwrap();
+                let psk = psks[isp as usize];
+                c.load_conf(&charon_conf(isp, cgw[isp as usize], psk, dpd, ike, esp))
+                    .unwrap();
+                route_into_libipsec(ns);
+                (isp, c)
+            })
+            .into();
         lab.vpc_via(Isp::One).unwrap();
         Some(AwsLab {
             lab,
@@ -161,14 +185,18 @@ impl AwsLab {
                 "{what} not within {timeout:?}: {:?}\n--- tandem log\n{}\n--- charon1 log tail\n{}",
                 self.status().map(|s| s.0),
                 self.log(),
-                tail(&self.charons[0].log(), 40)
+                tail(&self.charons[0].1.log(), 40)
             );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     fn charon(&self, isp: Isp) -> &Charon {
-        &self.charons[isp as usize]
+        self.charons
+            .iter()
+            .find(|(i, _)| *i == isp)
+            .map(|(_, c)| c)
+            .unwrap_or_else(|| panic!("no charon on {isp:?} in this test"))
     }
 }
 
@@ -612,4 +640,313 @@ fn the_config_tandem_import_aws_writes_brings_both_tunnels_up() {
     )
     .unwrap();
     assert_eq!(p.received, 10, "{p:?}");
+}
+
+/// Every IKE proposal tandem accepts: AES-256-GCM-16 with each PRF and each DH group.
+const IKE_PROPOSALS: [&str; 9] = [
+    "aes256gcm16-prfsha256-ecp256",
+    "aes256gcm16-prfsha256-ecp384",
+    "aes256gcm16-prfsha256-x25519",
+    "aes256gcm16-prfsha384-ecp256",
+    "aes256gcm16-prfsha384-ecp384",
+    "aes256gcm16-prfsha384-x25519",
+    "aes256gcm16-prfsha512-ecp256",
+    "aes256gcm16-prfsha512-ecp384",
+    "aes256gcm16-prfsha512-x25519",
+];
+/// Every ESP proposal tandem accepts: AES-256-GCM-16 with each PFS group, and without PFS.
+const ESP_PROPOSALS: [&str; 4] = [
+    "aes256gcm16-ecp256",
+    "aes256gcm16-ecp384",
+    "aes256gcm16-x25519",
+    "aes256gcm16",
+];
+
+/// How `swanctl --list-sas --raw` names a proposal's PRF and DH group.
+fn swanctl_names(proposal: &str) -> Vec<&'static str> {
+    proposal
+        .split('-')
+        .filter_map(|part| match part {
+            "prfsha256" => Some("prf-alg=PRF_HMAC_SHA2_256"),
+            "prfsha384" => Some("prf-alg=PRF_HMAC_SHA2_384"),
+            "prfsha512" => Some("prf-alg=PRF_HMAC_SHA2_512"),
+            "ecp256" => Some("dh-group=ECP_256"),
+            "ecp384" => Some("dh-group=ECP_384"),
+            "x25519" => Some("dh-group=CURVE_25519"),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `children { net { ... } }` part of charon's `--list-sas --raw` line.
+fn child_part(raw: &str) -> &str {
+    raw.split_once("child-sas").map_or("", |(_, c)| c)
+}
+
+/// One charon (isp1) offers exactly one IKE proposal and one ESP proposal at a time, for every
+/// proposal tandem accepts; tandem (offering all of them, waiting as responder) must come Up,
+/// name the same proposal in its status as charon's `--list-sas`, carry pings both ways, and
+/// take a Child SA rekey with the ESP proposal's PFS group. Each case is named in a failure.
+#[test]
+fn every_proposal_tandem_accepts_negotiates_and_carries_pings_both_ways_against_charon() {
+    let mut cases: Vec<(&str, &str)> = IKE_PROPOSALS
+        .iter()
+        .enumerate()
+        .map(|(i, ike)| (*ike, ESP_PROPOSALS[i % 3]))
+        .collect();
+    cases.push((AWS_IKE, ESP_PROPOSALS[3]));
+    let conf =
+        |ike: &str, esp: &str| charon_conf(Isp::One, v4(Isp::One).0, PSKS[0], "10s", ike, esp);
+    let Some(mut aws) = AwsLab::one_charon("ike_tunnels", &conf(cases[0].0, cases[0].1)) else {
+        return;
+    };
+    let list = |v: &[&str]| {
+        v.iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let config = tandem_config(false, "")
+        .replace(
+            &format!("proposals = [\"{AWS_IKE}\"]"),
+            &format!("proposals = [{}]", list(&IKE_PROPOSALS)),
+        )
+        .replace(
+            &format!("esp_proposals = [\"{AWS_ESP}\"]"),
+            &format!("esp_proposals = [{}]", list(&ESP_PROPOSALS)),
+        );
+    assert!(config.contains("prfsha512-x25519"), "{config}");
+    aws.start_tandem(&config);
+    let charon = aws.charon(Isp::One);
+    let (o, v) = (office_ip(Family::V4), vpc_ip(Family::V4));
+    for (ike, esp) in &cases {
+        let case = format!("case IKE {ike} / ESP {esp}");
+        charon.load_conf(&conf(ike, esp)).unwrap();
+        let start = Instant::now();
+        charon
+            .swanctl([
+                "--initiate",
+                "--ike",
+                "aws",
+                "--child",
+                "net",
+                "--timeout",
+                "10",
+            ])
+            .unwrap_or_else(|e| panic!("{case}: charon --initiate: {e}\n{}", aws.log()));
+        aws.wait(&format!("{case}: tunnel1 up"), UP_TIMEOUT, |s| {
+            s.state("tunnel1").as_deref() == Some("up")
+        });
+        let up = start.elapsed();
+        // The Child SA rekey from charon carries a KE of the PFS group (none without PFS).
+        charon
+            .swanctl(["--rekey", "--child", "net"])
+            .unwrap_or_else(|e| panic!("{case}: charon --rekey: {e}"));
+        aws.wait(
+            &format!("{case}: tandem sends on the rekeyed Child SA"),
+            UP_TIMEOUT,
+            |s| {
+                s.tunnel("tunnel1")
+                    .is_some_and(|t| t["esp_proposal"] == *esp && t["ike_proposal"] == *ike)
+            },
+        );
+        let raw = charon.list_sas().unwrap();
+        let ike_part = raw.split("child-sas").next().unwrap_or("");
+        for name in swanctl_names(ike) {
+            assert!(
+                ike_part.contains(name),
+                "{case}: charon's IKE SA lacks {name}: {raw}"
+            );
+        }
+        assert!(
+            ike_part.contains("encr-alg=AES_GCM_16 encr-keysize=256"),
+            "{case}: {raw}"
+        );
+        // The newest Child SA (charon lists the rekeyed one; the old is deleted).
+        let child = child_part(&raw);
+        assert!(
+            child.contains("encr-alg=AES_GCM_16 encr-keysize=256"),
+            "{case}: {raw}"
+        );
+        match swanctl_names(esp).as_slice() {
+            [] => assert!(
+                !child.contains("dh-group="),
+                "{case}: PFS without a group: {raw}"
+            ),
+            names => {
+                for name in names {
+                    assert!(
+                        child.contains(name),
+                        "{case}: charon's Child SA lacks {name}: {raw}"
+                    );
+                }
+            }
+        }
+        wait_reachable(&aws.lab.office, v, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        for (from, to) in [(&aws.lab.office, v), (&aws.lab.vpc, o)] {
+            let p = ping(from, to, 10, Duration::from_millis(10)).unwrap();
+            assert_eq!(
+                p.received,
+                10,
+                "{case}: ping {} -> {to}: {p:?}",
+                from.name()
+            );
+        }
+        eprintln!(
+            "{case}: Up in {:.0} ms, rekeyed, pings both ways",
+            up.as_secs_f64() * 1e3
+        );
+        charon.swanctl(["--terminate", "--ike", "aws"]).unwrap();
+        aws.wait(&format!("{case}: tunnel1 closed"), UP_TIMEOUT, |s| {
+            s.state("tunnel1").as_deref() != Some("up")
+        });
+    }
+}
+
+/// IPv6 inside the IKEv2 tunnel: the Child SA's selectors hold an IPv4 and an IPv6 prefix on
+/// each side, and ping6 crosses tandem and charon's libipsec both ways (office fd00:10::10 <->
+/// vpc fd00:20::10), with IPv4 beside it in the same Child SA.
+#[test]
+fn ipv6_inner_traffic_crosses_charons_libipsec_both_ways() {
+    let conf = charon_conf(Isp::One, v4(Isp::One).0, PSKS[0], "10s", AWS_IKE, AWS_ESP)
+        .replace(
+            "local_ts = 10.20.0.0/16",
+            &format!("local_ts = 10.20.0.0/16,{}", vpc_net(Family::V6)),
+        )
+        .replace(
+            "remote_ts = 10.10.0.0/16",
+            &format!("remote_ts = 10.10.0.0/16,{}", office_net(Family::V6)),
+        );
+    assert!(conf.contains("fd00:20::/64"), "{conf}");
+    let Some(mut aws) = AwsLab::one_charon("ike_tunnels", &conf) else {
+        return;
+    };
+    aws.lab
+        .head_end(Isp::One)
+        .ip([
+            "-6",
+            "route",
+            "replace",
+            office_net(Family::V6),
+            "dev",
+            "ipsec0",
+        ])
+        .unwrap();
+    let config = tandem_config(true, "")
+        .replace(
+            "local_subnets = [\"10.10.0.0/24\"]",
+            &format!(
+                "local_subnets = [\"10.10.0.0/24\", \"{}\"]",
+                office_net(Family::V6)
+            ),
+        )
+        .replace(
+            "remote_subnets = [\"10.20.0.0/24\"]",
+            &format!(
+                "remote_subnets = [\"10.20.0.0/24\", \"{}\"]",
+                vpc_net(Family::V6)
+            ),
+        );
+    aws.start_tandem(&config);
+    aws.wait("tunnel1 up", UP_TIMEOUT, |s| {
+        s.state("tunnel1").as_deref() == Some("up")
+    });
+    // charon narrowed nothing away: both families in both selectors.
+    let raw = aws.charon(Isp::One).list_sas().unwrap();
+    for ts in [vpc_net(Family::V6), office_net(Family::V6)] {
+        assert!(raw.contains(ts), "charon's Child SA lacks {ts}: {raw}");
+    }
+    let before = aws.status().unwrap();
+    let rx0 = before.num("tunnel1", "rx_packets").unwrap();
+    let (o6, v6) = (office_ip(Family::V6), vpc_ip(Family::V6));
+    wait_reachable(&aws.lab.office, v6, Duration::from_secs(5)).unwrap_or_else(|e| {
+        panic!(
+            "{e}\n--- tandem log\n{}\n--- charon\n{}",
+            aws.log(),
+            tail(&aws.charon(Isp::One).log(), 40)
+        )
+    });
+    for (from, to) in [(&aws.lab.office, v6), (&aws.lab.vpc, o6)] {
+        let p = ping(from, to, 20, Duration::from_millis(10)).unwrap();
+        assert_eq!(p.received, 20, "ping6 {} -> {to}: {p:?}", from.name());
+    }
+    // IPv4 shares the Child SA.
+    let p = ping(
+        &aws.lab.office,
+        vpc_ip(Family::V4),
+        10,
+        Duration::from_millis(10),
+    )
+    .unwrap();
+    assert_eq!(p.received, 10, "IPv4 beside IPv6: {p:?}");
+    // The pings went through the tunnel (ESP received by tandem), not around it.
+    let rx = aws.status().unwrap().num("tunnel1", "rx_packets").unwrap();
+    assert!(rx - rx0 >= 50.0, "ESP packets received: {rx0} -> {rx}");
+    // And charon's libipsec carried them: its Child SA counted packets both ways.
+    let raw = aws.charon(Isp::One).list_sas().unwrap();
+    let count = |key: &str| -> u64 {
+        child_part(&raw)
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in charon's Child SA: {raw}"))
+    };
+    assert!(count("packets-in=") >= 50, "{raw}");
+    assert!(count("packets-out=") >= 50, "{raw}");
+}
+
+/// `tandem drill` on an IKEv2 connection: the drill's probes are ICMP echo requests sealed into
+/// the active Child SA to the tunnel's `probe_target` (here the head-end itself: 10.20.0.1 on
+/// vpcgw for tunnel1, 10.20.0.2 on vpcgw2 for tunnel2), answered by charon's host through its
+/// libipsec and consumed by tandem. The drill silences tunnel1 (a silent blackhole, as a dead
+/// path would be): the report must show the switch to tunnel2, a traffic gap within
+/// `dpd_timeout` + one `dpd_interval` (+ 50 ms of scheduling slack, as the blackhole test),
+/// probes lost, and the failback; and no probe reply may reach the TUN (they would count as no
+/// reply at all).
+#[test]
+fn tandem_drill_on_an_ikev2_connection_reports_gap_and_lost_probes_from_icmp_probes() {
+    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
+        return;
+    };
+    let config = tandem_config(true, "")
+        .replace(
+            "psk_file = \"tunnel1.psk\"",
+            "psk_file = \"tunnel1.psk\"\nprobe_target = \"10.20.0.1\"",
+        )
+        .replace(
+            "psk_file = \"tunnel2.psk\"",
+            "psk_file = \"tunnel2.psk\"\nprobe_target = \"10.20.0.2\"",
+        );
+    aws.start_tandem(&config);
+    // Both Up, and tunnel1 active (it may come Up second: then after the failback hold-down).
+    aws.wait("both tunnels up, tunnel1 active", UP_TIMEOUT, |s| {
+        s.both_up() && s.active().as_deref() == Some("tunnel1")
+    });
+    let sock = aws.socket().display().to_string();
+    let out = tandem_cmd(
+        &["drill", "aws", "--duration", "1000ms", "--socket", &sock],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("tandem drill: {e}\n{}", aws.log()));
+    eprintln!("tandem drill against charon:\n{out}");
+    let d = DrillReport::parse(&out);
+    let bound_ms = (300.0 + 100.0) + 50.0;
+    assert_eq!(d.switched_to, "tunnel2", "{out}");
+    assert!(d.detection_ms <= bound_ms, "detection {out}");
+    assert!(d.gap_ms > 0.0 && d.gap_ms <= bound_ms, "traffic gap {out}");
+    // 1 ms probes from 200 ms before the silence to after the failback.
+    assert!(d.sent >= 1000, "{out}");
+    assert!(d.lost > 0, "the silence lost no probe: {out}");
+    // Lost probes are those of the outage (up to the gap, at one per ms), not the whole drill.
+    assert!(
+        (d.lost as f64) <= d.gap_ms + 50.0,
+        "{} probes lost but the gap was {} ms: replies missing outside the outage\n{out}",
+        d.lost,
+        d.gap_ms
+    );
+    assert!(
+        d.failback_ms >= 1000.0,
+        "failback after the 1 s hold-down: {out}"
+    );
 }

@@ -7,7 +7,7 @@
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use tandem_netns_tests::drill::{DrillRig, TcpLoad, cut_isp1, gap_bound};
+use tandem_netns_tests::drill::{DrillReport, DrillRig, TcpLoad, cut_isp1, gap_bound};
 use tandem_netns_tests::impair::Direction;
 use tandem_netns_tests::tandem::{Daemon, Side, TandemOpts, TandemPair};
 use tandem_netns_tests::topo::{Family, Lab, vpc_ip};
@@ -224,51 +224,6 @@ fn reload_with_an_unchanged_config_loses_nothing_and_makes_no_new_handshake() {
                 a.num(t, "last_handshake_unix"),
                 "no new handshake on {t}"
             );
-        }
-    }
-}
-
-/// The figures of a `tandem drill` report (`tandem drill` prints one line per figure; a figure
-/// that is missing or not a number is a test failure, never a zero).
-#[derive(Debug)]
-struct DrillReport {
-    detection_ms: f64,
-    switched_to: String,
-    gap_ms: f64,
-    lost: u64,
-    sent: u64,
-    failback_ms: f64,
-}
-
-impl DrillReport {
-    fn parse(text: &str) -> DrillReport {
-        let line = |label: &str| -> Vec<&str> {
-            let l = text
-                .lines()
-                .find_map(|l| l.trim_start().strip_prefix(label))
-                .unwrap_or_else(|| panic!("no {label:?} line in the drill report:\n{text}"));
-            l.split_whitespace().collect()
-        };
-        let num = |w: Option<&&str>, what: &str| -> f64 {
-            w.and_then(|w| w.parse().ok())
-                .unwrap_or_else(|| panic!("{what} is not a number in the drill report:\n{text}"))
-        };
-        let detection = line("detection time");
-        let gap = line("traffic gap");
-        let lost = line("probes lost");
-        let failback = line("failback time");
-        assert_eq!(lost.get(1), Some(&"of"), "probes lost N of M:\n{text}");
-        DrillReport {
-            detection_ms: num(detection.first(), "detection time"),
-            // "300.0 ms (switched to tunnel2)"
-            switched_to: detection
-                .get(4)
-                .map(|w| w.trim_end_matches(')').to_string())
-                .unwrap_or_default(),
-            gap_ms: num(gap.first(), "traffic gap"),
-            lost: num(lost.first(), "probes lost") as u64,
-            sent: num(lost.get(2), "probes sent") as u64,
-            failback_ms: num(failback.first(), "failback time"),
         }
     }
 }

@@ -156,3 +156,38 @@ pub fn open_batch_routed(
     }
     out
 }
+
+/// Network -> TUN for one UDP GRO message ([`super::sys::recv_mmsg_gro`]): `buf` holds
+/// datagrams of `seg` bytes each (the last may be shorter), all from `from`, received on `rx`.
+/// Each is opened in place within its own bytes — the engine sees one datagram's slice, so it
+/// can touch no other — and every decrypted inner packet is handed to `deliver` with that slice,
+/// the packet's range in it (the ESP header before it is free: a virtio-net header may be
+/// written there) and its tunnel. Consumed and dropped datagrams are only counted. Nothing is
+/// copied and nothing allocated.
+pub fn open_coalesced(
+    engine: &mut Engine,
+    rx: Receiver,
+    from: SocketAddr,
+    buf: &mut [u8],
+    seg: usize,
+    now: Instant,
+    mut deliver: impl FnMut(&mut [u8], std::ops::Range<usize>, TunnelId),
+) -> BatchOutcome {
+    let mut out = BatchOutcome::default();
+    for d in buf.chunks_mut(seg.max(1)) {
+        let datagram = 0..d.len();
+        let action = match rx {
+            Receiver::Tunnel(t) => engine.handle_datagram(t, from, d, datagram, now),
+            Receiver::Port(local) => engine.handle_datagram_at(local, from, d, datagram, now),
+        };
+        match action {
+            NetAction::Deliver { tunnel, packet } => {
+                out.to_tun += 1;
+                deliver(d, packet, tunnel);
+            }
+            NetAction::Consumed => out.consumed += 1,
+            NetAction::Drop(_) => out.dropped += 1,
+        }
+    }
+    out
+}

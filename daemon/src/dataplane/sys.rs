@@ -357,6 +357,144 @@ pub fn recv_mmsg(fd: RawFd, slots: &mut [Slot], offset: usize) -> io::Result<usi
     Ok(got)
 }
 
+/// `UDP_GRO` (linux/udp.h): the socket option that lets the kernel hand one `recvmsg` a run of
+/// coalesced datagrams (and accept a GSO sender's super-datagram whole), with a cmsg of the
+/// same number carrying the segment size.
+const UDP_GRO: libc::c_int = 104;
+
+/// Largest coalesced message one UDP GRO receive can return: a UDP datagram's 16-bit length.
+/// A receive buffer smaller than that would truncate a coalesced message and lose its tail
+/// (`udp_recvmsg` discards what does not fit), so every message buffer is this large.
+pub const GRO_MSG_MAX: usize = 65_535;
+
+/// Ask the kernel to coalesce received datagrams on `fd` (`UDP_GRO`, Linux >= 5.0). Fails on
+/// kernels without it; the caller then receives one datagram per message.
+pub fn set_udp_gro(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is a valid socket for the call; `on` is a live c_int whose size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// One message of a UDP GRO receive: `len` bytes at the start of its buffer, made of datagrams
+/// of `seg` bytes each (the last may be shorter; `seg == len` for a single datagram), all from
+/// `addr`. `len == 0`: nothing usable (truncated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroMsg {
+    /// Bytes received.
+    pub len: usize,
+    /// Segment size: every datagram but the last is this long.
+    pub seg: usize,
+    /// Sender.
+    pub addr: SocketAddr,
+}
+
+/// `CMSG_SPACE(sizeof(int))` on 64-bit Linux is 24; room for one more in case the kernel adds
+/// another control message (it then sets MSG_CTRUNC, which costs nothing here).
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct GroCmsg([u8; 48]);
+
+/// Receive up to `msgs.len()` (at most [`MAX_MMSG`]) messages without blocking on a socket with
+/// `UDP_GRO` on: message `i` lands at `area[i * stride..]` (`stride` is at least
+/// [`GRO_MSG_MAX`], or a coalesced message could be truncated; as many messages as `area` holds),
+/// `msgs[i]` says how it splits. Returns 0 when nothing is pending.
+pub fn recv_mmsg_gro(
+    fd: RawFd,
+    area: &mut [u8],
+    stride: usize,
+    msgs: &mut [GroMsg],
+) -> io::Result<usize> {
+    let stride = stride.max(GRO_MSG_MAX);
+    let n = (area.len() / stride).min(msgs.len()).min(MAX_MMSG);
+    // SAFETY: all-zero is a valid value for these plain C structs (null pointers, zero lengths).
+    let mut hdrs: [libc::mmsghdr; MAX_MMSG] = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; MAX_MMSG] = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut names: [libc::sockaddr_storage; MAX_MMSG] = unsafe { mem::zeroed() };
+    let mut cmsgs = [GroCmsg([0; 48]); MAX_MMSG];
+    for (i, buf) in area.chunks_exact_mut(stride).take(n).enumerate() {
+        iovs[i] = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+        hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+        hdrs[i].msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        hdrs[i].msg_hdr.msg_control = cmsgs[i].0.as_mut_ptr().cast();
+        hdrs[i].msg_hdr.msg_controllen = cmsgs[i].0.len();
+    }
+    // SAFETY: `hdrs[..n]` point at `iovs`, `names`, `cmsgs` and the caller's buffers, all of
+    // which outlive the call and are not otherwise borrowed during it; the kernel writes at most
+    // `iov_len` bytes per buffer, `msg_namelen` per name and `msg_controllen` per control buffer.
+    let rc = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return match err.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+            _ => Err(err),
+        };
+    }
+    let got = rc as usize;
+    for i in 0..got {
+        let h = &hdrs[i].msg_hdr;
+        let len = if h.msg_flags & libc::MSG_TRUNC != 0 {
+            0
+        } else {
+            hdrs[i].msg_len as usize
+        };
+        let mut seg = len;
+        // SAFETY: the kernel filled `msg_control` up to `msg_controllen` (which it updated) with
+        // well-formed cmsghdrs inside `cmsgs[i]`; CMSG_FIRSTHDR/NXTHDR stay within that length,
+        // and a UDP_GRO cmsg carries one int (read unaligned, as CMSG_DATA need not be aligned
+        // for it).
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP
+                    && (*c).cmsg_type == UDP_GRO
+                    && (*c).cmsg_len
+                        >= libc::CMSG_LEN(mem::size_of::<libc::c_int>() as u32) as usize
+                {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    if v > 0 {
+                        seg = (v as usize).min(len.max(1));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        msgs[i] = GroMsg {
+            len,
+            seg: seg.max(1),
+            addr: from_sockaddr(&names[i]).unwrap_or(msgs[i].addr),
+        };
+    }
+    Ok(got)
+}
+
 /// What one batched send did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sent {

@@ -18,7 +18,7 @@ use super::batch::{BATCH, Batch, SlotDest};
 use super::drill::Drill;
 use super::gro::TunGro;
 use super::ifaces::{IfaceSpec, Ifaces, TOKEN_IFACE_BASE};
-use super::path::{Receiver, open_batch_routed, seal_batch, seal_batch_on};
+use super::path::{Receiver, open_batch_routed, open_coalesced, seal_batch, seal_batch_on};
 use super::sys::{self, EMPTY_EVENT, Epoll, EventFd, RouteOp};
 use crate::admin::metrics::{Lateness, MetricsSnapshot, TunnelMetric};
 use crate::admin::{ErrorKind, Event as Notice, EventRecord, Reply};
@@ -49,6 +49,18 @@ const SEGMENT_RESERVE: usize = 64;
 /// ways, so a burst from the TUN does not overflow the send queue (the default ~200 KB holds only
 /// ~150 datagrams).
 const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Messages per `recvmmsg` on a socket with `UDP_GRO`. Each needs a buffer of a whole
+/// coalesced message ([`sys::GRO_MSG_MAX`], up to 64 datagrams), so this trades datagrams per
+/// syscall when nothing coalesces (a slow or mixed-size flow: 32 instead of [`BATCH`]) against
+/// memory: 32 x 64 KiB = 2 MiB of address space, of which only the pages a receive touches
+/// become resident (the buffer is zero-allocated, so the kernel maps pages lazily). 32 full
+/// messages are ~2.9 MB, about what the 4 MiB socket buffer ([`SOCKET_BUFFER`], half of it
+/// payload) can hold, so one call can drain a full queue.
+const GRO_MSGS: usize = 32;
+
+/// Bytes between two message buffers of the GRO receive area.
+const GRO_STRIDE: usize = sys::GRO_MSG_MAX;
 
 /// After the last packet, how long the loop keeps polling (a non-blocking `epoll_wait`, yielding
 /// the CPU between polls) before it goes to sleep: the answer to a packet just forwarded (a ping
@@ -317,6 +329,27 @@ fn wanted_sockets(
     wanted
 }
 
+/// Adds a socket on the IKE port (500) of every IKEv2 tunnel with a bare local address
+/// (`connection/tunnel`, that port, remote): IKE_SA_INIT arrives and leaves there without a
+/// marker (RFC 7296 §2.23); it belongs to no tunnel (the engine finds the tunnel by the peer).
+fn add_ike_ports(
+    wanted: &mut Vec<WantedSocket>,
+    ports: impl Iterator<Item = (String, Option<SocketAddr>, Option<SocketAddr>)>,
+) {
+    for (name, ike_local, remote) in ports {
+        let Some(local) = ike_local else { continue };
+        if wanted.iter().any(|w| w.local == Some(local)) {
+            continue;
+        }
+        wanted.push(WantedSocket {
+            name,
+            local: Some(local),
+            remote,
+            tunnels: Vec::new(),
+        });
+    }
+}
+
 /// Where a tunnel's socket comes from after a reload.
 #[derive(Debug)]
 enum SocketPlan {
@@ -341,6 +374,8 @@ struct TunnelSocket {
     receiver: Receiver,
     /// Send runs of equal-size datagrams as UDP GSO sends (cleared if the kernel refuses).
     gso: bool,
+    /// `UDP_GRO` is on: receives go through the GRO area, one coalesced message per entry.
+    gro: bool,
 }
 
 /// Everything the data-plane thread owns.
@@ -403,6 +438,10 @@ pub struct DataPlane {
     sizes: Box<[usize]>,
     /// Coalesces decrypted TCP segments into TUN super-packets (with offloads only).
     gro: TunGro,
+    /// Receive area of the sockets with `UDP_GRO`: [`GRO_MSGS`] buffers of [`GRO_STRIDE`] bytes.
+    gro_area: Box<[u8]>,
+    /// What each message of the last GRO receive holds.
+    gro_msgs: Box<[sys::GroMsg]>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -504,6 +543,13 @@ fn bind_socket(
     sock.set_nonblocking(true)?;
     sock.bind(&bind.into())?;
     Ok((sock.into(), bind))
+}
+
+/// Whether tunnel sockets ask for `UDP_GRO`: yes, unless `TANDEM_UDP_GRO=0` (a same-run A/B
+/// of the receive path, or a kernel whose GRO misbehaves). A kernel without it (< 5.0) refuses
+/// the option and that socket receives one datagram per message.
+fn udp_gro_wanted() -> bool {
+    std::env::var("TANDEM_UDP_GRO").map_or(true, |v| v != "0")
 }
 
 /// Startup failures of the data plane.
@@ -628,6 +674,16 @@ impl DataPlane {
             .into_boxed_slice(),
             sizes: vec![0usize; BATCH].into_boxed_slice(),
             gro: TunGro::new().with_udp(uso),
+            gro_area: vec![0u8; GRO_MSGS * GRO_STRIDE].into_boxed_slice(),
+            gro_msgs: vec![
+                sys::GroMsg {
+                    len: 0,
+                    seg: 1,
+                    addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                };
+                GRO_MSGS
+            ]
+            .into_boxed_slice(),
         };
         if dp.keylog.is_some() {
             dp.engine.set_keylog(true);
@@ -673,13 +729,23 @@ impl DataPlane {
 
     /// Bind a socket for every tunnel of the engine's current configuration (start-up).
     fn sync_sockets(&mut self) -> Result<(), StartError> {
-        let wanted = wanted_sockets(self.engine.tunnels().map(|(_, info)| {
+        let mut wanted = wanted_sockets(self.engine.tunnels().map(|(_, info)| {
             (
                 format!("{}/{}", info.connection, info.name),
                 info.local,
                 info.remote,
             )
         }));
+        add_ike_ports(
+            &mut wanted,
+            self.engine.tunnels().map(|(_, info)| {
+                (
+                    format!("{}/{}", info.connection, info.name),
+                    info.ike_local,
+                    info.remote,
+                )
+            }),
+        );
         let plan = self.plan_sockets(&wanted)?;
         self.install_sockets(plan, &wanted)
     }
@@ -717,6 +783,7 @@ impl DataPlane {
                 addr: local.map_or_else(|| "(any)".to_owned(), |a| a.to_string()),
                 source,
             })?;
+            let gro = udp_gro_wanted() && sys::set_udp_gro(sock.as_fd()).is_ok();
             plan.push(SocketPlan::New(TunnelSocket {
                 sock,
                 bind,
@@ -724,6 +791,7 @@ impl DataPlane {
                 name: name.clone(),
                 receiver: Receiver::Port(bind),
                 gso: true,
+                gro,
             }));
         }
         Ok(plan)
@@ -1109,6 +1177,10 @@ impl DataPlane {
         };
         let fd = s.sock.as_raw_fd();
         let receiver = s.receiver;
+        if s.gro {
+            self.on_gro_socket_readable(fd, receiver, timers);
+            return;
+        }
         for _ in 0..BATCHES_PER_WAKE {
             let n = match sys::recv_mmsg(fd, &mut self.rx.slots, tandem_engine::HEADROOM) {
                 Ok(n) => n,
@@ -1157,6 +1229,90 @@ impl DataPlane {
         }
     }
 
+    /// As [`Self::on_socket_readable`] for a socket with `UDP_GRO`: each message of one
+    /// `recvmmsg` is a run of datagrams from one sender, opened in place where it landed
+    /// ([`open_coalesced`]) and written to the TUN (coalesced again by [`TunGro`]) or to its
+    /// tunnel's interface; up to [`BATCHES_PER_WAKE`] receives.
+    fn on_gro_socket_readable(&mut self, fd: std::os::fd::RawFd, receiver: Receiver, timers: bool) {
+        for _ in 0..BATCHES_PER_WAKE {
+            let n = match sys::recv_mmsg_gro(fd, &mut self.gro_area, GRO_STRIDE, &mut self.gro_msgs)
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    // ICMP errors reported on the socket (ECONNREFUSED…): nothing to read now.
+                    tracing::trace!(error = %e, "recvmmsg");
+                    0
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let now = Instant::now();
+            let tun = &self.tun;
+            let vnet = self.vnet;
+            let mut write = |b: &[u8]| {
+                if let Err(e) = tun.send(b) {
+                    tracing::trace!(error = %e, "TUN write failed");
+                }
+            };
+            let gro = &mut self.gro;
+            let ifaces = &mut self.ifaces;
+            let mut delivered = 0;
+            let mut consumed = 0;
+            for (m, area) in self.gro_msgs[..n]
+                .iter()
+                .zip(self.gro_area.chunks_exact_mut(GRO_STRIDE))
+            {
+                let out = open_coalesced(
+                    &mut self.engine,
+                    receiver,
+                    m.addr,
+                    &mut area[..m.len],
+                    m.seg,
+                    now,
+                    |d, pkt, tunnel| match ifaces.get_mut(tunnel.0) {
+                        Some(f) => {
+                            let dev = &f.dev;
+                            let mut write = |b: &[u8]| {
+                                if let Err(e) = dev.send(b) {
+                                    tracing::trace!(error = %e, "TUN write failed");
+                                }
+                            };
+                            if !(f.vnet && f.gro.push(&d[pkt.clone()], &mut write)) {
+                                write_inner_at(d, pkt, f.vnet, &mut write);
+                            }
+                        }
+                        None => {
+                            // Decrypted segments of one flow are coalesced (and written when
+                            // the run ends).
+                            if !(vnet && gro.push(&d[pkt.clone()], &mut write)) {
+                                write_inner_at(d, pkt, vnet, &mut write);
+                            }
+                        }
+                    },
+                );
+                delivered += out.to_tun;
+                consumed += out.consumed;
+            }
+            if vnet {
+                gro.flush(&mut write);
+            }
+            ifaces.flush_gro();
+            if delivered > 0 {
+                self.last_packet = now;
+            }
+            if consumed > 0 {
+                self.flush_control();
+            }
+            if n < GRO_MSGS {
+                break;
+            }
+            if timers {
+                self.run_due_timers();
+            }
+        }
+    }
+
     /// The socket table entry of `tunnel`'s socket.
     fn socket_of(&self, tunnel: TunnelId) -> Option<&Option<TunnelSocket>> {
         let slot = *self.tunnel_socket.get(usize::from(tunnel.0))?;
@@ -1177,6 +1333,30 @@ impl DataPlane {
                 let Some(t) = self.engine.poll_transmit(&mut slot.buf) else {
                     break;
                 };
+                if let Some(via) = t.via {
+                    // An IKEv2 tunnel's port 500 (rare): straight out of the socket bound there.
+                    let sock = self
+                        .sockets
+                        .iter()
+                        .flatten()
+                        .find(|s| s.fixed && s.bind == via);
+                    if let Some(s) = sock {
+                        match socket2::SockRef::from(&s.sock).send_to_with_flags(
+                            &slot.buf[..t.len],
+                            &t.dst.into(),
+                            libc::MSG_DONTWAIT,
+                        ) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                self.engine.count_drops(DropReason::SendQueueFull, 1);
+                            }
+                            Err(e) => {
+                                tracing::trace!(error = %e, dst = %t.dst, "control send failed");
+                            }
+                        }
+                    }
+                    continue;
+                }
                 slot.start = 0;
                 slot.len = t.len;
                 slot.addr = t.dst;
@@ -1551,11 +1731,23 @@ impl DataPlane {
         }
         // Bind what the new configuration needs before anything is committed: a socket that
         // cannot be bound refuses the reload and the running configuration stays as it was.
-        let wanted = wanted_sockets(cfg.connections.iter().flat_map(|c| {
+        let mut wanted = wanted_sockets(cfg.connections.iter().flat_map(|c| {
             c.tunnels
                 .iter()
                 .map(move |t| (format!("{}/{}", c.name, t.name), t.local, t.remote))
         }));
+        add_ike_ports(
+            &mut wanted,
+            cfg.connections.iter().flat_map(|c| {
+                c.tunnels.iter().map(move |t| {
+                    (
+                        format!("{}/{}", c.name, t.name),
+                        t.ike.as_ref().and_then(|i| i.local_ike),
+                        t.remote,
+                    )
+                })
+            }),
+        );
         let plan = match self.plan_sockets(&wanted) {
             Ok(p) => p,
             Err(e) => {
@@ -1781,16 +1973,31 @@ fn read_offload(
 /// virtio-net header, an all-zero one (no GSO, checksums complete) written into the bytes just
 /// before the packet.
 fn write_inner(slot: &mut super::batch::Slot, vnet: bool, write: &mut impl FnMut(&[u8])) {
+    write_inner_at(
+        &mut slot.buf,
+        slot.start..slot.start + slot.len,
+        vnet,
+        write,
+    );
+}
+
+/// [`write_inner`] for the packet at `pkt` in `buf`.
+fn write_inner_at(
+    buf: &mut [u8],
+    pkt: std::ops::Range<usize>,
+    vnet: bool,
+    write: &mut impl FnMut(&[u8]),
+) {
     let start = if vnet {
-        slot.start.checked_sub(VIRTIO_NET_HDR_LEN)
+        pkt.start.checked_sub(VIRTIO_NET_HDR_LEN)
     } else {
-        Some(slot.start)
+        Some(pkt.start)
     };
-    if let Some(start) = start {
+    if let (Some(start), true) = (start, pkt.end <= buf.len()) {
         if vnet {
-            slot.buf[start..slot.start].fill(0);
+            buf[start..pkt.start].fill(0);
         }
-        write(&slot.buf[start..slot.start + slot.len]);
+        write(&buf[start..pkt.end]);
     }
 }
 
@@ -1993,6 +2200,7 @@ mod tests {
             name: "c/t".into(),
             receiver: Receiver::Port(bind),
             gso: false,
+            gro: false,
         })
     }
 

@@ -2,6 +2,8 @@
 //! includes this module).
 #![allow(dead_code)] // each test crate uses a part of it
 
+pub mod lab;
+
 /// Whether the test runs with root's privileges: the *effective* uid is 0, which is what
 /// namespaces, TUN devices, `chown` and switching users check.
 pub fn is_root() -> bool {
@@ -11,14 +13,21 @@ pub fn is_root() -> bool {
 /// Whether a test that needs root may run: true as root; otherwise it skips loudly (`what`
 /// says what it needs) — unless `CI` is set, where not being root is a failure.
 pub fn can_run_as_root(what: &str) -> bool {
-    if is_root() {
+    available(
+        is_root(),
+        &format!("{what} need root"),
+        "CI must run these tests as root",
+    )
+}
+
+/// `present` (a tool, a privilege the test needs), or the test skips loudly saying `why` —
+/// unless `CI` is set, where it fails with `in_ci`.
+pub fn available(present: bool, why: &str, in_ci: &str) -> bool {
+    if present {
         return true;
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run these tests as root"
-    );
-    eprintln!("SKIPPING: {what} need root");
+    assert!(std::env::var_os("CI").is_none(), "{in_ci}");
+    eprintln!("SKIPPING: {why}");
     false
 }
 
@@ -48,19 +57,21 @@ pub fn sh(args: &[&str]) -> std::process::Output {
     out
 }
 
-/// A short id for the names of this test's namespaces and scratch directories.
+/// A short id for the names of this test's namespaces and scratch directories: the process id
+/// and a count, so that tests running side by side in one process get distinct ones too.
 pub fn unique_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     format!(
-        "{}{}",
+        "{}-{}",
         std::process::id() % 100_000,
-        std::time::Instant::now().elapsed().subsec_nanos() % 1000
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     )
 }
 
 /// Writes `text` to `dir/name` with mode 0600 (key material, configs naming it).
-pub fn write_secret(dir: &std::path::Path, name: &str, text: &str) {
+pub fn write_secret(dir: &std::path::Path, name: &str, text: impl AsRef<[u8]>) {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::write(dir.join(name), text).unwrap();
+    std::fs::write(dir.join(name), text.as_ref()).unwrap();
     std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 

@@ -30,6 +30,13 @@ use zeroize::Zeroizing;
 
 pub use tandem_engine::Engine;
 
+/// The name of the one connection both simulated gateways have.
+pub const CONN: &str = "prod-vpc";
+
+/// IKE SA and Child SA lifetimes so long that no scenario sees a rekey.
+pub const LONG_LIFETIMES: (Duration, Duration) =
+    (Duration::from_secs(8 * 3600), Duration::from_secs(3600));
+
 /// Unix time at the simulation's start (wall clock given to the engines).
 pub const UNIX_BASE: Duration = Duration::from_secs(1_790_000_000);
 
@@ -135,6 +142,14 @@ pub struct Setup {
     pub wrong_psk: Vec<usize>,
     pub tunnels: usize,
     pub mtu: u16,
+}
+
+impl Setup {
+    /// How long after a cut both sides may take to leave the primary: it is declared dead after
+    /// `dpd_timeout` of silence, noticed at the next `dpd_interval` tick at the latest.
+    pub fn failover_bound(&self) -> Duration {
+        self.dpd_timeout + self.dpd_interval
+    }
 }
 
 impl Default for Setup {
@@ -331,8 +346,21 @@ impl Sim {
         sim
     }
 
+    /// Both engines speak IKEv2 ([`ike_config`]): A initiates, B waits; `lifetimes` are the
+    /// (IKE SA, Child SA) lifetimes.
+    pub fn ikev2(setup: Setup, lifetimes: (Duration, Duration)) -> Sim {
+        let a = ike_config(&setup, Side::A, lifetimes);
+        let b = ike_config(&setup, Side::B, lifetimes);
+        Sim::with_configs(setup, a, b)
+    }
+
     pub fn engine(&mut self, side: Side) -> &mut Engine {
         &mut self.engines[side.idx()]
+    }
+
+    /// `side`'s counters of tunnel `tunnel`.
+    pub fn counters(&mut self, side: Side, tunnel: u16) -> tandem_engine::TunnelCounters {
+        *self.engine(side).tunnel_counters(TunnelId(tunnel)).unwrap()
     }
 
     pub fn at(&self, d: Duration) -> Instant {
@@ -638,6 +666,49 @@ impl Sim {
             .collect()
     }
 
+    /// `side`'s switches at or after `since`.
+    pub fn switches_since(&self, side: Side, since: Instant) -> Vec<(Instant, Option<usize>)> {
+        let mut sw = self.switches(side);
+        sw.retain(|(t, _)| *t >= since);
+        sw
+    }
+
+    /// Each side switched exactly once at or after `since`, to tunnel `to`, within `bound`.
+    pub fn assert_both_switched_once(&self, since: Instant, to: usize, bound: Duration) {
+        for side in [Side::A, Side::B] {
+            let sw = self.switches_since(side, since);
+            assert_eq!(sw.len(), 1, "{side:?}: {sw:?}");
+            assert_eq!(sw[0].1, Some(to));
+            assert!(
+                sw[0].0 - since <= bound,
+                "{side:?} switched after {:?}",
+                sw[0].0 - since
+            );
+        }
+    }
+
+    /// After A closed tunnel 1 at `t0` (a closing notice): B moved to tunnel 2 within `bound`,
+    /// and B's tunnel 1 went Down for that reason.
+    pub fn assert_peer_moved_on_closing_notice(&self, t0: Instant, bound: Duration) {
+        let b = self
+            .switches_since(Side::B, t0)
+            .first()
+            .copied()
+            .unwrap_or_else(|| panic!("B never switched after the closing notice"));
+        assert_eq!(b.1, Some(1));
+        assert!(b.0 - t0 <= bound, "peer moved after {:?}", b.0 - t0);
+        let cause = self.events_of(Side::B).find_map(|(t, e)| match e {
+            Event::TunnelState {
+                tunnel,
+                to: TunnelState::Down,
+                cause,
+                ..
+            } if t >= t0 && tunnel.0 == 0 => Some(*cause),
+            _ => None,
+        });
+        assert_eq!(cause, Some(tandem_engine::StateCause::PeerClosing));
+    }
+
     /// State transitions of `side`'s tunnel `tunnel`: (time, new state).
     pub fn transitions(&self, side: Side, tunnel: usize) -> Vec<(Instant, TunnelState)> {
         self.events_of(side)
@@ -737,6 +808,9 @@ pub fn ike_config(setup: &Setup, side: Side, lifetimes: (Duration, Duration)) ->
             psk: Zeroizing::new(psk.into_bytes()),
             local_id: id(addr(side, t).ip()),
             remote_id: id(addr(side.other(), t).ip()),
+            probe: None,
+            local_ike: None,
+            remote_ike: None,
         });
     }
     cfg
