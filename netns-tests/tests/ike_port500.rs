@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 use reliability_common::{
     Junk, METRICS_PORT, drop_count, drop_delta, drops, flood, many_sources, metrics, nonzero,
 };
-use tandem_netns_tests::charon::{AwsLikeConn, Charon};
-use tandem_netns_tests::netns::Netns;
+use tandem_netns_tests::charon::{AwsLikeConn, Charon, route_into_libipsec};
 use tandem_netns_tests::probe::{ProbeStream, Reflector};
 use tandem_netns_tests::process::{Bg, cpu_seconds, rss_kib};
 use tandem_netns_tests::tandem::{Status, TempDir, tandem_bin, tandem_cmd, write_private};
@@ -113,7 +112,7 @@ impl AwsLab {
             // A reauthentication makes the new IKE SA before it deletes the old one.
             let c = Charon::start_with(ns, "  make_before_break = yes\n").unwrap();
             c.load_conf(&charon_conf(isp)).unwrap();
-            route_into_libipsec(ns);
+            route_into_libipsec(ns, "10.10.0.0/16").unwrap();
             c
         });
         lab.vpc_via(Isp::One).unwrap();
@@ -199,17 +198,6 @@ impl Drop for AwsLab {
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn route_into_libipsec(ns: &Netns) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ns.ip(["link", "show", "ipsec0"]).is_err() {
-        assert!(Instant::now() < deadline, "no ipsec0 in {}", ns.name());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ns.ip(["link", "set", "ipsec0", "up"]).unwrap();
-    ns.ip(["route", "replace", "10.10.0.0/16", "dev", "ipsec0"])
-        .unwrap();
 }
 
 /// The UDP ports of the packet charon logged just before (`sending packet`) or just after

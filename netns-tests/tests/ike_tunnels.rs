@@ -12,9 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tandem_netns_tests::charon::{AwsLikeConn, Charon};
+use tandem_netns_tests::charon::{AwsLikeConn, Charon, route_into_libipsec};
 use tandem_netns_tests::drill::DrillReport;
-use tandem_netns_tests::netns::Netns;
 use tandem_netns_tests::probe::{ProbeStream, Reflector};
 use tandem_netns_tests::process::Bg;
 use tandem_netns_tests::tandem::{Status, TempDir, tandem_bin, tandem_cmd, write_private};
@@ -82,7 +81,7 @@ impl AwsLab {
         let ns = lab.head_end(Isp::One);
         let c = Charon::start(ns).unwrap();
         c.load_conf(conf).unwrap();
-        route_into_libipsec(ns);
+        route_into_libipsec(ns, "10.10.0.0/16").unwrap();
         lab.vpc_via(Isp::One).unwrap();
         Some(AwsLab {
             lab,
@@ -113,7 +112,7 @@ impl AwsLab {
                 let psk = psks[isp as usize];
                 c.load_conf(&charon_conf(isp, cgw[isp as usize], psk, dpd, ike, esp))
                     .unwrap();
-                route_into_libipsec(ns);
+                route_into_libipsec(ns, "10.10.0.0/16").unwrap();
                 (isp, c)
             })
             .into();
@@ -211,19 +210,6 @@ impl Drop for AwsLab {
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// charon's kernel-libipsec carries ESP through a TUN device (`ipsec0`) whose routes it would
-/// install in a table of its own; the lab routes the office prefix into it directly.
-fn route_into_libipsec(ns: &Netns) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ns.ip(["link", "show", "ipsec0"]).is_err() {
-        assert!(Instant::now() < deadline, "no ipsec0 in {}", ns.name());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ns.ip(["link", "set", "ipsec0", "up"]).unwrap();
-    ns.ip(["route", "replace", "10.10.0.0/16", "dev", "ipsec0"])
-        .unwrap();
 }
 
 /// tandem's config: the AWS connection, tunnel1 over isp1 and tunnel2 over isp2.
