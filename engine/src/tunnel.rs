@@ -1367,7 +1367,7 @@ const _: () = assert!(esp::HEADROOM + LIVENESS_MSG_LEN + esp::TAILROOM <= MAX_CO
 
 #[cfg(test)]
 mod tests {
-    /// A head-end holds thousands of tunnels (SPEC §12: at most 16 KiB each); the struct itself
+    /// A head-end holds thousands of tunnels (budget: 16 KiB each); the struct itself
     /// is a quarter of that, the rest is its SAs (boxed, one or two live) and the daemon's share.
     /// Measured: 3504 bytes (18 112 with the inbound SAs inline, ~30 KiB with the cookie queue
     /// inline too).

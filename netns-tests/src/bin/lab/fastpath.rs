@@ -21,7 +21,7 @@ use super::{ms, preflight};
 
 pub const USAGE: &str = "lab fastpath [--secs N] [--pings N] [--rounds R] [--json FILE] [--compare LABEL=[BIN][+K=V;K=V],...]";
 
-/// Targets (issue 15 / docs/performance.md): UDP at full rate and TCP as ratios of plain
+/// Targets (docs/performance.md): UDP at full rate and TCP as ratios of plain
 /// routing, ping as an added delay over it.
 const UDP_TARGET: f64 = 0.8;
 const TCP_TARGET: f64 = 0.25;
