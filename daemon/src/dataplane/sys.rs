@@ -336,14 +336,7 @@ pub fn recv_mmsg(fd: RawFd, slots: &mut [Slot], offset: usize) -> io::Result<usi
             std::ptr::null_mut(),
         )
     };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        return match err.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-            _ => Err(err),
-        };
-    }
-    let got = rc as usize;
+    let got = received(rc)?;
     for i in 0..got {
         let slot = &mut slots[i];
         slot.start = offset;
@@ -450,14 +443,7 @@ pub fn recv_mmsg_gro(
             std::ptr::null_mut(),
         )
     };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        return match err.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-            _ => Err(err),
-        };
-    }
-    let got = rc as usize;
+    let got = received(rc)?;
     for i in 0..got {
         let h = &hdrs[i].msg_hdr;
         let len = if h.msg_flags & libc::MSG_TRUNC != 0 {
@@ -1013,6 +999,19 @@ fn parse_route_messages(mut data: &[u8], f: &mut impl FnMut(RouteChange)) {
             });
         }
         data = &data[align(len).min(data.len())..];
+    }
+}
+
+/// What a non-blocking `recvmmsg` returned: the messages read, or 0 when nothing was waiting
+/// (EAGAIN) or a signal interrupted it; any other failure is the error.
+fn received(rc: libc::c_int) -> io::Result<usize> {
+    if rc >= 0 {
+        return Ok(rc as usize);
+    }
+    let err = io::Error::last_os_error();
+    match err.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+        _ => Err(err),
     }
 }
 
