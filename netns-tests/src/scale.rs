@@ -272,8 +272,13 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
         // and UDP receive work and the emulator's wake-up would be charged to the hub's CPU
         // (a fifth of it at 1000 tunnels, by perf), work a real network does on the branches'
         // machines. With GRO on, the branch end takes the hub's datagrams through NAPI, and
-        // threaded NAPI runs that in its own kernel thread, off the hub's account.
-        br_ns.run("ethtool", ["-K", "hub0", "gro", "on"])?;
+        // threaded NAPI runs that in its own kernel thread, off the hub's account. A veth
+        // whose sending end can segment TCP (wan0, by default) hands a datagram to the
+        // receiving end's NAPI only if that end can also take UDP through GRO
+        // (`rx-udp-gro-forwarding`); without it the datagrams still went through the backlog,
+        // in the hub's send call (perf: `process_backlog` under the hub's `sendmmsg`, a quarter
+        // of its samples at 1000 tunnels).
+        br_ns.run("ethtool", ["-K", "hub0", "gro", "on", "rx-udp-gro-forwarding", "on"])?;
         br_ns.run("sh", ["-c", "echo 1 > /sys/class/net/hub0/threaded"])?;
     }
     // Every branch address on the branch namespace's loopback, in one `ip -batch`.
