@@ -1213,6 +1213,9 @@ impl NoiseTunnel {
         let dst = self.remote?;
         self.current.as_ref()?;
         let hears = self.liveness.heard;
+        // An echo carries our view as a keepalive does: one we send for its own sake (a reply,
+        // a drill probe) stands in for the next keepalive.
+        let mut stands_in = true;
         let msg = if let Some(e) = self.echo_replies.pop() {
             LivenessMsg {
                 kind: LivenessKind::EchoReply,
@@ -1231,6 +1234,7 @@ impl NoiseTunnel {
             }
         } else if self.want_keepalive {
             self.want_keepalive = false;
+            stands_in = false;
             self.keepalives = self.keepalives.wrapping_add(1);
             if self.keepalives % ECHO_EVERY == 0 {
                 self.echo_seq += 1;
@@ -1248,7 +1252,25 @@ impl NoiseTunnel {
         } else {
             return None;
         };
-        self.seal_liveness(buf, msg, now).map(|len| (dst, len))
+        let len = self.seal_liveness(buf, msg, now)?;
+        if stands_in {
+            self.keepalive_stood_in(now);
+        }
+        Some((dst, len))
+    }
+
+    /// A liveness message other than a keepalive went out: the next keepalive is due one
+    /// keepalive interval after it, not at its own time, so the gap between two liveness
+    /// messages still never exceeds the interval. Each side answers about one echo request per
+    /// 8 of the peer's keepalives; without this every reply would be a datagram more (1/8 of
+    /// the keepalive rate, each way, on every tunnel), with it a reply costs on average half
+    /// that.
+    fn keepalive_stood_in(&mut self, now: Instant) {
+        if self.timers.get(Timer::Keepalive).is_some() {
+            self.want_keepalive = false;
+            self.timers
+                .set(Timer::Keepalive, now.checked_add(self.keepalive_interval()));
+        }
     }
 
     fn seal_liveness(&mut self, buf: &mut [u8], msg: LivenessMsg, now: Instant) -> Option<usize> {
