@@ -321,6 +321,15 @@ pub enum ClientError {
         /// The connect error.
         source: std::io::Error,
     },
+    /// The daemon took the request but sent no reply in time: it is stalled or starved
+    /// (exit 2).
+    #[error("the daemon at {path} did not answer within {} s (stalled or starved of CPU)", .after.as_secs_f64())]
+    NoReply {
+        /// The socket path.
+        path: String,
+        /// How long the client waited.
+        after: Duration,
+    },
     /// The daemon answered something unreadable, or hung up (exit 2).
     #[error("bad reply from the daemon: {0}")]
     BadReply(String),
@@ -348,7 +357,14 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply,
     (&mut stream)
         .take(MAX_MESSAGE)
         .read_to_end(&mut buf)
-        .map_err(|e| ClientError::BadReply(e.to_string()))?;
+        .map_err(|e| match e.kind() {
+            // A read timeout surfaces as EAGAIN on a blocking socket.
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::NoReply {
+                path: socket.display().to_string(),
+                after: timeout,
+            },
+            _ => ClientError::BadReply(e.to_string()),
+        })?;
     serde_json::from_slice(&buf).map_err(|e| ClientError::BadReply(e.to_string()))
 }
 
