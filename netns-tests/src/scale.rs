@@ -278,7 +278,10 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
         // (`rx-udp-gro-forwarding`); without it the datagrams still went through the backlog,
         // in the hub's send call (perf: `process_backlog` under the hub's `sendmmsg`, a quarter
         // of its samples at 1000 tunnels).
-        br_ns.run("ethtool", ["-K", "hub0", "gro", "on", "rx-udp-gro-forwarding", "on"])?;
+        br_ns.run(
+            "ethtool",
+            ["-K", "hub0", "gro", "on", "rx-udp-gro-forwarding", "on"],
+        )?;
         br_ns.run("sh", ["-c", "echo 1 > /sys/class/net/hub0/threaded"])?;
     }
     // Every branch address on the branch namespace's loopback, in one `ip -batch`.
