@@ -201,7 +201,7 @@ impl Engine {
             epoch: now,
             unix_epoch: unix_now,
             keylog: false,
-            schedule: Schedule::default(),
+            schedule: Schedule::new(0, 0, now),
             timer_calls: 0,
             timer_visits: 0,
             last_now: now,
@@ -219,7 +219,7 @@ impl Engine {
 
     /// Rebuilds the schedule from every tunnel and connection (start, reload).
     fn reschedule_all(&mut self) {
-        self.schedule = Schedule::new(self.tunnels.len(), self.conns.len());
+        self.schedule = Schedule::new(self.tunnels.len(), self.conns.len(), self.epoch);
         // Room for every SPI the tunnels can hold at once (confirmed slots, one unconfirmed, one
         // in flight), so installing an SA never grows the table on the packet path.
         let spis = self.tunnels.len() * (crate::tunnel::IN_SLOTS + 2);
