@@ -19,7 +19,7 @@ use tandem_netns_tests::traffic::{Iperf3Server, IperfOpts, iperf3, ping_rtts};
 
 use super::{ms, preflight};
 
-pub const USAGE: &str = "lab fastpath [--secs N] [--pings N] [--rounds R] [--json FILE] [--compare LABEL=[BIN][+K=V;K=V],...]";
+pub const USAGE: &str = "lab fastpath [--secs N] [--pings N] [--rounds R] [--json FILE] [--compare LABEL=[BIN][+K=V;K=V],...] [--lan-gro]";
 
 /// Targets (docs/performance.md): UDP at full rate and TCP as ratios of plain
 /// routing, ping as an added delay over it.
@@ -139,8 +139,13 @@ pub fn run(args: &[String]) -> Result<(), Error> {
         env: Vec::new(),
     }];
     let usage = || Error::Tandem(format!("usage: {USAGE}"));
+    let mut lan_gro = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--lan-gro" {
+            lan_gro = true;
+            continue;
+        }
         let v = it.next().ok_or_else(usage)?;
         match a.as_str() {
             "--secs" => secs = v.parse().map_err(|_| usage())?,
@@ -163,6 +168,16 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             .join(", ")
     );
     let lab = Progress::run("build the lab", Lab::new)?;
+    if lan_gro {
+        // The gateway host's LAN interface coalesces a flow's datagrams before forwarding them
+        // (docs/performance.md, "TUN reads"): for plain routing and tandem alike, as an operator
+        // would set it on the host.
+        lab.cgw.run(
+            "ethtool",
+            ["-K", "lan", "gro", "on", "rx-udp-gro-forwarding", "on"],
+        )?;
+        println!("cgw's LAN interface: gro on, rx-udp-gro-forwarding on\n");
+    }
     let prefix = lab.prefix().to_string();
     let srv = Iperf3Server::start(&lab.vpc, 5201)?;
     let mut runs: Vec<Run> = Vec::new();
