@@ -267,10 +267,7 @@ impl Engine {
     pub fn keepalive_slack(&self) -> Duration {
         self.conns
             .iter()
-            .map(|c| {
-                c.cfg.dpd_interval / crate::KEEPALIVES_PER_INTERVAL * crate::KEEPALIVE_SLACK_PCT
-                    / 100
-            })
+            .map(|c| crate::tunnel::keepalive_slack(c.cfg.dpd_interval))
             .min()
             .unwrap_or(Duration::ZERO)
     }

@@ -106,6 +106,17 @@ pub const KEEPALIVE_JITTER_PCT: u32 = 10;
 /// was within this distance of the other anyway) and the extra keepalives stay under 1 %
 /// (each is on average at most half of this early).
 pub const KEEPALIVE_SLACK_PCT: u32 = 2;
+/// A tunnel's keepalive interval at this `dpd_interval`.
+pub(crate) fn keepalive_interval(dpd_interval: Duration) -> Duration {
+    dpd_interval / KEEPALIVES_PER_INTERVAL
+}
+
+/// How far ahead of its deadline a keepalive may be sent at this `dpd_interval`
+/// ([`KEEPALIVE_SLACK_PCT`] of the keepalive interval).
+pub(crate) fn keepalive_slack(dpd_interval: Duration) -> Duration {
+    keepalive_interval(dpd_interval) * KEEPALIVE_SLACK_PCT / 100
+}
+
 /// Tuning: every n-th keepalive is sent as a DPD echo request, which measures the RTT (about
 /// once per second at default timers).
 const ECHO_EVERY: u32 = 4 * KEEPALIVES_PER_INTERVAL;
@@ -484,7 +495,7 @@ impl NoiseTunnel {
 
     /// How far ahead of its deadline a keepalive may be sent ([`KEEPALIVE_SLACK_PCT`]).
     fn keepalive_slack(&self) -> Duration {
-        self.keepalive_interval() * KEEPALIVE_SLACK_PCT / 100
+        keepalive_slack(self.dpd_interval)
     }
 
     /// When the tunnel must be handled (its earliest timer) and the earliest it may be (a
@@ -503,7 +514,7 @@ impl NoiseTunnel {
     }
 
     fn keepalive_interval(&self) -> Duration {
-        self.dpd_interval / KEEPALIVES_PER_INTERVAL
+        keepalive_interval(self.dpd_interval)
     }
 
     /// The delay to the next keepalive: the interval less up to [`KEEPALIVE_JITTER_PCT`] of it.
