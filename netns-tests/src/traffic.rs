@@ -64,6 +64,9 @@ pub struct IperfOpts {
     pub udp_len: Option<u32>,
     /// Cap the sending rate (`-b N M`), for TCP streams that must leave headroom.
     pub bitrate_mbps: Option<u32>,
+    /// Socket buffers of both ends, bytes (`-w`; the server takes it from the client); `None` =
+    /// the system default.
+    pub socket_buffer: Option<u32>,
 }
 
 impl Default for IperfOpts {
@@ -74,6 +77,7 @@ impl Default for IperfOpts {
             reverse: false,
             udp_len: None,
             bitrate_mbps: None,
+            socket_buffer: None,
         }
     }
 }
@@ -182,6 +186,9 @@ impl Iperf3Client {
         }
         if let Some(len) = o.udp_len {
             cmd.args(["-u", "-l", &len.to_string()]);
+        }
+        if let Some(bytes) = o.socket_buffer {
+            cmd.args(["-w", &bytes.to_string()]);
         }
         match (o.bitrate_mbps, o.udp_len) {
             (Some(m), _) => cmd.args(["-b", &format!("{m}M")]),

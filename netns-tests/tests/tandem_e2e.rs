@@ -30,6 +30,13 @@ fn traffic_flows_both_ways(underlay: Family) {
         assert!(st.both_up(), "{side:?}: {}", st.0);
         assert_eq!(st.active().as_deref(), Some("tunnel1"), "{}", st.0);
     }
+    // Both TUNs let the kernel queue 5000 packets for the data plane (Linux gives a TUN 500).
+    for ns in [&lab.cgw, &lab.vpcgw] {
+        let qlen = ns
+            .run("cat", ["/sys/class/net/tandem0/tx_queue_len"])
+            .unwrap();
+        assert_eq!(qlen.trim(), "5000", "{ns:?}: the TUN's txqueuelen");
+    }
     let _srv = Iperf3Server::start(&lab.vpc, 5201).unwrap();
     let _srv_office = Iperf3Server::start(&lab.office, 5202).unwrap();
     for inner in Family::BOTH {

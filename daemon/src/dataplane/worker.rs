@@ -467,12 +467,36 @@ pub struct TunSettings {
     pub offload: bool,
 }
 
+/// Packets the kernel may queue on a TUN for the data plane to read (its `txqueuelen`); Linux
+/// gives a TUN 500. The queue fills only while the data plane is off its core: with 500, a
+/// gateway that shares two cores with busy neighbours (`lab fastpath`: the sending and
+/// receiving hosts as well) dropped a quarter of a full-rate UDP flow there. 5000 holds ~15 ms
+/// at 350 kpps, as long as the scheduler keeps a task waiting on a busy core; only a sender
+/// outrunning the data plane for longer fills it. Same-run A/B in docs/performance.md.
+const TUN_TX_QUEUE_LEN: u32 = 5000;
+
+/// The TUN's `txqueuelen`: [`TUN_TX_QUEUE_LEN`], or `TANDEM_TUN_TXQUEUELEN` (a positive count;
+/// for A/B runs).
+fn tun_tx_queue_len() -> u32 {
+    match std::env::var("TANDEM_TUN_TXQUEUELEN") {
+        Err(_) => TUN_TX_QUEUE_LEN,
+        Ok(v) => match v.parse::<u32>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                tracing::warn!(value = %v, default = TUN_TX_QUEUE_LEN, "TANDEM_TUN_TXQUEUELEN is not a positive count; using the default");
+                TUN_TX_QUEUE_LEN
+            }
+        },
+    }
+}
+
 pub(super) fn build_tun(t: &TunSettings, offload: bool) -> io::Result<tun_rs::SyncDevice> {
     let mut b = tun_rs::DeviceBuilder::new()
         .name(&t.name)
         .mtu(t.mtu)
         .packet_information(false)
-        .offload(offload);
+        .offload(offload)
+        .tx_queue_len(tun_tx_queue_len());
     match t.address {
         Some(IpNet::V4(n)) => b = b.ipv4(n.addr(), n.prefix_len(), None),
         Some(IpNet::V6(n)) => b = b.ipv6(n.addr(), n.prefix_len()),

@@ -28,12 +28,14 @@
 //!   The branch namespace receives the hub's datagrams in a NAPI kernel thread; with
 //!   `--sender-pays` the veth delivers them inside the hub's send calls, charged to its CPU.
 //! - `lab fastpath [--secs N] [--pings N] [--rounds R] [--json FILE] [--compare
-//!   LABEL=[BIN][+K=V;K=V],...] [--lan-gro]` — the data-path targets in one run: per round, plain
-//!   routing then each tandem build (default: the one next to `lab`), UDP 1400 B full-rate
-//!   received pps, one TCP stream, ping median/p99 (`--pings`, 2 ms apart); each as a ratio
-//!   (delta for ping) to the same round's plain routing; every run and the median over rounds
-//!   (see `fastpath.rs`). `--lan-gro`: cgw's LAN interface coalesces flows before forwarding
-//!   (`rx-udp-gro-forwarding`), for both plain routing and tandem.
+//!   LABEL=[BIN][+K=V;K=V],...] [--lan-gro] [--udp-buffer BYTES]` — the data-path targets in
+//!   one run: per round, plain routing then each tandem build (default: the one next to `lab`),
+//!   UDP 1400 B full-rate received pps (iperf3 sockets with 4 MiB buffers unless
+//!   `--udp-buffer`, `0` = the system default), one TCP stream, ping median/p99 (`--pings`, 2 ms
+//!   apart); each as a ratio (delta for ping) to the same round's plain routing; every run and
+//!   the median over rounds (see `fastpath.rs`). `--lan-gro`: cgw's LAN interface coalesces
+//!   flows before forwarding (`rx-udp-gro-forwarding`, threaded NAPI), for both plain routing
+//!   and tandem.
 //!
 //! Needs root. Finds `tandem` next to itself (build both with
 //! `cargo build --release -p tandem -p tandem-netns-tests`) or in `$TANDEM_BIN`.
@@ -62,7 +64,7 @@ use tandem_netns_tests::{Error, can_run_as_root};
 /// a capped stream keeps the queue empty, so a lost probe is the move's fault.
 const PLANNED_MOVE_TCP_MBPS: u32 = 50;
 
-const USAGE: &str = "usage: lab demo [--report FILE.html] | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] [--out DIR] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare LABEL=TANDEM,LABEL=TANDEM] [--sender-pays] | lab fastpath [--secs N] [--pings N] [--rounds R] [--json FILE] [--compare LABEL=[BIN][+K=V;K=V],...] [--lan-gro]";
+const USAGE: &str = "usage: lab demo [--report FILE.html] | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] [--out DIR] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare LABEL=TANDEM,LABEL=TANDEM] [--sender-pays] | lab fastpath [--secs N] [--pings N] [--rounds R] [--json FILE] [--compare LABEL=[BIN][+K=V;K=V],...] [--lan-gro] [--udp-buffer BYTES]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

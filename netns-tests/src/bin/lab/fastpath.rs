@@ -7,6 +7,14 @@
 //! machine moves both sides of a ratio together; rounds interleave the builds (plain, A, B,
 //! plain, A, B, ...) so that a slow minute does not land on one build only. The summary is the
 //! median over rounds of each ratio / delta; every run is printed too.
+//!
+//! The UDP runs give both iperf3 sockets 4 MiB buffers (`--udp-buffer`), for plain routing and
+//! tandem alike. On this lab the sender, both gateways and the receiver share the host's cores:
+//! through tandem four busy tasks take turns on two cores, and a receiver with the default
+//! 208 KiB buffer (90 datagrams, a quarter of a millisecond at 350 kpps) loses whatever arrives
+//! while it waits for a core — half of what tandem delivered, on the quiet 2-vCPU VM. Each run
+//! also records where datagrams were lost: at the receiving socket (`UdpRcvbufErrors` in the
+//! VPC namespace) and at cgw's TUN queue (its `tx_dropped`).
 
 use std::path::PathBuf;
 
@@ -19,7 +27,11 @@ use tandem_netns_tests::traffic::{Iperf3Server, IperfOpts, iperf3, ping_rtts};
 
 use super::{ms, preflight};
 
-pub const USAGE: &str = "lab fastpath [--secs N] [--pings N] [--rounds R] [--json FILE] [--compare LABEL=[BIN][+K=V;K=V],...] [--lan-gro]";
+pub const USAGE: &str = "lab fastpath [--secs N] [--pings N] [--rounds R] [--json FILE] [--compare LABEL=[BIN][+K=V;K=V],...] [--lan-gro] [--udp-buffer BYTES]";
+
+/// The UDP runs' socket buffers (iperf3 `-w`, both ends), unless `--udp-buffer` says otherwise
+/// (`0`: the system default). 4 MiB is `net.core.rmem_max` here: about 5 ms of the flow.
+const UDP_BUFFER: u32 = 4 << 20;
 
 /// Targets (docs/performance.md): UDP at full rate and TCP as ratios of plain
 /// routing, ping as an added delay over it.
@@ -68,6 +80,10 @@ struct Run {
     round: u32,
     setup: String,
     udp1400_kpps: f64,
+    /// UDP datagrams per second the receiving socket dropped (buffer full).
+    udp_rcvbuf_drops_kpps: f64,
+    /// ... packets per second cgw's TUN queue dropped (tandem only).
+    udp_tun_drops_kpps: Option<f64>,
     tcp_gbps: f64,
     ping_median_ms: f64,
     ping_p99_ms: f64,
@@ -88,7 +104,39 @@ fn median(mut v: Vec<f64>) -> f64 {
     percentile(&v, 50.0)
 }
 
-fn measure(lab: &Lab, round: u32, setup: &str, secs: u32, pings: u32) -> Result<Run, Error> {
+/// A counter of the VPC host's UDP layer (`nstat`, absolute, history untouched).
+fn vpc_udp_counter(lab: &Lab, name: &str) -> Result<u64, Error> {
+    let out = lab.vpc.run("nstat", ["-asz", name])?;
+    out.lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name)).then(|| w.next()?.parse().ok())?
+        })
+        .ok_or_else(|| Error::Tandem(format!("nstat in the VPC namespace has no {name}: {out}")))
+}
+
+/// Packets cgw's TUN dropped on transmit (queue full), or `None` when there is no TUN.
+fn cgw_tun_drops(lab: &Lab) -> Result<Option<u64>, Error> {
+    if lab.cgw.run("ip", ["link", "show", "tandem0"]).is_err() {
+        return Ok(None);
+    }
+    let out = lab
+        .cgw
+        .run("cat", ["/sys/class/net/tandem0/statistics/tx_dropped"])?;
+    out.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| Error::Tandem(format!("tandem0 tx_dropped: {out:?}")))
+}
+
+fn measure(
+    lab: &Lab,
+    round: u32,
+    setup: &str,
+    secs: u32,
+    pings: u32,
+    udp_buffer: Option<u32>,
+) -> Result<Run, Error> {
     let dst = vpc_ip(Family::V4);
     // Pings first, on an idle path: 2 ms apart (root), far longer than the daemons' busy-poll
     // window, so each ping finds them asleep, as a ping on a quiet link does.
@@ -100,6 +148,10 @@ fn measure(lab: &Lab, round: u32, setup: &str, secs: u32, pings: u32) -> Result<
         secs,
         ..IperfOpts::default()
     };
+    let (rcvbuf0, tun0) = (
+        vpc_udp_counter(lab, "UdpRcvbufErrors")?,
+        cgw_tun_drops(lab)?,
+    );
     let udp = Progress::run(
         &format!("round {round} {setup}: UDP 1400 B full rate"),
         || {
@@ -109,11 +161,26 @@ fn measure(lab: &Lab, round: u32, setup: &str, secs: u32, pings: u32) -> Result<
                 5201,
                 IperfOpts {
                     udp_len: Some(1400),
+                    socket_buffer: udp_buffer,
                     ..o
                 },
             )
         },
     )?;
+    let (rcvbuf1, tun1) = (
+        vpc_udp_counter(lab, "UdpRcvbufErrors")?,
+        cgw_tun_drops(lab)?,
+    );
+    let per_s = |n: u64| n as f64 / f64::from(secs) / 1e3;
+    let udp_tun_drops_kpps = match (tun0, tun1) {
+        (Some(a), Some(b)) => Some(per_s(b.saturating_sub(a))),
+        (None, None) => None,
+        _ => {
+            return Err(Error::Tandem(
+                "cgw's TUN came or went during a UDP run".into(),
+            ));
+        }
+    };
     let tcp = Progress::run(&format!("round {round} {setup}: TCP 1 stream"), || {
         iperf3(&lab.office, dst, 5201, o)
     })?;
@@ -121,6 +188,8 @@ fn measure(lab: &Lab, round: u32, setup: &str, secs: u32, pings: u32) -> Result<
         round,
         setup: setup.to_string(),
         udp1400_kpps: udp.udp_received_pps / 1e3,
+        udp_rcvbuf_drops_kpps: per_s(rcvbuf1.saturating_sub(rcvbuf0)),
+        udp_tun_drops_kpps,
         tcp_gbps: tcp.gbps(),
         ping_median_ms: percentile(&rtts, 50.0),
         ping_p99_ms: percentile(&rtts, 99.0),
@@ -140,6 +209,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     }];
     let usage = || Error::Tandem(format!("usage: {USAGE}"));
     let mut lan_gro = false;
+    let mut udp_buffer = Some(UDP_BUFFER);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--lan-gro" {
@@ -152,6 +222,9 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             "--pings" => pings = v.parse().map_err(|_| usage())?,
             "--rounds" => rounds = v.parse().map_err(|_| usage())?,
             "--json" => json = PathBuf::from(v),
+            "--udp-buffer" => {
+                udp_buffer = Some(v.parse().map_err(|_| usage())?).filter(|&b| b > 0);
+            }
             "--compare" => {
                 builds = v.split(',').map(parse_build).collect::<Result<_, _>>()?;
             }
@@ -160,12 +233,13 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     }
     preflight()?;
     println!(
-        "tandem lab fastpath: {rounds} round(s) of plain routing, {}; {secs} s per iperf3 run, {pings} pings\n",
+        "tandem lab fastpath: {rounds} round(s) of plain routing, {}; {secs} s per iperf3 run, {pings} pings; UDP socket buffers: {}\n",
         builds
             .iter()
             .map(|b| b.label.as_str())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        udp_buffer.map_or("the system default".to_string(), |b| format!("{b} B"))
     );
     let lab = Progress::run("build the lab", Lab::new)?;
     if lan_gro {
@@ -176,14 +250,19 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             "ethtool",
             ["-K", "lan", "gro", "on", "rx-udp-gro-forwarding", "on"],
         )?;
-        println!("cgw's LAN interface: gro on, rx-udp-gro-forwarding on\n");
+        // A veth runs GRO only in NAPI, which this kernel gives it only in threaded mode (or
+        // with XDP): without this, `gro on` changes nothing and every datagram is forwarded,
+        // and read from the TUN, alone.
+        lab.cgw
+            .run("sh", ["-c", "echo 1 > /sys/class/net/lan/threaded"])?;
+        println!("cgw's LAN interface: gro on, rx-udp-gro-forwarding on, threaded NAPI\n");
     }
     let prefix = lab.prefix().to_string();
     let srv = Iperf3Server::start(&lab.vpc, 5201)?;
     let mut runs: Vec<Run> = Vec::new();
     for round in 1..=rounds {
         lab.plain_routes(Isp::One)?;
-        let plain = measure(&lab, round, "plain routing", secs, pings);
+        let plain = measure(&lab, round, "plain routing", secs, pings, udp_buffer);
         lab.remove_plain_routes(Isp::One)?;
         runs.push(plain?);
         for b in &builds {
@@ -203,7 +282,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
                     },
                 )
             })?;
-            let r = measure(&lab, round, &b.label, secs, pings);
+            let r = measure(&lab, round, &b.label, secs, pings, udp_buffer);
             drop(pair);
             runs.push(r?);
         }
@@ -218,6 +297,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             "setup",
             "UDP 1400 B kpps",
             "UDP ratio",
+            "lost: rcvbuf / TUN kpps",
             "TCP Gbit/s",
             "TCP ratio",
             "ping median ms",
@@ -264,6 +344,12 @@ pub fn run(args: &[String]) -> Result<(), Error> {
             r.setup.clone(),
             format!("{:.1}", r.udp1400_kpps),
             rel(format!("{ur:.2}x")),
+            format!(
+                "{:.1} / {}",
+                r.udp_rcvbuf_drops_kpps,
+                r.udp_tun_drops_kpps
+                    .map_or("-".to_string(), |k| format!("{k:.1}"))
+            ),
             format!("{:.2}", r.tcp_gbps),
             rel(format!("{tr:.2}x")),
             format!("{:.3}", r.ping_median_ms),
@@ -317,7 +403,7 @@ pub fn run(args: &[String]) -> Result<(), Error> {
     }
     println!("{}", s.render());
     let doc = serde_json::json!({
-        "secs": secs, "pings": pings, "rounds": rounds,
+        "secs": secs, "pings": pings, "rounds": rounds, "udp_socket_buffer": udp_buffer,
         "runs": runs, "summary": summary,
     });
     std::fs::write(
