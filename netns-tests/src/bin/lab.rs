@@ -19,8 +19,11 @@
 //!   saturating TCP both ways, counting false Down events; then `--cuts` silent blackholes of
 //!   isp1 under the same load, each giving the detection time (cut -> cgw's log says it
 //!   switched) and the 1 ms probe stream's largest gap; min/median/p99/max of both.
-//! - `lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare A=BIN,B=BIN] [--sender-pays]` — the
-//!   head-end at scale (`--compare`: each N against each hub binary, in turn, in one run): one
+//! - `lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare A=BIN,B=BIN] [--sender-pays]
+//!   [--dpd INTERVAL_MS/TIMEOUT_MS,...]` — the head-end at scale (`--compare`: each N against
+//!   each hub binary, in turn, in one run; `--dpd`: each N at each pair of hub and branch
+//!   timers, default 250/1000, labelled with them; `us/keepalive` in the table is the idle CPU
+//!   per keepalive datagram the hub sends or receives, from the timers' rate): one
 //!   `tandem run` hub, N emulated branches (two tunnels each, real engines) on one port, one run
 //!   per N: time to all Up, handshake throughput, RSS, idle CPU, `status --json` latency and
 //!   size, detection of a silenced tunnel, a reload of ±min(100, N/2) branches under probes.
@@ -64,7 +67,7 @@ use tandem_netns_tests::{Error, can_run_as_root};
 /// a capped stream keeps the queue empty, so a lost probe is the move's fault.
 const PLANNED_MOVE_TCP_MBPS: u32 = 50;
 
-const USAGE: &str = "usage: lab demo [--report FILE.html] | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] [--out DIR] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare LABEL=TANDEM,LABEL=TANDEM] [--sender-pays] | lab fastpath [--secs N] [--pings N] [--rounds R] [--json FILE] [--compare LABEL=[BIN][+K=V;K=V],...] [--lan-gro] [--udp-buffer BYTES]";
+const USAGE: &str = "usage: lab demo [--report FILE.html] | lab bench [--secs N] [--json FILE] [--setups plain,tandem[:K=V;..],boringtun[-tN],wggo] [--pings N] [--ping-only] | lab budget [--profiles default,drill,fast] [--duration SECS] [--cuts N] [--loss PCT] [--delay-ms D] [--jitter-ms J] [--idle-secs S] [--json FILE] [--out DIR] | lab scale [--n 10,100,500] [--out DIR] [--idle-secs S] [--compare LABEL=TANDEM,LABEL=TANDEM] [--sender-pays] [--dpd INTERVAL_MS/TIMEOUT_MS,...] | lab fastpath [--secs N] [--pings N] [--rounds R] [--json FILE] [--compare LABEL=[BIN][+K=V;K=V],...] [--lan-gro] [--udp-buffer BYTES]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -1292,6 +1295,8 @@ fn scale(args: &[String]) -> Result<(), Error> {
     // (label, hub binary): `None` is the one `tandem_bin` finds.
     let mut builds: Vec<(String, Option<PathBuf>)> = vec![(String::new(), None)];
     let mut sender_pays = false;
+    // (dpd_interval, dpd_timeout) of hub and branches: one run per pair.
+    let mut timers: Vec<(u64, u64)> = vec![(250, 1000)];
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--sender-pays" {
@@ -1324,6 +1329,21 @@ fn scale(args: &[String]) -> Result<(), Error> {
             }
             "--out" => out = PathBuf::from(v),
             "--idle-secs" => idle = Some(v.parse().map_err(|_| Error::Tandem(USAGE.into()))?),
+            "--dpd" => {
+                timers = v
+                    .split(',')
+                    .map(|p| {
+                        let (i, t) = p.split_once('/')?;
+                        let (i, t) = (i.parse().ok()?, t.parse().ok()?);
+                        (i > 0 && t > i).then_some((i, t))
+                    })
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        Error::Tandem(format!(
+                            "--dpd {v}: want INTERVAL_MS/TIMEOUT_MS[,...] with the timeout longer"
+                        ))
+                    })?;
+            }
             _ => return Err(Error::Tandem(USAGE.into())),
         }
     }
@@ -1334,17 +1354,30 @@ fn scale(args: &[String]) -> Result<(), Error> {
     std::fs::create_dir_all(&out).map_err(|e| Error::Io(out.display().to_string(), e))?;
     let mut results = Vec::new();
     for n in ns {
-        for (label, bin) in &builds {
-            let mut opts = ScaleOpts::bench(n);
-            if let Some(s) = idle {
-                opts.idle = Duration::from_secs(s);
+        for &(interval, timeout) in &timers {
+            for (label, bin) in &builds {
+                let mut opts = ScaleOpts::bench(n);
+                if let Some(s) = idle {
+                    opts.idle = Duration::from_secs(s);
+                }
+                opts.dpd_interval = Duration::from_millis(interval);
+                opts.dpd_timeout = Duration::from_millis(timeout);
+                opts.bin = bin.clone();
+                // Runs at other timers than the defaults say so in their label.
+                opts.label = match (timers.len(), label.is_empty()) {
+                    (1, _) if (interval, timeout) == (250, 1000) => label.clone(),
+                    (_, true) => format!("{interval}/{timeout}"),
+                    (_, false) => format!("{label} {interval}/{timeout}"),
+                };
+                opts.branch_napi_thread = !sender_pays;
+                eprintln!(
+                    "== {n} branches ({} tunnels) {} (dpd {interval}/{timeout} ms)",
+                    2 * n,
+                    opts.label
+                );
+                let r = run(&opts, &mut |line| eprintln!("  {line}"))?;
+                results.push(r);
             }
-            opts.bin = bin.clone();
-            opts.label = label.clone();
-            opts.branch_napi_thread = !sender_pays;
-            eprintln!("== {n} branches ({} tunnels) {label}", 2 * n);
-            let r = run(&opts, &mut |line| eprintln!("  {line}"))?;
-            results.push(r);
         }
         // Written after every N, so a later failure keeps the earlier figures.
         let json =
@@ -1363,6 +1396,7 @@ fn scale(args: &[String]) -> Result<(), Error> {
             "RSS",
             "budget",
             "idle CPU",
+            "us/keepalive",
             "status",
             "bytes",
             "RTT max st/quiet",
@@ -1386,6 +1420,7 @@ fn scale(args: &[String]) -> Result<(), Error> {
             format!("{:.1} MiB", r.rss_kib as f64 / 1024.0),
             format!("{:.1} MiB", r.rss_budget_kib as f64 / 1024.0),
             format!("{:.1} %", r.idle_cpu_pct),
+            format!("{:.1}", r.idle_cpu_pct * 1e4 / r.keepalives_per_s),
             format!("{:.0} ms", r.status_ms_median),
             r.status_bytes.to_string(),
             format!(
