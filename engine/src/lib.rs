@@ -35,7 +35,7 @@ pub use gateway::{Engine, ICMP_ERRORS_PER_SECOND};
 pub use router::ConnectionId;
 pub use tunnel::{
     HANDSHAKE_RETRY_BASE, HANDSHAKE_RETRY_MAX, IN_SLOTS, KEEPALIVE_JITTER_PCT, KEEPALIVE_SLACK_PCT,
-    KEEPALIVES_PER_INTERVAL, REJECT_AFTER_TIME, RESPONSE_CHECKS_PER_SECOND,
+    REJECT_AFTER_TIME, RESPONSE_CHECKS_PER_SECOND, SPARSE_KEEPALIVES_FROM, keepalives_per_interval,
 };
 pub use types::{
     AdminError, ConnectionStatus, Direction, Event, FailoverTarget, HEADROOM, MAX_CONTROL_DATAGRAM,

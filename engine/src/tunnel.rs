@@ -11,9 +11,10 @@
 //! Invariants:
 //! - **Liveness is bidirectional** (BFD-like): Up only while we received an authenticated packet
 //!   within `dpd_timeout` AND the peer's latest liveness message says it hears us. Every liveness
-//!   message carries our view; keepalives go out [`KEEPALIVES_PER_INTERVAL`] times per
-//!   `dpd_interval` on every tunnel, standby included, and a change of view is sent at once, so a
-//!   one-way cut takes both ends Down within `dpd_timeout` + one `dpd_interval`.
+//!   message carries our view; keepalives go out at least once per `dpd_interval` on every
+//!   tunnel, standby included ([`keepalives_per_interval`], more often while the peer is
+//!   overdue), and a change of view is sent at once, so a one-way cut takes both ends Down
+//!   within `dpd_timeout` + one `dpd_interval`.
 //! - **Only proven packets count as hearing the peer**: an ESP packet that opened, or a handshake
 //!   response to our own initiation. An initiation proves nothing by itself (it may be a replay of
 //!   one withheld earlier), so answering one commits nothing: its SAs stay *unconfirmed* until the
@@ -84,42 +85,73 @@ pub const RESPONSE_CHECKS_PER_SECOND: u32 = 16;
 fn responder_rekey_delay(rekey_after: Duration) -> Duration {
     (rekey_after / 4).min(Duration::from_secs(30))
 }
-/// Tuning: keepalives sent per `dpd_interval` (at least one is needed). With the default 4:1
-/// ratio of `dpd_timeout` to `dpd_interval`, one per interval lets 4 consecutive losses take a
-/// healthy standby Down: at 5 % loss that is (0.95)(0.05^4) = 6e-6 per keepalive, a few false
-/// Downs per tunnel per day. Two per interval need 8 consecutive losses (4e-11: none in years),
-/// for 4 more ~60-byte datagrams per second per tunnel. Detection time is unchanged: it runs
-/// from the last packet heard, and a change of view is sent at once.
-pub const KEEPALIVES_PER_INTERVAL: u32 = 2;
+/// Tuning: from this `dpd_interval` up a tunnel sends one keepalive per interval, and polls the
+/// peer only when the peer's keepalive is overdue; below it, two per interval, always
+/// ([`keepalives_per_interval`]).
+///
+/// Why: with the default 4:1 ratio of `dpd_timeout` to `dpd_interval`, one keepalive per
+/// interval alone lets 4 consecutive losses take a healthy standby Down (at 5 % loss
+/// (0.95)(0.05^4) = 6e-6 per keepalive, a few false Downs per tunnel per day). So when a side's
+/// keepalive timer finds the peer's last packet more than an interval and an eighth old (its
+/// keepalive, sent at least once per interval, is lost or late), it sends its keepalive as an
+/// echo request, which the peer answers at once, and keeps doing so every half interval until
+/// the peer is heard again. A false Down then needs the peer's three keepalives after the last
+/// one heard lost and each of the polls from the first timer after that on (at least four
+/// before `dpd_timeout`; a poll fails if either the request or the reply is lost): about
+/// 16 p^7 per interval, 1e-8 at 5 % loss (one false Down per tunnel in a month at a loss no WAN
+/// keeps up; BFD's usual multiplier of 3 is p^3, 1e-4). Two keepalives per interval, always,
+/// need 8 consecutive losses (4e-11), for twice the datagrams on every idle tunnel: the cost a
+/// head-end with a thousand tunnels pays in CPU. Short intervals keep two per interval: there a
+/// stall of the sending host (tens of milliseconds under load) is a good part of an interval,
+/// and a keepalive half an interval sooner is what rides it out. Detection time is unchanged
+/// either way: it runs from the last packet heard, and a change of view is sent at once.
+pub const SPARSE_KEEPALIVES_FROM: Duration = Duration::from_millis(250);
+
+/// Keepalives a tunnel sends per `dpd_interval` while it hears the peer on time: 1 from
+/// [`SPARSE_KEEPALIVES_FROM`] up, else 2.
+#[must_use]
+pub fn keepalives_per_interval(dpd_interval: Duration) -> u32 {
+    if dpd_interval >= SPARSE_KEEPALIVES_FROM {
+        1
+    } else {
+        2
+    }
+}
 /// Tuning: each keepalive comes up to this percentage of the keepalive interval early (uniform,
 /// from the engine's seeded RNG), so that tunnels and gateways started together do not send in
 /// lockstep. Early only, as BFD does (RFC 5880 §6.8.7 reduces the interval by 0 to 25 %): the gap
 /// between two keepalives never exceeds the interval, so the detection bound (`dpd_timeout` + one
 /// `dpd_interval`) is unchanged; the cost is on average half this percentage more keepalives.
 pub const KEEPALIVE_JITTER_PCT: u32 = 10;
-/// Tuning: a keepalive due within this percentage of the keepalive interval is sent when the
-/// gateway handles a timer anyway (another tunnel's, or its own), instead of costing a wake-up of
-/// its own: at 1000 tunnels, with 8000 keepalives a second, a head-end then wakes a few hundred
-/// times a second for its keepalives and sends them in bursts, instead of waking 8000 times
-/// (measured with `lab scale`, docs/operations.md). Early only, as the jitter: the detection bound
-/// is unchanged. Small beside the jitter, so that tunnels still drift apart (a coalesced keepalive
-/// was within this distance of the other anyway) and the extra keepalives stay under 1 %
-/// (each is on average at most half of this early).
-pub const KEEPALIVE_SLACK_PCT: u32 = 2;
-/// A tunnel's keepalive interval at this `dpd_interval`.
+/// Tuning: a keepalive due within this percentage of `dpd_interval` is sent when the gateway
+/// handles a timer anyway (another tunnel's, or its own), instead of costing a wake-up of its
+/// own: at 1000 tunnels, with thousands of keepalives a second, a head-end then wakes a few
+/// hundred times a second for its keepalives and sends them in bursts (measured with `lab
+/// scale`, docs/operations.md). Early only, as the jitter: the detection bound is unchanged.
+/// Small beside the jitter, so that tunnels still drift apart (a coalesced keepalive was within
+/// this distance of the other anyway) and the extra keepalives stay under 1 % (each is on
+/// average at most half of this early).
+pub const KEEPALIVE_SLACK_PCT: u32 = 1;
+/// A tunnel's keepalive interval at this `dpd_interval`, while the peer is heard on time.
 pub(crate) fn keepalive_interval(dpd_interval: Duration) -> Duration {
-    dpd_interval / KEEPALIVES_PER_INTERVAL
+    dpd_interval / keepalives_per_interval(dpd_interval)
+}
+
+/// The keepalive interval while the peer is overdue ([`SPARSE_KEEPALIVES_FROM`]): half an
+/// interval, as below it always.
+fn poll_interval(dpd_interval: Duration) -> Duration {
+    dpd_interval / 2
 }
 
 /// How far ahead of its deadline a keepalive may be sent at this `dpd_interval`
-/// ([`KEEPALIVE_SLACK_PCT`] of the keepalive interval).
+/// ([`KEEPALIVE_SLACK_PCT`] of it).
 pub(crate) fn keepalive_slack(dpd_interval: Duration) -> Duration {
-    keepalive_interval(dpd_interval) * KEEPALIVE_SLACK_PCT / 100
+    dpd_interval * KEEPALIVE_SLACK_PCT / 100
 }
 
-/// Tuning: every n-th keepalive is sent as a DPD echo request, which measures the RTT (about
-/// once per second at default timers).
-const ECHO_EVERY: u32 = 4 * KEEPALIVES_PER_INTERVAL;
+/// Tuning: every n-th keepalive is sent as a DPD echo request, which measures the RTT (every 2 s
+/// at default timers, every 40 ms at `fast`). Each costs the peer a reply.
+const ECHO_EVERY: u32 = 8;
 /// Tuning: closing notices are sent twice, so one lost datagram does not cost a DPD timeout.
 const CLOSING_COPIES: u8 = 2;
 /// Tuning: more initiations than this per second on one tunnel => "under load", answer with
@@ -342,6 +374,9 @@ pub(crate) struct NoiseTunnel {
     cookie_out: Option<Box<Ring<CookieOut, COOKIE_QUEUE>>>,
     closing: u8,
     want_keepalive: bool,
+    /// The next keepalive goes as an echo request: the peer's own keepalive is overdue
+    /// ([`SPARSE_KEEPALIVES_FROM`]).
+    poll: bool,
     keepalives: u32,
     echo_seq: u64,
     echo_replies: Ring<Echo, ECHO_QUEUE>,
@@ -427,6 +462,7 @@ impl NoiseTunnel {
             cookie_out: None,
             closing: 0,
             want_keepalive: false,
+            poll: false,
             keepalives: 0,
             echo_seq: 0,
             echo_replies: Ring::default(),
@@ -517,9 +553,29 @@ impl NoiseTunnel {
         keepalive_interval(self.dpd_interval)
     }
 
-    /// The delay to the next keepalive: the interval less up to [`KEEPALIVE_JITTER_PCT`] of it.
-    fn keepalive_delay(&self, rng: &mut ChaCha20Rng) -> Duration {
-        let base = self.keepalive_interval();
+    /// Whether the peer's keepalive is overdue at `now`, with one keepalive per interval
+    /// ([`SPARSE_KEEPALIVES_FROM`]): its last packet is more than an interval and an eighth old.
+    fn peer_overdue(&self, now: Instant) -> bool {
+        keepalives_per_interval(self.dpd_interval) == 1
+            && self.liveness.last_rx.is_some_and(|t| {
+                now.saturating_duration_since(t) > self.dpd_interval + self.dpd_interval / 8
+            })
+    }
+
+    /// The interval to the next keepalive at `now`: half an interval while polling an overdue
+    /// peer, else the keepalive interval.
+    fn next_keepalive_interval(&self, now: Instant) -> Duration {
+        if self.peer_overdue(now) {
+            poll_interval(self.dpd_interval)
+        } else {
+            self.keepalive_interval()
+        }
+    }
+
+    /// The delay to the next keepalive at `now`: its interval less up to
+    /// [`KEEPALIVE_JITTER_PCT`] of it.
+    fn keepalive_delay(&self, now: Instant, rng: &mut ChaCha20Rng) -> Duration {
+        let base = self.next_keepalive_interval(now);
         let span = (base * KEEPALIVE_JITTER_PCT / 100).as_nanos() as u64;
         if span == 0 {
             return base;
@@ -629,7 +685,8 @@ impl NoiseTunnel {
             .is_some_and(|at| at <= now.checked_add(slack).unwrap_or(now))
         {
             self.want_keepalive = true;
-            let delay = self.keepalive_delay(ctx.rng);
+            self.poll = self.peer_overdue(now);
+            let delay = self.keepalive_delay(now, ctx.rng);
             self.timers.set(Timer::Keepalive, now.checked_add(delay));
         }
         if self.timers.due(Timer::Dpd, now) {
@@ -770,7 +827,7 @@ impl NoiseTunnel {
             self.want_keepalive = true;
         }
         if self.timers.get(Timer::Keepalive).is_none() {
-            let delay = self.keepalive_delay(ctx.rng);
+            let delay = self.keepalive_delay(now, ctx.rng);
             self.timers.set(Timer::Keepalive, now.checked_add(delay));
         }
         self.attempt = 0;
@@ -1247,7 +1304,7 @@ impl NoiseTunnel {
             self.want_keepalive = false;
             stands_in = false;
             self.keepalives = self.keepalives.wrapping_add(1);
-            if self.keepalives % ECHO_EVERY == 0 {
+            if std::mem::take(&mut self.poll) || self.keepalives % ECHO_EVERY == 0 {
                 self.echo_seq += 1;
                 let ts = now.saturating_duration_since(self.epoch).as_nanos() as u64;
                 LivenessMsg {
@@ -1279,8 +1336,11 @@ impl NoiseTunnel {
     fn keepalive_stood_in(&mut self, now: Instant) {
         if self.timers.get(Timer::Keepalive).is_some() {
             self.want_keepalive = false;
-            self.timers
-                .set(Timer::Keepalive, now.checked_add(self.keepalive_interval()));
+            self.poll = false;
+            self.timers.set(
+                Timer::Keepalive,
+                now.checked_add(self.next_keepalive_interval(now)),
+            );
         }
     }
 
@@ -1318,6 +1378,7 @@ impl NoiseTunnel {
         self.response_out.len = 0;
         self.cookie_out = None;
         self.want_keepalive = false;
+        self.poll = false;
         self.echo_replies.clear();
         self.echo_requests.clear();
     }

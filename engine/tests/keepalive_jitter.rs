@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use tandem_engine::{KEEPALIVE_JITTER_PCT, KEEPALIVES_PER_INTERVAL, TunnelState};
+use tandem_engine::{KEEPALIVE_JITTER_PCT, TunnelState, keepalives_per_interval};
 
 /// A liveness message on the wire: 16 bytes of ESP header and IV, 20 + 2 + 2 bytes of
 /// ciphertext, a 16-byte ICV (docs/protocol.md, liveness messages). With no application flow
@@ -26,7 +26,7 @@ fn fast() -> Setup {
 }
 
 fn keepalive_interval(s: &Setup) -> Duration {
-    s.dpd_interval / KEEPALIVES_PER_INTERVAL
+    s.dpd_interval / keepalives_per_interval(s.dpd_interval)
 }
 
 /// Send times of `side`'s liveness datagrams on `tunnel`, from `from` on.
@@ -115,10 +115,11 @@ fn two_tunnels_and_two_gateways_keepalives_drift_apart_instead_of_staying_in_loc
     }
 }
 
-#[test]
-fn a_keepalive_is_never_later_than_the_interval_and_at_most_the_jitter_early() {
-    let setup = fast();
+/// Every gap between two liveness datagrams of one side on one tunnel is at most the keepalive
+/// interval, and their rate is what the interval, the jitter and the echo replies make.
+fn keepalives_never_late_and_at_the_expected_rate(setup: Setup) {
     let ki = keepalive_interval(&setup);
+    let per_interval = keepalives_per_interval(setup.dpd_interval);
     let sim = run_idle(setup, secs(20));
     for side in [Side::A, Side::B] {
         for t in 0..2 {
@@ -126,14 +127,23 @@ fn a_keepalive_is_never_later_than_the_interval_and_at_most_the_jitter_early() {
             let gaps: Vec<Duration> = sends.windows(2).map(|w| w[1] - w[0]).collect();
             let max = *gaps.iter().max().unwrap();
             assert!(max <= ki, "{side:?} tunnel {t}: a gap of {max:?} > {ki:?}");
-            // Keepalives come on average half the jitter early. An echo reply (one per 8 of the
-            // peer's keepalives) stands in for the next keepalive, which then comes one
-            // interval after it: on average it adds half a datagram, 1/16 of the keepalive
-            // rate (a reply sent besides the keepalives would add 1/8: 6 % more than allowed).
+            // Keepalives come on average half the jitter early. An echo reply (one per 8 of
+            // the peer's keepalives) stands in for the next keepalive, which then comes one
+            // interval after it. At two keepalives per interval that saves on average half a
+            // datagram per reply (a reply sent besides the keepalives would add 1/8 of the
+            // rate: 6 % more than allowed). At one per interval a reply tends to follow one of
+            // our keepalives closely (the peer's echo requests keep the phase of its
+            // keepalives, which ours, moved by our last reply, follow), so it is counted as a
+            // whole datagram.
             let span = (*sends.last().unwrap() - sends[0]).as_secs_f64();
             let rate = (sends.len() - 1) as f64 / span;
             let mean = ki.as_secs_f64() * (1.0 - f64::from(KEEPALIVE_JITTER_PCT) / 200.0);
-            let most = (1.0 / mean) * (1.0 + 1.0 / 16.0 + 0.02);
+            let replies = if per_interval == 2 {
+                1.0 / 16.0
+            } else {
+                1.0 / 8.0
+            };
+            let most = (1.0 / mean) * (1.0 + replies + 0.02);
             let least = 1.0 / ki.as_secs_f64();
             eprintln!(
                 "{side:?} tunnel {t}: {rate:.1} liveness datagrams/s ({:.0} B/s of UDP payload), max gap {max:?}",
@@ -145,6 +155,72 @@ fn a_keepalive_is_never_later_than_the_interval_and_at_most_the_jitter_early() {
             );
         }
     }
+}
+
+#[test]
+fn a_keepalive_is_never_later_than_the_interval_and_at_most_the_jitter_early() {
+    // `fast`: two keepalives per dpd_interval, one every 5 ms.
+    assert_eq!(keepalives_per_interval(fast().dpd_interval), 2);
+    keepalives_never_late_and_at_the_expected_rate(fast());
+}
+
+#[test]
+fn at_the_default_timers_one_keepalive_per_interval_goes_out_while_the_peer_is_heard() {
+    // 250 ms / 1 s: one keepalive per dpd_interval (~4.6 a second with the jitter and the
+    // replies, where two per interval made ~8.9).
+    let setup = Setup {
+        seed: 23,
+        ..Setup::default()
+    };
+    assert_eq!(keepalives_per_interval(setup.dpd_interval), 1);
+    keepalives_never_late_and_at_the_expected_rate(setup);
+}
+
+/// With one keepalive per interval, a side whose peer goes quiet polls it: its keepalives go as
+/// echo requests every half interval until the peer is heard again.
+#[test]
+fn a_peer_whose_keepalive_is_overdue_is_polled_every_half_interval() {
+    let setup = Setup {
+        seed: 29,
+        ..Setup::default()
+    };
+    let ki = keepalive_interval(&setup);
+    let mut sim = run_idle(setup, secs(5));
+    // B's datagrams on tunnel 0 stop reaching A (one-way cut) for 800 ms: less than
+    // dpd_timeout, so nothing goes Down, but A finds B overdue (after 9/8 of an interval, at
+    // its next keepalive) and polls.
+    let t0 = sim.elapsed();
+    sim.cut(0, Side::B, true);
+    sim.run_until(t0 + ms(800));
+    sim.cut(0, Side::B, false);
+    sim.run_until(t0 + secs(3));
+    let from = sim.at(t0);
+    let during: Vec<Instant> = liveness_sends(&sim, Side::A, 0, from)
+        .into_iter()
+        .filter(|&t| t <= from + ms(800))
+        .collect();
+    let gaps: Vec<Duration> = during.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("A's liveness datagrams during the cut, gaps {gaps:?}");
+    assert!(
+        gaps.iter().filter(|&&g| g <= ki / 2).count() >= 2,
+        "A did not poll its quiet peer every half interval: gaps {gaps:?}"
+    );
+    for side in [Side::A, Side::B] {
+        assert!(
+            sim.transitions(side, 0)
+                .iter()
+                .all(|(at, st)| *at < from || *st == TunnelState::Up),
+            "{side:?}: an 800 ms one-way gap took tunnel 0 Down"
+        );
+    }
+    // Heard again: back to one per interval (in 1.8 s: ~8 keepalives and ~2 echo replies;
+    // polling every half interval would be ~15).
+    let after = liveness_sends(&sim, Side::A, 0, sim.at(t0 + ms(1200)));
+    assert!(
+        after.len() < 12,
+        "A still polls after the peer is heard: {} datagrams in 1.8 s",
+        after.len()
+    );
 }
 
 #[test]

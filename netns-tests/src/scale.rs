@@ -117,7 +117,7 @@ pub struct ScaleResult {
     pub rss_budget_kib: u64,
     /// Hub CPU with only keepalives running, in % of one core.
     pub idle_cpu_pct: f64,
-    /// Keepalive datagrams per second the hub receives plus sends (each side sends two per
+    /// Keepalive datagrams per second the hub receives plus sends (each side sends one or two per
     /// `dpd_interval` per tunnel, from the timers' definition).
     pub keepalives_per_s: f64,
     /// `tandem status --json`: median wall time.
@@ -531,7 +531,10 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
         rss_peak_kib,
         rss_budget_kib: 64 * 1024 + 16 * u64::from(tunnels),
         idle_cpu_pct,
-        keepalives_per_s: 2.0 * f64::from(tunnels) * 2.0 / opts.dpd_interval.as_secs_f64(),
+        keepalives_per_s: 2.0
+            * f64::from(tunnels)
+            * f64::from(tandem_engine::keepalives_per_interval(opts.dpd_interval))
+            / opts.dpd_interval.as_secs_f64(),
         status_ms_median,
         status_ms_max,
         status_bytes,
