@@ -21,6 +21,7 @@
 //! The topology is two namespaces joined by a veth: `hub` (100.64.0.1, the hub's LAN 10.0.0.1 on
 //! its loopback) and `br` (every branch address on its loopback, routed through 100.64.0.2).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -34,6 +35,9 @@ use crate::branches::{
 use crate::netns::{Netns, unique_prefix, veth};
 use crate::process::Bg;
 use crate::tandem::{TempDir, tandem_bin, tandem_cmd, write_private};
+
+/// The hub's metrics endpoint, inside the hub's namespace.
+const METRICS: &str = "127.0.0.1:9810";
 
 /// The hub's one port.
 pub const HUB: &str = "100.64.0.1:4500";
@@ -144,6 +148,9 @@ pub struct ScaleResult {
     pub reload_probes_sent: u64,
     /// ... of which lost.
     pub reload_probes_lost: u64,
+    /// Packets the hub dropped over the reload window, by reason (its
+    /// `tandem_dropped_packets_total`; reasons with none left out).
+    pub reload_hub_drops: BTreeMap<String, u64>,
 }
 
 struct Hub {
@@ -163,6 +170,33 @@ impl Hub {
 
     fn pid(&self) -> u32 {
         self.daemon.as_ref().map_or(0, Bg::pid)
+    }
+
+    /// The hub's `tandem_dropped_packets_total` by reason, from its metrics endpoint.
+    fn drops(&self) -> Result<BTreeMap<String, u64>, Error> {
+        let text = self.ns.run(
+            "python3",
+            [
+                "-c",
+                &format!(
+                    "import urllib.request; print(urllib.request.urlopen('http://{METRICS}/metrics', timeout=10).read().decode())"
+                ),
+            ],
+        )?;
+        let drops: BTreeMap<String, u64> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("tandem_dropped_packets_total{reason=\"")?;
+                let (reason, value) = rest.split_once("\"} ")?;
+                Some((reason.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect();
+        if drops.is_empty() {
+            return Err(Error::Parse(format!(
+                "the hub's metrics have no tandem_dropped_packets_total: {text}"
+            )));
+        }
+        Ok(drops)
     }
 
     fn status_text(&self) -> Result<String, Error> {
@@ -305,7 +339,7 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
         &dir.join("tandem.toml"),
         &format!(
             "include = [\"conf.d/*.toml\"]\n\n[gateway]\nprivate_key_file = \"hub.key\"\n\
-             tun_name = \"tdm0\"\n\n[control]\nsocket = \"{}\"\n",
+             tun_name = \"tdm0\"\n\n[control]\nsocket = \"{}\"\nmetrics_listen = \"{METRICS}\"\n",
             dir.join("control.sock").display()
         ),
     )?;
@@ -470,6 +504,7 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
     std::thread::sleep(Duration::from_secs(2));
     let others = k..n;
     let before: Vec<_> = others.clone().map(|b| emu.probes(b)).collect();
+    let drops0 = hub.drops()?;
     for b in n..n + k {
         write_branch(&hub.dir, b, opts, run)?;
     }
@@ -492,6 +527,14 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
     emu.probe(None);
     // Let the last probes' replies come back.
     std::thread::sleep(Duration::from_millis(1500));
+    let drops1 = hub.drops()?;
+    let reload_hub_drops: BTreeMap<String, u64> = drops1
+        .iter()
+        .filter_map(|(r, &n)| {
+            let d = n.saturating_sub(drops0.get(r).copied().unwrap_or(0));
+            (d > 0).then(|| (r.clone(), d))
+        })
+        .collect();
     let (mut sent, mut lost) = (0, 0);
     for (b, p0) in others.zip(before) {
         let p1 = emu.probes(b);
@@ -504,6 +547,18 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
         "reload (-{k} +{k} branches) in {reload_ms:.0} ms, new branches Up after {}; {lost} of {sent} probes lost on the other {} branches",
         reload_new_up_ms.map_or("never".to_owned(), |d| format!("{d:.0} ms")),
         n - k
+    ));
+    log(&format!(
+        "hub drops over the reload window: {}",
+        if reload_hub_drops.is_empty() {
+            "none".to_owned()
+        } else {
+            reload_hub_drops
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     ));
     let after_states = hub.states().unwrap_or_default();
     let expected = 2 * n as usize;
@@ -547,6 +602,7 @@ pub fn run(opts: &ScaleOpts, log: &mut dyn FnMut(&str)) -> Result<ScaleResult, E
         reload_new_up_ms,
         reload_probes_sent: sent,
         reload_probes_lost: lost,
+        reload_hub_drops,
     })
 }
 
