@@ -654,44 +654,31 @@ fn five_percent_loss_causes_no_false_down_with_traffic_or_with_keepalives_alone_
         "{delivered} of {sent}: loss is only the path's"
     );
 
-    // Keepalives alone.
-    let mut sim = Sim::new(Setup {
-        seed: 6,
-        ..Setup::default()
-    });
-    sim.set_links(|l| l.loss = 0.05);
-    sim.run_until(secs(3600));
-    let downs = down_count(&sim, 0) + down_count(&sim, 1);
-    eprintln!(
-        "5 % loss, keepalives alone: Downs {downs} (without polls {:.2})",
-        e1(0.05, 3600.0)
-    );
-    assert_eq!(downs, 0);
-
-    // The polls at work: 20 % loss for an hour.
-    let mut sim = Sim::new(Setup {
-        seed: 8,
-        ..Setup::default()
-    });
-    sim.set_links(|l| l.loss = 0.20);
-    sim.run_until(secs(3600));
-    let downs = (down_count(&sim, 0) + down_count(&sim, 1)) as f64;
-    let e = e1(0.20, 3600.0);
-    eprintln!("20 % loss, keepalives alone: Downs {downs} (without polls {e:.0})");
+    // Keepalives alone: false Downs over `secs` at `loss`, with their no-poll bound.
+    let downs_at = |seed: u64, loss: f64, secs_run: u64| {
+        let mut sim = Sim::new(Setup {
+            seed,
+            ..Setup::default()
+        });
+        sim.set_links(|l| l.loss = loss);
+        sim.run_until(secs(secs_run));
+        let downs = (down_count(&sim, 0) + down_count(&sim, 1)) as f64;
+        let e = e1(loss, secs_run as f64);
+        eprintln!(
+            "{:.0} % loss, keepalives alone: Downs {downs} (without polls {e:.2})",
+            loss * 100.0
+        );
+        (downs, e)
+    };
+    let (downs, _) = downs_at(6, 0.05, 3600);
+    assert_eq!(downs, 0.0);
+    // The polls at work.
+    let (downs, e) = downs_at(8, 0.20, 3600);
     assert!(
         downs <= e / 2.0,
         "{downs} false Downs at 20 % loss: the polls should at least halve {e:.0}"
     );
-
-    let mut sim = Sim::new(Setup {
-        seed: 7,
-        ..Setup::default()
-    });
-    sim.set_links(|l| l.loss = 0.50);
-    sim.run_until(secs(600));
-    let downs = (down_count(&sim, 0) + down_count(&sim, 1)) as f64;
-    let e = e1(0.50, 600.0);
-    eprintln!("50 % loss, keepalives alone: Downs {downs} (without polls {e:.0})");
+    let (downs, e) = downs_at(7, 0.50, 600);
     assert!(
         downs > 0.0 && downs <= e,
         "{downs} false Downs at 50 % loss, expected 0 < Downs <= {e:.0}"
