@@ -98,8 +98,8 @@ fn responder_rekey_delay(rekey_after: Duration) -> Duration {
 /// the peer is heard again. A false Down then needs the peer's three keepalives after the last
 /// one heard lost and each of the polls from the first timer after that on (at least four
 /// before `dpd_timeout`; a poll fails if either the request or the reply is lost): about
-/// 16 p^7 per interval, 1e-8 at 5 % loss (one false Down per tunnel in a month at a loss no WAN
-/// keeps up; BFD's usual multiplier of 3 is p^3, 1e-4). Two keepalives per interval, always,
+/// 16 p^7 per interval and direction, 1e-8 at 5 % loss (a false Down per tunnel every four
+/// months or so, at a loss no WAN keeps up; BFD's usual multiplier of 3 is p^3, 1e-4). Two keepalives per interval, always,
 /// need 8 consecutive losses (4e-11), for twice the datagrams on every idle tunnel: the cost a
 /// head-end with a thousand tunnels pays in CPU. Short intervals keep two per interval: there a
 /// stall of the sending host (tens of milliseconds under load) is a good part of an interval,

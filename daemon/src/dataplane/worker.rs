@@ -470,7 +470,7 @@ pub struct TunSettings {
 /// Packets the kernel may queue on a TUN for the data plane to read (its `txqueuelen`); Linux
 /// gives a TUN 500. The queue fills only while the data plane is off its core: with 500, a
 /// gateway that shares two cores with busy neighbours (`lab fastpath`: the sending and
-/// receiving hosts as well) dropped a quarter of a full-rate UDP flow there. 5000 holds ~15 ms
+/// receiving hosts as well) dropped up to half of a full-rate UDP flow there. 5000 holds ~14 ms
 /// at 350 kpps, as long as the scheduler keeps a task waiting on a busy core; only a sender
 /// outrunning the data plane for longer fills it. Same-run A/B in docs/performance.md.
 const TUN_TX_QUEUE_LEN: u32 = 5000;
