@@ -260,8 +260,9 @@ impl Engine {
     }
 
     /// The shortest keepalive slack of any connection: [`KEEPALIVE_SLACK_PCT`](crate::KEEPALIVE_SLACK_PCT)
-    /// % of its `dpd_interval` (2.5 ms at the defaults). Zero without connections. A keepalive may be sent this much early;
-    /// the data plane may read control datagrams this much late (docs/protocol.md, "Timers").
+    /// % of its `dpd_interval` (2.5 ms at the defaults). Zero without connections. A keepalive
+    /// may be sent this much early; the data plane may read control datagrams this much late
+    /// (docs/protocol.md, "Timers").
     #[must_use]
     pub fn keepalive_slack(&self) -> Duration {
         self.conns
