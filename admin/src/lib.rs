@@ -337,35 +337,100 @@ pub enum ClientError {
 
 /// Send one request and wait for the reply (blocking; the CLI has nothing else to do).
 pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, ClientError> {
-    let unreachable = |source| ClientError::Unreachable {
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Unreachable {
         path: socket.display().to_string(),
         source,
+    })?;
+    exchange(stream, socket, req, timeout)
+}
+
+/// One request and its reply on a connected stream. Once connected, the daemon has been
+/// reached: whatever goes wrong after is a missing or bad reply, whichever side of the write
+/// the daemon hung up on (EPIPE on the write, or end of file on the read).
+fn exchange(
+    mut stream: UnixStream,
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Reply, ClientError> {
+    let after_connect = |e: std::io::Error| match e.kind() {
+        // A timeout surfaces as EAGAIN on a blocking socket.
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::NoReply {
+            path: socket.display().to_string(),
+            after: timeout,
+        },
+        std::io::ErrorKind::BrokenPipe
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::NotConnected => {
+            ClientError::BadReply(format!("the daemon hung up without a reply ({e})"))
+        }
+        _ => ClientError::BadReply(e.to_string()),
     };
-    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
     stream
         .set_read_timeout(Some(timeout))
-        .map_err(unreachable)?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(unreachable)?;
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(after_connect)?;
     let body = serde_json::to_vec(req).map_err(|e| ClientError::BadReply(e.to_string()))?;
-    stream.write_all(&body).map_err(unreachable)?;
+    stream.write_all(&body).map_err(after_connect)?;
     stream
         .shutdown(std::net::Shutdown::Write)
-        .map_err(unreachable)?;
+        .map_err(after_connect)?;
     let mut buf = Vec::new();
     (&mut stream)
         .take(MAX_MESSAGE)
         .read_to_end(&mut buf)
-        .map_err(|e| match e.kind() {
-            // A read timeout surfaces as EAGAIN on a blocking socket.
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::NoReply {
-                path: socket.display().to_string(),
-                after: timeout,
-            },
-            _ => ClientError::BadReply(e.to_string()),
-        })?;
+        .map_err(after_connect)?;
+    if buf.is_empty() {
+        return Err(ClientError::BadReply(
+            "the daemon hung up without a reply".into(),
+        ));
+    }
     serde_json::from_slice(&buf).map_err(|e| ClientError::BadReply(e.to_string()))
+}
+
+#[cfg(test)]
+mod client_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_daemon_gone_before_the_request_is_written_is_a_bad_reply_not_unreachable() {
+        // The daemon's end closes before the client writes: the write fails with EPIPE.
+        let (client, daemon) = UnixStream::pair().unwrap();
+        drop(daemon);
+        let err = exchange(
+            client,
+            Path::new("/run/tandem/ctl.sock"),
+            &Request::Status,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ClientError::BadReply(_)), "{err:?}");
+        assert!(text.contains("hung up without a reply"), "{text}");
+    }
+
+    #[test]
+    fn a_daemon_that_reads_the_request_and_closes_is_a_bad_reply() {
+        let (client, mut daemon) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut req = Vec::new();
+            daemon.read_to_end(&mut req).unwrap();
+            req
+        });
+        let err = exchange(
+            client,
+            Path::new("/run/tandem/ctl.sock"),
+            &Request::Status,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(!t.join().unwrap().is_empty());
+        assert!(
+            err.to_string().contains("hung up without a reply"),
+            "{err:?}"
+        );
+    }
 }
 
 /// Exit status of every `tandem` command (docs/cli.md, "Exit status"): the one definition.
