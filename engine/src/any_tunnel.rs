@@ -289,7 +289,7 @@ impl Tunnel {
     ) -> Result<Received, DropReason> {
         match self {
             Tunnel::Noise(t) => t.handle_esp(from, buf, range, now, ctx),
-            Tunnel::Ike(t) => t.handle_esp(buf, range, now, ctx),
+            Tunnel::Ike(t) => t.handle_esp(from, buf, range, now, ctx),
         }
     }
 }

@@ -21,6 +21,9 @@
 //!   on it from the first packet that opens on it, or once the old one is deleted. The old inbound
 //!   SA receives until its DELETE, and for a short grace period after it (packets in flight).
 //! - A peer's DELETE of the IKE SA is the closing notice: the tunnel is Down at once.
+//! - **The peer's NAT-T port** is followed from fresh, authenticated packets only (an ESP packet
+//!   the replay window took, an IKE message the current IKE SA authenticated for the first time);
+//!   the address never moves. A response goes where its request came from.
 //! - Nothing here allocates on the data path (seal, open); IKE messages are rare and may.
 
 use std::collections::VecDeque;
@@ -203,10 +206,13 @@ impl Start {
     }
 }
 
-/// An IKE message to send: on the NAT-T port to `remote`, or on the IKE port to this address.
+/// An IKE message to send: on the NAT-T port to the peer's endpoint (`remote`), on the NAT-T
+/// port to this address (a response goes where its request came from, RFC 7296 §2.11), or on
+/// the IKE port to this address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     NatT,
+    NatTTo(SocketAddr),
     Ike(SocketAddr),
 }
 
@@ -228,7 +234,12 @@ pub(crate) struct IkeTunnel {
     dpd_timeout: Duration,
     /// What each IKE SA of this tunnel is made with.
     ike: tandem_ike::Config,
+    /// The peer's NAT-T endpoint: the configured `remote` until an authenticated message from
+    /// the peer's address arrives from another port (a NAT in front of the peer rebound it),
+    /// then that one (RFC 7296 §2.23).
     remote: Option<SocketAddr>,
+    /// While a message from the NAT-T port is handled: its source, where responses go.
+    reply_to: Option<SocketAddr>,
     /// The IKE SA in use: established, or our attempt.
     sa: Option<IkeSa>,
     /// Where `sa`'s exchange started.
@@ -334,6 +345,17 @@ fn open_drop(e: OpenError) -> DropReason {
     }
 }
 
+/// A response on the NAT-T port goes back where its request came from (`reply_to`, set while
+/// a message from the NAT-T port is handled), whatever the peer's endpoint: RFC 7296 §2.11.
+fn reply_route(r: Route, msg: &[u8], reply_to: Option<SocketAddr>) -> Route {
+    match (r, reply_to) {
+        (Route::NatT, Some(to)) if parse_header(msg).is_ok_and(|(h, _)| h.is_response()) => {
+            Route::NatTTo(to)
+        }
+        _ => r,
+    }
+}
+
 /// How a message `sa` handed out travels, for an exchange that started at `start`.
 fn route(sa: &IkeSa, msg: &[u8], start: Start) -> Route {
     match (sa.transport_for(msg, start.transport()), start) {
@@ -388,6 +410,7 @@ impl IkeTunnel {
             dpd_timeout: conn_cfg.dpd_timeout.max(Duration::from_millis(1)),
             ike,
             remote,
+            reply_to: None,
             sa: None,
             sa_start: Start::NatT,
             incoming: None,
@@ -664,7 +687,8 @@ impl IkeTunnel {
             let mut progressed = false;
             if let Some(sa) = self.incoming.as_mut() {
                 while let Some(d) = sa.poll_transmit() {
-                    self.out.push_back((route(sa, &d, self.incoming_start), d));
+                    let r = reply_route(route(sa, &d, self.incoming_start), &d, self.reply_to);
+                    self.out.push_back((r, d));
                 }
                 if let Some(e) = sa.poll_event() {
                     progressed = true;
@@ -673,7 +697,8 @@ impl IkeTunnel {
             }
             if let Some(sa) = self.sa.as_mut() {
                 while let Some(d) = sa.poll_transmit() {
-                    self.out.push_back((route(sa, &d, self.sa_start), d));
+                    let r = reply_route(route(sa, &d, self.sa_start), &d, self.reply_to);
+                    self.out.push_back((r, d));
                 }
                 if let Some(e) = sa.poll_event() {
                     progressed = true;
@@ -976,7 +1001,10 @@ impl IkeTunnel {
         let msg = datagram
             .strip_prefix(&NON_ESP_MARKER[..])
             .ok_or(DropReason::Malformed)?;
-        self.handle_ike_message(from, msg, Start::NatT, now, ctx)
+        self.reply_to = Some(from);
+        let r = self.handle_ike_message(from, msg, Start::NatT, now, ctx);
+        self.reply_to = None;
+        r
     }
 
     /// A datagram on our IKE port (500): an IKE message without a marker from `from`.
@@ -1024,7 +1052,7 @@ impl IkeTunnel {
                     Admission::Cookie(reply) => {
                         let route = match start {
                             Start::Ike(peer) => Route::Ike(peer),
-                            Start::NatT => Route::NatT,
+                            Start::NatT => Route::NatTTo(from),
                         };
                         self.out.push_back((route, reply));
                         return Err(DropReason::IkeCookie);
@@ -1044,17 +1072,43 @@ impl IkeTunnel {
         } else {
             self.sa.as_mut()
         };
-        let r = match target {
-            Some(sa) => sa.handle_datagram(now, msg, ctx.rng).map_err(ike_drop),
-            None => Err(DropReason::Handshake),
+        let Some(sa) = target else {
+            return Err(DropReason::Handshake);
         };
+        let before = (sa.spi_i(), sa.fresh_peer_messages());
+        let r = sa.handle_datagram(now, msg, ctx.rng).map_err(ike_drop);
         self.drain(now, ctx);
+        // Fresh and authenticated on the SA now in use (a peer's new IKE SA once its IKE_AUTH
+        // made it current): the peer sends from `from`.
+        let proved = self.sa.as_ref().is_some_and(|s| {
+            s.is_established() && s.spi_i() == before.0 && s.fresh_peer_messages() > before.1
+        });
+        if proved && start == Start::NatT {
+            self.follow(from, ctx);
+        }
         r
     }
 
-    /// An ESP datagram at `buf[range]`.
+    /// The peer was proved to send from `from` on the NAT-T port: a NAT in front of it may
+    /// have moved it to another port, and we follow it there (RFC 7296 §2.23). Only ports
+    /// move: IKE is spoken with the configured address alone.
+    fn follow(&mut self, from: SocketAddr, ctx: &mut Ctx<'_>) {
+        if self
+            .remote
+            .is_some_and(|r| r.ip() == from.ip() && r != from)
+        {
+            self.remote = Some(from);
+            ctx.events.push_back(Event::PeerEndpoint {
+                tunnel: self.id,
+                addr: from,
+            });
+        }
+    }
+
+    /// An ESP datagram at `buf[range]` from `from`.
     pub fn handle_esp(
         &mut self,
+        from: SocketAddr,
         buf: &mut [u8],
         range: Range<usize>,
         now: Instant,
@@ -1069,8 +1123,9 @@ impl IkeTunnel {
             .find(|s| s.sa.spi().get() == spi)
             .ok_or(DropReason::UnknownSpi)?;
         let opened = slot.sa.open(buf, range).map_err(open_drop)?;
-        // Authenticated from here on.
+        // Authenticated and fresh (the replay window took it) from here on.
         self.heard_at(now);
+        self.follow(from, ctx);
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += len;
         if self.next.as_ref().is_some_and(|n| n.in_spi == spi) {
@@ -1191,6 +1246,7 @@ impl IkeTunnel {
         while let Some((route, msg)) = self.out.pop_front() {
             let (dst, marker, via) = match route {
                 Route::NatT => (remote, &NON_ESP_MARKER[..], None),
+                Route::NatTTo(to) => (to, &NON_ESP_MARKER[..], None),
                 Route::Ike(peer) => match self.local_ike {
                     Some(l) => (peer, &[][..], Some(l)),
                     None => continue,

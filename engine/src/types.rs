@@ -230,7 +230,8 @@ pub enum Event {
         /// It replaced a previous SA (rekey).
         rekey: bool,
     },
-    /// A responder-only tunnel learned (or changed) the peer endpoint from an authenticated packet.
+    /// A tunnel learned or changed the peer's endpoint from an authenticated packet: a
+    /// responder-only tunnel, or an IKEv2 tunnel whose peer a NAT moved to another port.
     PeerEndpoint {
         /// The tunnel.
         tunnel: TunnelId,

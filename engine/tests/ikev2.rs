@@ -157,3 +157,124 @@ fn a_wrong_ikev2_psk_keeps_tunnel1_down_reports_authentication_failed_and_tunnel
     assert_no_loss(&sim, 1, secs(1), secs(30) - ms(50));
     assert_no_loss(&sim, 2, secs(1), secs(30) - ms(50));
 }
+
+/// A's NAT-T port on tunnel 1 moves (the NAT in front of A rebinds) at `at`.
+fn rebind_a(sim: &mut Sim) -> std::net::SocketAddr {
+    let moved = std::net::SocketAddr::new(addr(Side::A, 0).ip(), 61_000);
+    sim.src_addr[0][Side::A as usize] = moved;
+    moved
+}
+
+fn endpoint_events(sim: &Sim) -> Vec<std::net::SocketAddr> {
+    sim.events_of(Side::B)
+        .filter_map(|(_, e)| match e {
+            Event::PeerEndpoint { tunnel, addr } if tunnel.0 == 0 => Some(*addr),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_ikev2_tunnel_follows_the_peers_nat_t_port_when_its_nat_rebinds() {
+    // No traffic: only IKE liveness. B must answer A's probe from the new port there (a
+    // response goes where its request came from) and send its own requests there too.
+    let mut sim = Sim::ikev2(Setup::default(), LONG_LIFETIMES);
+    sim.run_until(secs(10));
+    let b0 = tandem_engine::TunnelId(0);
+    assert_eq!(
+        sim.engine(Side::B).tunnel_remote(b0),
+        Some(addr(Side::A, 0))
+    );
+    let moved = rebind_a(&mut sim);
+    sim.run_until(secs(40));
+    assert_eq!(sim.engine(Side::B).tunnel_remote(b0), Some(moved));
+    assert_eq!(endpoint_events(&sim), vec![moved]);
+    for side in [Side::A, Side::B] {
+        let tr = sim.transitions(side, 0);
+        assert_eq!(
+            tr.iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec![TunnelState::Up],
+            "{side:?} tunnel 1 never left Up: {tr:?}"
+        );
+    }
+}
+
+#[test]
+fn an_ikev2_tunnel_under_traffic_follows_a_rebound_nat_t_port_at_the_first_esp_packet() {
+    let mut sim = Sim::ikev2(Setup::default(), LONG_LIFETIMES);
+    sim.add_bidirectional_traffic(ms(10), secs(1));
+    sim.run_until(secs(10));
+    let moved = rebind_a(&mut sim);
+    sim.run_until(secs(20));
+    assert_eq!(
+        sim.engine(Side::B)
+            .tunnel_remote(tandem_engine::TunnelId(0)),
+        Some(moved)
+    );
+    // Only what B sent before A's first packet from the new port arrived is lost.
+    assert_no_loss(&sim, 1, secs(1), secs(20) - ms(50));
+    assert_no_loss(&sim, 2, secs(10) + ms(100), secs(20) - ms(50));
+    for side in [Side::A, Side::B] {
+        assert_eq!(sim.transitions(side, 0).len(), 1, "{side:?}");
+    }
+}
+
+#[test]
+fn a_replayed_ike_request_or_esp_packet_from_another_port_does_not_move_the_endpoint() {
+    let mut sim = Sim::ikev2(Setup::default(), LONG_LIFETIMES);
+    sim.record_wire = true;
+    sim.add_flow(Side::A, 1, ms(50), secs(1));
+    sim.run_until(secs(10));
+    sim.stop_flows();
+    sim.run_until(secs(10) + ms(30));
+    let b0 = tandem_engine::TunnelId(0);
+    let home = addr(Side::A, 0);
+    let spoof = std::net::SocketAddr::new(home.ip(), 9_999);
+    // Copies of datagrams B has already received (the link's latency is 10 ms): replays.
+    let delivered_by = sim.now - ms(20);
+    let from_a = |ike: bool| {
+        sim.wire
+            .iter()
+            .rev()
+            .filter(|w| w.0 <= delivered_by)
+            .find(|(_, side, t, d)| {
+                // IKE: the non-ESP marker, then a request (flags at byte 19 of the message).
+                let is_ike_request = d.len() > 24 && d[..4] == [0; 4] && d[4 + 19] & 0x20 == 0;
+                *side == Side::A && *t == 0 && (is_ike_request == ike) && (ike || d[..4] != [0; 4])
+            })
+            .map(|w| w.3.clone())
+            .unwrap()
+    };
+    let (ike, esp) = (from_a(true), from_a(false));
+    // The IKE request is answered again from the cache (to where it came from), the ESP
+    // packet is a replay: neither is fresh.
+    sim.inject(Side::B, 0, spoof, ike);
+    assert!(matches!(
+        sim.inject(Side::B, 0, spoof, esp),
+        tandem_engine::NetAction::Drop(tandem_engine::DropReason::Replay)
+    ));
+    assert_eq!(sim.engine(Side::B).tunnel_remote(b0), Some(home));
+    assert!(endpoint_events(&sim).is_empty());
+}
+
+#[test]
+fn a_peer_behind_a_nat_comes_up_from_a_nat_t_port_that_is_not_the_configured_one() {
+    // A's NAT maps its port 4500 to 61000 from the start: B, configured with A's address and
+    // port 4500, answers IKE_SA_INIT where it came from and follows A there once IKE_AUTH
+    // authenticates it.
+    let mut sim = Sim::ikev2(Setup::default(), LONG_LIFETIMES);
+    let moved = rebind_a(&mut sim);
+    sim.add_bidirectional_traffic(ms(10), secs(2));
+    sim.run_until(secs(10));
+    for side in [Side::A, Side::B] {
+        assert_eq!(sim.state(side, 0), TunnelState::Up, "{side:?}");
+        assert_eq!(sim.active(side), Some(0), "{side:?}");
+    }
+    assert_eq!(
+        sim.engine(Side::B)
+            .tunnel_remote(tandem_engine::TunnelId(0)),
+        Some(moved)
+    );
+    assert_no_loss(&sim, 1, secs(2), secs(10) - ms(50));
+    assert_no_loss(&sim, 2, secs(2), secs(10) - ms(50));
+}

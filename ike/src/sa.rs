@@ -324,6 +324,9 @@ pub struct IkeSa {
     /// authenticated with the peer's key of the current state): what the handler's
     /// [`IkeSa::open_peer`] returns instead of opening an SK payload.
     reassembled: Option<Vec<Payload>>,
+    /// Messages of the peer authenticated and processed for the first time (see
+    /// [`IkeSa::fresh_peer_messages`]).
+    fresh_from_peer: u64,
     spi_i: u64,
     spi_r: u64,
     state: State,
@@ -492,6 +495,7 @@ impl IkeSa {
             reassembly_request: None,
             reassembly_response: None,
             reassembled: None,
+            fresh_from_peer: 0,
             spi_i,
             spi_r: 0,
             state: State::Failed,
@@ -549,6 +553,16 @@ impl IkeSa {
     /// Whether both ends negotiated IKE fragmentation (RFC 7383) and ours is on.
     pub fn fragmentation_negotiated(&self) -> bool {
         self.fragmenting
+    }
+
+    /// How many of the peer's messages this SA has authenticated and processed for the first
+    /// time: IKE_AUTH and every later exchange, never IKE_SA_INIT (not authenticated), a
+    /// retransmitted request answered from the cache, or a response to no request of ours.
+    /// Each is fresh proof that the peer sends from where that message came: a host that is
+    /// not behind a NAT follows the peer there (RFC 7296 §2.23), and a replayed or forged
+    /// message cannot move it.
+    pub fn fresh_peer_messages(&self) -> u64 {
+        self.fresh_from_peer
     }
 
     /// Whether IKE_AUTH completed.
@@ -712,10 +726,16 @@ impl IkeSa {
         msg: &Message,
         key: &SaKeys,
     ) -> Result<Vec<Payload>, ParseError> {
-        match self.reassembled.take() {
+        // Every caller has checked the message ID against the request it expects or the
+        // response it waits for: what opens here is fresh.
+        let inner = match self.reassembled.take() {
             Some(inner) => Ok(inner),
             None => open_sk(datagram, msg, key),
+        };
+        if inner.is_ok() {
+            self.fresh_from_peer += 1;
         }
+        inner
     }
 
     fn send_request(

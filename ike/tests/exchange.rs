@@ -560,6 +560,58 @@ fn an_empty_informational_is_answered_both_ways_as_liveness() {
     assert!(events(&mut b).is_empty(), "processed once");
 }
 
+#[test]
+fn only_fresh_authenticated_messages_count_as_proof_of_the_peers_address() {
+    let t0 = Instant::now();
+    let mut rng = rng(21);
+    let mut a = IkeSa::initiate(a_towards_b("pw"), t0, &mut rng);
+    let mut b = IkeSa::respond(config_b("pw"));
+    let init = drain(&mut a);
+    b.handle_datagram(t0, &init[0], &mut rng).unwrap();
+    a.handle_datagram(t0, &drain(&mut b)[0], &mut rng).unwrap();
+    assert_eq!(
+        (a.fresh_peer_messages(), b.fresh_peer_messages()),
+        (0, 0),
+        "IKE_SA_INIT proves nothing"
+    );
+    let auth = drain(&mut a);
+    b.handle_datagram(t0, &auth[0], &mut rng).unwrap();
+    let answer = drain(&mut b);
+    assert_eq!(b.fresh_peer_messages(), 1, "the IKE_AUTH request");
+    // The same request again (a retransmission, or a replay by anyone who saw it): answered
+    // from the cache, not counted.
+    b.handle_datagram(t0, &auth[0], &mut rng).unwrap();
+    assert_eq!(drain(&mut b), answer);
+    assert_eq!(b.fresh_peer_messages(), 1);
+    a.handle_datagram(t0, &answer[0], &mut rng).unwrap();
+    assert_eq!(a.fresh_peer_messages(), 1, "the IKE_AUTH response");
+    assert!(a.handle_datagram(t0, &answer[0], &mut rng).is_err());
+    assert_eq!(a.fresh_peer_messages(), 1, "a second copy of the response");
+    // A liveness exchange: one fresh message each way.
+    a.send_liveness(t0 + ms(10));
+    let req = drain(&mut a);
+    b.handle_datagram(t0 + ms(10), &req[0], &mut rng).unwrap();
+    let resp = drain(&mut b);
+    b.handle_datagram(t0 + ms(10), &req[0], &mut rng).unwrap();
+    assert_eq!(
+        drain(&mut b),
+        resp,
+        "the duplicate is answered from the cache"
+    );
+    a.handle_datagram(t0 + ms(10), &resp[0], &mut rng).unwrap();
+    assert_eq!((a.fresh_peer_messages(), b.fresh_peer_messages()), (2, 2));
+    // A tampered message does not authenticate and counts for nothing.
+    b.send_liveness(t0 + ms(20));
+    let mut req = drain(&mut b).remove(0);
+    let last = req.len() - 1;
+    req[last] ^= 1;
+    assert_eq!(
+        a.handle_datagram(t0 + ms(20), &req, &mut rng),
+        Err(Dropped::DecryptFailed)
+    );
+    assert_eq!(a.fresh_peer_messages(), 2);
+}
+
 fn child_rekey_by(initiator_rekeys: bool, seed: u64) {
     let (mut a, mut b, t0, mut rng) = established_pair(seed);
     let (x, y) = if initiator_rekeys {
