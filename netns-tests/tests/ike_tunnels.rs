@@ -936,3 +936,102 @@ fn tandem_drill_on_an_ikev2_connection_reports_gap_and_lost_probes_from_icmp_pro
         "failback after the 1 s hold-down: {out}"
     );
 }
+
+/// A NAT in front of charon on isp1 that maps its UDP port 4500 to `port`, both ways, in isp1's
+/// namespace: charon's datagrams leave with source port `port`, datagrams to `port` reach
+/// charon's 4500, and datagrams to charon's 4500 itself are dropped (no mapping), as a real
+/// NAT's would be. Without state, so loading it again with another port is a NAT that rebinds.
+fn nat_in_front_of_charon(aws: &AwsLab, port: u16) {
+    let charon = v4(Isp::One).1;
+    aws.lab
+        .isp(Isp::One)
+        .nft(&format!(
+            "table ip tdm_nat
+delete table ip tdm_nat
+table ip tdm_nat {{
+    chain pre {{
+        type filter hook prerouting priority raw; policy accept;
+        ip daddr {charon} udp dport 4500 counter drop
+        ip daddr {charon} udp dport {port} udp dport set 4500
+        ip saddr {charon} udp sport 4500 udp sport set {port}
+    }}
+}}
+"
+        ))
+        .unwrap();
+}
+
+fn tunnel1_remote(s: &Status) -> Option<String> {
+    s.tunnel("tunnel1")
+        .and_then(|t| t["remote"].as_str())
+        .map(str::to_owned)
+}
+
+/// Pings office -> VPC until `n` in a row are answered through tunnel1; panics after 10 s.
+fn pings_through_tunnel1(aws: &AwsLab) {
+    let before = aws.status().unwrap().num("tunnel1", "rx_packets").unwrap();
+    let p = ping(
+        &aws.lab.office,
+        vpc_ip(Family::V4),
+        20,
+        Duration::from_millis(10),
+    )
+    .unwrap();
+    assert_eq!(p.received, 20, "{p:?}");
+    let after = aws.status().unwrap().num("tunnel1", "rx_packets").unwrap();
+    assert!(
+        after - before >= 20.0,
+        "the replies came over tunnel1: {before} -> {after}"
+    );
+}
+
+#[test]
+fn charon_behind_a_nat_that_maps_and_then_rebinds_its_port_keeps_tunnel1() {
+    // charon's DPD every second: what reaches tandem from the new port when nothing else does.
+    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "1s", AWS_IKE, AWS_ESP) else {
+        return;
+    };
+    nat_in_front_of_charon(&aws, 41_000);
+    aws.start_tandem(&tandem_config(false, ""));
+    for isp in [Isp::One, Isp::Two] {
+        aws.charon(isp)
+            .swanctl(["--initiate", "--ike", "aws", "--child", "net"])
+            .unwrap();
+    }
+    // tandem is configured with charon's port 4500 but hears it from 41000: it answers there
+    // (a response goes where its request came from) and follows it after IKE_AUTH.
+    aws.wait("both tunnels up", UP_TIMEOUT, both_up);
+    let charon = v4(Isp::One).1;
+    assert_eq!(
+        tunnel1_remote(&aws.status().unwrap()),
+        Some(format!("{charon}:41000"))
+    );
+    aws.wait("tunnel1 active", UP_TIMEOUT, |s| {
+        s.active().as_deref() == Some("tunnel1")
+    });
+    pings_through_tunnel1(&aws);
+
+    // The NAT rebinds while the tunnel is idle: tandem's probes to 41000 now die there, until
+    // charon's next DPD request arrives from 42000 and tandem follows it.
+    nat_in_front_of_charon(&aws, 42_000);
+    let moved = Some(format!("{charon}:42000"));
+    let took = aws.wait(
+        "tandem follows charon to 42000",
+        Duration::from_secs(10),
+        |s| tunnel1_remote(s) == moved && s.state("tunnel1").as_deref() == Some("up"),
+    );
+    eprintln!(
+        "NAT rebinding on an idle tunnel: tandem follows in {:.0} ms",
+        took.as_secs_f64() * 1e3
+    );
+    aws.wait("tunnel1 active again", UP_TIMEOUT, |s| {
+        s.active().as_deref() == Some("tunnel1")
+    });
+    pings_through_tunnel1(&aws);
+    let log = aws.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("peer endpoint learned") && l.contains(":42000")),
+        "{log}"
+    );
+}
