@@ -59,10 +59,61 @@ pub struct TempDir {
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
+/// Removes the `tdm-<pid>-*` directories of lab processes that no longer exist (a run killed
+/// with SIGKILL cannot clean up after itself), once per process.
+fn reap_stale_dirs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| reap_stale_dirs_in(&std::env::temp_dir()));
+}
+
+fn reap_stale_dirs_in(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("tdm-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod reap_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_directories_of_dead_lab_processes_are_removed_and_the_others_kept() {
+        let root = std::env::temp_dir().join(format!("reap-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // Above any pid_max: no such process.
+        let dead = root.join("tdm-4294967-0-tandem");
+        let alive = root.join(format!("tdm-{}-0-tandem", std::process::id()));
+        let other = root.join("tdm-notapid-0-x");
+        for d in [&dead, &alive, &other] {
+            std::fs::create_dir_all(d.join("sub")).unwrap();
+        }
+        reap_stale_dirs_in(&root);
+        assert!(!dead.exists());
+        assert!(alive.exists() && other.exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
+
 impl TempDir {
-    /// Creates `$TMPDIR/tdm-<pid>-<n>-<tag>`.
+    /// Creates `$TMPDIR/tdm-<pid>-<n>-<tag>` (after removing those of dead lab processes).
     pub fn new(tag: &str) -> Result<Self, Error> {
         use std::os::unix::fs::DirBuilderExt;
+        reap_stale_dirs();
         let path = std::env::temp_dir().join(format!(
             "tdm-{}-{}-{tag}",
             std::process::id(),
