@@ -5,10 +5,10 @@
 //!
 //! 1. The text is parsed by `toml` into its spanned document tree (every key and value keeps its
 //!    byte range). A syntax error stops here, with the parser's message and position.
-//! 2. The tree is walked against the schema of docs/configuration.md ([`schema`]): unknown keys, wrong types,
+//! 2. The tree is walked against the schema of docs/configuration.md (`schema`): unknown keys, wrong types,
 //!    missing keys and bad values (durations, CIDRs, socket addresses, inline keys) are *all*
 //!    collected, each naming its field path (`connection[0].tunnel[1].psk_file`) and pointing at
-//!    the line that holds the offending value. Cross-field rules ([`validate`]) follow: duplicate
+//!    the line that holds the offending value. Cross-field rules (`validate`) follow: duplicate
 //!    names and endpoint pairs, overlapping subnets, tied priorities, `dpd_timeout` vs
 //!    `dpd_interval` (each defaulting to its `timers` profile's); a duplicate or an overlap points at its second occurrence.
 //! 3. Key and PSK files are read through a [`KeyFiles`] source ([`FsKeyFiles`] for real files:

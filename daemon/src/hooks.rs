@@ -1,4 +1,4 @@
-//! `[hooks] on_up` / `on_down` (docs/configuration.md, "[hooks]"): a task on the control-plane
+//! `[hooks] on_up` / `on_down` (docs/configuration.md, "\[hooks\]"): a task on the control-plane
 //! thread takes the data plane's events (the same ring `tandem events` reads, so the data plane
 //! never waits) and, for each tunnel that enters or leaves Up, starts the configured program with
 //! the `TANDEM_*` environment. Each hook runs in its own task with a deadline after which it is

@@ -4,7 +4,7 @@
 //!
 //! Flow: [`parse`] reads the whole XML into an [`AwsVpn`] (every element tandem needs, checked,
 //! or an [`ImportError`] naming the first missing or bad one); [`render`] turns it into the files'
-//! text and the advice, with no I/O; [`write`] creates the files, all or none: every target must
+//! text and the advice, with no I/O; [`write()`] creates the files, all or none: every target must
 //! be absent (nothing is ever overwritten), and a file created before a later failure is removed.
 //! So malformed or incomplete XML writes nothing.
 //!

@@ -803,7 +803,7 @@ impl Engine {
         }
     }
 
-    /// Writes the next control datagram into `buf` (at least [`MAX_CONTROL_DATAGRAM`] bytes).
+    /// Writes the next control datagram into `buf` (at least [`MAX_CONTROL_DATAGRAM`](crate::MAX_CONTROL_DATAGRAM) bytes).
     #[must_use]
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         for p in &mut self.ports {

@@ -120,7 +120,7 @@ pub enum TunAction {
         /// The ICMP packet.
         packet: Range<usize>,
     },
-    /// Dropped (counted in [`Engine::drop_counters`]).
+    /// Dropped (counted in [`Engine::drop_counters`](crate::Engine::drop_counters)).
     Drop(DropReason),
 }
 
@@ -137,11 +137,11 @@ pub enum NetAction {
     },
     /// A control packet (handshake, keepalive, DPD…) was consumed; `poll_transmit` may have output.
     Consumed,
-    /// Dropped (counted in [`Engine::drop_counters`]).
+    /// Dropped (counted in [`Engine::drop_counters`](crate::Engine::drop_counters)).
     Drop(DropReason),
 }
 
-/// A datagram written by [`Engine::poll_transmit`] into `buf[..len]`.
+/// A datagram written by [`Engine::poll_transmit`](crate::Engine::poll_transmit) into `buf[..len]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
     /// Send on this tunnel's socket.
@@ -238,7 +238,7 @@ pub enum Event {
         /// The new endpoint.
         addr: SocketAddr,
     },
-    /// An SA was installed (only after [`Engine::set_keylog`]`(true)`): for the debugging key log.
+    /// An SA was installed (only after [`Engine::set_keylog`](crate::Engine::set_keylog)`(true)`): for the debugging key log.
     SaInstalled {
         /// The tunnel.
         tunnel: TunnelId,
@@ -249,10 +249,10 @@ pub enum Event {
         /// docs/protocol.md key-log tail: 64 hex digits of key then 8 of salt. Secret: only for the key log.
         keylog: String,
     },
-    /// An IKE SA was established or rekeyed (only after [`Engine::set_keylog`]`(true)`): the
+    /// An IKE SA was established or rekeyed (only after [`Engine::set_keylog`](crate::Engine::set_keylog)`(true)`): the
     /// IKE line of the debugging key log (docs/protocol.md).
     ///
-    /// [`Engine::set_keylog`]: crate::Engine::set_keylog
+    /// [`Engine::set_keylog`](crate::Engine::set_keylog): crate::Engine::set_keylog
     IkeSaInstalled {
         /// The tunnel.
         tunnel: TunnelId,

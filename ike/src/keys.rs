@@ -93,7 +93,7 @@ impl Prf {
         }
     }
 
-    /// prf(key, data[0] | data[1] | ...).
+    /// `prf(key, data[0] | data[1] | ...)`.
     pub fn prf(self, key: &[u8], data: &[&[u8]]) -> Zeroizing<Vec<u8>> {
         let key = hmac::Key::new(self.algorithm(), key);
         let mut ctx = hmac::Context::with_key(&key);

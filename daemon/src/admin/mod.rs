@@ -1,7 +1,7 @@
 //! The admin plane (the local control plane, as opposed to the in-tunnel liveness messages of
 //! the engine): the wire types and the CLI's client live in the `tandem-admin` crate and are
 //! re-exported here; this module adds what only the daemon needs — the serving loops
-//! ([`server`]), their connection limits ([`listeners`]) and the Prometheus text endpoint's
+//! (`server`), their connection limits ([`listeners`]) and the Prometheus text endpoint's
 //! rendering ([`metrics`]).
 
 pub mod events;

@@ -12,7 +12,7 @@
 //! its connection is pinned by `tandem failover` ([`Ifaces::sync_carrier`], run after every
 //! drain of engine events). New interfaces start with the carrier off.
 //!
-//! Why each carrier change is followed by an operational-state change ([`set_link`]): Linux
+//! Why each carrier change is followed by an operational-state change (`set_link`): Linux
 //! applies a carrier change to routes and announces it (RTM_NEWLINK, which routing daemons
 //! watch) from its link watcher, which handles a "carrier off" at most once a second for the
 //! whole machine (only some "up" events count as urgent). So when two tunnels, or the two ends

@@ -103,7 +103,7 @@ const LATE_WARN_EVERY: Duration = Duration::from_secs(1);
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// How long the loop may sleep at `now`: until `deadline` (the engine's or the drill's next
-/// timer), at most [`MAX_SLEEP`] and one watchdog period. Not rounded: the wait takes it to the
+/// timer), at most `MAX_SLEEP` and one watchdog period. Not rounded: the wait takes it to the
 /// nanosecond ([`Epoll::wait_timeout`]), so a timer fires within the timer slack of its deadline
 /// whatever its setting (docs/protocol.md, timers).
 pub fn sleep_budget(
@@ -122,7 +122,7 @@ pub fn sleep_budget(
 
 /// When the loop lets arriving control datagrams wait in their sockets (docs/protocol.md,
 /// "Timers"). A wake-up that read only control datagrams (keepalives, handshakes) within twice
-/// the hold of the previous one extends a streak; [`HOLD_STREAK`] in a row start holding: the
+/// the hold of the previous one extends a streak; `HOLD_STREAK` in a row start holding: the
 /// loop then sleeps without watching the tunnel sockets and reads them once per hold, instead of
 /// once per arriving keepalive (a head-end with 1000 tunnels receives 8000 a second). Any data
 /// packet ends it, and the busy-poll window takes over; so a data datagram waits for the hold
