@@ -25,6 +25,7 @@
 #   /usr/share/doc/tandem/                        copyright, changelog.Debian.gz, the guides,
 #                                                 examples/ (the configs and gen-keys.sh)
 #   /usr/share/tandem/prometheus/, grafana/       alert rules (+ their tests) and the dashboard
+#   /usr/share/tandem/tshark/keylog-to-tshark.sh  the key log -> tshark/Wireshark settings
 #
 # Needs dpkg-deb, dpkg-shlibdeps (dpkg-dev), strip (binutils), gzip. Runs as any user: the
 # archive's owners are set with --root-owner-group, not by chown.
@@ -201,6 +202,7 @@ share=$root/usr/share/tandem
 install -D -m 0644 deploy/prometheus/tandem-alerts.yml "$share/prometheus/tandem-alerts.yml"
 install -D -m 0644 deploy/prometheus/tandem-alerts.test.yml "$share/prometheus/tandem-alerts.test.yml"
 install -D -m 0644 deploy/grafana/tandem-dashboard.json "$share/grafana/tandem-dashboard.json"
+install -D -m 0755 deploy/tshark/keylog-to-tshark.sh "$share/tshark/keylog-to-tshark.sh"
 
 # --- control -------------------------------------------------------------------------------
 install -d -m 0755 "$root/DEBIAN"

@@ -67,7 +67,8 @@ for path in ./usr/sbin/tandem ./usr/lib/systemd/system/tandem.service \
     ./usr/share/bash-completion/completions/tandem ./usr/share/zsh/vendor-completions/_tandem \
     ./usr/share/fish/vendor_completions.d/tandem.fish \
     ./usr/share/doc/tandem/changelog.Debian.gz ./usr/share/man/man8/tandem.8.gz \
-    ./usr/share/tandem/prometheus/tandem-alerts.yml ./usr/share/tandem/grafana/tandem-dashboard.json; do
+    ./usr/share/tandem/prometheus/tandem-alerts.yml ./usr/share/tandem/grafana/tandem-dashboard.json \
+    ./usr/share/tandem/tshark/keylog-to-tshark.sh; do
     grep -q " $path\$" <<<"$listing" || die "$path is not in the package"
 done
 grep -q '^drwx------ root/root .* ./etc/tandem/$' <<<"$listing" || die "/etc/tandem is not 0700 root"
@@ -121,6 +122,15 @@ for example in /etc/tandem/*.toml.example; do
     n=$((n + 1))
 done
 [ "$n" -ge 2 ] || fail "only $n example configs"
+step "the key-log helper turns an ESP line into tshark's SA table entry"
+key=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+printf '1733450000.123 aws tunnel1 out 192.0.2.1 192.0.2.2 0xc0ffee01 aes256gcm16 %s\n' "$key" > /tmp/keys.log
+got=$(/usr/share/tandem/tshark/keylog-to-tshark.sh /tmp/keys.log) || fail "keylog-to-tshark.sh failed"
+printf '%s\n' "$got" | grep -qx "uat:esp_sa:\"IPv4\",\"192.0.2.1\",\"192.0.2.2\",\"0xc0ffee01\",\"AES-GCM with 16 octet ICV \[RFC4106\]\",\"0x$key\",\"NULL\",\"\"" ||
+    fail "keylog-to-tshark.sh wrote: $got"
+echo "not a key log line" > /tmp/keys.log
+/usr/share/tandem/tshark/keylog-to-tshark.sh /tmp/keys.log >/dev/null 2>&1 && fail "keylog-to-tshark.sh took a bad line"
+rm -f /tmp/keys.log
 step "man page"
 zcat /usr/share/man/man8/tandem.8.gz | grep -q '^\.TH tandem 8' || fail "tandem.8.gz is not a man page"
 step "bash completes with the installed script"
