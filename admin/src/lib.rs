@@ -393,21 +393,20 @@ mod client_tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// The client's status request on `client`, which must fail.
+    fn ask(client: UnixStream) -> ClientError {
+        let path = Path::new("/run/tandem/ctl.sock");
+        exchange(client, path, &Request::Status, Duration::from_secs(1)).unwrap_err()
+    }
+
     #[test]
     fn a_daemon_gone_before_the_request_is_written_is_a_bad_reply_not_unreachable() {
-        // The daemon's end closes before the client writes: the write fails with EPIPE.
+        // The daemon's end is closed before the client writes: the write fails with EPIPE.
         let (client, daemon) = UnixStream::pair().unwrap();
         drop(daemon);
-        let err = exchange(
-            client,
-            Path::new("/run/tandem/ctl.sock"),
-            &Request::Status,
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
-        let text = err.to_string();
+        let err = ask(client);
         assert!(matches!(err, ClientError::BadReply(_)), "{err:?}");
-        assert!(text.contains("hung up without a reply"), "{text}");
+        assert!(err.to_string().contains("hung up without a reply"), "{err}");
     }
 
     #[test]
@@ -418,18 +417,10 @@ mod client_tests {
             daemon.read_to_end(&mut req).unwrap();
             req
         });
-        let err = exchange(
-            client,
-            Path::new("/run/tandem/ctl.sock"),
-            &Request::Status,
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
+        let err = ask(client);
         assert!(!t.join().unwrap().is_empty());
-        assert!(
-            err.to_string().contains("hung up without a reply"),
-            "{err:?}"
-        );
+        assert!(matches!(err, ClientError::BadReply(_)), "{err:?}");
+        assert!(err.to_string().contains("hung up without a reply"), "{err}");
     }
 }
 
