@@ -11,6 +11,7 @@
 //! of office gateways under BGP); [`branches`] (N branch gateways in one process, real engines)
 //! and [`scale`] (the head-end at scale: one hub, N branches, cost against N).
 
+pub mod aws_lab;
 pub mod branches;
 pub mod budget;
 pub mod capture;

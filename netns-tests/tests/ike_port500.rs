@@ -10,33 +10,21 @@
 
 mod reliability_common;
 
-use std::fs::OpenOptions;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use reliability_common::{
     Junk, METRICS_PORT, drop_count, drop_delta, drops, flood, many_sources, metrics, nonzero,
 };
-use tandem_netns_tests::charon::{AwsLikeConn, Charon, route_into_libipsec};
+use tandem_netns_tests::aws_lab::{AWS_ESP, AWS_IKE, AwsLab, PSKS, tail, v4};
+use tandem_netns_tests::charon::AwsLikeConn;
 use tandem_netns_tests::probe::{ProbeStream, Reflector};
-use tandem_netns_tests::process::{Bg, cpu_seconds, rss_kib};
-use tandem_netns_tests::tandem::{Status, TempDir, tandem_bin, tandem_cmd, write_private};
-use tandem_netns_tests::topo::{Family, HeadEnds, Isp, Lab, cgw_wan, vpc_ip, vpcgw_wan};
+use tandem_netns_tests::process::{cpu_seconds, rss_kib};
+use tandem_netns_tests::topo::{Family, Isp, vpc_ip};
 use tandem_netns_tests::traffic::{ping, wait_reachable};
 
-const PSKS: [&str; 2] = [
-    "tunnel1.psk_from_aws.0123456789",
-    "tunnel2.psk_from_aws.9876543210",
-];
 const UP_TIMEOUT: Duration = Duration::from_secs(10);
 const PROBE_PORT: u16 = 7001;
-const AWS_IKE: &str = "aes256gcm16-prfsha256-ecp384";
-const AWS_ESP: &str = "aes256gcm16-ecp384";
-
-fn v4(isp: Isp) -> (IpAddr, IpAddr) {
-    (cgw_wan(isp, Family::V4), vpcgw_wan(isp, Family::V4))
-}
 
 /// charon's side of tunnel `isp` as AWS has it, on charon's default ports: it initiates to
 /// port 500 and follows NAT-D to 4500.
@@ -55,12 +43,12 @@ fn charon_conf(isp: Isp) -> String {
 }
 
 /// tandem's config: both tunnels on bare addresses (500, then 4500).
-fn tandem_config(initiate: bool, socket: &str) -> String {
+fn tandem_config(initiate: bool) -> String {
     let (l1, r1) = v4(Isp::One);
     let (l2, r2) = v4(Isp::Two);
     format!(
         r#"[control]
-socket = "{socket}"
+socket = "SOCKET"
 metrics_listen = "127.0.0.1:{METRICS_PORT}"
 
 [[connection]]
@@ -94,110 +82,19 @@ priority = 2
     )
 }
 
-struct AwsLab {
-    lab: Lab,
-    charons: [Charon; 2],
-    dir: TempDir,
-    tandem: Option<Bg>,
+/// The lab with a charon on both head-ends, on its default ports; a reauthentication makes the
+/// new IKE SA before it deletes the old one.
+fn aws_lab(test: &str) -> Option<AwsLab> {
+    AwsLab::build(
+        test,
+        &[Isp::One, Isp::Two],
+        "  make_before_break = yes\n",
+        charon_conf,
+    )
 }
 
-impl AwsLab {
-    fn new(test: &str) -> Option<Self> {
-        if !tandem_netns_tests::can_run_as_root(test) {
-            return None;
-        }
-        let lab = Lab::build(HeadEnds::Two).unwrap();
-        let charons = [Isp::One, Isp::Two].map(|isp| {
-            let ns = lab.head_end(isp);
-            // A reauthentication makes the new IKE SA before it deletes the old one.
-            let c = Charon::start_with(ns, "  make_before_break = yes\n").unwrap();
-            c.load_conf(&charon_conf(isp)).unwrap();
-            route_into_libipsec(ns, "10.10.0.0/16").unwrap();
-            c
-        });
-        lab.vpc_via(Isp::One).unwrap();
-        Some(AwsLab {
-            lab,
-            charons,
-            dir: TempDir::new("ike-port500").unwrap(),
-            tandem: None,
-        })
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("control.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("tandem.log")).unwrap_or_default()
-    }
-
-    fn start_tandem(&mut self, initiate: bool) {
-        for (i, psk) in PSKS.iter().enumerate() {
-            let path = self.dir.path().join(format!("tunnel{}.psk", i + 1));
-            write_private(&path, &format!("{psk}\n")).unwrap();
-        }
-        let path = self.dir.path().join("aws.toml");
-        let text = tandem_config(initiate, &self.socket().display().to_string());
-        write_private(&path, &text).unwrap();
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("tandem.log"))
-            .unwrap();
-        let mut cmd = self.lab.cgw.command(tandem_bin().unwrap());
-        cmd.arg("run")
-            .arg("-c")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.tandem = Some(Bg::spawn(cmd).unwrap());
-    }
-
-    fn pid(&self) -> u32 {
-        self.tandem.as_ref().unwrap().pid()
-    }
-
-    fn status(&self) -> Option<Status> {
-        let sock = self.socket().display().to_string();
-        let text = tandem_cmd(&["status", "--json", "--socket", &sock], None).ok()?;
-        serde_json::from_str(&text).ok().map(Status)
-    }
-
-    fn wait_both_up(&self) -> Duration {
-        let start = Instant::now();
-        loop {
-            if self.status().is_some_and(|s| s.both_up()) {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < UP_TIMEOUT,
-                "both tunnels not Up within {UP_TIMEOUT:?}: {:?}\n--- tandem log\n{}\n--- charon1 log tail\n{}",
-                self.status().map(|s| s.0),
-                self.log(),
-                tail(&self.charons[0].log(), 60)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn charon(&self, isp: Isp) -> &Charon {
-        &self.charons[isp as usize]
-    }
-}
-
-impl Drop for AwsLab {
-    fn drop(&mut self) {
-        if let Some(t) = self.tandem.as_mut() {
-            t.stop(Duration::from_secs(3));
-        }
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+fn wait_both_up(aws: &AwsLab) -> Duration {
+    aws.wait("both tunnels up", UP_TIMEOUT, |s| s.both_up())
 }
 
 /// The UDP ports of the packet charon logged just before (`sending packet`) or just after
@@ -254,10 +151,10 @@ fn ping_both_ways(aws: &AwsLab) {
 
 #[test]
 fn charon_on_its_default_port_500_initiates_to_a_waiting_tandem_which_follows_it_to_4500() {
-    let Some(mut aws) = AwsLab::new("ike_port500") else {
+    let Some(mut aws) = aws_lab("ike_port500") else {
         return;
     };
-    aws.start_tandem(false);
+    aws.start_tandem(&tandem_config(false));
     // Its sockets are bound once it answers status.
     let deadline = Instant::now() + UP_TIMEOUT;
     while aws.status().is_none() {
@@ -274,7 +171,7 @@ fn charon_on_its_default_port_500_initiates_to_a_waiting_tandem_which_follows_it
             .swanctl(["--initiate", "--ike", "aws", "--child", "net"])
             .unwrap_or_else(|e| panic!("{e:?}\n{}", aws.log()));
     }
-    aws.wait_both_up();
+    wait_both_up(&aws);
     eprintln!(
         "charon --initiate (port 500) x2 -> both tunnels Up on tandem: {:.0} ms",
         start.elapsed().as_secs_f64() * 1e3
@@ -301,11 +198,11 @@ fn charon_on_its_default_port_500_initiates_to_a_waiting_tandem_which_follows_it
 
 #[test]
 fn tandem_initiates_on_500_to_charon_on_its_default_ports_and_moves_to_4500() {
-    let Some(mut aws) = AwsLab::new("ike_port500") else {
+    let Some(mut aws) = aws_lab("ike_port500") else {
         return;
     };
-    aws.start_tandem(true);
-    let took = aws.wait_both_up();
+    aws.start_tandem(&tandem_config(true));
+    let took = wait_both_up(&aws);
     eprintln!(
         "tandem run -> both tunnels Up, IKE_SA_INIT on 500: {:.0} ms",
         took.as_secs_f64() * 1e3
@@ -367,12 +264,12 @@ fn with_marker(msgs: &[Vec<u8>]) -> Vec<Vec<u8>> {
 #[test]
 fn junk_and_a_half_open_flood_at_500_and_4500_meet_cookies_while_the_tunnels_stay_up_and_a_new_ike_sa_completes()
  {
-    let Some(mut aws) = AwsLab::new("ike_port500 hostile") else {
+    let Some(mut aws) = aws_lab("ike_port500 hostile") else {
         return;
     };
     let _g = tandem_netns_tests::serial();
-    aws.start_tandem(true);
-    aws.wait_both_up();
+    aws.start_tandem(&tandem_config(true));
+    wait_both_up(&aws);
     let _reflector = Reflector::start(&aws.lab.vpc, PROBE_PORT).unwrap();
     let target = SocketAddr::new(vpc_ip(Family::V4), PROBE_PORT);
     wait_reachable(&aws.lab.office, vpc_ip(Family::V4), Duration::from_secs(5)).unwrap();

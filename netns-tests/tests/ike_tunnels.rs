@@ -7,33 +7,21 @@
 //! connection; the office (10.10.0.10) and the VPC (10.20.0.10) talk through it.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::fs::OpenOptions;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tandem_netns_tests::charon::{AwsLikeConn, Charon, route_into_libipsec};
+use tandem_netns_tests::aws_lab::{AWS_ESP, AWS_IKE, AwsLab, PSKS, tail, v4};
+use tandem_netns_tests::charon::AwsLikeConn;
 use tandem_netns_tests::drill::DrillReport;
 use tandem_netns_tests::probe::{ProbeStream, Reflector};
-use tandem_netns_tests::process::Bg;
-use tandem_netns_tests::tandem::{Status, TempDir, tandem_bin, tandem_cmd, write_private};
-use tandem_netns_tests::topo::{
-    Family, HeadEnds, Isp, Lab, cgw_wan, isp_if, office_ip, office_net, vpc_ip, vpc_net, vpcgw_wan,
-};
+use tandem_netns_tests::tandem::{Status, tandem_cmd, write_private};
+use tandem_netns_tests::topo::{Family, Isp, isp_if, office_ip, office_net, vpc_ip, vpc_net};
 use tandem_netns_tests::traffic::{Iperf3Server, IperfOpts, iperf3, ping, wait_reachable};
 
-/// The two tunnels' PSKs, ASCII as AWS gives them.
-const PSKS: [&str; 2] = [
-    "tunnel1.psk_from_aws.0123456789",
-    "tunnel2.psk_from_aws.9876543210",
-];
 /// How long both tunnels may take to come Up (measured: about 100 ms; charon is quick).
 const UP_TIMEOUT: Duration = Duration::from_secs(10);
 const PROBE_PORT: u16 = 7001;
-
-fn v4(isp: Isp) -> (IpAddr, IpAddr) {
-    (cgw_wan(isp, Family::V4), vpcgw_wan(isp, Family::V4))
-}
 
 /// charon's side of tunnel `isp`, as AWS would have it, with IKE on port 4500 from the first
 /// message when charon initiates (tandem listens only there, with the non-ESP marker).
@@ -56,160 +44,31 @@ fn charon_conf(isp: Isp, cgw: IpAddr, psk: &str, dpd: &str, ike: &str, esp: &str
     .replace("dpd_delay = 10s", &format!("dpd_delay = {dpd}"))
 }
 
-/// The lab with two head-ends, a charon on each with its connection loaded and the route into
-/// its libipsec TUN device, the VPC routed via `vpcgw`.
-struct AwsLab {
-    lab: Lab,
-    /// One charon per head-end the test needs, with the ISP it ends.
-    charons: Vec<(Isp, Charon)>,
-    dir: TempDir,
-    tandem: Option<Bg>,
+/// The lab with a charon on both head-ends, each loaded with its tunnel's connection.
+fn aws_lab(test: &str, psks: [&str; 2], dpd: &str, ike: &str, esp: &str) -> Option<AwsLab> {
+    aws_lab_with_cgw(test, psks, dpd, ike, esp, [v4(Isp::One).0, v4(Isp::Two).0])
 }
 
-impl AwsLab {
-    fn new(test: &str, psks: [&str; 2], dpd: &str, ike: &str, esp: &str) -> Option<Self> {
-        Self::with_cgw(test, psks, dpd, ike, esp, [v4(Isp::One).0, v4(Isp::Two).0])
-    }
-
-    /// [`AwsLab::new`] with a charon on `vpcgw` (isp1) only, loaded with `conf`: tunnel2 has no
-    /// peer (a test that needs one endpoint starts one charon).
-    fn one_charon(test: &str, conf: &str) -> Option<Self> {
-        if !tandem_netns_tests::can_run_as_root(test) {
-            return None;
-        }
-        let lab = Lab::build(HeadEnds::Two).unwrap();
-        let ns = lab.head_end(Isp::One);
-        let c = Charon::start(ns).unwrap();
-        c.load_conf(conf).unwrap();
-        route_into_libipsec(ns, "10.10.0.0/16").unwrap();
-        lab.vpc_via(Isp::One).unwrap();
-        Some(AwsLab {
-            lab,
-            charons: vec![(Isp::One, c)],
-            dir: TempDir::new("ike-tunnels").unwrap(),
-            tandem: None,
-        })
-    }
-
-    /// [`AwsLab::new`] with the customer gateway address each charon expects (AWS gives one
-    /// customer gateway address to both of its endpoints).
-    fn with_cgw(
-        test: &str,
-        psks: [&str; 2],
-        dpd: &str,
-        ike: &str,
-        esp: &str,
-        cgw: [IpAddr; 2],
-    ) -> Option<Self> {
-        if !tandem_netns_tests::can_run_as_root(test) {
-            return None;
-        }
-        let lab = Lab::build(HeadEnds::Two).unwrap();
-        let charons = [Isp::One, Isp::Two]
-            .map(|isp| {
-                let ns = lab.head_end(isp);
-                let c = Charon::start(ns).unwrap();
-                let psk = psks[isp as usize];
-                c.load_conf(&charon_conf(isp, cgw[isp as usize], psk, dpd, ike, esp))
-                    .unwrap();
-                route_into_libipsec(ns, "10.10.0.0/16").unwrap();
-                (isp, c)
-            })
-            .into();
-        lab.vpc_via(Isp::One).unwrap();
-        Some(AwsLab {
-            lab,
-            charons,
-            dir: TempDir::new("ike-tunnels").unwrap(),
-            tandem: None,
-        })
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("control.sock")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("tandem.log")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// Writes the PSK files and `config` (with `SOCKET` replaced) and starts `tandem run` on cgw.
-    fn start_tandem(&mut self, config: &str) {
-        for (i, psk) in PSKS.iter().enumerate() {
-            let path = self.dir.path().join(format!("tunnel{}.psk", i + 1));
-            write_private(&path, &format!("{psk}\n")).unwrap();
-        }
-        let path = self.dir.path().join("aws.toml");
-        let text = config.replace("SOCKET", &self.socket().display().to_string());
-        write_private(&path, &text).unwrap();
-        self.start_tandem_with(&path);
-    }
-
-    fn start_tandem_with(&mut self, config: &Path) {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let mut cmd = self.lab.cgw.command(tandem_bin().unwrap());
-        cmd.arg("run")
-            .arg("-c")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("TANDEM_KEYLOG", self.dir.path().join("keys.log"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.tandem = Some(Bg::spawn(cmd).unwrap());
-    }
-
-    fn status(&self) -> Option<Status> {
-        let sock = self.socket().display().to_string();
-        let text = tandem_cmd(&["status", "--json", "--socket", &sock], None).ok()?;
-        serde_json::from_str(&text).ok().map(Status)
-    }
-
-    /// Waits until `done(status)`; returns how long it took.
-    fn wait(&self, what: &str, timeout: Duration, done: impl Fn(&Status) -> bool) -> Duration {
-        let start = Instant::now();
-        loop {
-            if self.status().is_some_and(|s| done(&s)) {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "{what} not within {timeout:?}: {:?}\n--- tandem log\n{}\n--- charon1 log tail\n{}",
-                self.status().map(|s| s.0),
-                self.log(),
-                tail(&self.charons[0].1.log(), 40)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn charon(&self, isp: Isp) -> &Charon {
-        self.charons
-            .iter()
-            .find(|(i, _)| *i == isp)
-            .map(|(_, c)| c)
-            .unwrap_or_else(|| panic!("no charon on {isp:?} in this test"))
-    }
+/// [`aws_lab`] with a charon on `vpcgw` (isp1) only, loaded with `conf`: tunnel2 has no peer
+/// (a test that needs one endpoint starts one charon).
+fn aws_lab_one_charon(test: &str, conf: &str) -> Option<AwsLab> {
+    AwsLab::build(test, &[Isp::One], "", |_| conf.to_owned())
 }
 
-impl Drop for AwsLab {
-    fn drop(&mut self) {
-        if let Some(t) = self.tandem.as_mut() {
-            t.stop(Duration::from_secs(3));
-        }
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+/// [`aws_lab`] with the customer gateway address each charon expects (AWS gives one customer
+/// gateway address to both of its endpoints).
+fn aws_lab_with_cgw(
+    test: &str,
+    psks: [&str; 2],
+    dpd: &str,
+    ike: &str,
+    esp: &str,
+    cgw: [IpAddr; 2],
+) -> Option<AwsLab> {
+    AwsLab::build(test, &[Isp::One, Isp::Two], "", |isp| {
+        let i = isp as usize;
+        charon_conf(isp, cgw[i], psks[i], dpd, ike, esp)
+    })
 }
 
 /// tandem's config: the AWS connection, tunnel1 over isp1 and tunnel2 over isp2.
@@ -251,9 +110,6 @@ priority = 2
     )
 }
 
-const AWS_IKE: &str = "aes256gcm16-prfsha256-ecp384";
-const AWS_ESP: &str = "aes256gcm16-ecp384";
-
 fn both_up(s: &Status) -> bool {
     s.both_up()
 }
@@ -293,7 +149,7 @@ fn traffic_both_ways(aws: &AwsLab) {
 
 #[test]
 fn tandem_initiates_both_aws_like_tunnels_and_carries_ping_and_tcp_both_ways() {
-    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
+    let Some(mut aws) = aws_lab("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
         return;
     };
     let start = Instant::now();
@@ -320,7 +176,7 @@ fn tandem_initiates_both_aws_like_tunnels_and_carries_ping_and_tcp_both_ways() {
     assert!(raw.contains("state=INSTALLED"), "{raw}");
     traffic_both_ways(&aws);
     // The key log has the IKE line and the ESP lines.
-    let keys = std::fs::read_to_string(aws.dir.path().join("keys.log")).unwrap();
+    let keys = std::fs::read_to_string(aws.keylog_path()).unwrap();
     assert!(
         keys.lines()
             .any(|l| l.contains(&format!(" aws tunnel1 ike {spi_i} "))),
@@ -334,7 +190,7 @@ fn tandem_initiates_both_aws_like_tunnels_and_carries_ping_and_tcp_both_ways() {
 
 #[test]
 fn charon_initiates_to_a_waiting_tandem_and_traffic_flows() {
-    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
+    let Some(mut aws) = aws_lab("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
         return;
     };
     aws.start_tandem(&tandem_config(false, ""));
@@ -360,7 +216,7 @@ fn charon_initiates_to_a_waiting_tandem_and_traffic_flows() {
 /// (short lifetimes), under a 1 ms probe stream office -> VPC: nothing lost.
 #[test]
 fn child_and_ike_rekeys_from_either_side_lose_no_probe() {
-    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
+    let Some(mut aws) = aws_lab("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
         return;
     };
     // tandem rekeys the Child SA at 9 s and the IKE SA at 10.8 s of their lives.
@@ -414,7 +270,7 @@ fn child_and_ike_rekeys_from_either_side_lose_no_probe() {
 /// own DPD (1 s) and tandem's probes answer each other meanwhile on tunnel2.
 #[test]
 fn a_silent_blackhole_of_isp1_moves_traffic_to_tunnel2_within_dpd_timeout_plus_one_interval() {
-    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "1s", AWS_IKE, AWS_ESP) else {
+    let Some(mut aws) = aws_lab("ike_tunnels", PSKS, "1s", AWS_IKE, AWS_ESP) else {
         return;
     };
     aws.start_tandem(&tandem_config(true, ""));
@@ -475,7 +331,7 @@ fn a_silent_blackhole_of_isp1_moves_traffic_to_tunnel2_within_dpd_timeout_plus_o
 #[test]
 fn a_wrong_psk_on_tunnel1_is_logged_keeps_it_down_and_tunnel2_carries_traffic() {
     let wrong = ["not.the.psk.tandem.has.for.it", PSKS[1]];
-    let Some(mut aws) = AwsLab::new("ike_tunnels", wrong, "10s", AWS_IKE, AWS_ESP) else {
+    let Some(mut aws) = aws_lab("ike_tunnels", wrong, "10s", AWS_IKE, AWS_ESP) else {
         return;
     };
     aws.start_tandem(&tandem_config(true, ""));
@@ -511,7 +367,7 @@ fn a_wrong_psk_on_tunnel1_is_logged_keeps_it_down_and_tunnel2_carries_traffic() 
 /// NO_PROPOSAL_CHOSEN and logs what it offered.
 #[test]
 fn a_cbc_sha1_modp1024_peer_gets_no_proposal_chosen_and_a_log_line_naming_its_offer() {
-    let Some(mut aws) = AwsLab::new(
+    let Some(mut aws) = aws_lab(
         "ike_tunnels",
         PSKS,
         "10s",
@@ -562,7 +418,7 @@ fn the_config_tandem_import_aws_writes_brings_both_tunnels_up() {
     };
     let psks = [psk_of(1), psk_of(2)];
     let cgw = v4(Isp::One).0;
-    let Some(mut aws) = AwsLab::with_cgw(
+    let Some(mut aws) = aws_lab_with_cgw(
         "ike_tunnels",
         [&psks[0], &psks[1]],
         "10s",
@@ -588,7 +444,7 @@ fn the_config_tandem_import_aws_writes_brings_both_tunnels_up() {
             "isp2",
         ])
         .unwrap();
-    let dir = aws.dir.path().to_owned();
+    let dir = aws.dir().to_owned();
     let out = tandem_cmd(
         &[
             "import",
@@ -683,7 +539,7 @@ fn every_proposal_tandem_accepts_negotiates_and_carries_pings_both_ways_against_
     cases.push((AWS_IKE, ESP_PROPOSALS[3]));
     let conf =
         |ike: &str, esp: &str| charon_conf(Isp::One, v4(Isp::One).0, PSKS[0], "10s", ike, esp);
-    let Some(mut aws) = AwsLab::one_charon("ike_tunnels", &conf(cases[0].0, cases[0].1)) else {
+    let Some(mut aws) = aws_lab_one_charon("ike_tunnels", &conf(cases[0].0, cases[0].1)) else {
         return;
     };
     let list = |v: &[&str]| {
@@ -805,7 +661,7 @@ fn ipv6_inner_traffic_crosses_charons_libipsec_both_ways() {
             &format!("remote_ts = 10.10.0.0/16,{}", office_net(Family::V6)),
         );
     assert!(conf.contains("fd00:20::/64"), "{conf}");
-    let Some(mut aws) = AwsLab::one_charon("ike_tunnels", &conf) else {
+    let Some(mut aws) = aws_lab_one_charon("ike_tunnels", &conf) else {
         return;
     };
     aws.lab
@@ -892,7 +748,7 @@ fn ipv6_inner_traffic_crosses_charons_libipsec_both_ways() {
 /// reply at all).
 #[test]
 fn tandem_drill_on_an_ikev2_connection_reports_gap_and_lost_probes_from_icmp_probes() {
-    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
+    let Some(mut aws) = aws_lab("ike_tunnels", PSKS, "10s", AWS_IKE, AWS_ESP) else {
         return;
     };
     let config = tandem_config(true, "")
@@ -988,7 +844,7 @@ fn pings_through_tunnel1(aws: &AwsLab) {
 #[test]
 fn charon_behind_a_nat_that_maps_and_then_rebinds_its_port_keeps_tunnel1() {
     // charon's DPD every second: what reaches tandem from the new port when nothing else does.
-    let Some(mut aws) = AwsLab::new("ike_tunnels", PSKS, "1s", AWS_IKE, AWS_ESP) else {
+    let Some(mut aws) = aws_lab("ike_tunnels", PSKS, "1s", AWS_IKE, AWS_ESP) else {
         return;
     };
     nat_in_front_of_charon(&aws, 41_000);
