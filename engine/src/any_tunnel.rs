@@ -19,7 +19,8 @@ use crate::ike_tunnel::{IkeTunnel, is_ikev2};
 use crate::router::ConnectionId;
 use crate::schedule::Window;
 use crate::tunnel::{Ctx, NoiseTunnel, Received};
-use crate::types::{Silence, StateCause, TunnelCounters, TunnelId, TunnelState};
+use crate::tunnel_core::TunnelCore;
+use crate::types::{Silence, StateCause, TunnelId, TunnelState};
 
 /// One tunnel of either protocol.
 #[derive(Debug)]
@@ -38,6 +39,22 @@ macro_rules! both {
             Tunnel::Ike($t) => $e,
         }
     };
+}
+
+/// A tunnel is its protocol-independent core (name, config, state, endpoint, counters, silence)
+/// driven by one protocol: the gateway reads the core through the tunnel.
+impl std::ops::Deref for Tunnel {
+    type Target = TunnelCore;
+
+    fn deref(&self) -> &TunnelCore {
+        both!(self, t => t.core())
+    }
+}
+
+impl std::ops::DerefMut for Tunnel {
+    fn deref_mut(&mut self) -> &mut TunnelCore {
+        both!(self, t => t.core_mut())
+    }
 }
 
 impl Tunnel {
@@ -65,46 +82,6 @@ impl Tunnel {
             Tunnel::Noise(t) => !is_ikev2(conn_cfg) && t.same_settings(cfg, conn_cfg),
             Tunnel::Ike(t) => t.same_settings(cfg, conn_cfg),
         }
-    }
-
-    pub fn renumber(&mut self, id: TunnelId, conn: ConnectionId) {
-        both!(self, t => t.renumber(id, conn))
-    }
-
-    pub fn id(&self) -> TunnelId {
-        both!(self, t => t.id())
-    }
-
-    pub fn conn(&self) -> ConnectionId {
-        both!(self, t => t.conn())
-    }
-
-    pub fn name(&self) -> &str {
-        both!(self, t => t.name())
-    }
-
-    pub fn config(&self) -> &TunnelConfig {
-        both!(self, t => t.config())
-    }
-
-    pub fn state(&self) -> TunnelState {
-        both!(self, t => t.state())
-    }
-
-    pub fn remote(&self) -> Option<SocketAddr> {
-        both!(self, t => t.remote())
-    }
-
-    pub fn counters(&self) -> &TunnelCounters {
-        both!(self, t => t.counters())
-    }
-
-    pub fn count_failover(&mut self) {
-        both!(self, t => t.count_failover())
-    }
-
-    pub fn is_silenced(&self) -> bool {
-        both!(self, t => t.is_silenced())
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

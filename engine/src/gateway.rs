@@ -283,13 +283,13 @@ impl Engine {
     pub fn tunnel_counters(&self, tunnel: TunnelId) -> Option<&TunnelCounters> {
         self.tunnels
             .get(usize::from(tunnel.0))
-            .map(Tunnel::counters)
+            .map(|t| t.counters())
     }
 
     /// State of one tunnel.
     #[must_use]
     pub fn tunnel_state(&self, tunnel: TunnelId) -> Option<TunnelState> {
-        self.tunnels.get(usize::from(tunnel.0)).map(Tunnel::state)
+        self.tunnels.get(usize::from(tunnel.0)).map(|t| t.state())
     }
 
     /// Current peer endpoint of one tunnel (configured or learned).
@@ -297,7 +297,7 @@ impl Engine {
     pub fn tunnel_remote(&self, tunnel: TunnelId) -> Option<SocketAddr> {
         self.tunnels
             .get(usize::from(tunnel.0))
-            .and_then(Tunnel::remote)
+            .and_then(|t| t.remote())
     }
 
     /// The active tunnel of a connection.

@@ -47,7 +47,8 @@ use crate::ike_probe::{self, ProbeReply};
 use crate::ring::Ring;
 use crate::router::ConnectionId;
 use crate::tunnel::{Ctx, Received};
-use crate::types::{Direction, Event, Silence, StateCause, TunnelCounters, TunnelId, TunnelState};
+use crate::tunnel_core::{self, TunnelCore};
+use crate::types::{Direction, Event, Silence, StateCause, TunnelId, TunnelState};
 
 /// Tuning: inbound Child SAs per tunnel: the current one, a rekey's new one, and one more for a
 /// simultaneous rekey (RFC 7296 §2.8.1) before the redundant one is deleted.
@@ -162,23 +163,13 @@ enum Timer {
 }
 const TIMER_COUNT: usize = 7;
 
-#[derive(Debug, Clone, Default)]
-struct Timers([Option<Instant>; TIMER_COUNT]);
-
-impl Timers {
-    fn set(&mut self, t: Timer, at: Option<Instant>) {
-        self.0[t as usize] = at;
-    }
-    fn get(&self, t: Timer) -> Option<Instant> {
-        self.0[t as usize]
-    }
-    fn due(&self, t: Timer, now: Instant) -> bool {
-        self.get(t).is_some_and(|at| at <= now)
-    }
-    fn next(&self) -> Option<Instant> {
-        self.0.iter().flatten().min().copied()
+impl From<Timer> for usize {
+    fn from(t: Timer) -> usize {
+        t as usize
     }
 }
+
+type Timers = tunnel_core::Timers<Timer, TIMER_COUNT>;
 
 /// An inbound Child SA; `retire_at` once the Child SA is deleted (it then opens packets until
 /// that time only).
@@ -226,18 +217,12 @@ struct OutSa {
 
 /// One IKEv2 tunnel. See the module documentation.
 pub(crate) struct IkeTunnel {
-    id: TunnelId,
-    conn: ConnectionId,
-    cfg: TunnelConfig,
+    core: TunnelCore,
     settings: IkeSettings,
     dpd_interval: Duration,
     dpd_timeout: Duration,
     /// What each IKE SA of this tunnel is made with.
     ike: tandem_ike::Config,
-    /// The peer's NAT-T endpoint: the configured `remote` until an authenticated message from
-    /// the peer's address arrives from another port (a NAT in front of the peer rebound it),
-    /// then that one (RFC 7296 §2.23).
-    remote: Option<SocketAddr>,
     /// While a message from the NAT-T port is handled: its source, where responses go.
     reply_to: Option<SocketAddr>,
     /// The IKE SA in use: established, or our attempt.
@@ -263,14 +248,10 @@ pub(crate) struct IkeTunnel {
     last_rx: Option<Instant>,
     peer_closed: bool,
     heard: bool,
-    state: TunnelState,
-    ever_up: bool,
-    silence: Silence,
     timers: Timers,
     attempt: u32,
     /// IKE messages to send (without the marker), oldest first, and how each travels.
     out: VecDeque<(Route, Vec<u8>)>,
-    counters: TunnelCounters,
     /// Drill probe addresses (`None`: this tunnel sends no probes).
     probe: Option<IkeProbe>,
     /// Drill probes to send: (id, send time in ns since the engine's epoch).
@@ -282,10 +263,10 @@ pub(crate) struct IkeTunnel {
 impl std::fmt::Debug for IkeTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IkeTunnel")
-            .field("id", &self.id)
-            .field("name", &self.cfg.name)
-            .field("state", &self.state)
-            .field("remote", &self.remote)
+            .field("id", &self.core.id)
+            .field("name", &self.core.cfg.name)
+            .field("state", &self.core.state)
+            .field("remote", &self.core.remote)
             .field("sa", &self.sa)
             .finish_non_exhaustive()
     }
@@ -373,6 +354,15 @@ fn ike_drop(e: Dropped) -> DropReason {
 }
 
 impl IkeTunnel {
+    /// The protocol-independent part (name, config, state, endpoint, counters, silence).
+    pub fn core(&self) -> &TunnelCore {
+        &self.core
+    }
+
+    pub fn core_mut(&mut self) -> &mut TunnelCore {
+        &mut self.core
+    }
+
     /// A tunnel of the IKEv2 connection `conn_cfg`; `None` if the connection is not IKEv2 or
     /// the tunnel has no IKE settings (the config never builds such a tunnel).
     pub fn new(
@@ -403,13 +393,10 @@ impl IkeTunnel {
             nat_t,
         };
         let mut t = IkeTunnel {
-            id,
-            conn,
-            cfg: cfg.clone(),
+            core: TunnelCore::new(id, conn, cfg),
             dpd_interval: conn_cfg.dpd_interval.max(Duration::from_millis(1)),
             dpd_timeout: conn_cfg.dpd_timeout.max(Duration::from_millis(1)),
             ike,
-            remote,
             reply_to: None,
             sa: None,
             sa_start: Start::NatT,
@@ -425,19 +412,15 @@ impl IkeTunnel {
             last_rx: None,
             peer_closed: false,
             heard: false,
-            state: TunnelState::Connecting,
-            ever_up: false,
-            silence: Silence::Off,
             timers: Timers::default(),
             attempt: 0,
             out: VecDeque::new(),
-            counters: TunnelCounters::default(),
             probe: tike.probe,
             probes: Ring::default(),
             ike_proposal: None,
             settings,
         };
-        if t.settings.initiate && t.remote.is_some() {
+        if t.settings.initiate && t.core.remote.is_some() {
             t.timers.set(Timer::Connect, Some(now));
         }
         Some(t)
@@ -445,53 +428,12 @@ impl IkeTunnel {
 
     /// Whether the settings equal these (reload keeps such tunnels with their SAs).
     pub fn same_settings(&self, cfg: &TunnelConfig, conn_cfg: &ConnectionConfig) -> bool {
-        self.cfg == *cfg
+        self.core.cfg == *cfg
             && ike_settings(conn_cfg) == Some(&self.settings)
             && (self.dpd_interval, self.dpd_timeout)
                 == (conn_cfg.dpd_interval, conn_cfg.dpd_timeout)
             && self.ike.local_ts == traffic_selectors(&conn_cfg.local_subnets)
             && self.ike.remote_ts == traffic_selectors(&conn_cfg.remote_subnets)
-    }
-
-    pub fn renumber(&mut self, id: TunnelId, conn: ConnectionId) {
-        self.id = id;
-        self.conn = conn;
-    }
-
-    pub fn id(&self) -> TunnelId {
-        self.id
-    }
-
-    pub fn conn(&self) -> ConnectionId {
-        self.conn
-    }
-
-    pub fn name(&self) -> &str {
-        &self.cfg.name
-    }
-
-    pub fn config(&self) -> &TunnelConfig {
-        &self.cfg
-    }
-
-    pub fn state(&self) -> TunnelState {
-        self.state
-    }
-
-    pub fn remote(&self) -> Option<SocketAddr> {
-        self.remote
-    }
-
-    pub fn counters(&self) -> &TunnelCounters {
-        &self.counters
-    }
-
-    pub fn count_failover(&mut self) {
-        self.counters.failovers += 1;
-    }
-
-    pub fn is_silenced(&self) -> bool {
-        self.silence != Silence::Off
     }
 
     pub fn spi_in(&self) -> Option<u32> {
@@ -630,7 +572,7 @@ impl IkeTunnel {
 
     /// Starts a new IKE SA as initiator, replacing whatever we had.
     fn connect(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
-        if self.is_silenced() || self.remote.is_none() {
+        if self.core.is_silenced() || self.core.remote.is_none() {
             return;
         }
         self.drop_children(ctx);
@@ -639,7 +581,7 @@ impl IkeTunnel {
             (Some(_), Some(peer)) => Start::Ike(peer),
             _ => Start::NatT,
         };
-        let cfg = self.config_for(self.sa_start, self.remote);
+        let cfg = self.config_for(self.sa_start, self.core.remote);
         self.sa = Some(IkeSa::initiate(cfg, now, ctx.rng));
         self.attempt = self.attempt.saturating_add(1);
         // If this attempt fails silently (lost, or the peer is gone), try again.
@@ -653,7 +595,7 @@ impl IkeTunnel {
     fn probe(&mut self, now: Instant) {
         self.timers
             .set(Timer::Probe, now.checked_add(self.dpd_interval));
-        if self.is_silenced() {
+        if self.core.is_silenced() {
             return;
         }
         let quiet = self
@@ -726,7 +668,7 @@ impl IkeTunnel {
             IkeEvent::Failed(f) => {
                 self.incoming = None;
                 ctx.events.push_back(Event::IkeFailed {
-                    tunnel: self.id,
+                    tunnel: self.core.id,
                     reason: describe(&f),
                 });
             }
@@ -756,7 +698,7 @@ impl IkeTunnel {
                         self.completed(est.role == Role::Initiator, rekey, now, ctx);
                     }
                     FirstChild::Refused(n) => ctx.events.push_back(Event::IkeFailed {
-                        tunnel: self.id,
+                        tunnel: self.core.id,
                         reason: format!(
                             "the IKE SA is up but its Child SA was refused: {n} (traffic selectors or ESP proposals differ)"
                         ),
@@ -765,7 +707,7 @@ impl IkeTunnel {
             }
             IkeEvent::Failed(f) => {
                 ctx.events.push_back(Event::IkeFailed {
-                    tunnel: self.id,
+                    tunnel: self.core.id,
                     reason: describe(&f),
                 });
                 self.lost_ike_sa(now, ctx);
@@ -830,7 +772,7 @@ impl IkeTunnel {
         self.drop_children(ctx);
         self.timers.set(Timer::ChildRekey, None);
         self.timers.set(Timer::IkeRekey, None);
-        if self.settings.initiate && !self.is_silenced() {
+        if self.settings.initiate && !self.core.is_silenced() {
             self.timers
                 .set(Timer::Connect, now.checked_add(self.backoff(ctx.rng)));
         }
@@ -909,13 +851,13 @@ impl IkeTunnel {
         let outbound = OutboundSa::with_mode(out_spi, child.outbound.clone(), SeqMode::Bits32);
         if ctx.keylog {
             ctx.events.push_back(Event::SaInstalled {
-                tunnel: self.id,
+                tunnel: self.core.id,
                 direction: Direction::In,
                 spi: in_spi.get(),
                 keylog: inbound.keys().keylog_hex(),
             });
             ctx.events.push_back(Event::SaInstalled {
-                tunnel: self.id,
+                tunnel: self.core.id,
                 direction: Direction::Out,
                 spi: out_spi.get(),
                 keylog: outbound.keys().keylog_hex(),
@@ -940,7 +882,7 @@ impl IkeTunnel {
         if let Some(old) = self.inbound[idx].take() {
             ctx.spis.remove(&old.sa.spi().get());
         }
-        ctx.spis.insert(in_spi.get(), self.id);
+        ctx.spis.insert(in_spi.get(), self.core.id);
         self.inbound[idx] = Some(InSa {
             sa: inbound,
             retire_at: None,
@@ -964,10 +906,10 @@ impl IkeTunnel {
     }
 
     fn completed(&mut self, initiator: bool, rekey: bool, now: Instant, ctx: &mut Ctx<'_>) {
-        self.counters.handshakes += 1;
-        self.counters.last_handshake_unix = Some(ctx.unix_at(now).as_secs());
+        self.core.counters.handshakes += 1;
+        self.core.counters.last_handshake_unix = Some(ctx.unix_at(now).as_secs());
         ctx.events.push_back(Event::HandshakeCompleted {
-            tunnel: self.id,
+            tunnel: self.core.id,
             initiator,
             rekey,
         });
@@ -978,7 +920,7 @@ impl IkeTunnel {
             return;
         }
         ctx.events.push_back(Event::IkeSaInstalled {
-            tunnel: self.id,
+            tunnel: self.core.id,
             spi_i,
             spi_r,
             keylog: format!(
@@ -1029,7 +971,7 @@ impl IkeTunnel {
         now: Instant,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), DropReason> {
-        if self.remote.map(|r| r.ip()) != Some(from.ip()) {
+        if self.core.remote.map(|r| r.ip()) != Some(from.ip()) {
             // IKE is spoken only with the configured peer.
             return Err(DropReason::Handshake);
         }
@@ -1094,12 +1036,13 @@ impl IkeTunnel {
     /// move: IKE is spoken with the configured address alone.
     fn follow(&mut self, from: SocketAddr, ctx: &mut Ctx<'_>) {
         if self
+            .core
             .remote
             .is_some_and(|r| r.ip() == from.ip() && r != from)
         {
-            self.remote = Some(from);
+            self.core.remote = Some(from);
             ctx.events.push_back(Event::PeerEndpoint {
-                tunnel: self.id,
+                tunnel: self.core.id,
                 addr: from,
             });
         }
@@ -1126,8 +1069,8 @@ impl IkeTunnel {
         // Authenticated and fresh (the replay window took it) from here on.
         self.heard_at(now);
         self.follow(from, ctx);
-        self.counters.rx_packets += 1;
-        self.counters.rx_bytes += len;
+        self.core.counters.rx_packets += 1;
+        self.core.counters.rx_bytes += len;
         if self.next.as_ref().is_some_and(|n| n.in_spi == spi) {
             // The peer sends on the Child SA it made: it has installed it, we may send on it.
             self.current = self.next.take();
@@ -1143,8 +1086,8 @@ impl IkeTunnel {
                         let sent = ctx.epoch.checked_add(Duration::from_nanos(timestamp));
                         let rtt = sent.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
                         ctx.events.push_back(Event::ProbeReply {
-                            connection: self.conn,
-                            tunnel: self.id,
+                            connection: self.core.conn,
+                            tunnel: self.core.id,
                             id,
                             rtt,
                         });
@@ -1169,22 +1112,22 @@ impl IkeTunnel {
                 .and_then(|t| t.checked_add(self.dpd_timeout)),
         );
         let established = self.sa.as_ref().is_some_and(IkeSa::is_established);
-        let new = if self.silence == Silence::Graceful {
+        let new = if self.core.silence == Silence::Graceful {
             TunnelState::AdminDown
         } else if hears && established && self.current.is_some() {
             TunnelState::Up
-        } else if self.ever_up {
+        } else if self.core.ever_up {
             TunnelState::Down
         } else {
             TunnelState::Connecting
         };
-        if new == self.state {
+        if new == self.core.state {
             return None;
         }
-        let old = self.state;
-        self.state = new;
+        let old = self.core.state;
+        self.core.state = new;
         if new == TunnelState::Up {
-            self.ever_up = true;
+            self.core.ever_up = true;
         }
         let cause = match new {
             TunnelState::Up => StateCause::Liveness,
@@ -1204,18 +1147,18 @@ impl IkeTunnel {
         next_header: u8,
         now: Instant,
     ) -> Result<(SocketAddr, Range<usize>), DropReason> {
-        if self.is_silenced() {
+        if self.core.is_silenced() {
             return Err(DropReason::Silenced);
         }
-        let dst = self.remote.ok_or(DropReason::NoTunnel)?;
+        let dst = self.core.remote.ok_or(DropReason::NoTunnel)?;
         let cur = self.current.as_mut().ok_or(DropReason::NoTunnel)?;
         match cur.sa.seal(buf, packet, next_header) {
             Ok(s) => {
                 if s.rekey_due && self.rekeying.is_none() {
                     self.timers.set(Timer::ChildRekey, Some(now));
                 }
-                self.counters.tx_packets += 1;
-                self.counters.tx_bytes += s.datagram.len() as u64;
+                self.core.counters.tx_packets += 1;
+                self.core.counters.tx_bytes += s.datagram.len() as u64;
                 Ok((dst, s.datagram))
             }
             Err(SealError::Exhausted) => {
@@ -1237,8 +1180,8 @@ impl IkeTunnel {
         buf: &mut [u8],
         now: Instant,
     ) -> Option<(SocketAddr, usize, Option<SocketAddr>)> {
-        let remote = self.remote?;
-        if self.silence == Silence::Silent {
+        let remote = self.core.remote?;
+        if self.core.silence == Silence::Silent {
             self.out.clear();
             self.probes.clear();
             return None;
@@ -1261,7 +1204,7 @@ impl IkeTunnel {
             }
         }
         while let Some((id, timestamp)) = self.probes.pop() {
-            if self.is_silenced() {
+            if self.core.is_silenced() {
                 continue;
             }
             let addrs = self.probe?;
@@ -1291,9 +1234,9 @@ impl IkeTunnel {
     pub fn set_silence(&mut self, mode: Silence, now: Instant, ctx: &mut Ctx<'_>) {
         match mode {
             Silence::Off => {
-                if self.silence != Silence::Off {
-                    let was = self.silence;
-                    self.silence = Silence::Off;
+                if self.core.silence != Silence::Off {
+                    let was = self.core.silence;
+                    self.core.silence = Silence::Off;
                     self.last_rx = None;
                     if was == Silence::Graceful || self.sa.is_none() {
                         self.lost_ike_sa(now, ctx);
@@ -1308,12 +1251,12 @@ impl IkeTunnel {
                 }
             }
             Silence::Silent => {
-                self.silence = mode;
+                self.core.silence = mode;
                 self.out.clear();
             }
             Silence::Graceful => {
                 self.out.clear();
-                if self.silence == Silence::Off
+                if self.core.silence == Silence::Off
                     && let Some(sa) = self.sa.as_mut().filter(|s| s.is_established())
                 {
                     sa.close(now);
@@ -1321,7 +1264,7 @@ impl IkeTunnel {
                         self.out.push_back((route(sa, &d, self.sa_start), d));
                     }
                 }
-                self.silence = mode;
+                self.core.silence = mode;
                 self.timers.set(Timer::Connect, None);
             }
         }

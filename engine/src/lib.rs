@@ -23,6 +23,7 @@ mod ring;
 pub mod router;
 mod schedule;
 mod tunnel;
+mod tunnel_core;
 mod types;
 
 pub use config::{

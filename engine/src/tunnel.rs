@@ -60,9 +60,9 @@ use crate::liveness::{LIVENESS_MSG_LEN, LivenessKind, LivenessMsg, NEXT_HEADER_L
 use crate::ring::{CookieOut, RateWindow, Ring};
 use crate::router::ConnectionId;
 use crate::schedule::Window;
+use crate::tunnel_core::{self, TunnelCore};
 use crate::types::{
-    Direction, Event, MAX_CONTROL_DATAGRAM, Silence, StateCause, TunnelCounters, TunnelId,
-    TunnelState,
+    Direction, Event, MAX_CONTROL_DATAGRAM, Silence, StateCause, TunnelId, TunnelState,
 };
 
 /// An SA older than this is never used to send, and inbound SAs are dropped then.
@@ -174,24 +174,13 @@ enum Timer {
 }
 const TIMER_COUNT: usize = 4;
 
-/// A small enum-indexed timer table.
-#[derive(Debug, Clone, Default)]
-struct Timers([Option<Instant>; TIMER_COUNT]);
-
-impl Timers {
-    fn set(&mut self, t: Timer, at: Option<Instant>) {
-        self.0[t as usize] = at;
-    }
-    fn get(&self, t: Timer) -> Option<Instant> {
-        self.0[t as usize]
-    }
-    fn due(&self, t: Timer, now: Instant) -> bool {
-        self.get(t).is_some_and(|at| at <= now)
-    }
-    fn next(&self) -> Option<Instant> {
-        self.0.iter().flatten().min().copied()
+impl From<Timer> for usize {
+    fn from(t: Timer) -> usize {
+        t as usize
     }
 }
+
+type Timers = tunnel_core::Timers<Timer, TIMER_COUNT>;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Echo {
@@ -331,16 +320,12 @@ pub(crate) enum Received {
 
 /// One tunnel.
 pub(crate) struct NoiseTunnel {
-    id: TunnelId,
-    conn: ConnectionId,
-    cfg: TunnelConfig,
+    core: TunnelCore,
     dpd_interval: Duration,
     dpd_timeout: Duration,
     rekey_after: Duration,
     peer: PublicKey,
     psk: Psk,
-    /// The peer endpoint: configured, or learned from authenticated packets.
-    remote: Option<SocketAddr>,
     responder: Option<Responder>,
     initiating: Initiating,
     attempt: u32,
@@ -355,9 +340,6 @@ pub(crate) struct NoiseTunnel {
     unconfirmed: Option<Unconfirmed>,
     current: Option<OutSa>,
     liveness: Liveness,
-    state: TunnelState,
-    ever_up: bool,
-    silence: Silence,
     timers: Timers,
     initiation_out: Outgoing,
     response_out: Outgoing,
@@ -381,7 +363,6 @@ pub(crate) struct NoiseTunnel {
     echo_seq: u64,
     echo_replies: Ring<Echo, ECHO_QUEUE>,
     echo_requests: Ring<Echo, ECHO_QUEUE>,
-    counters: TunnelCounters,
     /// The engine's epoch: echo timestamps are nanoseconds since it.
     epoch: Instant,
 }
@@ -389,10 +370,10 @@ pub(crate) struct NoiseTunnel {
 impl std::fmt::Debug for NoiseTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NoiseTunnel")
-            .field("id", &self.id)
-            .field("name", &self.cfg.name)
-            .field("state", &self.state)
-            .field("remote", &self.remote)
+            .field("id", &self.core.id)
+            .field("name", &self.core.cfg.name)
+            .field("state", &self.core.state)
+            .field("remote", &self.core.remote)
             .finish_non_exhaustive()
     }
 }
@@ -417,6 +398,15 @@ fn timer_settings(conn_cfg: &ConnectionConfig) -> (Duration, Duration, Duration)
 }
 
 impl NoiseTunnel {
+    /// The protocol-independent part (name, config, state, endpoint, counters, silence).
+    pub fn core(&self) -> &TunnelCore {
+        &self.core
+    }
+
+    pub fn core_mut(&mut self) -> &mut TunnelCore {
+        &mut self.core
+    }
+
     pub fn new(
         id: TunnelId,
         conn: ConnectionId,
@@ -431,15 +421,12 @@ impl NoiseTunnel {
         let responder = Responder::new(secret, peer, &psk).ok();
         let (dpd_interval, dpd_timeout, rekey_after) = timer_settings(conn_cfg);
         let mut t = NoiseTunnel {
-            id,
-            conn,
-            cfg: cfg.clone(),
+            core: TunnelCore::new(id, conn, cfg),
             dpd_interval,
             dpd_timeout,
             rekey_after,
             peer,
             psk,
-            remote: cfg.remote,
             responder,
             initiating: Initiating::Idle,
             attempt: 0,
@@ -452,9 +439,6 @@ impl NoiseTunnel {
             unconfirmed: None,
             current: None,
             liveness: Liveness::default(),
-            state: TunnelState::Connecting,
-            ever_up: false,
-            silence: Silence::Off,
             timers: Timers::default(),
             initiation_out: Outgoing::default(),
             response_out: Outgoing::default(),
@@ -467,10 +451,9 @@ impl NoiseTunnel {
             echo_seq: 0,
             echo_replies: Ring::default(),
             echo_requests: Ring::default(),
-            counters: TunnelCounters::default(),
             epoch,
         };
-        if t.remote.is_some() && t.responder.is_some() {
+        if t.core.remote.is_some() && t.responder.is_some() {
             t.timers.set(Timer::Handshake, Some(now));
         }
         t
@@ -478,51 +461,8 @@ impl NoiseTunnel {
 
     /// Whether the tunnel's settings equal `cfg` (reload keeps such tunnels with their SAs).
     pub fn same_settings(&self, cfg: &TunnelConfig, conn_cfg: &ConnectionConfig) -> bool {
-        self.cfg == *cfg
+        self.core.cfg == *cfg
             && (self.dpd_interval, self.dpd_timeout, self.rekey_after) == timer_settings(conn_cfg)
-    }
-
-    /// Gives a kept tunnel its place in a reloaded engine.
-    pub fn renumber(&mut self, id: TunnelId, conn: ConnectionId) {
-        self.id = id;
-        self.conn = conn;
-    }
-
-    pub fn id(&self) -> TunnelId {
-        self.id
-    }
-
-    pub fn conn(&self) -> ConnectionId {
-        self.conn
-    }
-
-    pub fn name(&self) -> &str {
-        &self.cfg.name
-    }
-
-    pub fn config(&self) -> &TunnelConfig {
-        &self.cfg
-    }
-
-    pub fn state(&self) -> TunnelState {
-        self.state
-    }
-
-    pub fn remote(&self) -> Option<SocketAddr> {
-        self.remote
-    }
-
-    pub fn counters(&self) -> &TunnelCounters {
-        &self.counters
-    }
-
-    /// Counts a move of traffic away from this tunnel.
-    pub fn count_failover(&mut self) {
-        self.counters.failovers += 1;
-    }
-
-    pub fn is_silenced(&self) -> bool {
-        self.silence != Silence::Off
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -699,8 +639,9 @@ impl NoiseTunnel {
 
     fn on_handshake_timer(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
         let Some(dst) = self
+            .core
             .remote
-            .filter(|_| !self.is_silenced() && self.responder.is_some())
+            .filter(|_| !self.core.is_silenced() && self.responder.is_some())
         else {
             self.timers.set(Timer::Handshake, None);
             return;
@@ -780,13 +721,13 @@ impl NoiseTunnel {
             return;
         }
         ctx.events.push_back(Event::SaInstalled {
-            tunnel: self.id,
+            tunnel: self.core.id,
             direction: Direction::In,
             spi: inbound.spi().get(),
             keylog: inbound.keys().keylog_hex(),
         });
         ctx.events.push_back(Event::SaInstalled {
-            tunnel: self.id,
+            tunnel: self.core.id,
             direction: Direction::Out,
             spi: outbound.spi().get(),
             keylog: outbound.keys().keylog_hex(),
@@ -810,7 +751,7 @@ impl NoiseTunnel {
         if let Some(evicted) = self.inbound[idx].take() {
             ctx.spis.remove(&evicted.sa.spi().get());
         }
-        ctx.spis.insert(sa.sa.spi().get(), self.id);
+        ctx.spis.insert(sa.sa.spi().get(), self.core.id);
         self.inbound[idx] = Some(sa);
     }
 
@@ -834,10 +775,10 @@ impl NoiseTunnel {
         if !self.initiation_in_flight() {
             self.timers.set(Timer::Handshake, self.rekey_at());
         }
-        self.counters.handshakes += 1;
-        self.counters.last_handshake_unix = Some(ctx.unix_at(now).as_secs());
+        self.core.counters.handshakes += 1;
+        self.core.counters.last_handshake_unix = Some(ctx.unix_at(now).as_secs());
         ctx.events.push_back(Event::HandshakeCompleted {
-            tunnel: self.id,
+            tunnel: self.core.id,
             initiator,
             rekey,
         });
@@ -845,10 +786,10 @@ impl NoiseTunnel {
     }
 
     fn learn_endpoint(&mut self, from: SocketAddr, ctx: &mut Ctx<'_>) {
-        if self.cfg.remote.is_none() && self.remote != Some(from) {
-            self.remote = Some(from);
+        if self.core.cfg.remote.is_none() && self.core.remote != Some(from) {
+            self.core.remote = Some(from);
             ctx.events.push_back(Event::PeerEndpoint {
-                tunnel: self.id,
+                tunnel: self.core.id,
                 addr: from,
             });
         }
@@ -898,7 +839,7 @@ impl NoiseTunnel {
         now: Instant,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), DropReason> {
-        if self.is_silenced() {
+        if self.core.is_silenced() {
             return Err(DropReason::Silenced);
         }
         let spi = self.fresh_spi(ctx);
@@ -940,11 +881,11 @@ impl NoiseTunnel {
                 self.response_out.len = response_len;
                 // To the configured peer, else back to the source: nothing is learned from an
                 // initiation, which proves nothing until it is confirmed.
-                self.response_out.to = Some(self.cfg.remote.unwrap_or(from));
+                self.response_out.to = Some(self.core.cfg.remote.unwrap_or(from));
                 if let Some(old) = self.unconfirmed.take() {
                     ctx.spis.remove(&old.inbound.sa.spi().get());
                 }
-                ctx.spis.insert(est.local_spi.get(), self.id);
+                ctx.spis.insert(est.local_spi.get(), self.core.id);
                 self.unconfirmed = Some(Unconfirmed {
                     inbound: InSa {
                         sa: Box::new(est.inbound),
@@ -1076,8 +1017,8 @@ impl NoiseTunnel {
         // Authenticated from here on.
         self.liveness.last_rx = Some(now);
         self.rx_spi = Some(spi);
-        self.counters.rx_packets += 1;
-        self.counters.rx_bytes += len;
+        self.core.counters.rx_packets += 1;
+        self.core.counters.rx_bytes += len;
         self.learn_endpoint(from, ctx);
         match opened.next_header {
             NEXT_HEADER_IPV4 | NEXT_HEADER_IPV6 => {
@@ -1121,13 +1062,13 @@ impl NoiseTunnel {
                 let rtt = sent.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
                 if msg.probe {
                     ctx.events.push_back(Event::ProbeReply {
-                        connection: self.conn,
-                        tunnel: self.id,
+                        connection: self.core.conn,
+                        tunnel: self.core.id,
                         id: msg.id,
                         rtt,
                     });
                 } else {
-                    self.counters.rtt = Some(rtt);
+                    self.core.counters.rtt = Some(rtt);
                 }
             }
             LivenessKind::Keepalive | LivenessKind::Closing => {}
@@ -1143,10 +1084,10 @@ impl NoiseTunnel {
         let hears = self.hears(now);
         if hears != self.liveness.heard {
             self.liveness.heard = hears;
-            if !self.is_silenced() {
+            if !self.core.is_silenced() {
                 // Tell the peer our new view now, not at the next interval (BFD poll).
                 self.want_keepalive = true;
-                if !hears && !self.initiation_in_flight() && self.remote.is_some() {
+                if !hears && !self.initiation_in_flight() && self.core.remote.is_some() {
                     // Lost the peer: re-handshake after the first retry interval, in case it
                     // restarted and lost its SAs (it may not know our endpoint).
                     let at = now.checked_add(self.backoff(ctx.rng));
@@ -1171,22 +1112,22 @@ impl NoiseTunnel {
         });
         // A `Silent` drill is a dead path: the state follows liveness (Down after the DPD
         // timeout, as for a real blackhole). `Graceful` is an administrative shutdown.
-        let new = if self.silence == Silence::Graceful {
+        let new = if self.core.silence == Silence::Graceful {
             TunnelState::AdminDown
-        } else if hears && self.liveness.peer_hears_us && sendable && self.remote.is_some() {
+        } else if hears && self.liveness.peer_hears_us && sendable && self.core.remote.is_some() {
             TunnelState::Up
-        } else if self.ever_up {
+        } else if self.core.ever_up {
             TunnelState::Down
         } else {
             TunnelState::Connecting
         };
-        if new == self.state {
+        if new == self.core.state {
             return None;
         }
-        let old = self.state;
-        self.state = new;
+        let old = self.core.state;
+        self.core.state = new;
         if new == TunnelState::Up {
-            self.ever_up = true;
+            self.core.ever_up = true;
         }
         let cause = match new {
             TunnelState::Up => StateCause::Liveness,
@@ -1207,11 +1148,11 @@ impl NoiseTunnel {
         next_header: u8,
         now: Instant,
     ) -> Result<(SocketAddr, Range<usize>), DropReason> {
-        if self.is_silenced() {
+        if self.core.is_silenced() {
             // A silent drill: the packet vanishes as on a dead path (until DPD moves traffic).
             return Err(DropReason::Silenced);
         }
-        let dst = self.remote.ok_or(DropReason::NoTunnel)?;
+        let dst = self.core.remote.ok_or(DropReason::NoTunnel)?;
         let cur = self.current.as_mut().ok_or(DropReason::NoTunnel)?;
         if now.saturating_duration_since(cur.installed) >= REJECT_AFTER_TIME {
             return Err(DropReason::SaExpired);
@@ -1221,8 +1162,8 @@ impl NoiseTunnel {
                 if s.rekey_due {
                     self.request_rekey(now);
                 }
-                self.counters.tx_packets += 1;
-                self.counters.tx_bytes += s.datagram.len() as u64;
+                self.core.counters.tx_packets += 1;
+                self.core.counters.tx_bytes += s.datagram.len() as u64;
                 Ok((dst, s.datagram))
             }
             Err(SealError::Exhausted) => {
@@ -1242,7 +1183,7 @@ impl NoiseTunnel {
     /// Writes the next datagram this tunnel wants to send into `buf`; returns its destination
     /// and length.
     pub fn poll_transmit(&mut self, buf: &mut [u8], now: Instant) -> Option<(SocketAddr, usize)> {
-        if self.is_silenced() {
+        if self.core.is_silenced() {
             self.cookie_out = None;
         }
         if let Some(c) = self.cookie_out.as_mut().and_then(|r| r.pop())
@@ -1252,7 +1193,7 @@ impl NoiseTunnel {
             return Some((c.to, c.bytes.len()));
         }
         if self.closing > 0
-            && let Some(dst) = self.remote
+            && let Some(dst) = self.core.remote
         {
             self.closing -= 1;
             let msg = LivenessMsg {
@@ -1263,14 +1204,14 @@ impl NoiseTunnel {
                 return Some((dst, len));
             }
         }
-        if self.is_silenced() {
+        if self.core.is_silenced() {
             self.clear_outbox();
             return None;
         }
         for out in [&mut self.response_out, &mut self.initiation_out] {
             if out.len > 0 {
                 let n = std::mem::take(&mut out.len);
-                if let Some(to) = out.to.or(self.remote)
+                if let Some(to) = out.to.or(self.core.remote)
                     && let Some(b) = buf.get_mut(..n)
                 {
                     b.copy_from_slice(&out.bytes[..n]);
@@ -1278,7 +1219,7 @@ impl NoiseTunnel {
                 }
             }
         }
-        let dst = self.remote?;
+        let dst = self.core.remote?;
         self.current.as_ref()?;
         let hears = self.liveness.heard;
         // An echo carries our view as a keepalive does: one we send for its own sake (a reply,
@@ -1364,8 +1305,8 @@ impl NoiseTunnel {
                 if s.rekey_due {
                     self.request_rekey(now);
                 }
-                self.counters.tx_packets += 1;
-                self.counters.tx_bytes += s.datagram.len() as u64;
+                self.core.counters.tx_packets += 1;
+                self.core.counters.tx_bytes += s.datagram.len() as u64;
                 debug_assert_eq!(s.datagram.start, 0);
                 Some(s.datagram.end)
             }
@@ -1403,15 +1344,15 @@ impl NoiseTunnel {
     pub fn set_silence(&mut self, mode: Silence, now: Instant) {
         match mode {
             Silence::Off => {
-                if self.silence != Silence::Off {
-                    self.silence = Silence::Off;
+                if self.core.silence != Silence::Off {
+                    self.core.silence = Silence::Off;
                     self.liveness.forget();
                     self.want_keepalive = true;
                     if self.current.is_some() {
                         self.timers
                             .set(Timer::Keepalive, now.checked_add(self.keepalive_interval()));
                     }
-                    if self.remote.is_some() && self.responder.is_some() {
+                    if self.core.remote.is_some() && self.responder.is_some() {
                         self.attempt = 0;
                         self.timers
                             .set(Timer::Handshake, now.checked_add(HANDSHAKE_RETRY_BASE));
@@ -1420,12 +1361,12 @@ impl NoiseTunnel {
             }
             Silence::Silent | Silence::Graceful => {
                 if mode == Silence::Graceful
-                    && self.silence == Silence::Off
+                    && self.core.silence == Silence::Off
                     && self.current.is_some()
                 {
                     self.closing = CLOSING_COPIES;
                 }
-                self.silence = mode;
+                self.core.silence = mode;
                 self.initiating = Initiating::Idle;
                 self.clear_outbox();
                 self.timers.set(Timer::Keepalive, None);
