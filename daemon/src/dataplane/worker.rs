@@ -1391,7 +1391,7 @@ impl DataPlane {
                 return;
             }
             self.ctl.filled = n;
-            let full = send_control(&self.sockets, &self.tunnel_socket, &mut self.ctl);
+            let full = send_control(&mut self.sockets, &self.tunnel_socket, &mut self.ctl);
             self.count_queue_full(full);
             if n < BATCH {
                 return;
@@ -2025,42 +2025,89 @@ fn write_inner_at(
     }
 }
 
-/// Sends the control datagrams in `ctl` (slots tagged `Socket(tunnel id)`): one `sendmmsg` per
-/// socket, in slot order (so per-tunnel order is kept). The tunnels of a hub share one socket,
-/// so the keepalives of one timer wake-up are one system call. Returns how many datagrams a full
-/// send buffer refused.
+/// Which slots of a batch go out in one `sendmmsg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendGroup {
+    /// Those of one tunnel: its run of datagrams to one address stays together for UDP GSO.
+    Tunnel,
+    /// Every one on the same socket: the tunnels of a hub share one, so the keepalives of one
+    /// timer wake-up are one system call.
+    Socket,
+}
+
+/// Sends every slot of `batch` tagged `Socket(tunnel id)` on that tunnel's socket, one
+/// `sendmmsg` per `group`, in slot order (so per-tunnel order is kept), and clears their tags;
+/// with `gso`, a socket's runs to one address go as UDP GSO sends while the kernel takes them.
+/// Returns how many datagrams a full send buffer refused.
 #[must_use]
-fn send_control(sockets: &[Option<TunnelSocket>], tunnel_socket: &[u16], ctl: &mut Batch) -> u64 {
+fn send_to_sockets(
+    sockets: &mut [Option<TunnelSocket>],
+    tunnel_socket: &[u16],
+    batch: &mut Batch,
+    group: SendGroup,
+    gso: bool,
+) -> u64 {
     let socket_of = |dest: SlotDest| match dest {
         SlotDest::Socket(t) => tunnel_socket.get(usize::from(t)).copied(),
         _ => None,
     };
-    let filled = ctl.filled;
+    let key = |dest: SlotDest| match (group, dest) {
+        (SendGroup::Tunnel, SlotDest::Socket(t)) => Some(t),
+        (SendGroup::Socket, d) => socket_of(d),
+        _ => None,
+    };
+    let filled = batch.filled;
     let mut queue_full = 0u64;
     for i in 0..filled {
-        let Some(k) = socket_of(ctl.slots[i].dest) else {
+        let dest = batch.slots[i].dest;
+        let Some(k) = key(dest) else {
             continue;
         };
-        if let Some(Some(sock)) = sockets.get(usize::from(k)) {
-            let slots = &ctl.slots[..filled];
-            let which = (i..filled).filter(|&j| socket_of(slots[j].dest) == Some(k));
-            queue_full += sys::send_mmsg(sock.sock.as_raw_fd(), slots, which).queue_full as u64;
+        if let Some(Some(sock)) = socket_of(dest).and_then(|s| sockets.get_mut(usize::from(s))) {
+            let slots = &batch.slots[..filled];
+            let which = (i..filled).filter(|&j| key(slots[j].dest) == Some(k));
+            let fd = sock.sock.as_raw_fd();
+            let sent = if gso {
+                let was = sock.gso;
+                let sent = sys::send_mmsg_gso(fd, slots, which, &mut sock.gso);
+                if was && !sock.gso {
+                    tracing::info!(
+                        "UDP GSO refused by the kernel on this path; sending datagrams one by one"
+                    );
+                }
+                sent
+            } else {
+                sys::send_mmsg(fd, slots, which)
+            };
+            queue_full += sent.queue_full as u64;
         }
-        for slot in &mut ctl.slots[i..filled] {
-            if socket_of(slot.dest) == Some(k) {
+        for slot in &mut batch.slots[i..filled] {
+            if key(slot.dest) == Some(k) {
                 slot.dest = SlotDest::None;
             }
         }
     }
-    for slot in &mut ctl.slots[..filled] {
+    queue_full
+}
+
+/// Sends the control datagrams in `ctl` (slots tagged `Socket(tunnel id)`): one `sendmmsg` per
+/// socket ([`SendGroup::Socket`]). Returns how many datagrams a full send buffer refused.
+#[must_use]
+fn send_control(
+    sockets: &mut [Option<TunnelSocket>],
+    tunnel_socket: &[u16],
+    ctl: &mut Batch,
+) -> u64 {
+    let queue_full = send_to_sockets(sockets, tunnel_socket, ctl, SendGroup::Socket, false);
+    for slot in &mut ctl.slots[..ctl.filled] {
         slot.dest = SlotDest::None;
     }
     ctl.filled = 0;
     queue_full
 }
 
-/// Write every slot tagged `Socket` to its socket (one `sendmmsg` per socket, in slot order, so
-/// per-tunnel order is kept) and every slot tagged `Tun` to the TUN (in order).
+/// Write every slot tagged `Socket` to its socket (one `sendmmsg` per tunnel with UDP GSO, in
+/// slot order: [`send_to_sockets`]) and every slot tagged `Tun` to the TUN (in order).
 ///
 /// Returns how many sealed datagrams were dropped on a full socket send buffer (the caller
 /// counts them as `send_queue_full`).
@@ -2074,7 +2121,8 @@ fn flush_batch(
     tunnel_socket: &[u16],
     batch: &mut Batch,
 ) -> u64 {
-    let mut queue_full = 0u64;
+    // Sealed datagrams: one `sendmmsg` per tunnel, with GSO.
+    let queue_full = send_to_sockets(sockets, tunnel_socket, batch, SendGroup::Tunnel, true);
     let mut write = |b: &[u8]| {
         if let Err(e) = tun.send(b) {
             tracing::trace!(error = %e, "TUN write failed");
@@ -2084,27 +2132,6 @@ fn flush_batch(
     let mut i = 0;
     while i < filled {
         match batch.slots[i].dest {
-            SlotDest::Socket(s) => {
-                let slot_of = tunnel_socket.get(usize::from(s)).copied();
-                if let Some(Some(sock)) = slot_of.and_then(|k| sockets.get_mut(usize::from(k))) {
-                    let slots = &batch.slots[..filled];
-                    let which = (i..filled).filter(|&j| slots[j].dest == SlotDest::Socket(s));
-                    let was = sock.gso;
-                    let sent =
-                        sys::send_mmsg_gso(sock.sock.as_raw_fd(), slots, which, &mut sock.gso);
-                    queue_full += sent.queue_full as u64;
-                    if was && !sock.gso {
-                        tracing::info!(
-                            "UDP GSO refused by the kernel on this path; sending datagrams one by one"
-                        );
-                    }
-                }
-                for slot in &mut batch.slots[i..filled] {
-                    if slot.dest == SlotDest::Socket(s) {
-                        slot.dest = SlotDest::None;
-                    }
-                }
-            }
             SlotDest::Tun => {
                 let slot = &mut batch.slots[i];
                 slot.dest = SlotDest::None;
@@ -2134,7 +2161,7 @@ fn flush_batch(
                     }
                 }
             }
-            SlotDest::None => {}
+            SlotDest::Socket(_) | SlotDest::None => {}
         }
         i += 1;
     }
@@ -2231,7 +2258,7 @@ mod tests {
     #[test]
     fn control_datagrams_go_out_once_each_in_order_per_socket() {
         // Tunnels 0 and 2 share socket 0 (a hub's port), tunnel 1 has socket 1.
-        let sockets = vec![tunnel_socket(udp()), tunnel_socket(udp())];
+        let mut sockets = vec![tunnel_socket(udp()), tunnel_socket(udp())];
         let tunnel_socket_of = [0u16, 1, 0];
         let (peer_a, peer_b) = (udp(), udp());
         let mut ctl = Batch::new(tandem_engine::MAX_CONTROL_DATAGRAM);
@@ -2251,7 +2278,7 @@ mod tests {
             slot.dest = SlotDest::Socket(*tunnel);
         }
         ctl.filled = plan.len();
-        assert_eq!(send_control(&sockets, &tunnel_socket_of, &mut ctl), 0);
+        assert_eq!(send_control(&mut sockets, &tunnel_socket_of, &mut ctl), 0);
         assert_eq!(ctl.filled, 0);
         assert!(ctl.slots.iter().all(|s| s.dest == SlotDest::None));
         let recv = |peer: &UdpSocket, n: usize| {
