@@ -638,6 +638,11 @@ impl Engine {
                 .port_handshake(port, from, &buf[datagram], now)
                 .map(|()| NetAction::Consumed);
         }
+        if self.ports[port].ikev2 && d == tandem_ike::nat::NAT_KEEPALIVE {
+            // An IPsec peer behind a NAT keeps its mapping open with these (RFC 3948 §2.3): they
+            // carry nothing, prove nothing and are no loss.
+            return Ok(NetAction::Consumed);
+        }
         let spi = tandem_crypto::peek_spi(d).ok_or(DropReason::Malformed)?;
         let tunnel = *self.spis.get(&spi).ok_or(DropReason::UnknownSpi)?;
         if self.tunnels[usize::from(tunnel.0)].config().local != Some(local) {
@@ -770,6 +775,10 @@ impl Engine {
             return Err(DropReason::Silenced);
         }
         let d = &buf[datagram.clone()];
+        if self.tunnels[idx].is_ike() && d == tandem_ike::nat::NAT_KEEPALIVE {
+            // A NAT-keepalive (RFC 3948 §2.3), as on a shared port (`datagram_at`).
+            return Ok(NetAction::Consumed);
+        }
         if d.len() >= 4 && d[..4] == tandem_crypto::handshake::NON_ESP_MARKER {
             let (mut ctx, tunnels) = self.ctx();
             let r = tunnels[idx].handle_handshake(from, d, now, &mut ctx);

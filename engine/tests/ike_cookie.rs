@@ -233,3 +233,28 @@ fn the_cookie_secret_rotates_on_the_engines_timers_and_an_old_cookie_no_longer_o
     );
     assert_eq!(e.drop_counters().get(DropReason::IkeCookie), before + 1);
 }
+
+#[test]
+fn a_nat_keepalive_on_4500_is_taken_without_a_drop_and_another_single_byte_is_still_one() {
+    let now = Instant::now();
+    let mut e = responder(now);
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let mut sa = IkeSa::initiate(peer_config(), now, &mut rng);
+    handshake(&mut e, &mut sa, now, &mut rng);
+    let before = e.drop_counters().total();
+    let peer4500 = SocketAddr::new(ip(Side::A), NAT_T_PORT);
+    let r = deliver(
+        &mut e,
+        NAT_T_PORT,
+        peer4500,
+        &tandem_ike::nat::NAT_KEEPALIVE,
+        now,
+    );
+    assert_eq!(r, NetAction::Consumed);
+    assert_eq!(e.drop_counters().total(), before, "a keepalive is no drop");
+    assert!(sent(&mut e).is_empty(), "and gets no answer");
+    // Another single byte is junk, counted.
+    let r = deliver(&mut e, NAT_T_PORT, peer4500, &[0xfe], now);
+    assert!(matches!(r, NetAction::Drop(_)), "{r:?}");
+    assert_eq!(e.drop_counters().total(), before + 1);
+}

@@ -278,3 +278,18 @@ fn a_peer_behind_a_nat_comes_up_from_a_nat_t_port_that_is_not_the_configured_one
     assert_no_loss(&sim, 1, secs(2), secs(10) - ms(50));
     assert_no_loss(&sim, 2, secs(2), secs(10) - ms(50));
 }
+
+#[test]
+fn a_nat_keepalive_from_the_peer_is_consumed_and_counted_nowhere() {
+    let mut sim = Sim::ikev2(Setup::default(), LONG_LIFETIMES);
+    sim.run_until(secs(5));
+    let before = sim.engine(Side::B).drop_counters().total();
+    let r = sim.inject(
+        Side::B,
+        0,
+        addr(Side::A, 0),
+        tandem_ike::nat::NAT_KEEPALIVE.to_vec(),
+    );
+    assert_eq!(r, tandem_engine::NetAction::Consumed);
+    assert_eq!(sim.engine(Side::B).drop_counters().total(), before);
+}

@@ -7,10 +7,13 @@
 //! connection; the office (10.10.0.10) and the VPC (10.20.0.10) talk through it.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod reliability_common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use reliability_common::{METRICS_PORT, drop_count, drops, metrics};
 use tandem_netns_tests::aws_lab::{AWS_ESP, AWS_IKE, AwsLab, PSKS, tail, v4};
 use tandem_netns_tests::charon::AwsLikeConn;
 use tandem_netns_tests::drill::DrillReport;
@@ -807,6 +810,7 @@ delete table ip tdm_nat
 table ip tdm_nat {{
     chain pre {{
         type filter hook prerouting priority raw; policy accept;
+        ip saddr {charon} udp sport 4500 udp length 9 counter
         ip daddr {charon} udp dport 4500 counter drop
         ip daddr {charon} udp dport {port} udp dport set 4500
         ip saddr {charon} udp sport 4500 udp sport set {port}
@@ -890,4 +894,75 @@ fn charon_behind_a_nat_that_maps_and_then_rebinds_its_port_keeps_tunnel1() {
             .any(|l| l.contains("peer endpoint learned") && l.contains(":42000")),
         "{log}"
     );
+}
+
+#[test]
+fn charon_behind_a_nat_sends_nat_keepalives_and_tandem_takes_them_without_a_drop() {
+    // Behind its NAT, charon sends a NAT-keepalive (one 0xFF byte, RFC 3948) after a second
+    // in which it sent nothing else: tandem probes only every 5 s here, and charon's DPD is
+    // AWS's 10 s, so most seconds are quiet.
+    let Some(mut aws) = AwsLab::build(
+        "ike_tunnels",
+        &[Isp::One, Isp::Two],
+        "  keep_alive = 1s\n",
+        |isp| {
+            let cgw = v4(isp).0;
+            charon_conf(isp, cgw, PSKS[isp as usize], "10s", AWS_IKE, AWS_ESP)
+        },
+    ) else {
+        return;
+    };
+    nat_in_front_of_charon(&aws, 41_000);
+    let config = tandem_config(false, "")
+        .replace(
+            "socket = \"SOCKET\"\n",
+            &format!("socket = \"SOCKET\"\nmetrics_listen = \"127.0.0.1:{METRICS_PORT}\"\n"),
+        )
+        .replace("dpd_interval = \"100ms\"", "dpd_interval = \"5s\"")
+        .replace("dpd_timeout = \"300ms\"", "dpd_timeout = \"15s\"");
+    aws.start_tandem(&config);
+    for isp in [Isp::One, Isp::Two] {
+        aws.charon(isp)
+            .swanctl(["--initiate", "--ike", "aws", "--child", "net"])
+            .unwrap();
+    }
+    aws.wait("both tunnels up", UP_TIMEOUT, both_up);
+    let malformed = || drop_count(&drops(&metrics(&aws.lab.cgw)), "malformed");
+    let keepalives = || nat_keepalives_from_charon(&aws);
+    let (m0, k0) = (malformed(), keepalives());
+    let start = Instant::now();
+    while keepalives() < k0 + 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "charon sent no NAT-keepalives: {k0} -> {}\n{}",
+            keepalives(),
+            tail(&aws.charon(Isp::One).log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "NAT-keepalives from charon through its NAT: {} in {:.1} s",
+        keepalives() - k0,
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(malformed(), m0, "NAT-keepalives counted as malformed drops");
+    assert_eq!(
+        aws.status().unwrap().state("tunnel1").as_deref(),
+        Some("up")
+    );
+}
+
+/// How many 1-byte datagrams (NAT-keepalives) from charon the NAT in front of it has passed.
+fn nat_keepalives_from_charon(aws: &AwsLab) -> u64 {
+    let out = aws
+        .lab
+        .isp(Isp::One)
+        .run("nft", ["list", "chain", "ip", "tdm_nat", "pre"])
+        .unwrap();
+    out.lines()
+        .find(|l| l.contains("udp length 9"))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no keepalive counter in:\n{out}"))
 }
