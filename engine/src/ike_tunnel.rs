@@ -1015,6 +1015,7 @@ impl IkeTunnel {
             self.sa.as_mut()
         };
         let Some(sa) = target else {
+            self.drain(now, ctx);
             return Err(DropReason::Handshake);
         };
         let before = (sa.spi_i(), sa.fresh_peer_messages());

@@ -20,7 +20,7 @@ pub(crate) struct TunnelCore {
     /// The peer's endpoint: configured, or learned from authenticated packets.
     pub remote: Option<SocketAddr>,
     pub state: TunnelState,
-    /// Whether the tunnel has ever been Up (its first Up is not a recovery).
+    /// Whether the tunnel has been Up: not Up again is then `Down`, not `Connecting`.
     pub ever_up: bool,
     pub silence: Silence,
     pub counters: TunnelCounters,
