@@ -2028,24 +2028,23 @@ fn write_inner_at(
 /// Which slots of a batch go out in one `sendmmsg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SendGroup {
-    /// Those of one tunnel: its run of datagrams to one address stays together for UDP GSO.
+    /// Those of one tunnel, sent with UDP GSO: its run of sealed datagrams to one address
+    /// stays together.
     Tunnel,
-    /// Every one on the same socket: the tunnels of a hub share one, so the keepalives of one
-    /// timer wake-up are one system call.
+    /// Every one on the same socket, without GSO: the tunnels of a hub share one, so the
+    /// keepalives of one timer wake-up (different addresses) are one system call.
     Socket,
 }
 
 /// Sends every slot of `batch` tagged `Socket(tunnel id)` on that tunnel's socket, one
 /// `sendmmsg` per `group`, in slot order (so per-tunnel order is kept), and clears their tags;
-/// with `gso`, a socket's runs to one address go as UDP GSO sends while the kernel takes them.
-/// Returns how many datagrams a full send buffer refused.
+/// per tunnel, runs to one address go as UDP GSO sends while the kernel takes them. Returns how many datagrams a full send buffer refused.
 #[must_use]
 fn send_to_sockets(
     sockets: &mut [Option<TunnelSocket>],
     tunnel_socket: &[u16],
     batch: &mut Batch,
     group: SendGroup,
-    gso: bool,
 ) -> u64 {
     let socket_of = |dest: SlotDest| match dest {
         SlotDest::Socket(t) => tunnel_socket.get(usize::from(t)).copied(),
@@ -2067,7 +2066,7 @@ fn send_to_sockets(
             let slots = &batch.slots[..filled];
             let which = (i..filled).filter(|&j| key(slots[j].dest) == Some(k));
             let fd = sock.sock.as_raw_fd();
-            let sent = if gso {
+            let sent = if group == SendGroup::Tunnel {
                 let was = sock.gso;
                 let sent = sys::send_mmsg_gso(fd, slots, which, &mut sock.gso);
                 if was && !sock.gso {
@@ -2098,7 +2097,7 @@ fn send_control(
     tunnel_socket: &[u16],
     ctl: &mut Batch,
 ) -> u64 {
-    let queue_full = send_to_sockets(sockets, tunnel_socket, ctl, SendGroup::Socket, false);
+    let queue_full = send_to_sockets(sockets, tunnel_socket, ctl, SendGroup::Socket);
     for slot in &mut ctl.slots[..ctl.filled] {
         slot.dest = SlotDest::None;
     }
@@ -2122,7 +2121,7 @@ fn flush_batch(
     batch: &mut Batch,
 ) -> u64 {
     // Sealed datagrams: one `sendmmsg` per tunnel, with GSO.
-    let queue_full = send_to_sockets(sockets, tunnel_socket, batch, SendGroup::Tunnel, true);
+    let queue_full = send_to_sockets(sockets, tunnel_socket, batch, SendGroup::Tunnel);
     let mut write = |b: &[u8]| {
         if let Err(e) = tun.send(b) {
             tracing::trace!(error = %e, "TUN write failed");
