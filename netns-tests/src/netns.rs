@@ -41,11 +41,19 @@ pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
     names
 }
 
+/// Whether `name` (a namespace or directory named `tdm-<pid>-…`) belongs to a lab process that
+/// no longer exists.
+pub(crate) fn of_dead_lab(name: &str) -> bool {
+    name.strip_prefix(NAME_PREFIX)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Deletes namespaces left behind by lab processes that no longer exist (e.g. SIGKILLed runs).
 pub fn reap_stale() {
     for name in namespaces_with_prefix(NAME_PREFIX) {
-        let pid = name[NAME_PREFIX.len()..].split('-').next().unwrap_or("");
-        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if of_dead_lab(&name) {
             kill_pids_in(&name);
             let _ = Command::new("ip")
                 .args(["netns", "del", &name])

@@ -71,16 +71,10 @@ fn reap_stale_dirs_in(dir: &Path) {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
+        if e.file_name()
             .to_str()
-            .and_then(|n| n.strip_prefix("tdm-"))
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+            .is_some_and(crate::netns::of_dead_lab)
+        {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
