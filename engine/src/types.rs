@@ -249,10 +249,10 @@ pub enum Event {
         /// docs/protocol.md key-log tail: 64 hex digits of key then 8 of salt. Secret: only for the key log.
         keylog: String,
     },
-    /// An IKE SA was established or rekeyed (only after [`Engine::set_keylog`](crate::Engine::set_keylog)`(true)`): the
+    /// An IKE SA was established or rekeyed (only after [`Engine::set_keylog`]`(true)`): the
     /// IKE line of the debugging key log (docs/protocol.md).
     ///
-    /// [`Engine::set_keylog`](crate::Engine::set_keylog): crate::Engine::set_keylog
+    /// [`Engine::set_keylog`]: crate::Engine::set_keylog
     IkeSaInstalled {
         /// The tunnel.
         tunnel: TunnelId,
